@@ -1,0 +1,26 @@
+"""mpc-policy: differentiable box-constrained MPC as a learnable PyTorch policy class.
+
+Implements "Differentiable MPC for End-to-end Planning and Control" (Amos et al., 2018).
+"""
+
+from mpc_policy.box_qp import BoxQPResult, box_qp
+from mpc_policy.costs import GoalWeightedCost, QuadraticCost
+from mpc_policy.dynamics import AffineDynamics
+from mpc_policy.lqr import lqr_solve
+from mpc_policy.options import MPCOptions
+from mpc_policy.solution import ConvergenceError, Solution, SolverInfo
+
+__all__ = [
+    "AffineDynamics",
+    "BoxQPResult",
+    "ConvergenceError",
+    "GoalWeightedCost",
+    "MPCOptions",
+    "QuadraticCost",
+    "Solution",
+    "SolverInfo",
+    "box_qp",
+    "lqr_solve",
+]
+
+__version__ = "0.1.0"

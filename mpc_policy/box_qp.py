@@ -1,0 +1,178 @@
+"""Batched box-constrained quadratic programs by projected Newton.
+
+Solves, for every batch element on its own,
+
+    min_x  1/2 x' Q x + q' x    s.t.  lower <= x <= upper
+
+with Q positive definite (Bertsekas, 1982; the box QP of Tassa et al., 2014). Each iteration
+splits the variables into a clamped set (at a bound, with the gradient pushing outward) and a
+free set, takes the Newton step on the free set and projects it onto the box, with an
+Armijo line search along the projection arc. Every element chooses its own step and stops on
+its own: a converged element is frozen while the others go on, so an element's answer never
+depends on the rest of the batch.
+
+The factorization of Q on the final free set is returned so callers (the LQR backward
+recursion and the implicit backward pass) reuse it instead of refactorizing.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["BoxQPResult", "box_qp", "masked_cholesky", "masked_solve"]
+
+_ARMIJO = 0.1
+
+
+class BoxQPResult(NamedTuple):
+    """Solution of a batch of box QPs.
+
+    Attributes:
+        x: (B, m) minimizers.
+        free: (B, m) True where a variable is free at the solution (not clamped).
+        chol: (B, m, m) lower Cholesky factor of Q restricted to the free set, with the
+            clamped rows and columns replaced by the identity.
+        converged: (B,) whether each element met the stopping test.
+        iterations: (B,) projected-Newton iterations each element used.
+    """
+
+    x: Tensor
+    free: Tensor
+    chol: Tensor
+    converged: Tensor
+    iterations: Tensor
+
+
+def masked_cholesky(Q: Tensor, free: Tensor) -> tuple[Tensor, Tensor]:
+    """Cholesky factor of Q on the free set, identity elsewhere.
+
+    Args:
+        Q: (B, m, m) symmetric matrices.
+        free: (B, m) boolean free set.
+
+    Returns:
+        L: (B, m, m) lower factor of Q_ff embedded in the identity.
+        info: (B,) 0 where the factorization succeeded (as ``torch.linalg.cholesky_ex``).
+    """
+    pair = free.unsqueeze(-1) & free.unsqueeze(-2)
+    eye = torch.eye(Q.shape[-1], dtype=Q.dtype, device=Q.device)
+    Q_ff = torch.where(pair, Q, eye)
+    L, info = torch.linalg.cholesky_ex(Q_ff)
+    return L, info
+
+
+def masked_solve(L: Tensor, free: Tensor, rhs: Tensor) -> Tensor:
+    """Solve Q_ff y_f = rhs_f with y = 0 on the clamped set.
+
+    Args:
+        L: (B, m, m) factor from ``masked_cholesky``.
+        free: (B, m) free set used for L.
+        rhs: (B, m) or (B, m, k) right-hand sides.
+
+    Returns:
+        (B, m) or (B, m, k) solutions, zero on clamped rows.
+    """
+    vector = rhs.dim() == L.dim() - 1
+    mask = free.unsqueeze(-1).to(rhs.dtype)
+    R = rhs.unsqueeze(-1) if vector else rhs
+    Y = torch.cholesky_solve(R * mask, L) * mask
+    return Y.squeeze(-1) if vector else Y
+
+
+def box_qp(
+    Q: Tensor,
+    q: Tensor,
+    lower: Tensor,
+    upper: Tensor,
+    x_init: Tensor | None = None,
+    max_iter: int = 30,
+    tol: float | None = None,
+    line_search_decay: float = 0.5,
+    max_line_search: int = 20,
+) -> BoxQPResult:
+    """Projected-Newton solve of min 1/2 x'Qx + q'x s.t. lower <= x <= upper, per element.
+
+    Args:
+        Q: (B, m, m) symmetric positive definite matrices.
+        q: (B, m) linear terms.
+        lower: (B, m) lower bounds (may be -inf).
+        upper: (B, m) upper bounds (may be +inf), upper >= lower.
+        x_init: (B, m) warm start, projected onto the box; zeros projected if None.
+        max_iter: iteration limit.
+        tol: an element stops when its Newton step on the free set is at most
+            ``tol * (1 + max |x|)`` (that last step is still taken); None picks the
+            square root of the dtype's machine epsilon. An element also stops, exactly,
+            when a full Newton step stayed inside the box and the free set it was taken
+            on is still the free set at the new point.
+        line_search_decay: factor between line-search candidates.
+        max_line_search: number of line-search candidates.
+
+    Returns:
+        A ``BoxQPResult``.
+    """
+    B, m = q.shape
+    device = q.device
+    if tol is None:
+        tol = torch.finfo(q.dtype).eps ** 0.5
+    x = torch.zeros_like(q) if x_init is None else x_init
+    x = torch.maximum(torch.minimum(x, upper), lower)
+    alphas = line_search_decay ** torch.arange(max_line_search, dtype=q.dtype, device=device)
+    rows = torch.arange(B, device=device)
+
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    iterations = torch.zeros(B, dtype=torch.long, device=device)
+    free_out = torch.ones(B, m, dtype=torch.bool, device=device)
+    chol_out = torch.zeros_like(Q)
+    exact_step = torch.zeros(B, dtype=torch.bool, device=device)
+    free_prev = free_out
+    L = chol_out
+    for it in range(max_iter + 1):
+        g = torch.baddbmm(q.unsqueeze(-1), Q, x.unsqueeze(-1)).squeeze(-1)
+        clamped = ((x <= lower) & (g > 0)) | ((x >= upper) & (g < 0))
+        free = ~clamped
+        if it > 0:
+            # a full Newton step inside the box on an unchanged free set is the minimizer
+            exact = exact_step & (free == free_prev).all(-1) & ~done
+            free_out = torch.where(exact.unsqueeze(-1), free_prev, free_out)
+            chol_out = torch.where(exact.view(B, 1, 1), L, chol_out)
+            done = done | exact
+            if bool(done.all()) or it == max_iter:
+                break
+        L, _info = masked_cholesky(Q, free)
+        dx = -masked_solve(L, free, g)
+
+        small = (dx.abs().amax(-1) <= tol * (1.0 + x.abs().amax(-1))) & ~done
+        # the last Newton step is within tolerance: take it (it is exact on the face)
+        x = torch.where(small.unsqueeze(-1), (x + dx).clamp(lower, upper), x)
+        free_out = torch.where(small.unsqueeze(-1), free, free_out)
+        chol_out = torch.where(small.view(B, 1, 1), L, chol_out)
+        done = done | small
+        if bool(done.all()):
+            break
+        active = ~done
+        iterations = iterations + active.long()
+
+        # All line-search candidates at once; each element takes its first Armijo point.
+        trial = x.unsqueeze(1) + alphas.view(1, -1, 1) * dx.unsqueeze(1)
+        trial = torch.maximum(torch.minimum(trial, upper.unsqueeze(1)), lower.unsqueeze(1))
+        step = trial - x.unsqueeze(1)
+        predicted = (step * g.unsqueeze(1)).sum(-1)
+        decrease = predicted + 0.5 * (step * torch.bmm(step, Q)).sum(-1)
+        ok = decrease <= _ARMIJO * predicted
+        ok[:, -1] = True  # the smallest step is always taken: progress is never refused
+        first = torch.argmax(ok.long(), dim=1)
+        exact_step = (first == 0) & (trial[:, 0] == x + dx).all(-1)
+        free_prev = free
+        x = torch.where(active.unsqueeze(-1), trial[rows, first], x)
+
+    if not bool(done.all()):
+        # elements that ran out of iterations keep the factorization at their last iterate
+        g = torch.baddbmm(q.unsqueeze(-1), Q, x.unsqueeze(-1)).squeeze(-1)
+        free = ~(((x <= lower) & (g > 0)) | ((x >= upper) & (g < 0)))
+        L, _ = masked_cholesky(Q, free)
+        free_out = torch.where(done.unsqueeze(-1), free_out, free)
+        chol_out = torch.where(done.view(B, 1, 1), chol_out, L)
+    return BoxQPResult(x, free_out, chol_out, done, iterations)

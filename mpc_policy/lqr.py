@@ -1,0 +1,258 @@
+"""Differentiable box-constrained LQR (the paper's Module 1, with control bounds).
+
+Solves, for every batch element,
+
+    min_{x, u}  sum_{t=1}^{T}  1/2 tau_t' C_t tau_t + c_t' tau_t,   tau_t = [x_t; u_t]
+    s.t.        x_1 = x_init,  x_{t+1} = F_t tau_t + f_t,  u_lower <= u_t <= u_upper
+
+Without bounds one Riccati pass is exact (Algorithm 1). With bounds the backward recursion
+solves a box QP per step and box-DDP iterates on the (exact) quadratic model until the
+active set settles; every element converges on its own.
+
+Gradients come from the implicit rule of section 3: the backward pass is ONE more LQR
+solve, with c replaced by dL/dtau, f by 0 and the clamped controls fixed to 0, reusing the
+forward pass's factorization (eq. (9)), then eq. (8). Gradients with respect to the bounds
+are the multipliers of the active bound constraints in that same solve.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mpc_policy.ilqr import box_ddp, rollout
+from mpc_policy.options import MPCOptions
+from mpc_policy.riccati import Gains, adjoint_solve, backward_recursion, costates
+from mpc_policy.solution import Solution, SolverInfo
+from mpc_policy.validation import (
+    check_bounds,
+    check_finite,
+    check_same_kind,
+    check_tensor,
+    expand_batched,
+    expand_bound,
+)
+
+__all__ = ["implicit_lqr", "lqr_solve"]
+
+
+class QuadraticModel:
+    """An LQR problem as a ``Model`` for box-DDP; time-major data.
+
+    Args:
+        C: (T, B, d, d) symmetric quadratic terms.
+        c: (T, B, d) linear terms.
+        F: (T-1, B, n, d) dynamics matrices.
+        f: (T-1, B, n) dynamics offsets.
+    """
+
+    def __init__(self, C: Tensor, c: Tensor, F: Tensor, f: Tensor) -> None:
+        self.C, self.c, self.F, self.f = C, c, F, f
+
+    def total_cost(self, x: Tensor, u: Tensor) -> Tensor:
+        tau = torch.cat([x, u], dim=-1)
+        Ctau = (self.C @ tau.unsqueeze(-1)).squeeze(-1)
+        return (tau * (0.5 * Ctau + self.c)).sum(dim=(0, 2))
+
+    def quadratize(self, x: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+        tau = torch.cat([x, u], dim=-1)
+        return self.C, (self.C @ tau.unsqueeze(-1)).squeeze(-1) + self.c
+
+    def linearize(self, x: Tensor, u: Tensor) -> Tensor:
+        return self.F
+
+    def step(self, x: Tensor, u: Tensor, t: int) -> Tensor:
+        tau = torch.cat([x, u], dim=-1)
+        return (self.F[t] @ tau.unsqueeze(-1)).squeeze(-1) + self.f[t]
+
+
+class _ImplicitLQR(torch.autograd.Function):
+    """Identity on a known LQR solution whose backward pass is eqs. (9) and (8).
+
+    Inputs are time-major: x_init (B, n), C (T, B, d, d), c (T, B, d), F (T-1, B, n, d),
+    f (T-1, B, n), u_lower / u_upper (T, B, m) or None, the solution x (T, B, n) and
+    u (T, B, m), and the ``Gains`` factorized at that solution (their free set marks the
+    clamped controls). The backward depends only on the solution, the active set and the
+    problem data, never on how the solution was found.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x_init: Tensor,
+        C: Tensor,
+        c: Tensor,
+        F: Tensor,
+        f: Tensor,
+        u_lower: Tensor | None,
+        u_upper: Tensor | None,
+        x: Tensor,
+        u: Tensor,
+        gains: Gains,
+    ) -> tuple[Tensor, Tensor]:
+        ctx.save_for_backward(C, c, F, x, u, u_lower, u_upper)
+        ctx.gains = gains
+        return x.clone(), u.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad_x: Tensor, grad_u: Tensor) -> tuple[Tensor | None, ...]:
+        C, c, F, x, u, u_lower, u_upper = ctx.saved_tensors
+        gains: Gains = ctx.gains
+        n = x.shape[-1]
+        tau = torch.cat([x, u], dim=-1)
+        grad_tau = torch.cat([grad_x, grad_u], dim=-1)
+        dtau = adjoint_solve(gains, F, grad_tau)  # eq. (9)
+        lam = costates(C, c, F, tau)  # eq. (7)
+        dlam = costates(C, grad_tau, F, dtau)
+        # eq. (8)
+        dC = 0.5 * (dtau.unsqueeze(-1) * tau.unsqueeze(-2) + tau.unsqueeze(-1) * dtau.unsqueeze(-2))
+        dc = dtau
+        dx_init = dlam[0]
+        dF = dlam[1:].unsqueeze(-1) * tau[:-1].unsqueeze(-2) + lam[1:].unsqueeze(-1) * dtau[
+            :-1
+        ].unsqueeze(-2)
+        df = dlam[1:]
+        d_lower = d_upper = None
+        if ctx.needs_input_grad[5] or ctx.needs_input_grad[6]:
+            # multipliers of the active bounds: the u-rows of the stationarity residual
+            residual = (C @ dtau.unsqueeze(-1)).squeeze(-1) + grad_tau
+            residual_u = residual[..., n:].clone()
+            if F.shape[0] > 0:
+                Fu = F[..., n:]
+                residual_u[:-1] += (Fu.transpose(-1, -2) @ dlam[1:].unsqueeze(-1)).squeeze(-1)
+            clamped = ~gains.free
+            if u_lower is not None:
+                at_lower = clamped & (u <= u_lower)
+                d_lower = torch.where(at_lower, residual_u, torch.zeros_like(residual_u))
+            if u_upper is not None:
+                at_upper = clamped & (u >= u_upper)
+                d_upper = torch.where(at_upper, residual_u, torch.zeros_like(residual_u))
+        return dx_init, dC, dc, dF, df, d_lower, d_upper, None, None, None
+
+
+def implicit_lqr(
+    x_init: Tensor,
+    C: Tensor,
+    c: Tensor,
+    F: Tensor,
+    f: Tensor,
+    u_lower: Tensor | None,
+    u_upper: Tensor | None,
+    x: Tensor,
+    u: Tensor,
+    gains: Gains,
+) -> tuple[Tensor, Tensor]:
+    """Attach the implicit LQR gradient to a known solution (time-major, see _ImplicitLQR).
+
+    Returns x (T, B, n) and u (T, B, m), equal to the given solution, differentiable with
+    respect to x_init, C, c, F, f and the bounds.
+    """
+    out: tuple[Tensor, Tensor] = _ImplicitLQR.apply(
+        x_init, C, c, F, f, u_lower, u_upper, x, u, gains
+    )
+    return out
+
+
+def _validate(
+    x_init: Tensor, C: Tensor, c: Tensor, F: Tensor, f: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    x_init = check_tensor("x_init", x_init)
+    C, c, F, f = (check_tensor(k, v) for k, v in (("C", C), ("c", c), ("F", F), ("f", f)))
+    check_same_kind("x_init", x_init, C=C, c=c, F=F, f=f)
+    if x_init.dim() != 2:
+        raise ValueError(f"x_init: expected shape (B, n), received {tuple(x_init.shape)}")
+    B, n = x_init.shape
+    if C.dim() < 3 or C.shape[-1] != C.shape[-2] or C.shape[-1] <= n:
+        raise ValueError(
+            f"C: expected shape (B, T, n+m, n+m) or (T, n+m, n+m) with n = {n} and m >= 1, "
+            f"received {tuple(C.shape)}"
+        )
+    d = C.shape[-1]
+    T = C.shape[-3]
+    C = expand_batched("C", C, B, (T, d, d))
+    c = expand_batched("c", c, B, (T, d))
+    F = expand_batched("F", F, B, (T - 1, n, d))
+    f = expand_batched("f", f, B, (T - 1, n))
+    check_finite(x_init=x_init, C=C, c=c, F=F, f=f)
+    return x_init, C, c, F, f
+
+
+def lqr_solve(
+    x_init: Tensor,
+    C: Tensor,
+    c: Tensor,
+    F: Tensor,
+    f: Tensor,
+    u_lower: float | Tensor | None = None,
+    u_upper: float | Tensor | None = None,
+    **options: Any,
+) -> Solution:
+    """Solve a batch of box-constrained LQR problems, differentiably.
+
+    Args:
+        x_init: (B, n) initial states.
+        C: (B, T, n+m, n+m) or (T, n+m, n+m) quadratic cost terms (symmetrized).
+        c: (B, T, n+m) or (T, n+m) linear cost terms.
+        F: (B, T-1, n, n+m) or (T-1, n, n+m) dynamics x_{t+1} = F_t tau_t + f_t.
+        f: (B, T-1, n) or (T-1, n) dynamics offsets.
+        u_lower: control lower bound: a float, (m,), (B, m) or (B, T, m); None = unbounded.
+        u_upper: control upper bound, same forms as ``u_lower``.
+        **options: ``MPCOptions`` fields (max_iter, tol, qp_max_iter, line search,
+            on_unconverged, regularization).
+
+    Returns:
+        ``Solution`` with x (B, T, n), u (B, T, m), cost (B,) and the per-element ``info``;
+        x, u and cost are differentiable with respect to x_init, C, c, F, f and the bounds.
+    """
+    opts = MPCOptions.from_kwargs(**options)
+    x_init, C, c, F, f = _validate(x_init, C, c, F, f)
+    B, n = x_init.shape
+    T, d = C.shape[1], C.shape[-1]
+    m = d - n
+    lower = expand_bound("u_lower", u_lower, B, T, m, x_init)
+    upper = expand_bound("u_upper", u_upper, B, T, m, x_init)
+    check_bounds(lower, upper)
+
+    C = 0.5 * (C + C.transpose(-1, -2))
+    Ct, ct, Ft, ft = (z.transpose(0, 1) for z in (C, c, F, f))
+    lower_t = None if lower is None else lower.transpose(0, 1)
+    upper_t = None if upper is None else upper.transpose(0, 1)
+
+    with torch.no_grad():
+        model = QuadraticModel(Ct.detach(), ct.detach(), Ft.detach(), ft.detach())
+        x0 = x_init.detach()
+        if lower is None and upper is None:
+            # one Riccati pass is exact without bounds (Algorithm 1)
+            zeros = torch.zeros(T, B, m, dtype=x0.dtype, device=x0.device)
+            x_bar, _ = rollout(model, x0, zeros)
+            _, g = model.quadratize(x_bar, zeros)
+            gains = backward_recursion(
+                model.C, g, model.F, None, None, regularization=opts.regularization
+            )
+            x_sol, u_sol = rollout(model, x0, zeros, x_bar, gains)
+            ones = torch.ones(B, dtype=torch.long, device=x0.device)
+            info = SolverInfo(
+                ones,
+                torch.ones(B, dtype=torch.bool, device=x0.device),
+                torch.zeros(B, dtype=x0.dtype, device=x0.device),
+                torch.ones(B, dtype=x0.dtype, device=x0.device),
+            )
+        else:
+            lo = None if lower_t is None else lower_t.detach()
+            hi = None if upper_t is None else upper_t.detach()
+            zeros = torch.zeros(T, B, m, dtype=x0.dtype, device=x0.device)
+            result = box_ddp(model, x0, zeros, lo, hi, opts)
+            x_sol, u_sol, gains, info = result.x, result.u, result.gains, result.info
+    info.enforce(opts.on_unconverged)
+
+    x_out, u_out = implicit_lqr(x_init, Ct, ct, Ft, ft, lower_t, upper_t, x_sol, u_sol, gains)
+    if opts.on_unconverged == "zero_grad" and not info.all_converged:
+        keep = info.converged.view(1, B, 1)
+        x_out = torch.where(keep, x_out, x_out.detach())
+        u_out = torch.where(keep, u_out, u_out.detach())
+    x_out, u_out = x_out.transpose(0, 1), u_out.transpose(0, 1)
+    tau = torch.cat([x_out, u_out], dim=-1)
+    cost = (tau * (0.5 * (C @ tau.unsqueeze(-1)).squeeze(-1) + c)).sum(dim=(1, 2))
+    return Solution(x_out, u_out, cost, info)

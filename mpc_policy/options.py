@@ -1,0 +1,104 @@
+"""Solver options: one frozen dataclass shared by ``lqr_solve`` and ``MPC``.
+
+Choices are ``Literal`` strings validated at construction, so a typo fails where it is made,
+not deep inside a solve.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Literal, get_args
+
+import torch
+
+__all__ = ["GradMethod", "JacobianMethod", "MPCOptions", "OnUnconverged"]
+
+GradMethod = Literal["exact", "paper", "unroll"]
+JacobianMethod = Literal["autograd", "analytic", "finite_diff"]
+OnUnconverged = Literal["warn", "raise", "zero_grad", "ignore"]
+
+
+@dataclass(frozen=True)
+class MPCOptions:
+    """Settings of the box-DDP / box-LQR solver.
+
+    Attributes:
+        max_iter: outer iterations (box-DDP steps). For a bounded LQR problem these are the
+            iterations that settle the active set (an unbounded LQR takes exactly one).
+        tol: fixed-point tolerance on the controls: an element has converged when the full
+            step changes no control by more than ``tol * (1 + max |u|)``. None picks a
+            default for the dtype (1e-7 in float64, 1e-4 in float32).
+        qp_max_iter: projected-Newton iterations of each box QP.
+        line_search_decay: step-size factor between line-search candidates.
+        max_line_search: number of line-search candidates (1, decay, decay^2, ...).
+        grad_method: "exact" (implicit differentiation of the true optimality conditions,
+            with the Hessian of the Lagrangian), "paper" (the paper's Module 2: differentiate
+            the last convex approximation; exact only for affine dynamics), or "unroll"
+            (autograd through every iteration).
+        jacobian: how dynamics are linearized: "autograd" (vectorized, torch.func),
+            "analytic" (the model's ``jacobian(x, u)`` method) or "finite_diff" (central).
+        finite_diff_eps: step of the central differences (relative to 1 + |tau|).
+        on_unconverged: what happens when an element stops before a fixed point: "warn"
+            (default), "raise" (``ConvergenceError`` naming the elements), "zero_grad"
+            (a warning, and no gradient flows from those elements), or "ignore" (the report
+            in ``info`` only).
+        regularization: initial diagonal added to a Q_uu block that is not positive
+            definite (it grows by 10x until the Cholesky factorization succeeds).
+    """
+
+    max_iter: int = 50
+    tol: float | None = None
+    qp_max_iter: int = 30
+    line_search_decay: float = 0.3
+    max_line_search: int = 10
+    grad_method: GradMethod = "exact"
+    jacobian: JacobianMethod = "autograd"
+    finite_diff_eps: float = 1e-6
+    on_unconverged: OnUnconverged = "warn"
+    regularization: float = 1e-8
+
+    def __post_init__(self) -> None:
+        for name, literal in (
+            ("grad_method", GradMethod),
+            ("jacobian", JacobianMethod),
+            ("on_unconverged", OnUnconverged),
+        ):
+            value = getattr(self, name)
+            if value not in get_args(literal):
+                raise ValueError(f"{name}: expected one of {get_args(literal)}, received {value!r}")
+        for name in ("max_iter", "qp_max_iter", "max_line_search"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}: expected an integer >= 1, received {value!r}")
+        if self.tol is not None and not self.tol > 0:
+            raise ValueError(f"tol: expected a positive float or None, received {self.tol!r}")
+        if not 0 < self.line_search_decay < 1:
+            raise ValueError(
+                f"line_search_decay: expected a float in (0, 1), "
+                f"received {self.line_search_decay!r}"
+            )
+        if not self.finite_diff_eps > 0:
+            raise ValueError(
+                f"finite_diff_eps: expected a positive float, received {self.finite_diff_eps!r}"
+            )
+        if not self.regularization > 0:
+            raise ValueError(
+                f"regularization: expected a positive float, received {self.regularization!r}"
+            )
+
+    @classmethod
+    def from_kwargs(cls, base: MPCOptions | None = None, **kwargs: Any) -> MPCOptions:
+        """Options from keyword arguments; an unknown name is a ``TypeError`` naming it."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise TypeError(f"unknown solver option(s) {unknown}; the options are {sorted(names)}")
+        values = {f.name: getattr(base, f.name) for f in fields(cls)} if base else {}
+        values.update(kwargs)
+        return cls(**values)
+
+    def tolerance(self, dtype: torch.dtype) -> float:
+        """The fixed-point tolerance for a dtype."""
+        if self.tol is not None:
+            return self.tol
+        return 1e-7 if dtype == torch.float64 else 1e-4

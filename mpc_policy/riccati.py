@@ -1,0 +1,248 @@
+"""Riccati recursions of box-constrained LQR, as pure functions on time-major tensors.
+
+For the quadratic model of a trajectory around a nominal tau_bar (Appendix A, MPCstep):
+
+    min_{dtau}  sum_t 1/2 dtau_t' C_t dtau_t + g_t' dtau_t
+    s.t.        dx_1 = 0,  dx_{t+1} = F_t dtau_t,  lower_t <= du_t <= upper_t
+
+the backward recursion computes, from t = T down to 1,
+
+    Q_t = C_t + F_t' V_{t+1} F_t          q_t = g_t + F_t' v_{t+1}
+    k_t = argmin 1/2 du' Q_uu du + q_u' du  s.t. the box    (a box QP)
+    K_t = -Q_uu,ff^{-1} Q_ux  on the free rows, 0 on the clamped rows
+    V_t = Q_xx + Q_xu K_t + K_t' Q_ux + K_t' Q_uu K_t
+    v_t = q_x + Q_xu k_t + K_t' q_u + K_t' Q_uu k_t
+
+and the rollout applies u_t = u_bar_t + alpha k_t + K_t (x_t - x_bar_t), clamped to the box.
+The same factorization (K, Q, and the Cholesky factor of Q_uu on the free set) serves the
+implicit backward pass, which is one more recursion with g replaced by dL/dtau and the clamped
+controls fixed to zero (section 3, Module 1, eq. (9)).
+
+Shapes, time first inside the solver: C (T, B, d, d), g (T, B, d), F (T-1, B, n, d) with
+d = n + m; bounds (T, B, m) or None.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from mpc_policy.box_qp import box_qp, masked_cholesky, masked_solve
+
+__all__ = ["Gains", "adjoint_solve", "backward_recursion", "costates", "factorize"]
+
+
+class Gains(NamedTuple):
+    """Factorization of one backward recursion.
+
+    Attributes:
+        K: (T, B, m, n) feedback gains (zero rows on clamped controls).
+        k: (T, B, m) feedforward steps.
+        free: (T, B, m) free controls of each step's box QP.
+        chol: (T, B, m, m) Cholesky factors of Q_uu on the free set.
+        Q: (T, B, d, d) the Q matrices of the recursion.
+    """
+
+    K: Tensor
+    k: Tensor
+    free: Tensor
+    chol: Tensor
+    Q: Tensor
+
+
+def _regularize(Q_uu: Tensor, t: int, regularization: float) -> tuple[Tensor, Tensor]:
+    """Make Q_uu (B, m, m) positive definite, warning with the step and elements.
+
+    Returns the (possibly shifted) Q_uu and its Cholesky factor.
+    """
+    L, info = torch.linalg.cholesky_ex(Q_uu)
+    bad = info > 0
+    if not bool(bad.any()):
+        return Q_uu, L
+    eye = torch.eye(Q_uu.shape[-1], dtype=Q_uu.dtype, device=Q_uu.device)
+    mu = regularization * (1.0 + Q_uu.diagonal(dim1=-2, dim2=-1).abs().amax(-1))
+    shift = torch.zeros_like(mu)
+    while bool(bad.any()):
+        shift = torch.where(bad, torch.where(shift == 0, mu, 10.0 * shift), shift)
+        L, info = torch.linalg.cholesky_ex(Q_uu + shift.view(-1, 1, 1) * eye)
+        bad = info > 0
+    elements = torch.nonzero(shift > 0).flatten().tolist()
+    warnings.warn(
+        f"Q_uu at time step {t} is not positive definite for batch elements "
+        f"{elements[:10]}; regularized by adding up to {float(shift.max()):.2e} * I",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+    return Q_uu + shift.view(-1, 1, 1) * eye, L
+
+
+def backward_recursion(
+    C: Tensor,
+    g: Tensor,
+    F: Tensor,
+    lower: Tensor | None,
+    upper: Tensor | None,
+    *,
+    regularization: float = 1e-8,
+    qp_max_iter: int = 30,
+) -> Gains:
+    """Backward pass of box-DDP on the quadratic model (Appendix A, MPCstep).
+
+    Args:
+        C: (T, B, d, d) quadratic terms (symmetric).
+        g: (T, B, d) gradient of the objective at the nominal trajectory.
+        F: (T-1, B, n, d) dynamics Jacobians.
+        lower: (T, B, m) lower bounds on the control step du, or None (unbounded).
+        upper: (T, B, m) upper bounds on the control step du, or None.
+        regularization: first diagonal shift for a Q_uu that is not positive definite.
+        qp_max_iter: projected-Newton iterations per box QP.
+
+    Returns:
+        The ``Gains`` of the recursion.
+    """
+    T = g.shape[0]
+    n = F.shape[-2]
+    Ks, ks, frees, chols, Qs = [], [], [], [], []
+    V = v = None
+    for t in range(T - 1, -1, -1):
+        Q, q = C[t], g[t]
+        if V is not None:
+            Ft = F[t]
+            FtV = Ft.transpose(-1, -2) @ V
+            Q = Q + FtV @ Ft
+            q = q + (Ft.transpose(-1, -2) @ v.unsqueeze(-1)).squeeze(-1)
+        Q_ux, Q_uu = Q[:, n:, :n], Q[:, n:, n:]
+        q_x, q_u = q[:, :n], q[:, n:]
+        Q_uu, L = _regularize(Q_uu, t + 1, regularization)
+        free = torch.ones_like(q_u, dtype=torch.bool)
+        k = -torch.cholesky_solve(q_u.unsqueeze(-1), L).squeeze(-1)
+        if lower is not None and upper is not None:
+            inside = ((k >= lower[t]) & (k <= upper[t])).all()
+            if not bool(inside):
+                # the unconstrained step leaves the box somewhere: solve the box QP from
+                # its projection (a good guess of the active set)
+                qp = box_qp(Q_uu, q_u, lower[t], upper[t], k, max_iter=qp_max_iter)
+                k, free, L = qp.x, qp.free, qp.chol
+        K = -masked_solve(L, free, Q_ux)
+        Q_xu = Q_ux.transpose(-1, -2)
+        KtQuu = K.transpose(-1, -2) @ Q_uu
+        V = Q[:, :n, :n] + Q_xu @ K + K.transpose(-1, -2) @ Q_ux + KtQuu @ K
+        V = 0.5 * (V + V.transpose(-1, -2))
+        v = (
+            q_x
+            + (Q_xu @ k.unsqueeze(-1)).squeeze(-1)
+            + (K.transpose(-1, -2) @ q_u.unsqueeze(-1)).squeeze(-1)
+            + (KtQuu @ k.unsqueeze(-1)).squeeze(-1)
+        )
+        Ks.append(K)
+        ks.append(k)
+        frees.append(free)
+        chols.append(L)
+        Qs.append(torch.cat([Q[:, :, :n], torch.cat([Q_xu, Q_uu], dim=-2)], dim=-1))
+    return Gains(
+        torch.stack(Ks[::-1]),
+        torch.stack(ks[::-1]),
+        torch.stack(frees[::-1]),
+        torch.stack(chols[::-1]),
+        torch.stack(Qs[::-1]),
+    )
+
+
+def factorize(C: Tensor, F: Tensor, free: Tensor, *, regularization: float = 1e-8) -> Gains:
+    """Backward recursion with a fixed free set (no box QP): the factorization of eq. (9).
+
+    Used when the data of the backward LQR differ from the forward pass's last model (the
+    exact gradients of a nonlinear problem use the Hessian of the Lagrangian).
+
+    Args:
+        C: (T, B, d, d) quadratic terms.
+        F: (T-1, B, n, d) dynamics Jacobians.
+        free: (T, B, m) free controls at the solution.
+        regularization: first diagonal shift for a Q_uu that is not positive definite.
+
+    Returns:
+        ``Gains`` with k = 0.
+    """
+    T = C.shape[0]
+    n = F.shape[-2]
+    Ks, chols, Qs = [], [], []
+    V = None
+    for t in range(T - 1, -1, -1):
+        Q = C[t]
+        if V is not None:
+            Q = Q + F[t].transpose(-1, -2) @ V @ F[t]
+        Q_uu, _ = _regularize(Q[:, n:, n:], t + 1, regularization)
+        Q = torch.cat([Q[:, :, :n], torch.cat([Q[:, :n, n:], Q_uu], dim=-2)], dim=-1)
+        L, _ = masked_cholesky(Q_uu, free[t])
+        K = -masked_solve(L, free[t], Q[:, n:, :n])
+        V = Q[:, :n, :n] + Q[:, :n, n:] @ K
+        V = 0.5 * (V + V.transpose(-1, -2))
+        Ks.append(K)
+        chols.append(L)
+        Qs.append(Q)
+    K = torch.stack(Ks[::-1])
+    return Gains(
+        K, torch.zeros_like(K[..., 0]), free, torch.stack(chols[::-1]), torch.stack(Qs[::-1])
+    )
+
+
+def adjoint_solve(gains: Gains, F: Tensor, grad_tau: Tensor) -> Tensor:
+    """The backward LQR of eq. (9): c = dL/dtau, f = 0, x_init = 0, clamped controls at 0.
+
+    Args:
+        gains: factorization at the solution (its free set fixes the clamped controls).
+        F: (T-1, B, n, d) dynamics Jacobians.
+        grad_tau: (T, B, d) gradient of the loss with respect to tau.
+
+    Returns:
+        dtau: (T, B, d) the solution d*_tau.
+    """
+    T, B, _ = grad_tau.shape
+    n = F.shape[-2]
+    ks = []
+    v = None
+    for t in range(T - 1, -1, -1):
+        q = grad_tau[t]
+        if v is not None:
+            q = q + (F[t].transpose(-1, -2) @ v.unsqueeze(-1)).squeeze(-1)
+        K = gains.K[t]
+        k = -masked_solve(gains.chol[t], gains.free[t], q[:, n:])
+        # clamped rows of K and k vanish, so Q_xu k + K'Q_uu k = 0 and v = q_x + K'q_u
+        v = q[:, :n] + (K.transpose(-1, -2) @ q[:, n:].unsqueeze(-1)).squeeze(-1)
+        ks.append(k)
+    ks = ks[::-1]
+    dx = torch.zeros(B, n, dtype=grad_tau.dtype, device=grad_tau.device)
+    out = []
+    for t in range(T):
+        du = (gains.K[t] @ dx.unsqueeze(-1)).squeeze(-1) + ks[t]
+        dtau = torch.cat([dx, du], dim=-1)
+        out.append(dtau)
+        if t < T - 1:
+            dx = (F[t] @ dtau.unsqueeze(-1)).squeeze(-1)
+    return torch.stack(out)
+
+
+def costates(C: Tensor, c: Tensor, F: Tensor, tau: Tensor) -> Tensor:
+    """Costates by eq. (7): lambda_T = C_T,x tau_T + c_T,x, lambda_t = F_t,x' lambda_{t+1} + ...
+
+    Args:
+        C: (T, B, d, d) quadratic terms.
+        c: (T, B, d) linear terms.
+        F: (T-1, B, n, d) dynamics matrices.
+        tau: (T, B, d) trajectory.
+
+    Returns:
+        lam: (T, B, n) costates; lam[0] belongs to the initial condition x_1 = x_init and
+        lam[t] (t >= 1) to the dynamics constraint that defines x_{t+1} (0-based x[t]).
+    """
+    n = F.shape[-2]
+    T = tau.shape[0]
+    grad = (C @ tau.unsqueeze(-1)).squeeze(-1) + c  # (T, B, d)
+    lams = [grad[T - 1, :, :n]]
+    for t in range(T - 2, -1, -1):
+        Fx = F[t][:, :, :n]
+        lams.append(grad[t, :, :n] + (Fx.transpose(-1, -2) @ lams[-1].unsqueeze(-1)).squeeze(-1))
+    return torch.stack(lams[::-1])

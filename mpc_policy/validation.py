@@ -1,0 +1,123 @@
+"""Input checks shared by the solver's public entry points.
+
+Every check raises a ``ValueError`` or ``TypeError`` that names the argument, what was
+expected and what was received, before any computation starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["check_finite", "check_same_kind", "check_tensor", "expand_batched", "expand_bound"]
+
+
+def check_tensor(name: str, value: object) -> Tensor:
+    """``value`` must be a floating-point tensor."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, received {type(value).__name__}")
+    if not value.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, received dtype {value.dtype}")
+    return value
+
+
+def check_same_kind(reference_name: str, reference: Tensor, **others: Tensor | None) -> None:
+    """All tensors share the reference's dtype and device."""
+    for name, tensor in others.items():
+        if tensor is None:
+            continue
+        if tensor.dtype != reference.dtype:
+            raise TypeError(
+                f"{name}: expected dtype {reference.dtype} (the dtype of {reference_name}), "
+                f"received {tensor.dtype}"
+            )
+        if tensor.device != reference.device:
+            raise ValueError(
+                f"{name}: expected device {reference.device} (the device of "
+                f"{reference_name}), received {tensor.device}"
+            )
+
+
+def check_finite(**tensors: Tensor | None) -> None:
+    """No NaN or Inf in the problem data."""
+    for name, tensor in tensors.items():
+        if tensor is not None and not bool(torch.isfinite(tensor).all()):
+            bad = "NaN" if bool(torch.isnan(tensor).any()) else "Inf"
+            raise ValueError(f"{name}: contains {bad} values; the problem data must be finite")
+
+
+def _shape_text(shape: Sequence[int | str]) -> str:
+    return "(" + ", ".join(str(s) for s in shape) + ")"
+
+
+def expand_batched(name: str, value: Tensor, batch: int, shape: Sequence[int]) -> Tensor:
+    """Broadcast a term given with or without its leading batch dimension.
+
+    Args:
+        name: argument name for messages.
+        value: (B, *shape) or (*shape) tensor.
+        batch: the batch size B.
+        shape: the expected shape after the batch dimension.
+
+    Returns:
+        (B, *shape) view (no copy when the batch dimension was absent).
+    """
+    shape = tuple(shape)
+    if tuple(value.shape) == shape:
+        return value.expand(batch, *shape)
+    if value.dim() == len(shape) + 1 and tuple(value.shape[1:]) == shape:
+        if value.shape[0] == batch:
+            return value
+        if value.shape[0] == 1:
+            return value.expand(batch, *shape)
+    raise ValueError(
+        f"{name}: expected shape {_shape_text((batch, *shape))} or {_shape_text(shape)}, "
+        f"received {_shape_text(tuple(value.shape))}"
+    )
+
+
+def expand_bound(
+    name: str,
+    value: float | Tensor | None,
+    batch: int,
+    horizon: int,
+    n_ctrl: int,
+    like: Tensor,
+) -> Tensor | None:
+    """A control bound as (B, T, m): from a float, (m,), (B, m) or (B, T, m); None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        value = torch.tensor(float(value), dtype=like.dtype, device=like.device)
+    value = check_tensor(name, value)
+    check_same_kind("x_init", like, **{name: value})
+    if value.dim() == 0:
+        return value.expand(batch, horizon, n_ctrl)
+    if value.dim() == 1 and value.shape[0] == n_ctrl:
+        return value.expand(batch, horizon, n_ctrl)
+    if value.dim() == 2 and tuple(value.shape) == (batch, n_ctrl):
+        return value.unsqueeze(1).expand(batch, horizon, n_ctrl)
+    if value.dim() == 3 and tuple(value.shape) == (batch, horizon, n_ctrl):
+        return value
+    raise ValueError(
+        f"{name}: expected a float or a tensor of shape (m,) = ({n_ctrl},), "
+        f"(B, m) = ({batch}, {n_ctrl}) or (B, T, m) = ({batch}, {horizon}, {n_ctrl}), "
+        f"received shape {_shape_text(tuple(value.shape))}"
+    )
+
+
+def check_bounds(lower: Tensor | None, upper: Tensor | None) -> None:
+    """lower <= upper everywhere, and no NaN (infinite bounds are allowed)."""
+    for name, bound in (("u_lower", lower), ("u_upper", upper)):
+        if bound is not None and bool(torch.isnan(bound).any()):
+            raise ValueError(f"{name}: contains NaN values")
+    if lower is not None and upper is not None:
+        bad = lower > upper
+        if bool(bad.any()):
+            index = tuple(torch.nonzero(bad)[0].tolist())
+            raise ValueError(
+                f"u_lower must not exceed u_upper: at index (batch, time, control) = {index}, "
+                f"u_lower = {float(lower[index]):g} > u_upper = {float(upper[index]):g}"
+            )

@@ -7,10 +7,12 @@ from mpc_policy.box_qp import BoxQPResult, box_qp
 from mpc_policy.costs import GoalWeightedCost, QuadraticCost
 from mpc_policy.dynamics import AffineDynamics
 from mpc_policy.lqr import lqr_solve
+from mpc_policy.mpc import MPC
 from mpc_policy.options import MPCOptions
 from mpc_policy.solution import ConvergenceError, Solution, SolverInfo
 
 __all__ = [
+    "MPC",
     "AffineDynamics",
     "BoxQPResult",
     "ConvergenceError",

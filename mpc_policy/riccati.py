@@ -32,7 +32,14 @@ from torch import Tensor
 
 from mpc_policy.box_qp import box_qp, masked_cholesky, masked_solve
 
-__all__ = ["Gains", "adjoint_solve", "backward_recursion", "costates", "factorize"]
+__all__ = [
+    "Gains",
+    "adjoint_solve",
+    "backward_recursion",
+    "costates",
+    "costates_from_gradient",
+    "factorize",
+]
 
 
 class Gains(NamedTuple):
@@ -155,13 +162,14 @@ def factorize(C: Tensor, F: Tensor, free: Tensor, *, regularization: float = 1e-
     """Backward recursion with a fixed free set (no box QP): the factorization of eq. (9).
 
     Used when the data of the backward LQR differ from the forward pass's last model (the
-    exact gradients of a nonlinear problem use the Hessian of the Lagrangian).
+    exact gradients of a nonlinear problem use the Hessian of the Lagrangian). Only Q_uu on
+    the free set has to be positive definite.
 
     Args:
         C: (T, B, d, d) quadratic terms.
         F: (T-1, B, n, d) dynamics Jacobians.
         free: (T, B, m) free controls at the solution.
-        regularization: first diagonal shift for a Q_uu that is not positive definite.
+        regularization: first diagonal shift for a Q_uu,ff that is not positive definite.
 
     Returns:
         ``Gains`` with k = 0.
@@ -174,9 +182,13 @@ def factorize(C: Tensor, F: Tensor, free: Tensor, *, regularization: float = 1e-
         Q = C[t]
         if V is not None:
             Q = Q + F[t].transpose(-1, -2) @ V @ F[t]
-        Q_uu, _ = _regularize(Q[:, n:, n:], t + 1, regularization)
-        Q = torch.cat([Q[:, :, :n], torch.cat([Q[:, :n, n:], Q_uu], dim=-2)], dim=-1)
-        L, _ = masked_cholesky(Q_uu, free[t])
+        L, info = masked_cholesky(Q[:, n:, n:], free[t])
+        if bool((info > 0).any()):
+            pair = free[t].unsqueeze(-1) & free[t].unsqueeze(-2)
+            Q_uu, _ = _regularize(torch.where(pair, Q[:, n:, n:], 0.0), t + 1, regularization)
+            Q_uu = torch.where(pair, Q_uu, Q[:, n:, n:])
+            Q = torch.cat([Q[:, :, :n], torch.cat([Q[:, :n, n:], Q_uu], dim=-2)], dim=-1)
+            L, _ = masked_cholesky(Q_uu, free[t])
         K = -masked_solve(L, free[t], Q[:, n:, :n])
         V = Q[:, :n, :n] + Q[:, :n, n:] @ K
         V = 0.5 * (V + V.transpose(-1, -2))
@@ -184,9 +196,8 @@ def factorize(C: Tensor, F: Tensor, free: Tensor, *, regularization: float = 1e-
         chols.append(L)
         Qs.append(Q)
     K = torch.stack(Ks[::-1])
-    return Gains(
-        K, torch.zeros_like(K[..., 0]), free, torch.stack(chols[::-1]), torch.stack(Qs[::-1])
-    )
+    chol = torch.stack(chols[::-1])
+    return Gains(K, torch.zeros_like(K[..., 0]), free, chol, torch.stack(Qs[::-1]))
 
 
 def adjoint_solve(gains: Gains, F: Tensor, grad_tau: Tensor) -> Tensor:
@@ -225,8 +236,30 @@ def adjoint_solve(gains: Gains, F: Tensor, grad_tau: Tensor) -> Tensor:
     return torch.stack(out)
 
 
+def costates_from_gradient(grad: Tensor, F: Tensor) -> Tensor:
+    """Costates by eq. (7) from the objective's gradient along the trajectory.
+
+    lambda_T = grad_T,x and lambda_t = grad_t,x + F_t,x' lambda_{t+1}.
+
+    Args:
+        grad: (T, B, d) gradient of the objective with respect to tau_t.
+        F: (T-1, B, n, d) dynamics Jacobians.
+
+    Returns:
+        lam: (T, B, n) costates; lam[0] belongs to the initial condition x_1 = x_init and
+        lam[t] (t >= 1) to the dynamics constraint that defines x_{t+1} (0-based x[t]).
+    """
+    n = F.shape[-2]
+    T = grad.shape[0]
+    lams = [grad[T - 1, :, :n]]
+    for t in range(T - 2, -1, -1):
+        Fx = F[t][:, :, :n]
+        lams.append(grad[t, :, :n] + (Fx.transpose(-1, -2) @ lams[-1].unsqueeze(-1)).squeeze(-1))
+    return torch.stack(lams[::-1])
+
+
 def costates(C: Tensor, c: Tensor, F: Tensor, tau: Tensor) -> Tensor:
-    """Costates by eq. (7): lambda_T = C_T,x tau_T + c_T,x, lambda_t = F_t,x' lambda_{t+1} + ...
+    """Costates of an LQR problem at a trajectory, eq. (7).
 
     Args:
         C: (T, B, d, d) quadratic terms.
@@ -235,14 +268,6 @@ def costates(C: Tensor, c: Tensor, F: Tensor, tau: Tensor) -> Tensor:
         tau: (T, B, d) trajectory.
 
     Returns:
-        lam: (T, B, n) costates; lam[0] belongs to the initial condition x_1 = x_init and
-        lam[t] (t >= 1) to the dynamics constraint that defines x_{t+1} (0-based x[t]).
+        lam: (T, B, n), as ``costates_from_gradient``.
     """
-    n = F.shape[-2]
-    T = tau.shape[0]
-    grad = (C @ tau.unsqueeze(-1)).squeeze(-1) + c  # (T, B, d)
-    lams = [grad[T - 1, :, :n]]
-    for t in range(T - 2, -1, -1):
-        Fx = F[t][:, :, :n]
-        lams.append(grad[t, :, :n] + (Fx.transpose(-1, -2) @ lams[-1].unsqueeze(-1)).squeeze(-1))
-    return torch.stack(lams[::-1])
+    return costates_from_gradient((C @ tau.unsqueeze(-1)).squeeze(-1) + c, F)

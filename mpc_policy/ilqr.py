@@ -115,6 +115,7 @@ def box_ddp(
     lower: Tensor | None,
     upper: Tensor | None,
     options: MPCOptions,
+    warn_regularization: bool = True,
 ) -> DDPResult:
     """Solve a box-constrained control problem by box-DDP, each element on its own.
 
@@ -125,6 +126,7 @@ def box_ddp(
         lower: (T, B, m) control lower bounds or None.
         upper: (T, B, m) control upper bounds or None.
         options: solver options (iterations, tolerance, line search).
+        warn_regularization: warn when a Q_uu block needs regularizing.
 
     Returns:
         The final trajectory, its cost, the gains of the last backward pass (at the final
@@ -156,6 +158,7 @@ def box_ddp(
             du_upper,
             regularization=options.regularization,
             qp_max_iter=options.qp_max_iter,
+            warn=warn_regularization,
         )
         x_full, u_full = rollout(model, x_init, u_bar, x_bar, gains, 1.0, lower, upper)
         scale = 1.0 + u_bar.detach().abs().amax(dim=(0, 2))

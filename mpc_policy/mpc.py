@@ -202,7 +202,7 @@ class MPC(nn.Module):
 
         if opts.grad_method == "unroll":
             model = ModuleModel(cost, dynamics, opts, create_graph=torch.is_grad_enabled())
-            result = box_ddp(model, x_init, u0, lower_t, upper_t, opts)
+            result = box_ddp(model, x_init, u0, lower_t, upper_t, opts, warn_regularization=False)
             x, u, info = result.x, result.u, result.info
             info.enforce(opts.on_unconverged)
         else:
@@ -210,14 +210,20 @@ class MPC(nn.Module):
             with torch.no_grad():
                 lo = None if lower_t is None else lower_t.detach()
                 hi = None if upper_t is None else upper_t.detach()
-                result = box_ddp(model, x_init.detach(), u0, lo, hi, opts)
+                result = box_ddp(
+                    model, x_init.detach(), u0, lo, hi, opts, warn_regularization=False
+                )
             info = result.info
             info.enforce(opts.on_unconverged)
             x, u = result.x, result.u
             if torch.is_grad_enabled():
                 C, c, F, f, H = _lqr_data_at(cost, dynamics, x, u, opts)
                 gains = factorize(
-                    H, F.detach(), result.gains.free, regularization=opts.regularization
+                    H,
+                    F.detach(),
+                    result.gains.free,
+                    regularization=opts.regularization,
+                    warn=info.converged,
                 )
                 x, u = implicit_lqr(x_init, C, c, F, f, lower_t, upper_t, x, u, gains)
         if opts.on_unconverged == "zero_grad" and not info.all_converged:

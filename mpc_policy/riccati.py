@@ -32,6 +32,8 @@ from torch import Tensor
 
 from mpc_policy.box_qp import box_qp, masked_cholesky, masked_solve
 
+_MAX_SHIFTS = 40
+
 __all__ = [
     "Gains",
     "adjoint_solve",
@@ -60,10 +62,19 @@ class Gains(NamedTuple):
     Q: Tensor
 
 
-def _regularize(Q_uu: Tensor, t: int, regularization: float) -> tuple[Tensor, Tensor]:
-    """Make Q_uu (B, m, m) positive definite, warning with the step and elements.
+def _regularize(
+    Q_uu: Tensor, t: int, regularization: float, warn: bool | Tensor = True
+) -> tuple[Tensor, Tensor]:
+    """Make Q_uu (B, m, m) positive definite by a diagonal shift growing 10x per try.
 
-    Returns the (possibly shifted) Q_uu and its Cholesky factor.
+    Args:
+        Q_uu: (B, m, m) symmetric blocks.
+        t: 1-based time step, for the warning.
+        regularization: first shift, relative to 1 + max |diag Q_uu|.
+        warn: whether to warn, or a (B,) mask of the elements worth a warning.
+
+    Returns:
+        The shifted Q_uu (B, m, m) and its Cholesky factor (B, m, m).
     """
     L, info = torch.linalg.cholesky_ex(Q_uu)
     bad = info > 0
@@ -72,17 +83,25 @@ def _regularize(Q_uu: Tensor, t: int, regularization: float) -> tuple[Tensor, Te
     eye = torch.eye(Q_uu.shape[-1], dtype=Q_uu.dtype, device=Q_uu.device)
     mu = regularization * (1.0 + Q_uu.diagonal(dim1=-2, dim2=-1).abs().amax(-1))
     shift = torch.zeros_like(mu)
-    while bool(bad.any()):
+    for _ in range(_MAX_SHIFTS):
         shift = torch.where(bad, torch.where(shift == 0, mu, 10.0 * shift), shift)
         L, info = torch.linalg.cholesky_ex(Q_uu + shift.view(-1, 1, 1) * eye)
         bad = info > 0
-    elements = torch.nonzero(shift > 0).flatten().tolist()
-    warnings.warn(
-        f"Q_uu at time step {t} is not positive definite for batch elements "
-        f"{elements[:10]}; regularized by adding up to {float(shift.max()):.2e} * I",
-        RuntimeWarning,
-        stacklevel=4,
-    )
+        if not bool(bad.any()):
+            break
+    else:  # non-finite data: no shift helps; the element's step is then the identity's
+        Q_uu = torch.where(bad.view(-1, 1, 1), eye, Q_uu)
+        shift = torch.where(bad, torch.zeros_like(shift), shift)
+        L, _ = torch.linalg.cholesky_ex(Q_uu + shift.view(-1, 1, 1) * eye)
+    mask = warn if isinstance(warn, Tensor) else torch.full_like(bad, bool(warn))
+    reported = torch.nonzero((shift > 0) & mask).flatten().tolist()
+    if reported:
+        warnings.warn(
+            f"Q_uu at time step {t} is not positive definite for batch elements "
+            f"{reported[:10]}; regularized by adding up to {float(shift.max()):.2e} * I",
+            RuntimeWarning,
+            stacklevel=4,
+        )
     return Q_uu + shift.view(-1, 1, 1) * eye, L
 
 
@@ -95,6 +114,7 @@ def backward_recursion(
     *,
     regularization: float = 1e-8,
     qp_max_iter: int = 30,
+    warn: bool = True,
 ) -> Gains:
     """Backward pass of box-DDP on the quadratic model (Appendix A, MPCstep).
 
@@ -106,6 +126,8 @@ def backward_recursion(
         upper: (T, B, m) upper bounds on the control step du, or None.
         regularization: first diagonal shift for a Q_uu that is not positive definite.
         qp_max_iter: projected-Newton iterations per box QP.
+        warn: warn when a Q_uu is regularized (box-DDP on a nonconvex problem meets
+            indefinite Q_uu routinely far from the solution and does not warn).
 
     Returns:
         The ``Gains`` of the recursion.
@@ -123,7 +145,7 @@ def backward_recursion(
             q = q + (Ft.transpose(-1, -2) @ v.unsqueeze(-1)).squeeze(-1)
         Q_ux, Q_uu = Q[:, n:, :n], Q[:, n:, n:]
         q_x, q_u = q[:, :n], q[:, n:]
-        Q_uu, L = _regularize(Q_uu, t + 1, regularization)
+        Q_uu, L = _regularize(Q_uu, t + 1, regularization, warn)
         free = torch.ones_like(q_u, dtype=torch.bool)
         k = -torch.cholesky_solve(q_u.unsqueeze(-1), L).squeeze(-1)
         if lower is not None and upper is not None:
@@ -158,7 +180,14 @@ def backward_recursion(
     )
 
 
-def factorize(C: Tensor, F: Tensor, free: Tensor, *, regularization: float = 1e-8) -> Gains:
+def factorize(
+    C: Tensor,
+    F: Tensor,
+    free: Tensor,
+    *,
+    regularization: float = 1e-8,
+    warn: bool | Tensor = True,
+) -> Gains:
     """Backward recursion with a fixed free set (no box QP): the factorization of eq. (9).
 
     Used when the data of the backward LQR differ from the forward pass's last model (the
@@ -170,6 +199,8 @@ def factorize(C: Tensor, F: Tensor, free: Tensor, *, regularization: float = 1e-
         F: (T-1, B, n, d) dynamics Jacobians.
         free: (T, B, m) free controls at the solution.
         regularization: first diagonal shift for a Q_uu,ff that is not positive definite.
+        warn: whether a regularization warns, or a (B,) mask of the elements that do (at
+            a converged fixed point an indefinite Q_uu,ff means a saddle, not a minimum).
 
     Returns:
         ``Gains`` with k = 0.
@@ -185,7 +216,7 @@ def factorize(C: Tensor, F: Tensor, free: Tensor, *, regularization: float = 1e-
         L, info = masked_cholesky(Q[:, n:, n:], free[t])
         if bool((info > 0).any()):
             pair = free[t].unsqueeze(-1) & free[t].unsqueeze(-2)
-            Q_uu, _ = _regularize(torch.where(pair, Q[:, n:, n:], 0.0), t + 1, regularization)
+            Q_uu, _ = _regularize(torch.where(pair, Q[:, n:, n:], 0.0), t + 1, regularization, warn)
             Q_uu = torch.where(pair, Q_uu, Q[:, n:, n:])
             Q = torch.cat([Q[:, :, :n], torch.cat([Q[:, :n, n:], Q_uu], dim=-2)], dim=-1)
             L, _ = masked_cholesky(Q_uu, free[t])

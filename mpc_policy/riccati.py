@@ -10,8 +10,8 @@ the backward recursion computes, from t = T down to 1,
     Q_t = C_t + F_t' V_{t+1} F_t          q_t = g_t + F_t' v_{t+1}
     k_t = argmin 1/2 du' Q_uu du + q_u' du  s.t. the box    (a box QP)
     K_t = -Q_uu,ff^{-1} Q_ux  on the free rows, 0 on the clamped rows
-    V_t = Q_xx + Q_xu K_t + K_t' Q_ux + K_t' Q_uu K_t
-    v_t = q_x + Q_xu k_t + K_t' q_u + K_t' Q_uu k_t
+    V_t = Q_xx + Q_xu K_t + K_t' Q_ux + K_t' Q_uu K_t  =  Q_xx + Q_xu K_t
+    v_t = q_x + Q_xu k_t + K_t' q_u + K_t' Q_uu k_t    =  q_x + Q_xu k_t
 
 and the rollout applies u_t = u_bar_t + alpha k_t + K_t (x_t - x_bar_t), clamped to the box.
 The same factorization (K, Q, and the Cholesky factor of Q_uu on the free set) serves the
@@ -145,32 +145,32 @@ def backward_recursion(
             q = q + (Ft.transpose(-1, -2) @ v.unsqueeze(-1)).squeeze(-1)
         Q_ux, Q_uu = Q[:, n:, :n], Q[:, n:, n:]
         q_x, q_u = q[:, :n], q[:, n:]
-        Q_uu, L = _regularize(Q_uu, t + 1, regularization, warn)
+        Q_uu_reg, L = _regularize(Q_uu, t + 1, regularization, warn)
         free = torch.ones_like(q_u, dtype=torch.bool)
-        k = -torch.cholesky_solve(q_u.unsqueeze(-1), L).squeeze(-1)
+        # K and k from one solve: -Q_uu^{-1} [Q_ux, q_u]
+        gain = -torch.cholesky_solve(torch.cat([Q_ux, q_u.unsqueeze(-1)], dim=-1), L)
+        K, k = gain[..., :n], gain[..., n]
         if lower is not None and upper is not None:
             inside = ((k >= lower[t]) & (k <= upper[t])).all()
             if not bool(inside):
                 # the unconstrained step leaves the box somewhere: solve the box QP from
                 # its projection (a good guess of the active set)
-                qp = box_qp(Q_uu, q_u, lower[t], upper[t], k, max_iter=qp_max_iter)
+                qp = box_qp(Q_uu_reg, q_u, lower[t], upper[t], k, max_iter=qp_max_iter)
                 k, free, L = qp.x, qp.free, qp.chol
-        K = -masked_solve(L, free, Q_ux)
+                K = -masked_solve(L, free, Q_ux)
         Q_xu = Q_ux.transpose(-1, -2)
-        KtQuu = K.transpose(-1, -2) @ Q_uu
-        V = Q[:, :n, :n] + Q_xu @ K + K.transpose(-1, -2) @ Q_ux + KtQuu @ K
+        # K_f = -Q_ff^{-1} Q_fx on the free rows (0 elsewhere) gives K'Q_uu K = -K'Q_ux, and
+        # the box QP's optimality (Q_uu k + q_u)_f = 0 gives K'(q_u + Q_uu k) = 0
+        V = Q[:, :n, :n] + Q_xu @ K
         V = 0.5 * (V + V.transpose(-1, -2))
-        v = (
-            q_x
-            + (Q_xu @ k.unsqueeze(-1)).squeeze(-1)
-            + (K.transpose(-1, -2) @ q_u.unsqueeze(-1)).squeeze(-1)
-            + (KtQuu @ k.unsqueeze(-1)).squeeze(-1)
-        )
+        v = q_x + (Q_xu @ k.unsqueeze(-1)).squeeze(-1)
+        if Q_uu_reg is not Q_uu:
+            Q = torch.cat([Q[:, :, :n], torch.cat([Q_xu, Q_uu_reg], dim=-2)], dim=-1)
         Ks.append(K)
         ks.append(k)
         frees.append(free)
         chols.append(L)
-        Qs.append(torch.cat([Q[:, :, :n], torch.cat([Q_xu, Q_uu], dim=-2)], dim=-1))
+        Qs.append(Q)
     return Gains(
         torch.stack(Ks[::-1]),
         torch.stack(ks[::-1]),

@@ -19,11 +19,15 @@ __all__ = ["AffineDynamics"]
 
 
 class AffineDynamics(nn.Module):
-    """Time-invariant affine dynamics x_{t+1} = F [x_t; u_t] + f.
+    """Affine dynamics x_{t+1} = F [x_t; u_t] + f.
 
     Args:
         F: (n, n+m) dynamics matrix, or (B, n, n+m) one per batch element.
         f: (n,) or (B, n) offset; None means zero.
+
+    With per-element matrices the inputs are (..., B, n) and (..., B, m): the batch
+    dimension is the last one before the features, which is how the solver calls
+    dynamics (time or line-search candidates first, batch next).
     """
 
     def __init__(self, F: Tensor, f: Tensor | None = None) -> None:
@@ -53,17 +57,9 @@ class AffineDynamics(nn.Module):
         """Next state (..., n) for x (..., n), u (..., m)."""
         tau = torch.cat([x, u], dim=-1)
         F, f = self.F.to(tau.dtype), self.f.to(tau.dtype)
-        if F.dim() == 3:
-            # one matrix per batch element: align the batch dimension with tau's first one
-            shape = (F.shape[0],) + (1,) * (tau.dim() - 2) + F.shape[1:]
-            F = F.reshape(shape)
-            f = f.reshape(shape[:-1])
         return (F @ tau.unsqueeze(-1)).squeeze(-1) + f
 
     def jacobian(self, x: Tensor, u: Tensor) -> Tensor:
         """Exact Jacobian (..., n, n+m) of the next state with respect to [x; u]."""
-        tau = torch.cat([x, u], dim=-1)
-        F = self.F.to(tau.dtype)
-        if F.dim() == 3:
-            F = F.reshape((F.shape[0],) + (1,) * (tau.dim() - 2) + F.shape[1:])
-        return F.expand(*tau.shape[:-1], *F.shape[-2:])
+        F = self.F.to(x.dtype)
+        return F.expand(*x.shape[:-1], *F.shape[-2:])

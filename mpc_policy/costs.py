@@ -92,6 +92,8 @@ class GoalWeightedCost(nn.Module):
         learn_goal: register the goal as an ``nn.Parameter``.
     """
 
+    linear: Tensor
+
     def __init__(
         self,
         weights: Tensor,

@@ -79,7 +79,7 @@ class _ImplicitLQR(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         x_init: Tensor,
         C: Tensor,

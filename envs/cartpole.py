@@ -1,0 +1,242 @@
+"""Cart-pole swing-up with a continuous force: dynamics, task cost and Gymnasium environment.
+
+The MPC state is x = (p, p_dot, cos th, sin th, th_dot): cart position p, pole angle th with
+th = 0 upright and positive when the pole leans right (its tip at p + 2 l sin th); the
+control is the horizontal force u on the cart. The equations of motion are Gymnasium
+CartPole-v1's (Barto, Sutton and Anderson's, with a pole of half-length l) and one step of
+``dt`` is its explicit Euler update:
+
+    M = m_c + m_p,    a = (u + m_p l th_dot^2 sin th) / M
+    th_ddot = (g sin th - cos th a) / (l (4/3 - m_p cos^2 th / M))
+    p_ddot  = a - m_p l th_ddot cos th / M
+    p' = p + dt p_dot,   p_dot' = p_dot + dt p_ddot,   th' = th + dt th_dot,
+    th_dot' = th_dot + dt th_ddot,   x' = (p', p_dot', cos th', sin th', th_dot')
+
+with th = atan2(sin th, cos th). The task cost is 0.1 p^2 + 0.1 p_dot^2 + (cos th - 1)^2
++ sin^2 th + 0.1 th_dot^2 + 0.001 u^2 (the paper's, Amos et al., 2018, section 5.3).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from envs.base import UNBOUNDED, DynamicsEnv
+from envs.model import SystemDynamics, angle_and_partials, check_inputs, stack_jacobian
+from envs.params import CartPoleParams
+from envs.rendering import Canvas
+from mpc_policy.costs import GoalWeightedCost
+
+__all__ = ["CartPoleDynamics", "CartPoleEnv", "cartpole_cost", "cartpole_state"]
+
+
+def cartpole_state(position: float, velocity: float, theta: float, theta_dot: float) -> np.ndarray:
+    """The MPC state (5,) float64 (p, p_dot, cos th, sin th, th_dot)."""
+    return np.array([position, velocity, np.cos(theta), np.sin(theta), theta_dot], dtype=np.float64)
+
+
+def cartpole_cost(
+    *, learn_weights: bool = True, learn_goal: bool = True, dtype: torch.dtype | None = None
+) -> GoalWeightedCost:
+    """The cart-pole's task cost: weights (0.1, 0.1, 1, 1, 0.1, 0.001) on
+    (p, p_dot, cos, sin, th_dot, u), goal (0, 0, 1, 0, 0) upright at the origin, control 0."""
+    dtype = torch.get_default_dtype() if dtype is None else dtype
+    return GoalWeightedCost(
+        torch.tensor([0.1, 0.1, 1.0, 1.0, 0.1, 0.001], dtype=dtype),
+        torch.tensor([0.0, 0.0, 1.0, 0.0, 0.0, 0.0], dtype=dtype),
+        learn_weights=learn_weights,
+        learn_goal=learn_goal,
+    )
+
+
+class CartPoleDynamics(SystemDynamics):
+    """Cart-pole dynamics on x = (p, p_dot, cos th, sin th, th_dot), u = (force,).
+
+    ``forward(x (..., 5), u (..., 1)) -> (..., 5)`` on any (broadcastable) leading shape, in
+    the input's dtype. ``gravity``, ``cart_mass``, ``pole_mass`` and ``half_length`` are
+    ``nn.Parameter`` scalars; ``dt`` is fixed. The force is not clipped here (the MPC's
+    bounds and the environment's action clipping do that).
+
+    Args:
+        params: constants; ``CartPoleParams()`` (the true values) by default.
+        dtype: dtype of the parameters (default: torch's default dtype). Pass float64 for
+            exact true values: ``.double()`` on a float32 module keeps float32 rounding.
+    """
+
+    n_state = 5
+    n_ctrl = 1
+
+    def __init__(
+        self, params: CartPoleParams | None = None, *, dtype: torch.dtype | None = None
+    ) -> None:
+        super().__init__()
+        params = CartPoleParams() if params is None else params
+        if not isinstance(params, CartPoleParams):
+            raise TypeError(f"params: expected CartPoleParams, received {type(params)}")
+        self.params = params
+        self.dt = params.dt
+        self.gravity = nn.Parameter(torch.tensor(float(params.gravity), dtype=dtype))
+        self.cart_mass = nn.Parameter(torch.tensor(float(params.cart_mass), dtype=dtype))
+        self.pole_mass = nn.Parameter(torch.tensor(float(params.pole_mass), dtype=dtype))
+        self.half_length = nn.Parameter(torch.tensor(float(params.half_length), dtype=dtype))
+
+    def _constants(self, like: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(g, m_c, m_p, l) in the dtype of ``like``."""
+        g, m_c, m_p, l = (self.gravity, self.cart_mass, self.pole_mass, self.half_length)
+        return g.to(like.dtype), m_c.to(like.dtype), m_p.to(like.dtype), l.to(like.dtype)
+
+    def accelerations(
+        self, theta: Tensor, theta_dot: Tensor, force: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """(p_ddot, th_ddot), each (...), at angle, angular velocity and force (...)."""
+        g, m_c, m_p, l = self._constants(theta)
+        total = m_c + m_p
+        sin, cos = theta.sin(), theta.cos()
+        a = (force + m_p * l * theta_dot**2 * sin) / total
+        theta_acc = (g * sin - cos * a) / (l * (4.0 / 3.0 - m_p * cos**2 / total))
+        return a - m_p * l * theta_acc * cos / total, theta_acc
+
+    def forward(self, x: Tensor, u: Tensor) -> Tensor:
+        """Next state (..., 5) for x (..., 5) = (p, p_dot, cos th, sin th, th_dot), u (..., 1)."""
+        check_inputs(type(self).__name__, x, u, self.n_state, self.n_ctrl)
+        position, velocity, cos, sin, theta_dot = x.unbind(-1)
+        theta = torch.atan2(sin, cos)
+        cart_acc, theta_acc = self.accelerations(theta, theta_dot, u[..., 0])
+        dt = self.dt
+        theta_next = theta + dt * theta_dot
+        return torch.stack(
+            (
+                position + dt * velocity,
+                velocity + dt * cart_acc,
+                theta_next.cos(),
+                theta_next.sin(),
+                theta_dot + dt * theta_acc,
+            ),
+            dim=-1,
+        )
+
+    def jacobian(self, x: Tensor, u: Tensor) -> Tensor:
+        """Analytic Jacobian (..., 5, 6) of the next state with respect to [x; u];
+        differentiable with respect to the parameters."""
+        shape = check_inputs(type(self).__name__, x, u, self.n_state, self.n_ctrl)
+        _, _, cos_in, sin_in, theta_dot = x.unbind(-1)
+        theta, theta_c, theta_s = angle_and_partials(cos_in, sin_in)
+        force = u[..., 0]
+        g, m_c, m_p, l = self._constants(x)
+        total = m_c + m_p
+        sin, cos = theta.sin(), theta.cos()
+        a = (force + m_p * l * theta_dot**2 * sin) / total
+        denominator = l * (4.0 / 3.0 - m_p * cos**2 / total)
+        theta_acc = (g * sin - cos * a) / denominator
+        # derivatives of a, the denominator and the accelerations w.r.t. th, th_dot and u
+        a_theta = m_p * l * theta_dot**2 * cos / total
+        a_theta_dot = 2.0 * m_p * l * theta_dot * sin / total
+        a_force = 1.0 / total
+        denominator_theta = l * 2.0 * m_p * cos * sin / total
+        numerator_theta = g * cos + sin * a - cos * a_theta
+        th_acc_theta = (numerator_theta - theta_acc * denominator_theta) / denominator
+        th_acc_theta_dot = -cos * a_theta_dot / denominator
+        th_acc_force = -cos * a_force / denominator
+        coupling = m_p * l / total
+        p_acc_theta = a_theta - coupling * (th_acc_theta * cos - theta_acc * sin)
+        p_acc_theta_dot = a_theta_dot - coupling * cos * th_acc_theta_dot
+        p_acc_force = a_force - coupling * cos * th_acc_force
+        dt = self.dt
+        theta_next = theta + dt * theta_dot
+        # d th' / d(p, p_dot, cos, sin, th_dot, u)
+        th_row: list[Tensor | float] = [0.0, 0.0, theta_c, theta_s, dt, 0.0]
+        sin_next, cos_next = theta_next.sin(), theta_next.cos()
+        rows: list[list[Tensor | float]] = [
+            [1.0, dt, 0.0, 0.0, 0.0, 0.0],
+            [
+                0.0,
+                1.0,
+                dt * p_acc_theta * theta_c,
+                dt * p_acc_theta * theta_s,
+                dt * p_acc_theta_dot,
+                dt * p_acc_force,
+            ],
+            [-sin_next * d for d in th_row],
+            [cos_next * d for d in th_row],
+            [
+                0.0,
+                0.0,
+                dt * th_acc_theta * theta_c,
+                dt * th_acc_theta * theta_s,
+                1.0 + dt * th_acc_theta_dot,
+                dt * th_acc_force,
+            ],
+        ]
+        return stack_jacobian(rows, shape, x)
+
+
+class CartPoleEnv(DynamicsEnv):
+    """Cart-pole swing-up with a continuous force, stepped by ``CartPoleDynamics``.
+
+    ## Description
+    Gymnasium CartPole-v1's cart and pole (g 9.8, cart 1 kg, pole 0.1 kg, half-length
+    0.5 m, explicit Euler) with a continuous force up to 100 N and a 0.05 s step, starting
+    anywhere on the circle: the pole must be swung up and balanced over x = 0. These are the
+    paper's cart-pole experiment settings (Amos et al., 2018, section 5.3).
+
+    ## Action Space
+    ``Box(-max_force, max_force, (1,), float32)``: the force on the cart (N), default bound
+    100. Larger actions are clipped; a wrong shape or a non-finite action raises ValueError.
+
+    ## Observation Space
+    ``Box((-big, -big, -1, -1, -big), (big, big, 1, 1, big), (5,), float32)`` with big the
+    largest float32: (p, p_dot, cos th, sin th, th_dot), which is also the MPC state
+    (``env.unwrapped.state`` holds it in float64). The track is unbounded.
+
+    ## Rewards
+    r = -[0.1 p^2 + 0.1 p_dot^2 + (cos th - 1)^2 + sin^2 th + 0.1 th_dot^2 + 0.001 u^2] at
+    the pre-step state, i.e. minus ``cartpole_cost()``; at most 0.
+
+    ## Starting State
+    p, p_dot ~ U(-0.5, 0.5), th ~ U(-pi, pi), th_dot ~ U(-1, 1).
+    ``reset(options={"state": x})`` sets x exactly.
+
+    ## Episode End
+    Never terminates (no track limits, no angle limit). ``gymnasium.make(
+    "mpc_policy/CartPole-v0")`` truncates after 200 steps (10 s).
+
+    ## Arguments
+    - ``render_mode``: None, "rgb_array" or "human".
+    - ``params``: a ``CartPoleParams`` (true values by default).
+
+    ## Version History
+    - v0: initial version.
+    """
+
+    render_size = (600, 400)
+    render_origin = (300.0, 250.0)
+    render_scale = 100.0
+
+    def __init__(self, render_mode: str | None = None, params: CartPoleParams | None = None):
+        self.params = CartPoleParams() if params is None else params
+        super().__init__(
+            CartPoleDynamics(self.params, dtype=torch.float64),
+            cartpole_cost(learn_weights=False, learn_goal=False, dtype=torch.float64),
+            self.params.max_force,
+            np.array([UNBOUNDED, UNBOUNDED, 1.0, 1.0, UNBOUNDED]),
+            render_mode,
+        )
+
+    def _sample_state(self, options: dict[str, Any]) -> np.ndarray:
+        position, velocity = self.np_random.uniform(-0.5, 0.5, size=2)
+        theta = self.np_random.uniform(-np.pi, np.pi)
+        theta_dot = self.np_random.uniform(-1.0, 1.0)
+        return cartpole_state(position, velocity, theta, theta_dot)
+
+    def _draw(self, canvas: Canvas) -> None:
+        position, _, cos, sin, _ = self.state
+        pole = 2.0 * self.params.half_length
+        canvas.fill((255, 255, 255))
+        canvas.rod((-3.2, 0.0), (3.2, 0.0), 0.01, (0, 0, 0))
+        canvas.rectangle((position, 0.0), 0.5, 0.3, (0, 0, 0))
+        tip = (position + pole * sin, pole * cos)
+        canvas.rod((position, 0.0), tip, 0.1, (202, 152, 101))
+        canvas.circle((position, 0.0), 0.05, (129, 132, 203))

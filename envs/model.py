@@ -1,0 +1,81 @@
+"""The base class of the systems' dynamics modules, with the tensor helpers they share.
+
+Every system is a discrete-time model x_{t+1} = f(x_t, u_t) with a fixed step ``dt``,
+callable on any leading batch shape, with an analytic Jacobian d x_{t+1} / d [x_t; u_t].
+The helpers check inputs, take the angle of a (cos, sin) pair with its derivatives, and
+assemble a Jacobian from its entries.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["SystemDynamics", "angle_and_partials", "check_inputs", "stack_jacobian"]
+
+
+class SystemDynamics(nn.Module, ABC):
+    """Base of the dynamics modules: ``forward(x (..., n), u (..., m)) -> (..., n)``.
+
+    Attributes:
+        n_state: state size n.
+        n_ctrl: control size m.
+        dt: time step (s) of one call.
+    """
+
+    n_state: ClassVar[int]
+    n_ctrl: ClassVar[int]
+    dt: float
+
+    @abstractmethod
+    def jacobian(self, x: Tensor, u: Tensor) -> Tensor:
+        """Analytic Jacobian (..., n, n+m) of the next state with respect to [x; u]."""
+
+
+def check_inputs(name: str, x: Tensor, u: Tensor, n_state: int, n_ctrl: int) -> torch.Size:
+    """Validate x (..., n_state), u (..., n_ctrl) and return their broadcast batch shape."""
+    for arg, tensor, size in (("x", x, n_state), ("u", u, n_ctrl)):
+        if not isinstance(tensor, Tensor):
+            raise TypeError(f"{name}: {arg} must be a torch.Tensor, received {type(tensor)}")
+        if not tensor.is_floating_point():
+            raise TypeError(f"{name}: {arg} must be floating point, received {tensor.dtype}")
+        if tensor.dim() == 0 or tensor.shape[-1] != size:
+            raise ValueError(
+                f"{name}: expected {arg} of shape (..., {size}), received {tuple(tensor.shape)}"
+            )
+    if x.dtype != u.dtype:
+        raise TypeError(f"{name}: x and u must share a dtype, received {x.dtype} and {u.dtype}")
+    if x.shape[:-1] == u.shape[:-1]:
+        return x.shape[:-1]
+    try:
+        return torch.broadcast_shapes(x.shape[:-1], u.shape[:-1])
+    except RuntimeError as error:
+        raise ValueError(
+            f"{name}: the batch shapes of x {tuple(x.shape)} and u {tuple(u.shape)} "
+            "do not broadcast"
+        ) from error
+
+
+def angle_and_partials(cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """theta = atan2(sin, cos) and its derivatives with respect to cos and sin.
+
+    The dynamics depend on the state's angle only, so a (cos, sin) pair off the unit circle
+    is projected onto it; these derivatives are those of that projection.
+    """
+    theta = torch.atan2(sin, cos)
+    radius2 = cos * cos + sin * sin
+    return theta, -sin / radius2, cos / radius2
+
+
+def stack_jacobian(rows: list[list[Tensor | float]], shape: torch.Size, like: Tensor) -> Tensor:
+    """Assemble a (*shape, len(rows), len(rows[0])) Jacobian from scalar or tensor entries."""
+
+    def entry(value: Tensor | float) -> Tensor:
+        if isinstance(value, Tensor):
+            return value.expand(shape)
+        return torch.full(shape, value, dtype=like.dtype, device=like.device)
+
+    return torch.stack([torch.stack([entry(v) for v in row], dim=-1) for row in rows], dim=-2)

@@ -1,0 +1,217 @@
+"""Gymnasium environments of envs/: the API checker, registration, agreement with the
+dynamics modules and with Gymnasium's Pendulum-v1, seeding, truncation, rendering, errors."""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.envs.classic_control.pendulum import PendulumEnv as GymnasiumPendulum
+from gymnasium.utils.env_checker import check_env
+
+import envs
+from envs import (
+    CartPoleEnv,
+    CartPoleParams,
+    PendulumEnv,
+    PendulumParams,
+    WindyPendulumEnv,
+    pendulum_state,
+)
+
+ENV_IDS = list(envs.ENTRY_POINTS)
+
+
+@pytest.fixture(autouse=True)
+def _headless(monkeypatch: pytest.MonkeyPatch) -> None:
+    """check_env also opens the "human" mode: give SDL a window-less video driver."""
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_check_env_passes(env_id):
+    env = gym.make(env_id)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        # physical units on purpose (torque 2 N m, force 100 N): the MPC plans in them
+        warnings.filterwarnings("ignore", message=".*symmetric and normalized space")
+        check_env(env.unwrapped)
+    env.close()
+
+
+def test_registration_is_idempotent():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        envs.register_envs()
+        importlib.reload(envs)
+    for env_id, entry_point in envs.ENTRY_POINTS.items():
+        spec = gym.spec(env_id)
+        assert spec.entry_point == entry_point
+        assert spec.max_episode_steps == envs.MAX_EPISODE_STEPS[env_id]
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_step_agrees_with_dynamics_and_cost_modules(env_id):
+    env = gym.make(env_id).unwrapped
+    obs, _ = env.reset(seed=3)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        x = torch.tensor(env.state)
+        action = env.action_space.sample() if rng.random() < 0.5 else 3 * env.action_space.high
+        u = torch.tensor(np.clip(action, env.action_space.low, env.action_space.high)).double()
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        with torch.no_grad():
+            expected = env.dynamics(x, u)
+            cost = env.cost(x.view(1, 1, -1), u.view(1, 1, -1))
+        np.testing.assert_array_equal(env.state, expected.numpy())
+        np.testing.assert_array_equal(next_obs, expected.numpy().astype(np.float32))
+        assert reward == pytest.approx(-float(cost), rel=1e-12, abs=1e-12)
+        assert terminated is False and truncated is False
+        assert next_obs.dtype == np.float32 and next_obs is not obs
+        obs = next_obs
+
+
+def test_pendulum_reproduces_gymnasium_pendulum_v1():
+    ours = PendulumEnv()
+    theirs = GymnasiumPendulum()
+    ours.reset(seed=0)
+    theirs.reset(seed=0)
+    rng = np.random.default_rng(1)
+    # one step from many states, including ones where the velocity clip is active
+    for _ in range(200):
+        theta, theta_dot = rng.uniform(-np.pi, np.pi), rng.uniform(-8.0, 8.0)
+        action = rng.uniform(-2.5, 2.5, size=1).astype(np.float32)
+        ours.state = pendulum_state(theta, theta_dot)
+        theirs.state = np.array([theta, theta_dot])
+        np.testing.assert_allclose(ours.step(action)[0], theirs.step(action)[0], atol=1e-5)
+    # and a whole 100-step trajectory from a shared state
+    ours.state = pendulum_state(2.5, -0.5)
+    theirs.state = np.array([2.5, -0.5])
+    for _ in range(100):
+        action = rng.uniform(-2.0, 2.0, size=1).astype(np.float32)
+        np.testing.assert_allclose(ours.step(action)[0], theirs.step(action)[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_same_seed_same_trajectory(env_id):
+    def trajectory(seed):
+        env = gym.make(env_id)
+        obs, _ = env.reset(seed=seed)
+        env.action_space.seed(seed)
+        out = [obs]
+        for _ in range(20):
+            out.append(env.step(env.action_space.sample())[0])
+        return np.stack(out)
+
+    np.testing.assert_array_equal(trajectory(7), trajectory(7))
+    assert not np.array_equal(trajectory(7), trajectory(8))
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_time_limit_truncates(env_id):
+    env = gym.make(env_id)
+    env.reset(seed=0)
+    action = np.zeros(env.action_space.shape, dtype=np.float32)
+    for step in range(1, envs.MAX_EPISODE_STEPS[env_id] + 1):
+        _, _, terminated, truncated, _ = env.step(action)
+        assert terminated is False
+        assert type(truncated) is bool
+        assert truncated == (step == envs.MAX_EPISODE_STEPS[env_id])
+
+
+def test_starting_state_distributions():
+    pendulum = PendulumEnv()
+    angles = []
+    for seed in range(200):
+        cos, sin, theta_dot = pendulum.reset(seed=seed)[0]
+        angles.append(np.arctan2(sin, cos))
+        assert abs(theta_dot) <= 1.0
+    assert max(np.abs(angles)) <= np.pi / 2 + 1e-6
+    full = [pendulum.reset(seed=s, options={"full_circle": True})[0] for s in range(200)]
+    assert max(abs(np.arctan2(o[1], o[0])) for o in full) > 2.5
+    assert PendulumEnv(full_circle=True).reset(seed=0)[0][0] == full[0][0]
+    cartpole = CartPoleEnv()
+    starts = np.stack([cartpole.reset(seed=s)[0] for s in range(200)])
+    assert np.all(np.abs(starts[:, :2]) <= 0.5) and np.all(np.abs(starts[:, 4]) <= 1.0)
+    assert starts[:, 2].min() < -0.9  # angles all around the circle
+
+
+def test_reset_state_option_and_errors():
+    env = CartPoleEnv()
+    x = np.array([0.1, -0.2, -1.0, 0.0, 0.3])
+    obs, _ = env.reset(seed=0, options={"state": x})
+    np.testing.assert_array_equal(env.state, x)
+    np.testing.assert_array_equal(obs, x.astype(np.float32))
+    with pytest.raises(ValueError, match="state"):
+        env.reset(options={"state": np.zeros(3)})
+    with pytest.raises(ValueError, match="state"):
+        env.reset(options={"state": np.full(5, np.nan)})
+    with pytest.raises(ValueError, match="unknown reset options"):
+        env.reset(options={"full_circle": True})
+    with pytest.raises(gym.error.ResetNeeded):
+        PendulumEnv().step(np.zeros(1, dtype=np.float32))
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+@pytest.mark.parametrize(
+    ("action", "error", "message"),
+    [
+        (np.zeros(2, dtype=np.float32), ValueError, r"action: expected shape \(1,\)"),
+        (np.float32(0.0), ValueError, r"action: expected shape \(1,\)"),
+        (np.array([np.nan], dtype=np.float32), ValueError, "finite"),
+        (np.array([np.inf]), ValueError, "finite"),
+        (np.array(["a"]), TypeError, "real numbers"),
+    ],
+)
+def test_bad_actions_raise(env_id, action, error, message):
+    env = gym.make(env_id)
+    env.reset(seed=0)
+    with pytest.raises(error, match=message):
+        env.step(action)
+
+
+def test_bad_constructor_arguments_raise():
+    with pytest.raises(TypeError, match="params"):
+        PendulumEnv(params=CartPoleParams())
+    with pytest.raises(TypeError, match="params"):
+        WindyPendulumEnv(params=PendulumParams())
+    with pytest.raises(ValueError, match="render_mode"):
+        PendulumEnv(render_mode="ansi")
+    with pytest.raises(ValueError, match="mass"):
+        gym.make("mpc_policy/Pendulum-v0", params=PendulumParams(mass=-1.0))
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_rgb_array_render(env_id):
+    env = gym.make(env_id, render_mode="rgb_array")
+    env.reset(seed=0)
+    first = env.render()
+    env.step(env.action_space.high)
+    for _ in range(5):
+        env.step(env.action_space.high)
+    second = env.render()
+    assert first.dtype == np.uint8 and first.ndim == 3 and first.shape[2] == 3
+    assert first.shape == (*env.unwrapped.render_size[::-1], 3)
+    assert len(np.unique(first.reshape(-1, 3), axis=0)) > 2
+    assert not np.array_equal(first, second)
+    env.close()
+
+
+def test_human_render_runs_headless():
+    env = gym.make("mpc_policy/WindyPendulum-v0", render_mode="human")
+    env.reset(seed=0)
+    assert env.step(env.action_space.high)[0].shape == (3,)
+    assert env.render() is None
+    env.close()
+    env.close()
+
+
+def test_env_parameters_are_exact_float64():
+    env = CartPoleEnv(params=CartPoleParams(pole_mass=0.3))
+    assert env.dynamics.pole_mass.dtype == torch.float64
+    assert env.dynamics.pole_mass.item() == 0.3
+    assert not any(p.requires_grad for p in env.dynamics.parameters())

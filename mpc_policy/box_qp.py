@@ -82,6 +82,23 @@ def masked_solve(L: Tensor, free: Tensor, rhs: Tensor) -> Tensor:
     return Y.squeeze(-1) if vector else Y
 
 
+def _clamped(x: Tensor, g: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
+    """(B, m) True where x (B, m) is at a bound and the gradient g (B, m) pushes outward."""
+    return torch.where(g > 0, x <= lower, (x >= upper) & (g < 0))
+
+
+def _newton_step(Q: Tensor, g: Tensor, free: Tensor, eye: Tensor) -> tuple[Tensor, Tensor]:
+    """Factor L (B, m, m) of Q (B, m, m) on the free set and the Newton step (B, m) there."""
+    pair = free.unsqueeze(-1) & free.unsqueeze(-2)
+    L, _info = torch.linalg.cholesky_ex(torch.where(pair, Q, eye))
+    return L, -masked_solve(L, free, g)
+
+
+def _small(dx: Tensor, x: Tensor, tol: float) -> Tensor:
+    """(B,) True where the step dx (B, m) is within tol relative to x (B, m)."""
+    return dx.abs().amax(-1) <= tol * (1.0 + x.abs().amax(-1))
+
+
 def box_qp(
     Q: Tensor,
     q: Tensor,
@@ -114,64 +131,72 @@ def box_qp(
         A ``BoxQPResult``.
     """
     B, m = q.shape
-    device = q.device
     if tol is None:
         tol = torch.finfo(q.dtype).eps ** 0.5
     x = torch.zeros_like(q) if x_init is None else x_init
-    x = torch.maximum(torch.minimum(x, upper), lower)
-    alphas = line_search_decay ** torch.arange(max_line_search, dtype=q.dtype, device=device)
-    rows = torch.arange(B, device=device)
+    x = torch.clamp(x, lower, upper)
+    eye = torch.eye(m, dtype=Q.dtype, device=Q.device)
+    q_col = q.unsqueeze(-1)
 
-    done = torch.zeros(B, dtype=torch.bool, device=device)
-    iterations = torch.zeros(B, dtype=torch.long, device=device)
-    free_out = torch.ones(B, m, dtype=torch.bool, device=device)
-    chol_out = torch.zeros_like(Q)
-    exact_step = torch.zeros(B, dtype=torch.bool, device=device)
-    free_prev = free_out
-    L = chol_out
-    for it in range(max_iter + 1):
-        g = torch.baddbmm(q.unsqueeze(-1), Q, x.unsqueeze(-1)).squeeze(-1)
-        clamped = ((x <= lower) & (g > 0)) | ((x >= upper) & (g < 0))
-        free = ~clamped
-        if it > 0:
-            # a full Newton step inside the box on an unchanged free set is the minimizer
-            exact = exact_step & (free == free_prev).all(-1) & ~done
-            free_out = torch.where(exact.unsqueeze(-1), free_prev, free_out)
-            chol_out = torch.where(exact.view(B, 1, 1), L, chol_out)
-            done = done | exact
-            if bool(done.all()) or it == max_iter:
-                break
-        L, _info = masked_cholesky(Q, free)
-        dx = -masked_solve(L, free, g)
-
-        small = (dx.abs().amax(-1) <= tol * (1.0 + x.abs().amax(-1))) & ~done
-        # the last Newton step is within tolerance: take it (it is exact on the face)
-        x = torch.where(small.unsqueeze(-1), (x + dx).clamp(lower, upper), x)
-        free_out = torch.where(small.unsqueeze(-1), free, free_out)
-        chol_out = torch.where(small.view(B, 1, 1), L, chol_out)
-        done = done | small
+    # iteration 0: nothing is done yet
+    g = torch.baddbmm(q_col, Q, x.unsqueeze(-1)).squeeze(-1)
+    free = ~_clamped(x, g, lower, upper)
+    iterations = torch.zeros(B, dtype=torch.long, device=q.device)
+    if not bool(free.any()):
+        # every variable is at a bound with the gradient pushing outward: x is optimal, and
+        # what the general path computes is known (a zero Newton step on an empty face)
+        done = torch.ones(B, dtype=torch.bool, device=q.device)
+        return BoxQPResult(x, free, eye.expand(B, m, m).clone(), done, iterations)
+    L, dx = _newton_step(Q, g, free, eye)
+    # the last Newton step is within tolerance: take it (it is exact on the face)
+    done = _small(dx, x, tol)
+    x = torch.where(done.unsqueeze(-1), torch.clamp(x + dx, lower, upper), x)
+    free_out, chol_out = free, L
+    alphas: Tensor | None = None
+    for it in range(1, max_iter + 1):
         if bool(done.all()):
             break
         active = ~done
-        iterations = iterations + active.long()
+        iterations = iterations + active
 
         # All line-search candidates at once; each element takes its first Armijo point.
-        trial = x.unsqueeze(1) + alphas.view(1, -1, 1) * dx.unsqueeze(1)
-        trial = torch.maximum(torch.minimum(trial, upper.unsqueeze(1)), lower.unsqueeze(1))
+        if alphas is None:
+            alphas = line_search_decay ** torch.arange(
+                max_line_search, dtype=q.dtype, device=q.device
+            )
+        trial = torch.addcmul(x.unsqueeze(1), alphas.view(1, -1, 1), dx.unsqueeze(1))
+        trial = torch.clamp(trial, lower.unsqueeze(1), upper.unsqueeze(1))
         step = trial - x.unsqueeze(1)
         predicted = (step * g.unsqueeze(1)).sum(-1)
         decrease = predicted + 0.5 * (step * torch.bmm(step, Q)).sum(-1)
         ok = decrease <= _ARMIJO * predicted
         ok[:, -1] = True  # the smallest step is always taken: progress is never refused
-        first = torch.argmax(ok.long(), dim=1)
-        exact_step = (first == 0) & (trial[:, 0] == x + dx).all(-1)
-        free_prev = free
-        x = torch.where(active.unsqueeze(-1), trial[rows, first], x)
+        first = torch.argmax(ok.byte(), dim=1, keepdim=True)
+        exact_step = (first.squeeze(1) == 0) & (trial[:, 0] == x + dx).all(-1)
+        chosen = torch.take_along_dim(trial, first.unsqueeze(-1), dim=1).squeeze(1)
+        x = torch.where(active.unsqueeze(-1), chosen, x)
+
+        g = torch.baddbmm(q_col, Q, x.unsqueeze(-1)).squeeze(-1)
+        free_prev, free = free, ~_clamped(x, g, lower, upper)
+        # a full Newton step inside the box on an unchanged free set is the minimizer
+        exact = exact_step & (free == free_prev).all(-1) & active
+        free_out = torch.where(exact.unsqueeze(-1), free_prev, free_out)
+        chol_out = torch.where(exact.view(B, 1, 1), L, chol_out)
+        done = done | exact
+        if it == max_iter or bool(done.all()):
+            break
+
+        L, dx = _newton_step(Q, g, free, eye)
+        small = _small(dx, x, tol) & ~done
+        x = torch.where(small.unsqueeze(-1), torch.clamp(x + dx, lower, upper), x)
+        free_out = torch.where(small.unsqueeze(-1), free, free_out)
+        chol_out = torch.where(small.view(B, 1, 1), L, chol_out)
+        done = done | small
 
     if not bool(done.all()):
         # elements that ran out of iterations keep the factorization at their last iterate
-        g = torch.baddbmm(q.unsqueeze(-1), Q, x.unsqueeze(-1)).squeeze(-1)
-        free = ~(((x <= lower) & (g > 0)) | ((x >= upper) & (g < 0)))
+        g = torch.baddbmm(q_col, Q, x.unsqueeze(-1)).squeeze(-1)
+        free = ~_clamped(x, g, lower, upper)
         L, _ = masked_cholesky(Q, free)
         free_out = torch.where(done.unsqueeze(-1), free_out, free)
         chol_out = torch.where(done.view(B, 1, 1), chol_out, L)

@@ -60,11 +60,18 @@ class DDPResult(NamedTuple):
 
 
 def _clamp(u: Tensor, lower: Tensor | None, upper: Tensor | None) -> Tensor:
+    if lower is not None and upper is not None:
+        return torch.clamp(u, lower, upper)
     if lower is not None:
         u = torch.maximum(u, lower)
     if upper is not None:
         u = torch.minimum(u, upper)
     return u
+
+
+def _rows(z: Tensor, rows: Tensor | None) -> Tensor:
+    """The batch elements ``rows`` of a time-major z (T, B, ...); all of them if None."""
+    return z if rows is None else z.index_select(1, rows)
 
 
 def rollout(
@@ -93,14 +100,24 @@ def rollout(
         x: (T, B, n) and u: (T, B, m) of the new trajectory.
     """
     T = u.shape[0]
+    feedback = gains is not None and x_bar is not None
+    if feedback:
+        assert gains is not None and x_bar is not None
+        # u_bar + alpha k + K (x - x_bar): the open-loop part for all steps at once
+        u_steps = (u + alpha * gains.k).unbind(0)
+        K_steps, x_bar_steps = gains.K.unbind(0), x_bar.unbind(0)
+    else:
+        u_steps = u.unbind(0)
+    lower_steps = (None,) * T if lower is None else lower.unbind(0)
+    upper_steps = (None,) * T if upper is None else upper.unbind(0)
     xs, us = [], []
     x = x_init
     for t in range(T):
-        u_t = u[t]
-        if gains is not None and x_bar is not None:
-            dx = (x - x_bar[t]).unsqueeze(-1)
-            u_t = u_t + alpha * gains.k[t] + (gains.K[t] @ dx).squeeze(-1)
-        u_t = _clamp(u_t, None if lower is None else lower[t], None if upper is None else upper[t])
+        u_t = u_steps[t]
+        if feedback:
+            dx = (x - x_bar_steps[t]).unsqueeze(-1)
+            u_t = torch.baddbmm(u_t.unsqueeze(-1), K_steps[t], dx).squeeze(-1)
+        u_t = _clamp(u_t, lower_steps[t], upper_steps[t])
         xs.append(x)
         us.append(u_t)
         if t < T - 1:
@@ -118,6 +135,9 @@ def box_ddp(
     warn_regularization: bool = True,
 ) -> DDPResult:
     """Solve a box-constrained control problem by box-DDP, each element on its own.
+
+    Only the elements that moved since their last backward pass get a new one: a frozen
+    element's gains would come out the same.
 
     Args:
         model: the problem (cost, dynamics and their local models).
@@ -150,16 +170,23 @@ def box_ddp(
         F = model.linearize(x_bar, u_bar)
         du_lower = None if lower is None else lower - u_bar
         du_upper = None if upper is None else upper - u_bar
-        gains = backward_recursion(
-            C,
-            g,
-            F,
-            du_lower,
-            du_upper,
+        # converged and stalled elements are frozen: their last gains are still exact
+        moved = ~(converged | stalled)
+        rows = None if gains is None or bool(moved.all()) else torch.nonzero(moved).squeeze(-1)
+        fresh = backward_recursion(
+            _rows(C, rows),
+            _rows(g, rows),
+            _rows(F, rows),
+            None if du_lower is None else _rows(du_lower, rows),
+            None if du_upper is None else _rows(du_upper, rows),
             regularization=options.regularization,
             qp_max_iter=options.qp_max_iter,
             warn=warn_regularization,
         )
+        if gains is None or rows is None:
+            gains = fresh
+        else:
+            gains = Gains(*(old.index_copy(1, rows, new) for old, new in zip(gains, fresh)))
         x_full, u_full = rollout(model, x_init, u_bar, x_bar, gains, 1.0, lower, upper)
         scale = 1.0 + u_bar.detach().abs().amax(dim=(0, 2))
         residual = (u_full - u_bar).detach().abs().amax(dim=(0, 2)) / scale

@@ -118,6 +118,10 @@ def backward_recursion(
 ) -> Gains:
     """Backward pass of box-DDP on the quadratic model (Appendix A, MPCstep).
 
+    Each step carries the gradient as one more column of the quadratic terms,
+    P_t = [Q_t, q_t] and W_t = [V_t, v_t], so that one product updates both and one solve
+    gives K and k: at small sizes the cost is the number of tensor operations.
+
     Args:
         C: (T, B, d, d) quadratic terms (symmetric).
         g: (T, B, d) gradient of the objective at the nominal trajectory.
@@ -132,52 +136,111 @@ def backward_recursion(
     Returns:
         The ``Gains`` of the recursion.
     """
-    T = g.shape[0]
+    T, B, d = g.shape
     n = F.shape[-2]
-    Ks, ks, frees, chols, Qs = [], [], [], [], []
-    V = v = None
+    bounded = lower is not None and upper is not None
+    Cg = torch.cat([C, g.unsqueeze(-1)], dim=-1)  # (T, B, d, d+1): [C_t, g_t]
+    # [F_t, 0; 0, 1] (T-1, B, n+1, d+1): W_{t+1} [F_t, 0; 0, 1] = [V F_t, v]
+    F_hat = torch.zeros(T - 1, B, n + 1, d + 1, dtype=F.dtype, device=F.device)
+    F_hat[..., :n, :d] = F
+    F_hat[..., n, d] = 1.0
+    Cg_steps, F_T_steps, F_hat_steps = Cg.unbind(0), F.transpose(-1, -2).unbind(0), F_hat.unbind(0)
+    lower_steps = lower.unbind(0) if lower is not None else ()
+    upper_steps = upper.unbind(0) if upper is not None else ()
+    # the columns of x and of the gradient: P[:, :, xg] = [Q_x, q] and G = [K, k]
+    xg = torch.cat([torch.arange(n, device=F.device), torch.tensor([d], device=F.device)])
+    all_free = torch.ones(B, d - n, dtype=torch.bool, device=g.device)
+    Gs, frees, chols, Ps = [], [], [], []
+    W = None
     for t in range(T - 1, -1, -1):
-        Q, q = C[t], g[t]
-        if V is not None:
-            Ft = F[t]
-            FtV = Ft.transpose(-1, -2) @ V
-            Q = Q + FtV @ Ft
-            q = q + (Ft.transpose(-1, -2) @ v.unsqueeze(-1)).squeeze(-1)
-        Q_ux, Q_uu = Q[:, n:, :n], Q[:, n:, n:]
-        q_x, q_u = q[:, :n], q[:, n:]
+        # [Q, q] = [C, g] + F' [V F, v]
+        P = Cg_steps[t]
+        if W is not None:
+            P = torch.baddbmm(P, F_T_steps[t], torch.bmm(W, F_hat_steps[t]))
+        S = P.index_select(-1, xg)  # [Q_xx, q_x; Q_ux, q_u]
+        Q_uu = P[:, n:, n:d]
         Q_uu_reg, L = _regularize(Q_uu, t + 1, regularization, warn)
-        free = torch.ones_like(q_u, dtype=torch.bool)
         # K and k from one solve: -Q_uu^{-1} [Q_ux, q_u]
-        gain = -torch.cholesky_solve(torch.cat([Q_ux, q_u.unsqueeze(-1)], dim=-1), L)
-        K, k = gain[..., :n], gain[..., n]
-        if lower is not None and upper is not None:
-            inside = ((k >= lower[t]) & (k <= upper[t])).all()
-            if not bool(inside):
-                # the unconstrained step leaves the box somewhere: solve the box QP from
-                # its projection (a good guess of the active set)
-                qp = box_qp(Q_uu_reg, q_u, lower[t], upper[t], k, max_iter=qp_max_iter)
-                k, free, L = qp.x, qp.free, qp.chol
-                K = -masked_solve(L, free, Q_ux)
-        Q_xu = Q_ux.transpose(-1, -2)
+        G = -torch.cholesky_solve(S[:, n:], L)
+        free = all_free
+        if bounded:
+            k = G[..., n]
+            lower_t, upper_t = lower_steps[t], upper_steps[t]
+            leaving = torch.nonzero((torch.clamp(k, lower_t, upper_t) != k).any(-1))
+            if leaving.numel():
+                # the unconstrained step leaves the box: solve the box QP from its
+                # projection (a good guess of the active set) for those elements only
+                rows = leaving.squeeze(-1)
+                G, free, L = _box_step(Q_uu_reg, S, G, L, lower_t, upper_t, rows, n, qp_max_iter)
         # K_f = -Q_ff^{-1} Q_fx on the free rows (0 elsewhere) gives K'Q_uu K = -K'Q_ux, and
-        # the box QP's optimality (Q_uu k + q_u)_f = 0 gives K'(q_u + Q_uu k) = 0
-        V = Q[:, :n, :n] + Q_xu @ K
-        V = 0.5 * (V + V.transpose(-1, -2))
-        v = q_x + (Q_xu @ k.unsqueeze(-1)).squeeze(-1)
+        # the box QP's optimality (Q_uu k + q_u)_f = 0 gives K'(q_u + Q_uu k) = 0, so
+        # [V, v] = [Q_xx, q_x] + Q_xu [K, k]
+        W = torch.baddbmm(S[:, :n], P[:, :n, n:d], G)
+        V = W[..., :n]
+        W = torch.cat([0.5 * (V + V.transpose(-1, -2)), W[..., n:]], dim=-1)
         if Q_uu_reg is not Q_uu:
-            Q = torch.cat([Q[:, :, :n], torch.cat([Q_xu, Q_uu_reg], dim=-2)], dim=-1)
-        Ks.append(K)
-        ks.append(k)
+            P = torch.cat([P[:, :, :n], torch.cat([P[:, :n, n:d], Q_uu_reg], dim=-2)], dim=-1)
+        Gs.append(G)
         frees.append(free)
         chols.append(L)
-        Qs.append(Q)
+        Ps.append(P[..., :d])
+    gains = torch.stack(Gs[::-1])
     return Gains(
-        torch.stack(Ks[::-1]),
-        torch.stack(ks[::-1]),
+        gains[..., :n],
+        gains[..., n],
         torch.stack(frees[::-1]),
         torch.stack(chols[::-1]),
-        torch.stack(Qs[::-1]),
+        torch.stack(Ps[::-1]),
     )
+
+
+def _box_step(
+    Q_uu: Tensor,
+    S: Tensor,
+    G: Tensor,
+    L: Tensor,
+    lower: Tensor,
+    upper: Tensor,
+    rows: Tensor,
+    n: int,
+    qp_max_iter: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Replace the unconstrained step of some batch elements by the box QP's.
+
+    Args:
+        Q_uu: (B, m, m) positive definite blocks.
+        S: (B, d, n+1) the columns [Q_x, q] of the step's quadratic model.
+        G: (B, m, n+1) unconstrained [K, k].
+        L: (B, m, m) Cholesky factors of Q_uu.
+        lower: (B, m) lower bounds on du.
+        upper: (B, m) upper bounds on du.
+        rows: (R,) the batch elements whose unconstrained k leaves the box.
+        n: state size.
+        qp_max_iter: projected-Newton iterations.
+
+    Returns:
+        [K, k] (B, m, n+1), free set (B, m) and factors (B, m, m), the QP's on ``rows``.
+    """
+    B = G.shape[0]
+    if rows.numel() < B:
+        Q_uu, S, lower, upper = (z.index_select(0, rows) for z in (Q_uu, S, lower, upper))
+        k = G.index_select(0, rows)[..., n]
+    else:
+        k = G[..., n]
+    qp = box_qp(Q_uu, S[:, n:, n], lower, upper, k, max_iter=qp_max_iter)
+    if bool(qp.free.any()):
+        K = -masked_solve(qp.chol, qp.free, S[:, n:, :n])
+    else:  # every control clamped: no feedback
+        K = torch.zeros_like(S[:, n:, :n])
+    G_box = torch.cat([K, qp.x.unsqueeze(-1)], dim=-1)
+    if rows.numel() < B:
+        free = torch.ones(B, K.shape[1], dtype=torch.bool, device=K.device)
+        return (
+            G.index_copy(0, rows, G_box),
+            free.index_copy(0, rows, qp.free),
+            L.index_copy(0, rows, qp.chol),
+        )
+    return G_box, qp.free, qp.chol
 
 
 def factorize(

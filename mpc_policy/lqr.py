@@ -22,15 +22,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mpc_policy.condensed import solve_condensed
 from mpc_policy.ilqr import box_ddp, rollout
 from mpc_policy.options import MPCOptions
-from mpc_policy.riccati import Gains, adjoint_solve, backward_recursion, costates
+from mpc_policy.riccati import Gains, adjoint_solve, backward_recursion, costates, factorize
 from mpc_policy.solution import Solution, SolverInfo
 from mpc_policy.validation import (
     check_bounds,
     check_finite,
     check_same_kind,
     check_tensor,
+    complete_bounds,
     expand_batched,
     expand_bound,
 )
@@ -155,6 +157,46 @@ def implicit_lqr(
     return out
 
 
+def _finish_stalled(
+    model: QuadraticModel,
+    x_init: Tensor,
+    lower: Tensor,
+    upper: Tensor,
+    x: Tensor,
+    u: Tensor,
+    gains: Gains,
+    info: SolverInfo,
+    options: MPCOptions,
+) -> tuple[Tensor, Tensor, Gains, SolverInfo]:
+    """Solve the elements box-DDP left unconverged as condensed QPs (each on its own).
+
+    Shapes are time-major as in ``QuadraticModel``; only the unconverged elements change.
+    """
+    index = torch.nonzero(~info.converged).flatten()
+    sub = QuadraticModel(*(z[:, index] for z in (model.C, model.c, model.F, model.f)))
+    qp = solve_condensed(
+        x_init[index], sub.C, sub.c, sub.F, sub.f, lower[:, index], upper[:, index], u[:, index]
+    )
+    T, m = u.shape[0], u.shape[-1]
+    u_sub = qp.x.view(-1, T, m).transpose(0, 1)
+    x_sub, u_sub = rollout(sub, x_init[index], u_sub)
+    free_sub = qp.free.view(-1, T, m).transpose(0, 1)
+    factors = factorize(sub.C, sub.F, free_sub, regularization=options.regularization)
+    x, u = x.clone(), u.clone()
+    x[:, index], u[:, index] = x_sub, u_sub
+    merged = []
+    for whole, part in zip(gains, factors):
+        whole = whole.clone()
+        whole[:, index] = part
+        merged.append(whole)
+    converged = info.converged.clone()
+    converged[index] = qp.converged
+    residual = torch.where(converged, torch.zeros_like(info.residual), info.residual)
+    step = info.step_size.clone()
+    step[index] = 1.0
+    return x, u, Gains(*merged), SolverInfo(info.iterations, converged, residual, step)
+
+
 def _validate(
     x_init: Tensor, C: Tensor, c: Tensor, F: Tensor, f: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -214,6 +256,7 @@ def lqr_solve(
     lower = expand_bound("u_lower", u_lower, B, T, m, x_init)
     upper = expand_bound("u_upper", u_upper, B, T, m, x_init)
     check_bounds(lower, upper)
+    lower, upper = complete_bounds(lower, upper)
 
     C = 0.5 * (C + C.transpose(-1, -2))
     Ct, ct, Ft, ft = (z.transpose(0, 1) for z in (C, c, F, f))
@@ -245,6 +288,10 @@ def lqr_solve(
             zeros = torch.zeros(T, B, m, dtype=x0.dtype, device=x0.device)
             result = box_ddp(model, x0, zeros, lo, hi, opts)
             x_sol, u_sol, gains, info = result.x, result.u, result.gains, result.info
+            if not info.all_converged:
+                x_sol, u_sol, gains, info = _finish_stalled(
+                    model, x0, lo, hi, x_sol, u_sol, gains, info, opts
+                )
     info.enforce(opts.on_unconverged)
 
     x_out, u_out = implicit_lqr(x_init, Ct, ct, Ft, ft, lower_t, upper_t, x_sol, u_sol, gains)

@@ -31,7 +31,13 @@ from mpc_policy.lqr import implicit_lqr
 from mpc_policy.options import MPCOptions
 from mpc_policy.riccati import costates_from_gradient, factorize
 from mpc_policy.solution import Solution
-from mpc_policy.validation import check_bounds, check_finite, check_tensor, expand_bound
+from mpc_policy.validation import (
+    check_bounds,
+    check_finite,
+    check_tensor,
+    complete_bounds,
+    expand_bound,
+)
 
 __all__ = ["MPC"]
 
@@ -174,6 +180,7 @@ class MPC(nn.Module):
         lower = expand_bound("u_lower", self.u_lower, B, T, m, x_init)
         upper = expand_bound("u_upper", self.u_upper, B, T, m, x_init)
         check_bounds(lower, upper)
+        lower, upper = complete_bounds(lower, upper)
         if u_init is None:
             u_init = torch.zeros(B, T, m, dtype=x_init.dtype, device=x_init.device)
         else:

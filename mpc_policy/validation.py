@@ -11,7 +11,15 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["check_finite", "check_same_kind", "check_tensor", "expand_batched", "expand_bound"]
+__all__ = [
+    "check_bounds",
+    "check_finite",
+    "check_same_kind",
+    "check_tensor",
+    "complete_bounds",
+    "expand_batched",
+    "expand_bound",
+]
 
 
 def check_tensor(name: str, value: object) -> Tensor:
@@ -121,3 +129,14 @@ def check_bounds(lower: Tensor | None, upper: Tensor | None) -> None:
                 f"u_lower must not exceed u_upper: at index (batch, time, control) = {index}, "
                 f"u_lower = {float(lower[index]):g} > u_upper = {float(upper[index]):g}"
             )
+
+
+def complete_bounds(
+    lower: Tensor | None, upper: Tensor | None
+) -> tuple[Tensor | None, Tensor | None]:
+    """A one-sided box gets an infinite other side, so every layer sees both or neither."""
+    if lower is None and upper is not None:
+        lower = torch.full_like(upper, float("-inf"))
+    elif upper is None and lower is not None:
+        upper = torch.full_like(lower, float("inf"))
+    return lower, upper

@@ -22,7 +22,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["BoxQPResult", "box_qp", "masked_cholesky", "masked_solve"]
+__all__ = ["BoxQPResult", "box_qp", "clamped_set", "masked_cholesky", "masked_solve"]
 
 _ARMIJO = 0.1
 
@@ -82,8 +82,18 @@ def masked_solve(L: Tensor, free: Tensor, rhs: Tensor) -> Tensor:
     return Y.squeeze(-1) if vector else Y
 
 
-def _clamped(x: Tensor, g: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
-    """(B, m) True where x (B, m) is at a bound and the gradient g (B, m) pushes outward."""
+def clamped_set(x: Tensor, g: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
+    """The clamped set of the projected-Newton method.
+
+    Args:
+        x: (B, m) points in the box.
+        g: (B, m) gradients of the objective at x.
+        lower: (B, m) lower bounds.
+        upper: (B, m) upper bounds.
+
+    Returns:
+        (B, m) True where x is at a bound and the gradient pushes outward.
+    """
     return torch.where(g > 0, x <= lower, (x >= upper) & (g < 0))
 
 
@@ -140,7 +150,7 @@ def box_qp(
 
     # iteration 0: nothing is done yet
     g = torch.baddbmm(q_col, Q, x.unsqueeze(-1)).squeeze(-1)
-    free = ~_clamped(x, g, lower, upper)
+    free = ~clamped_set(x, g, lower, upper)
     iterations = torch.zeros(B, dtype=torch.long, device=q.device)
     if not bool(free.any()):
         # every variable is at a bound with the gradient pushing outward: x is optimal, and
@@ -177,7 +187,7 @@ def box_qp(
         x = torch.where(active.unsqueeze(-1), chosen, x)
 
         g = torch.baddbmm(q_col, Q, x.unsqueeze(-1)).squeeze(-1)
-        free_prev, free = free, ~_clamped(x, g, lower, upper)
+        free_prev, free = free, ~clamped_set(x, g, lower, upper)
         # a full Newton step inside the box on an unchanged free set is the minimizer
         exact = exact_step & (free == free_prev).all(-1) & active
         free_out = torch.where(exact.unsqueeze(-1), free_prev, free_out)
@@ -196,7 +206,7 @@ def box_qp(
     if not bool(done.all()):
         # elements that ran out of iterations keep the factorization at their last iterate
         g = torch.baddbmm(q_col, Q, x.unsqueeze(-1)).squeeze(-1)
-        free = ~_clamped(x, g, lower, upper)
+        free = ~clamped_set(x, g, lower, upper)
         L, _ = masked_cholesky(Q, free)
         free_out = torch.where(done.unsqueeze(-1), free_out, free)
         chol_out = torch.where(done.view(B, 1, 1), chol_out, L)

@@ -30,7 +30,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from mpc_policy.box_qp import box_qp, masked_cholesky, masked_solve
+from mpc_policy.box_qp import box_qp, clamped_set, masked_cholesky, masked_solve
 
 _MAX_SHIFTS = 40
 
@@ -77,9 +77,9 @@ def _regularize(
         The shifted Q_uu (B, m, m) and its Cholesky factor (B, m, m).
     """
     L, info = torch.linalg.cholesky_ex(Q_uu)
-    bad = info > 0
-    if not bool(bad.any()):
+    if not bool(info.any()):
         return Q_uu, L
+    bad = info > 0
     eye = torch.eye(Q_uu.shape[-1], dtype=Q_uu.dtype, device=Q_uu.device)
     mu = regularization * (1.0 + Q_uu.diagonal(dim1=-2, dim2=-1).abs().amax(-1))
     shift = torch.zeros_like(mu)
@@ -166,12 +166,14 @@ def backward_recursion(
         if bounded:
             k = G[..., n]
             lower_t, upper_t = lower_steps[t], upper_steps[t]
-            leaving = torch.nonzero((torch.clamp(k, lower_t, upper_t) != k).any(-1))
-            if leaving.numel():
+            k_box = torch.clamp(k, lower_t, upper_t)
+            leaving = (k_box != k).any(-1)
+            if bool(leaving.any()):
                 # the unconstrained step leaves the box: solve the box QP from its
                 # projection (a good guess of the active set) for those elements only
-                rows = leaving.squeeze(-1)
-                G, free, L = _box_step(Q_uu_reg, S, G, L, lower_t, upper_t, rows, n, qp_max_iter)
+                G, free, L = _box_step(
+                    Q_uu_reg, S, G, L, k_box, lower_t, upper_t, leaving, n, qp_max_iter
+                )
         # K_f = -Q_ff^{-1} Q_fx on the free rows (0 elsewhere) gives K'Q_uu K = -K'Q_ux, and
         # the box QP's optimality (Q_uu k + q_u)_f = 0 gives K'(q_u + Q_uu k) = 0, so
         # [V, v] = [Q_xx, q_x] + Q_xu [K, k]
@@ -179,18 +181,19 @@ def backward_recursion(
         V = W[..., :n]
         W = torch.cat([0.5 * (V + V.transpose(-1, -2)), W[..., n:]], dim=-1)
         if Q_uu_reg is not Q_uu:
-            P = torch.cat([P[:, :, :n], torch.cat([P[:, :n, n:d], Q_uu_reg], dim=-2)], dim=-1)
+            Q_u = torch.cat([P[:, :n, n:d], Q_uu_reg], dim=-2)
+            P = torch.cat([P[:, :, :n], Q_u, P[:, :, d:]], dim=-1)
         Gs.append(G)
         frees.append(free)
         chols.append(L)
-        Ps.append(P[..., :d])
+        Ps.append(P)
     gains = torch.stack(Gs[::-1])
     return Gains(
         gains[..., :n],
         gains[..., n],
         torch.stack(frees[::-1]),
         torch.stack(chols[::-1]),
-        torch.stack(Ps[::-1]),
+        torch.stack(Ps[::-1])[..., :d],
     )
 
 
@@ -199,42 +202,55 @@ def _box_step(
     S: Tensor,
     G: Tensor,
     L: Tensor,
+    k_box: Tensor,
     lower: Tensor,
     upper: Tensor,
-    rows: Tensor,
+    leaving: Tensor,
     n: int,
     qp_max_iter: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Replace the unconstrained step of some batch elements by the box QP's.
+    """Replace the unconstrained step of the elements that leave the box by the box QP's.
 
     Args:
         Q_uu: (B, m, m) positive definite blocks.
         S: (B, d, n+1) the columns [Q_x, q] of the step's quadratic model.
         G: (B, m, n+1) unconstrained [K, k].
         L: (B, m, m) Cholesky factors of Q_uu.
+        k_box: (B, m) the unconstrained k projected onto the box (the QP's warm start).
         lower: (B, m) lower bounds on du.
         upper: (B, m) upper bounds on du.
-        rows: (R,) the batch elements whose unconstrained k leaves the box.
+        leaving: (B,) the elements whose unconstrained k leaves the box.
         n: state size.
         qp_max_iter: projected-Newton iterations.
 
     Returns:
-        [K, k] (B, m, n+1), free set (B, m) and factors (B, m, m), the QP's on ``rows``.
+        [K, k] (B, m, n+1), free set (B, m) and factors (B, m, m), the QP's on ``leaving``.
     """
-    B = G.shape[0]
+    B, m = k_box.shape
+    q_u = S[:, n:, n]
+    # The box QP's first test: where every control is at a bound of the projection with
+    # the gradient pushing outward, the projection is the minimizer, no control is free
+    # and the factor is the identity. When that holds for every leaving element, no QP.
+    g = torch.baddbmm(q_u.unsqueeze(-1), Q_uu, k_box.unsqueeze(-1)).squeeze(-1)
+    on_face = clamped_set(k_box, g, lower, upper).all(-1)
+    if bool((on_face | ~leaving).all()):
+        G_box = torch.cat([torch.zeros_like(G[..., :n]), k_box.unsqueeze(-1)], dim=-1)
+        eye = torch.eye(m, dtype=L.dtype, device=L.device)
+        pick = leaving.view(B, 1, 1)
+        free = (~leaving).unsqueeze(-1).expand(B, m)
+        return torch.where(pick, G_box, G), free, torch.where(pick, eye, L)
+    rows = torch.nonzero(leaving).squeeze(-1)
     if rows.numel() < B:
         Q_uu, S, lower, upper = (z.index_select(0, rows) for z in (Q_uu, S, lower, upper))
-        k = G.index_select(0, rows)[..., n]
-    else:
-        k = G[..., n]
-    qp = box_qp(Q_uu, S[:, n:, n], lower, upper, k, max_iter=qp_max_iter)
+        k_box = k_box.index_select(0, rows)
+    qp = box_qp(Q_uu, S[:, n:, n], lower, upper, k_box, max_iter=qp_max_iter)
     if bool(qp.free.any()):
         K = -masked_solve(qp.chol, qp.free, S[:, n:, :n])
     else:  # every control clamped: no feedback
         K = torch.zeros_like(S[:, n:, :n])
     G_box = torch.cat([K, qp.x.unsqueeze(-1)], dim=-1)
     if rows.numel() < B:
-        free = torch.ones(B, K.shape[1], dtype=torch.bool, device=K.device)
+        free = torch.ones(B, m, dtype=torch.bool, device=K.device)
         return (
             G.index_copy(0, rows, G_box),
             free.index_copy(0, rows, qp.free),

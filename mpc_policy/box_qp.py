@@ -109,6 +109,14 @@ def _small(dx: Tensor, x: Tensor, tol: float) -> Tensor:
     return dx.abs().amax(-1) <= tol * (1.0 + x.abs().amax(-1))
 
 
+def _armijo(trials: Tensor, x: Tensor, g: Tensor, Q: Tensor) -> Tensor:
+    """(B, L) sufficient decrease of trial points (B, L, m) from x (B, m), gradient g (B, m)."""
+    step = trials - x.unsqueeze(1)
+    predicted = (step * g.unsqueeze(1)).sum(-1)
+    decrease = predicted + 0.5 * (step * torch.bmm(step, Q)).sum(-1)
+    return decrease <= _ARMIJO * predicted
+
+
 def box_qp(
     Q: Tensor,
     q: Tensor,
@@ -169,22 +177,27 @@ def box_qp(
         active = ~done
         iterations = iterations + active
 
-        # All line-search candidates at once; each element takes its first Armijo point.
-        if alphas is None:
-            alphas = line_search_decay ** torch.arange(
-                max_line_search, dtype=q.dtype, device=q.device
-            )
-        trial = torch.addcmul(x.unsqueeze(1), alphas.view(1, -1, 1), dx.unsqueeze(1))
-        trial = torch.clamp(trial, lower.unsqueeze(1), upper.unsqueeze(1))
-        step = trial - x.unsqueeze(1)
-        predicted = (step * g.unsqueeze(1)).sum(-1)
-        decrease = predicted + 0.5 * (step * torch.bmm(step, Q)).sum(-1)
-        ok = decrease <= _ARMIJO * predicted
-        ok[:, -1] = True  # the smallest step is always taken: progress is never refused
-        first = torch.argmax(ok.byte(), dim=1, keepdim=True)
-        exact_step = (first.squeeze(1) == 0) & (trial[:, 0] == x + dx).all(-1)
-        chosen = torch.take_along_dim(trial, first.unsqueeze(-1), dim=1).squeeze(1)
-        x = torch.where(active.unsqueeze(-1), chosen, x)
+        # Each element takes its first Armijo point along the projection arc: the full
+        # Newton step first (the usual case), else all the candidates at once.
+        x_newton = x + dx
+        trial = torch.clamp(x_newton, lower, upper)
+        full_ok = _armijo(trial.unsqueeze(1), x, g, Q).squeeze(1) | (max_line_search == 1)
+        if bool((full_ok | done).all()):
+            exact_step = (trial == x_newton).all(-1)
+            x = torch.where(active.unsqueeze(-1), trial, x)
+        else:
+            if alphas is None:
+                alphas = line_search_decay ** torch.arange(
+                    max_line_search, dtype=q.dtype, device=q.device
+                )
+            trials = torch.addcmul(x.unsqueeze(1), alphas.view(1, -1, 1), dx.unsqueeze(1))
+            trials = torch.clamp(trials, lower.unsqueeze(1), upper.unsqueeze(1))
+            ok = _armijo(trials, x, g, Q)
+            ok[:, -1] = True  # the smallest step is always taken: progress is never refused
+            first = torch.argmax(ok.byte(), dim=1, keepdim=True)
+            exact_step = (first.squeeze(1) == 0) & (trials[:, 0] == x_newton).all(-1)
+            chosen = torch.take_along_dim(trials, first.unsqueeze(-1), dim=1).squeeze(1)
+            x = torch.where(active.unsqueeze(-1), chosen, x)
 
         g = torch.baddbmm(q_col, Q, x.unsqueeze(-1)).squeeze(-1)
         free_prev, free = free, ~clamped_set(x, g, lower, upper)

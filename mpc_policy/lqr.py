@@ -22,10 +22,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mpc_policy.adjoint import adjoint_solve, costates
 from mpc_policy.condensed import solve_condensed
 from mpc_policy.ilqr import box_ddp, rollout
 from mpc_policy.options import MPCOptions
-from mpc_policy.riccati import Gains, adjoint_solve, backward_recursion, costates, factorize
+from mpc_policy.riccati import Gains, backward_recursion, factorize
 from mpc_policy.solution import Solution, SolverInfo
 from mpc_policy.validation import (
     check_bounds,
@@ -288,7 +289,7 @@ def lqr_solve(
             zeros = torch.zeros(T, B, m, dtype=x0.dtype, device=x0.device)
             result = box_ddp(model, x0, zeros, lo, hi, opts)
             x_sol, u_sol, gains, info = result.x, result.u, result.gains, result.info
-            if not info.all_converged:
+            if not info.all_converged and lo is not None and hi is not None:
                 x_sol, u_sol, gains, info = _finish_stalled(
                     model, x0, lo, hi, x_sol, u_sol, gains, info, opts
                 )

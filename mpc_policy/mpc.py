@@ -25,11 +25,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mpc_policy.adjoint import costates_from_gradient
 from mpc_policy.ilqr import box_ddp
 from mpc_policy.linearize import cost_derivatives, dynamics_curvature, dynamics_jacobian
 from mpc_policy.lqr import implicit_lqr
 from mpc_policy.options import MPCOptions
-from mpc_policy.riccati import costates_from_gradient, factorize
+from mpc_policy.riccati import factorize
 from mpc_policy.solution import Solution
 from mpc_policy.validation import (
     check_bounds,

@@ -28,7 +28,7 @@ __all__ = [
     "median_seconds",
     "set_single_thread",
     "time_calls",
-    "time_forward_backward",
+    "time_interleaved",
     "write_results",
 ]
 
@@ -56,39 +56,56 @@ def time_calls(call: Callable[[], Any], *, repeats: int, warmup: int = 1) -> lis
     return durations
 
 
-def time_forward_backward(
-    forward: Callable[[Any], Tensor],
-    prepare: Callable[[], Any],
+def _forward_backward_once(
+    forward: Callable[[Any], Tensor], prepare: Callable[[], Any]
+) -> tuple[float, float]:
+    inputs = prepare()
+    start = time.perf_counter()
+    loss = forward(inputs)
+    middle = time.perf_counter()
+    loss.backward()
+    return middle - start, time.perf_counter() - middle
+
+
+def time_interleaved(
+    tasks: Sequence[tuple[Callable[[Any], Tensor], Callable[[], Any]]],
+    repeats: Sequence[int],
     *,
-    repeats: int,
     warmup: int = 1,
-) -> tuple[list[float], list[float]]:
-    """Seconds of a differentiable solve and of ``backward()`` through its scalar loss.
+) -> list[tuple[list[float], list[float]]]:
+    """Forward and backward seconds of several solvers, their timed runs interleaved.
+
+    On a shared host the load drifts; spreading each task's runs evenly over the same rounds
+    lets the drift hit every task alike, so their ratios stay meaningful.
 
     Args:
-        forward: ``forward(inputs)`` solves and returns a scalar loss whose ``backward()``
-            reaches the inputs.
-        prepare: builds fresh leaf inputs before every run (not timed).
-        repeats: number of timed runs (>= 1).
-        warmup: number of untimed runs first.
+        tasks: pairs ``(forward, prepare)``: ``prepare()`` builds fresh leaf inputs (not
+            timed), ``forward(inputs)`` solves and returns a scalar loss whose
+            ``backward()`` reaches the inputs.
+        repeats: timed runs per task (each >= 1).
+        warmup: untimed runs of each task first.
 
     Returns:
-        Forward durations and backward durations, ``repeats`` each.
+        For each task, its forward durations and backward durations.
     """
-    if repeats < 1:
-        raise ValueError(f"repeats: expected an integer >= 1, received {repeats!r}")
-    forward_times, backward_times = [], []
-    for index in range(warmup + repeats):
-        inputs = prepare()
-        start = time.perf_counter()
-        loss = forward(inputs)
-        middle = time.perf_counter()
-        loss.backward()
-        end = time.perf_counter()
-        if index >= warmup:
-            forward_times.append(middle - start)
-            backward_times.append(end - middle)
-    return forward_times, backward_times
+    if len(repeats) != len(tasks) or any(r < 1 for r in repeats):
+        raise ValueError(
+            f"repeats: expected {len(tasks)} integers >= 1, received {list(repeats)!r}"
+        )
+    for forward, prepare in tasks:
+        for _ in range(warmup):
+            _forward_backward_once(forward, prepare)
+    results: list[tuple[list[float], list[float]]] = [([], []) for _ in tasks]
+    rounds = max(repeats)
+    for index in range(rounds):
+        for (forward, prepare), count, (forward_times, backward_times) in zip(
+            tasks, repeats, results
+        ):
+            if (index + 1) * count // rounds > index * count // rounds:
+                forward_s, backward_s = _forward_backward_once(forward, prepare)
+                forward_times.append(forward_s)
+                backward_times.append(backward_s)
+    return results
 
 
 def allocation_profile(call: Callable[[], Any]) -> tuple[Any, int, int]:

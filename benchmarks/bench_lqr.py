@@ -3,7 +3,8 @@
 Random strictly convex box-LQR problems (``_problems.random_box_lqr``, ~40-50% of the
 optimal controls at a bound) of sizes (n, m, T) = (3, 3, 5) and (10, 4, 20) at batch sizes
 1, 32 and 256, float32, single thread. The forward pass is timed with inputs that require
-grad (as in training); the backward pass is ``loss.backward()`` for a fixed random linear
+grad (as in training), the two solvers' runs interleaved so that load drift on a shared host
+hits both alike; the backward pass is ``loss.backward()`` for a fixed random linear
 loss of x and u, reaching x_init, C, c, F and f. Both solvers are checked for convergence
 by the same solver-independent KKT test (``_problems.kkt_residual``); ours also reports its
 own ``info.converged``.
@@ -31,7 +32,7 @@ from _timing import (
     markdown_table,
     median_seconds,
     set_single_thread,
-    time_forward_backward,
+    time_interleaved,
     write_results,
 )
 from torch import Tensor
@@ -96,32 +97,37 @@ def theirs(mpc: ModuleType, settings: ReferenceSettings) -> Callable[..., Any]:
     return solve
 
 
-def measure(
-    solve: Callable[[BoxLQRProblem], tuple[Tensor, Tensor, Tensor | None]],
-    problem: BoxLQRProblem,
-    weights: tuple[Tensor, Tensor],
-    repeats: int,
-) -> dict[str, Any]:
-    """Median forward/backward seconds and convergence counts of one solver on one cell."""
-    last: dict[str, Any] = {}
+class Measurement:
+    """One solver on one cell: the timed forward, and what its last run returned."""
 
-    def forward(inputs: BoxLQRProblem) -> Tensor:
-        x, u, converged = solve(inputs)
-        last.update(u=u.detach(), converged=converged)
-        return (weights[0] * x).sum() + (weights[1] * u).sum()
+    def __init__(
+        self,
+        solve: Callable[[BoxLQRProblem], tuple[Tensor, Tensor, Tensor | None]],
+        problem: BoxLQRProblem,
+        weights: tuple[Tensor, Tensor],
+    ) -> None:
+        self.solve = solve
+        self.problem = problem
+        self.weights = weights
+        self.u = torch.empty(0)
+        self.converged: Tensor | None = None
 
-    forward_times, backward_times = time_forward_backward(
-        forward, problem.requiring_grad, repeats=repeats
-    )
-    residual = kkt(problem, last["u"])
-    converged = last["converged"]
-    return {
-        "forward_s": median_seconds(forward_times),
-        "backward_s": median_seconds(backward_times),
-        "kkt_converged": int((residual <= KKT_TOL).sum()),
-        "kkt_worst": float(residual.max()),
-        "own_converged": None if converged is None else int(converged.sum()),
-    }
+    def forward(self, inputs: BoxLQRProblem) -> Tensor:
+        """Solve and return the linear loss of the trajectory."""
+        x, u, self.converged = self.solve(inputs)
+        self.u = u.detach()
+        return (self.weights[0] * x).sum() + (self.weights[1] * u).sum()
+
+    def summary(self, forward_times: list[float], backward_times: list[float]) -> dict[str, Any]:
+        """Median seconds and convergence counts (KKT test and the solver's own report)."""
+        residual = kkt(self.problem, self.u)
+        return {
+            "forward_s": median_seconds(forward_times),
+            "backward_s": median_seconds(backward_times),
+            "kkt_converged": int((residual <= KKT_TOL).sum()),
+            "kkt_worst": float(residual.max()),
+            "own_converged": None if self.converged is None else int(self.converged.sum()),
+        }
 
 
 def reference_settings(mpc: ModuleType, problem: BoxLQRProblem) -> ReferenceSettings:
@@ -150,14 +156,19 @@ def main() -> None:
             weights = loss_weights(problem, seed=B)
             row: dict[str, Any] = {"n": n, "m": m, "T": T, "B": B}
             row["active_fraction"] = active_fraction(problem)
-            for key, value in measure(ours, problem, weights, repeats_ours).items():
-                row[f"ours_{key}"] = value
+            solvers = {"ours": Measurement(ours, problem, weights)}
+            repeats = [repeats_ours]
             if mpc is not None:
                 settings = reference_settings(mpc, problem)
-                result = measure(theirs(mpc, settings), problem, weights, repeats_theirs)
-                for key, value in result.items():
-                    row[f"theirs_{key}"] = value
+                solvers["theirs"] = Measurement(theirs(mpc, settings), problem, weights)
+                repeats.append(repeats_theirs)
                 row["theirs_lqr_iter"] = settings.lqr_iter
+            tasks = [(s.forward, problem.requiring_grad) for s in solvers.values()]
+            timings = time_interleaved(tasks, repeats)
+            for (name, solver), (forward_times, backward_times) in zip(solvers.items(), timings):
+                for key, value in solver.summary(forward_times, backward_times).items():
+                    row[f"{name}_{key}"] = value
+            if mpc is not None:
                 row["forward_ratio"] = row["theirs_forward_s"] / row["ours_forward_s"]
                 row["backward_ratio"] = row["theirs_backward_s"] / row["ours_backward_s"]
             row["issue_theirs_forward_s"] = ISSUE_REFERENCE_FORWARD[(n, m, T)][B]

@@ -5,7 +5,8 @@ horizon T = 20, torque in [-2, 2], cost weights (1, 1, 0.1, 0.001) on (cos, sin,
 towards upright, start angle ~ U(-pi/2, pi/2), velocity ~ U(-1, 1); float32, one thread,
 batch sizes 1, 32 and 256. Both solvers use the same dynamics module
 (``_problems.PendulumDynamics``) linearized by autograd, start from u = 0, and are checked
-by the same KKT test; the forward pass is timed with inputs that require grad, the backward
+by the same KKT test; the forward pass is timed with inputs that require grad (the two
+solvers' runs interleaved so that load drift on a shared host hits both alike), the backward
 pass is ``loss.backward()`` of a fixed random linear loss of x and u reaching x_init, the
 cost terms and the dynamics parameters. Our forward under ``torch.no_grad()`` (the policy's
 inference path) is timed too.
@@ -41,7 +42,7 @@ from _timing import (
     median_seconds,
     set_single_thread,
     time_calls,
-    time_forward_backward,
+    time_interleaved,
     write_results,
 )
 from torch import Tensor
@@ -113,32 +114,36 @@ def theirs(mpc: ModuleType, settings: ReferenceSettings) -> Solver:
     return solve
 
 
-def measure(solve: Solver, problem: BoxLQRProblem, repeats: int, seed: int) -> dict[str, Any]:
-    """Median forward/backward seconds and convergence counts of one solver on one batch."""
-    dynamics = PendulumDynamics()
-    gen = torch.Generator().manual_seed(seed)
-    weights = torch.randn(*problem.c.shape, generator=gen)
-    last: dict[str, Any] = {}
+class Measurement:
+    """One solver on one batch: the timed forward, and what its last run returned."""
 
-    def forward(inputs: BoxLQRProblem) -> Tensor:
-        x, u, converged = solve(inputs, dynamics)
-        last.update(x=x.detach(), u=u.detach(), converged=converged)
-        return (weights[..., :3] * x).sum() + (weights[..., 3:] * u).sum()
+    def __init__(self, solve: Solver, problem: BoxLQRProblem, seed: int) -> None:
+        self.solve = solve
+        self.problem = problem
+        self.dynamics = PendulumDynamics()
+        gen = torch.Generator().manual_seed(seed)
+        self.weights = torch.randn(*problem.c.shape, generator=gen)
+        self.x = self.u = torch.empty(0)
+        self.converged: Tensor | None = None
 
-    forward_times, backward_times = time_forward_backward(
-        forward, problem.requiring_grad, repeats=repeats
-    )
-    residual = kkt(problem, dynamics, last["u"])
-    cost = quadratic_cost(last["x"], last["u"], problem.C, problem.c).sum(1)
-    converged = last["converged"]
-    return {
-        "forward_s": median_seconds(forward_times),
-        "backward_s": median_seconds(backward_times),
-        "kkt_converged": int((residual <= KKT_TOL).sum()),
-        "kkt_worst": float(residual.max()),
-        "own_converged": None if converged is None else int(converged.sum()),
-        "mean_cost": float(cost.mean()),
-    }
+    def forward(self, inputs: BoxLQRProblem) -> Tensor:
+        """Solve and return the linear loss of the trajectory."""
+        x, u, self.converged = self.solve(inputs, self.dynamics)
+        self.x, self.u = x.detach(), u.detach()
+        return (self.weights[..., :3] * x).sum() + (self.weights[..., 3:] * u).sum()
+
+    def summary(self, forward_times: list[float], backward_times: list[float]) -> dict[str, Any]:
+        """Median seconds, convergence counts (KKT and own report) and the mean cost."""
+        residual = kkt(self.problem, self.dynamics, self.u)
+        cost = quadratic_cost(self.x, self.u, self.problem.C, self.problem.c).sum(1)
+        return {
+            "forward_s": median_seconds(forward_times),
+            "backward_s": median_seconds(backward_times),
+            "kkt_converged": int((residual <= KKT_TOL).sum()),
+            "kkt_worst": float(residual.max()),
+            "own_converged": None if self.converged is None else int(self.converged.sum()),
+            "mean_cost": float(cost.mean()),
+        }
 
 
 def no_grad_forward(solve: Solver, problem: BoxLQRProblem, repeats: int) -> float:
@@ -179,19 +184,23 @@ def main() -> None:
     for B in BATCHES:
         problem = make_problem(B, seed=B)
         row: dict[str, Any] = {"B": B, "T": T}
-        for key, value in measure(ours(args.grad_method), problem, repeats_ours, seed=B).items():
-            row[f"ours_{key}"] = value
+        solvers = {"ours": Measurement(ours(args.grad_method), problem, seed=B)}
+        repeats = [repeats_ours]
+        if mpc is not None:
+            settings = reference_settings(mpc, problem)
+            solvers["theirs"] = Measurement(theirs(mpc, settings), problem, seed=B)
+            repeats.append(repeats_theirs)
+            row["theirs_lqr_iter"] = settings.lqr_iter
+            row["theirs_eps"] = settings.eps
+        tasks = [(s.forward, problem.requiring_grad) for s in solvers.values()]
+        timings = time_interleaved(tasks, repeats)
+        for (name, solver), (forward_times, backward_times) in zip(solvers.items(), timings):
+            for key, value in solver.summary(forward_times, backward_times).items():
+                row[f"{name}_{key}"] = value
         row["ours_no_grad_forward_s"] = no_grad_forward(
             ours(args.grad_method), problem, repeats_ours
         )
         if mpc is not None:
-            settings = reference_settings(mpc, problem)
-            for key, value in measure(
-                theirs(mpc, settings), problem, repeats_theirs, seed=B
-            ).items():
-                row[f"theirs_{key}"] = value
-            row["theirs_lqr_iter"] = settings.lqr_iter
-            row["theirs_eps"] = settings.eps
             row["forward_ratio"] = row["theirs_forward_s"] / row["ours_forward_s"]
             row["backward_ratio"] = row["theirs_backward_s"] / row["ours_backward_s"]
         row["issue_theirs_forward_s"] = ISSUE_REFERENCE["forward"][B]

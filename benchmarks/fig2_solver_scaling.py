@@ -7,7 +7,8 @@ tolerance no float32 step can meet, so every element runs exactly k iterations (
 reports the iterations the solver says it used).
 
 Measured per (method, k):
-* forward and backward seconds (medians), inputs requiring grad as in training;
+* forward and backward seconds (medians), inputs requiring grad as in training, the three
+  methods' runs interleaved so that load drift on a shared host hits them alike;
 * memory, with the torch profiler's allocation records (``_timing.allocation_profile``):
   "retained" is what the forward leaves allocated for the backward (the autograd graph and
   saved tensors, plus the outputs), "peak" is the most bytes live at once during forward
@@ -22,6 +23,7 @@ Usage: ``python benchmarks/fig2_solver_scaling.py [--quick]``.
 from __future__ import annotations
 
 import argparse
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,7 @@ from _timing import (
     markdown_table,
     median_seconds,
     set_single_thread,
-    time_forward_backward,
+    time_interleaved,
     write_results,
 )
 from torch import Tensor
@@ -83,22 +85,27 @@ class Case:
         return (self.weights[..., :3] * sol.x).sum() + (self.weights[..., 3:] * sol.u).sum()
 
 
-def measure(method: str, iterations: int, repeats: int) -> dict[str, Any]:
-    """Times and memory of one (method, k) point."""
-    case = Case(method, iterations)
-    forward_times, backward_times = time_forward_backward(case.loss, case.inputs, repeats=repeats)
-    inputs = case.inputs()
-    loss, forward_peak, retained = allocation_profile(lambda: case.loss(inputs))
-    _, backward_peak, _ = allocation_profile(loss.backward)
-    return {
-        "method": method,
-        "iterations": iterations,
-        "iterations_used": case.iterations_used,
-        "forward_s": median_seconds(forward_times),
-        "backward_s": median_seconds(backward_times),
-        "retained_mb": retained / 2**20,
-        "peak_mb": max(forward_peak, retained + backward_peak) / 2**20,
-    }
+def measure(iterations: int, repeats: int) -> list[dict[str, Any]]:
+    """Times and memory of every method at k iterations, their timed runs interleaved."""
+    cases = [Case(method, iterations) for method in METHODS]
+    timings = time_interleaved([(case.loss, case.inputs) for case in cases], [repeats] * len(cases))
+    records = []
+    for method, case, (forward_times, backward_times) in zip(METHODS, cases, timings):
+        inputs = case.inputs()
+        loss, forward_peak, retained = allocation_profile(partial(case.loss, inputs))
+        _, backward_peak, _ = allocation_profile(loss.backward)
+        records.append(
+            {
+                "method": method,
+                "iterations": iterations,
+                "iterations_used": case.iterations_used,
+                "forward_s": median_seconds(forward_times),
+                "backward_s": median_seconds(backward_times),
+                "retained_mb": retained / 2**20,
+                "peak_mb": max(forward_peak, retained + backward_peak) / 2**20,
+            }
+        )
+    return records
 
 
 def plot(records: list[dict[str, Any]]) -> None:
@@ -136,10 +143,9 @@ def main() -> None:
     set_single_thread()
     iterations, repeats = (QUICK_ITERATIONS, 1) if args.quick else (ITERATIONS, 5)
     records = []
-    for method in METHODS:
-        for k in iterations:
-            records.append(measure(method, k, repeats))
-            print(f"measured {method} k={k}", flush=True)
+    for k in iterations:
+        records += measure(k, repeats)
+        print(f"measured k={k}", flush=True)
     headers = ["method", "k", "k used", "fwd s", "bwd s", "retained MiB", "peak MiB"]
     rows = [
         [

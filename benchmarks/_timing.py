@@ -8,10 +8,12 @@ are medians over repeats after warm-up calls; they are wall-clock and noisy on a
 from __future__ import annotations
 
 import csv
+import importlib.metadata
 import json
 import os
 import platform
 import statistics
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -154,13 +156,27 @@ def environment() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    try:
-        import numpy
-
-        info["numpy"] = numpy.__version__
-    except ImportError:
-        pass
+    for package in ("numpy", "mpc"):
+        try:
+            info[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    info["git_commit"] = _git("rev-parse", "HEAD")
+    info["solver_modified"] = bool(
+        _git("status", "--porcelain", "--untracked-files=no", "--", "mpc_policy")
+    )
     return info
+
+
+def _git(*args: str) -> str:
+    """Output of a git command in the repository ("" if git is unavailable)."""
+    try:
+        result = subprocess.run(
+            ["git", *args], cwd=RESULTS_DIR.parent, capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+    return result.stdout.strip()
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -1,0 +1,160 @@
+"""PPO with a differentiable-MPC actor on the pendulum, starting from a wrong cost.
+
+The actor's action mean is the first control of an MPC whose model is the environment's own
+dynamics and task cost; the cost weights start wrong (by default the torque weight is 1000x
+too large, so the MPC barely pushes and the pendulum falls) and PPO learns them, with the
+dynamics, or both (``learn``). Logs go to tensorboard through SB3's logger: PPO's own
+scalars, ``eval/mean_reward`` from ``EvalCallback``, and the solver's health and the learned
+parameters from ``MPCHealthCallback`` (``mpc/...``, ``mpc_param/...``). At the end it prints
+the evaluation curve (deterministic return vs steps, with the learned parameters) and writes
+it to ``<log_dir>/curve.csv``.
+
+    python examples/ppo_pendulum.py                                   # tiny budget, < 1 min
+    python examples/ppo_pendulum.py --config configs/ppo_pendulum.yaml  # the full run
+    python examples/ppo_pendulum.py --learn "[cost.weights, dynamics]" --total-timesteps 2048
+    tensorboard --logdir runs/ppo_pendulum
+
+Every option is a field of ``Args``; ``--config`` reads a YAML file of them and the other
+flags (values read as YAML) override it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.evaluation import evaluate_policy
+
+import envs  # noqa: F401  (registers the mpc_policy/ environments)
+from mpc_policy.sb3 import MPCActorCriticPolicy, MPCHealthCallback, learned_values
+
+
+@dataclass
+class Args:
+    env_id: str = "mpc_policy/Pendulum-v0"
+    # what PPO learns, by MPCPolicy parameter name ("cost.weights", "cost", "dynamics", ...)
+    learn: list[str] = field(default_factory=lambda: ["cost.weights"])
+    # starting values; the truth is weights (1, 1, 0.1, 0.001) on (cos, sin, th_dot, u)
+    initial_values: dict[str, Any] = field(
+        default_factory=lambda: {"cost.weights": [1.0, 1.0, 0.1, 1.0]}
+    )
+    horizon: int = 5
+    total_timesteps: int = 1024
+    n_envs: int = 4
+    n_steps: int = 64
+    batch_size: int = 128
+    n_epochs: int = 4
+    learning_rate: float = 3e-3
+    gamma: float = 0.98
+    gae_lambda: float = 0.95
+    value_layers: list[int] = field(default_factory=lambda: [64, 64])
+    eval_every: int = 512  # environment steps between evaluations
+    eval_episodes: int = 4
+    episode_steps: int | None = 100  # None: the registered limit (200)
+    seed: int = 0
+    log_dir: str = "runs/ppo_pendulum"
+    torch_threads: int = 1
+
+
+def parse_args() -> Args:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", type=Path, help="YAML file of Args fields")
+    for f in dataclasses.fields(Args):
+        parser.add_argument("--" + f.name.replace("_", "-"), type=yaml.safe_load, default=None)
+    namespace = vars(parser.parse_args())
+    values = yaml.safe_load(namespace.pop("config").read_text()) if namespace["config"] else {}
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(Args)})
+    if unknown:
+        raise ValueError(f"config: unknown keys {unknown}; the keys are the fields of Args")
+    values.update({k: v for k, v in namespace.items() if v is not None})
+    return Args(**values)
+
+
+class CurveRecorder(BaseCallback):
+    """After each evaluation (as EvalCallback's ``callback_after_eval``): one curve row,
+    then reseed the evaluation environments so that every evaluation starts from the same
+    states (the curve then compares policies, not start states)."""
+
+    def __init__(self, eval_seed: int) -> None:
+        super().__init__()
+        self.eval_seed = eval_seed
+        self.rows: list[dict[str, float]] = []
+
+    def record(self, steps: int, returns: list[float]) -> None:
+        row = {"steps": float(steps), "mean_return": sum(returns) / len(returns)}
+        row["std_return"] = float(torch.tensor(returns, dtype=torch.float64).std(correction=0))
+        for name, value in learned_values(self.model.policy.mpc).items():
+            for i, entry in enumerate(value.flatten().tolist()):
+                row[f"{name}[{i}]" if value.numel() > 1 else name] = entry
+        self.rows.append(row)
+
+    def _on_step(self) -> bool:
+        assert isinstance(self.parent, EvalCallback)
+        self.record(self.num_timesteps, list(self.parent.evaluations_results[-1]))
+        self.parent.eval_env.seed(self.eval_seed)
+        return True
+
+
+def main(args: Args) -> list[dict[str, float]]:
+    torch.set_num_threads(args.torch_threads)
+    limit = {} if args.episode_steps is None else {"max_episode_steps": args.episode_steps}
+    env = make_vec_env(args.env_id, n_envs=args.n_envs, seed=args.seed, env_kwargs=limit)
+    # one sub-environment per evaluation episode: each evaluation step is one batched solve
+    eval_seed = args.seed + 10_000
+    eval_env = make_vec_env(
+        args.env_id, n_envs=args.eval_episodes, seed=eval_seed, env_kwargs=limit
+    )
+    model = PPO(
+        MPCActorCriticPolicy,
+        env,
+        n_steps=args.n_steps,
+        batch_size=args.batch_size,
+        n_epochs=args.n_epochs,
+        learning_rate=args.learning_rate,
+        gamma=args.gamma,
+        gae_lambda=args.gae_lambda,
+        policy_kwargs={
+            "horizon": args.horizon,
+            "learn": args.learn,
+            "initial_values": args.initial_values,
+            "net_arch": args.value_layers,
+        },
+        tensorboard_log=args.log_dir,
+        seed=args.seed,
+    )
+    curve = CurveRecorder(eval_seed)
+    curve.init_callback(model)
+    returns, _ = evaluate_policy(model, eval_env, args.eval_episodes, return_episode_rewards=True)
+    curve.record(0, [float(r) for r in returns])
+    evaluation = EvalCallback(
+        eval_env,
+        n_eval_episodes=args.eval_episodes,
+        eval_freq=max(args.eval_every // args.n_envs, 1),
+        log_path=args.log_dir,
+        callback_after_eval=curve,
+        verbose=0,
+    )
+    model.learn(args.total_timesteps, callback=[MPCHealthCallback(), evaluation])
+
+    path = Path(args.log_dir) / "curve.csv"
+    with path.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(curve.rows[0]))
+        writer.writeheader()
+        writer.writerows(curve.rows)
+    for row in curve.rows:
+        print("  ".join(f"{key} {value:.6g}" for key, value in row.items()))
+    print(f"curve written to {path}; tensorboard --logdir {args.log_dir}")
+    return curve.rows
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,0 +1,306 @@
+"""SB3 policies with an MPC actor (mpc_policy/sb3.py): PPO and A2C on every environment,
+SAC and TD3, save and load, single vs batched prediction, batch-independent
+log-probabilities, initialization from a trained MPCPolicy, logging, and the example."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+from stable_baselines3 import A2C, PPO, SAC, TD3
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.logger import configure
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import envs
+from envs import PendulumDynamics, pendulum_cost
+from mpc_policy.policy import MPCPolicy
+from mpc_policy.sb3 import (
+    MPCActorCriticPolicy,
+    MPCHealthCallback,
+    MPCSACPolicy,
+    MPCTD3Policy,
+    build_mpc,
+    learned_values,
+    load_mpc_weights,
+)
+
+pytestmark = pytest.mark.sb3
+
+ENV_IDS = list(envs.ENTRY_POINTS)
+PENDULUM = "mpc_policy/Pendulum-v0"
+ROOT = Path(__file__).resolve().parents[1]
+TOL = {"rtol": 1e-5, "atol": 1e-5}
+
+
+def observations(env_id: str, n: int, seed: int = 0) -> np.ndarray:
+    """(n, n_obs) float32 start observations of an environment."""
+    env = gym.make(env_id)
+    return np.stack([env.reset(seed=seed + i)[0] for i in range(n)])
+
+
+def ppo(env_id: str = PENDULUM, **policy_kwargs) -> PPO:
+    env = make_vec_env(env_id, n_envs=2, seed=0)
+    kwargs = {"horizon": 5, **policy_kwargs}
+    return PPO(
+        MPCActorCriticPolicy,
+        env,
+        n_steps=32,
+        batch_size=32,
+        n_epochs=2,
+        learning_rate=1e-2,
+        seed=0,
+        policy_kwargs=kwargs,
+    )
+
+
+def changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> set[str]:
+    return {name for name in before if not torch.equal(before[name], after[name])}
+
+
+def mpc_state(policy: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in policy.state_dict().items() if ".mpc." in f".{k}"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", [PPO, A2C])
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_on_policy_training_changes_the_learned_parameters_only(algo, env_id):
+    env = make_vec_env(env_id, n_envs=4, seed=0)
+    extra = {"n_steps": 32, "batch_size": 64, "n_epochs": 1} if algo is PPO else {"n_steps": 8}
+    model = algo(
+        MPCActorCriticPolicy,
+        env,
+        learning_rate=1e-2,
+        seed=0,
+        policy_kwargs={"horizon": 4, "learn": ["cost.weights", "dynamics"]},
+        **extra,
+    )
+    before = mpc_state(model.policy)
+    model.learn(256)
+    moved = changed(before, mpc_state(model.policy))
+    dynamics = {k for k in before if k.startswith("mpc.dynamics.")}
+    assert dynamics and dynamics <= moved
+    assert "mpc.cost.raw_weights" in moved
+    assert "mpc.cost.goal" not in moved
+
+
+def test_no_policy_kwargs_takes_the_environments_model_and_learns_the_cost():
+    model = PPO(MPCActorCriticPolicy, PENDULUM, n_steps=16, batch_size=16, n_epochs=1, seed=0)
+    env = model.get_env().envs[0].unwrapped
+    mpc = model.policy.mpc
+    assert mpc.horizon == 10 and isinstance(mpc.dynamics, type(env.dynamics))
+    truth = dict(env.dynamics.named_parameters())
+    for name, value in mpc.dynamics.named_parameters():
+        torch.testing.assert_close(value, truth[name], rtol=0, atol=0)
+        assert not value.requires_grad
+    assert set(learned_values(mpc)) == {"cost.weights", "cost.goal"}
+    before = mpc_state(model.policy)
+    model.learn(16)
+    assert changed(before, mpc_state(model.policy)) == {"mpc.cost.raw_weights", "mpc.cost.goal"}
+    # the environment's own modules are untouched
+    assert not any(p.requires_grad for p in env.cost.parameters())
+
+
+def test_initial_values_and_learn_select_the_parameters():
+    model = ppo(
+        learn=["cost.weights", "dynamics.mass"],
+        initial_values={"cost.weights": [2.0, 2.0, 0.5, 0.3], "dynamics.length": 1.5},
+    )
+    mpc = model.policy.mpc
+    torch.testing.assert_close(
+        mpc.cost.weights, torch.tensor([2.0, 2.0, 0.5, 0.3], dtype=torch.float64), **TOL
+    )
+    assert float(mpc.dynamics.length) == 1.5
+    assert set(learned_values(mpc)) == {"cost.weights", "dynamics.mass"}
+
+
+def test_save_and_load_give_the_same_actions(tmp_path):
+    model = ppo(learn=["cost", "dynamics"])
+    model.learn(64)
+    model.save(tmp_path / "model")
+    loaded = PPO.load(tmp_path / "model")  # no environment: the model is in the kwargs
+    obs = observations(PENDULUM, 6)
+    expected, _ = model.predict(obs, deterministic=True)
+    actions, _ = loaded.predict(obs, deterministic=True)
+    np.testing.assert_allclose(actions, expected, rtol=1e-6, atol=1e-6)
+    for name, value in learned_values(model.policy.mpc).items():
+        torch.testing.assert_close(learned_values(loaded.policy.mpc)[name], value, **TOL)
+    model.policy.save(tmp_path / "policy.pt")
+    policy = MPCActorCriticPolicy.load(tmp_path / "policy.pt")
+    actions, _ = policy.predict(obs, deterministic=True)
+    np.testing.assert_allclose(actions, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_predict_single_and_batch_agree():
+    model = ppo()
+    obs = observations(PENDULUM, 5)
+    batch, _ = model.predict(obs, deterministic=True)
+    for i in range(len(obs)):
+        single, _ = model.predict(obs[i], deterministic=True)
+        np.testing.assert_allclose(single, batch[i], rtol=1e-6, atol=1e-6)
+    torch.manual_seed(3)
+    noisy, _ = model.predict(obs, deterministic=False)
+    torch.manual_seed(3)
+    again, _ = model.predict(obs, deterministic=False)
+    np.testing.assert_array_equal(noisy, again)
+    assert not np.allclose(noisy, batch)
+    for i in (0, 3):
+        torch.manual_seed(11)
+        single, _ = model.predict(obs[i], deterministic=False)
+        torch.manual_seed(11)
+        # the same seed, the observation first in its own batch: the same draw
+        first, _ = model.predict(np.roll(obs, -i, axis=0), deterministic=False)
+        np.testing.assert_allclose(single, first[0], rtol=1e-6, atol=1e-6)
+
+
+def test_log_probabilities_do_not_depend_on_the_minibatch():
+    model = ppo(learn=["cost", "dynamics"])
+    policy = model.policy
+    obs = torch.as_tensor(observations(PENDULUM, 24, seed=5))
+    with torch.no_grad():
+        actions, _, rollout_log_prob = policy(obs)  # as in a rollout
+    assert actions.dtype == rollout_log_prob.dtype == torch.float32
+    _, whole, _ = policy.evaluate_actions(obs, actions)
+    torch.testing.assert_close(whole, rollout_log_prob, **TOL)  # PPO's first ratio is 1
+    order = torch.randperm(len(obs), generator=torch.Generator().manual_seed(0))
+    shuffled = torch.empty_like(whole)
+    for rows in order.split(5):
+        _, log_prob, _ = policy.evaluate_actions(obs[rows], actions[rows])
+        shuffled[rows] = log_prob
+    torch.testing.assert_close(shuffled, whole, **TOL)
+    whole.sum().backward()
+    assert policy.mpc.cost.raw_weights.grad is not None
+    assert policy.mpc.dynamics.mass.grad is not None
+
+
+def trained_mpc_policy() -> MPCPolicy:
+    """An MPCPolicy as behaviour cloning would leave it (other weights, other mass)."""
+    dynamics = PendulumDynamics(dtype=torch.float64)
+    with torch.no_grad():
+        dynamics.mass.fill_(1.3)
+    cost = pendulum_cost(dtype=torch.float64)
+    return MPCPolicy(dynamics, cost, 5, -2.0, 2.0, solve_dtype=torch.float64)
+
+
+def test_initialize_from_a_trained_mpc_policy():
+    trained = trained_mpc_policy()
+    obs = observations(PENDULUM, 4)
+    with torch.no_grad():
+        expected = trained(torch.as_tensor(obs)).numpy()
+    model = ppo(horizon=None, mpc_policy=trained)
+    actions, _ = model.predict(obs, deterministic=True)
+    np.testing.assert_allclose(actions, expected, rtol=1e-5, atol=1e-5)
+    other = ppo()
+    load_mpc_weights(other.policy, trained.state_dict())
+    actions, _ = other.predict(obs, deterministic=True)
+    np.testing.assert_allclose(actions, expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="mpc_policy"):
+        ppo(mpc_policy=trained)  # a horizon alongside it
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo, policy_class", [(SAC, MPCSACPolicy), (TD3, MPCTD3Policy)])
+def test_off_policy_actors(algo, policy_class, tmp_path):
+    env = make_vec_env(PENDULUM, n_envs=2, seed=0)
+    model = algo(
+        policy_class,
+        env,
+        learning_starts=32,
+        batch_size=16,
+        buffer_size=500,
+        learning_rate=1e-2,
+        seed=0,
+        policy_kwargs={"horizon": 4, "learn": ["cost.weights"], "net_arch": [32]},
+    )
+    obs = observations(PENDULUM, 4)
+    # the deterministic action is the MPC's control, through the [-1, 1] rescaling
+    with torch.no_grad():
+        control = model.policy.actor.mpc(torch.as_tensor(obs)).numpy()
+    actions, _ = model.predict(obs, deterministic=True)
+    np.testing.assert_allclose(actions, np.clip(control, -2.0, 2.0), rtol=1e-4, atol=1e-4)
+    before = mpc_state(model.policy)
+    model.learn(96)
+    moved = changed(before, mpc_state(model.policy))
+    assert "actor.mpc.cost.raw_weights" in moved
+    if algo is TD3:  # the target actor follows by Polyak averaging
+        assert "actor_target.mpc.cost.raw_weights" in moved
+    model.save(tmp_path / "model")
+    loaded = algo.load(tmp_path / "model")
+    expected, _ = model.predict(obs, deterministic=True)
+    np.testing.assert_allclose(loaded.predict(obs, deterministic=True)[0], expected, atol=1e-6)
+    load_mpc_weights(model.policy, trained_mpc_policy())
+    targets = [m for m in model.policy.modules() if isinstance(m, MPCPolicy)]
+    assert len(targets) == (2 if algo is TD3 else 1)
+    for mpc in targets:
+        assert float(mpc.dynamics.mass) == pytest.approx(1.3)
+
+
+def test_health_callback_logs_floats(tmp_path):
+    model = ppo(learn=["cost.weights"])
+    model.set_logger(configure(str(tmp_path), ["csv"]))
+    model.learn(128, callback=MPCHealthCallback())  # the second rollout end sees an update
+    header, *rows = (tmp_path / "progress.csv").read_text().splitlines()
+    keys = header.split(",")
+    for key in (
+        "mpc/rollout_iterations",
+        "mpc/rollout_unconverged_fraction",
+        "mpc/update_iterations",
+        "mpc_param/cost.weights_3",
+    ):
+        assert key in keys
+        column = [row.split(",")[keys.index(key)] for row in rows]
+        assert all(float(value) >= 0 for value in column if value)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"learn": ["cost.nothing"]}, ValueError, "learn"),
+        ({"learn": "cost"}, TypeError, "learn"),
+        ({"initial_values": {"cost.weights": [1.0, 1.0]}}, ValueError, "shape"),
+        ({"initial_values": {"dynamics.mass": 1.0, "dynamics.size": 1.0}}, ValueError, "size"),
+        ({"initial_values": {"cost.weights": [1.0, -1.0, 1.0, 1.0]}}, ValueError, "positive"),
+        ({"use_sde": True}, ValueError, "use_sde"),
+        ({"net_arch": {"pi": [8], "vf": [8]}}, ValueError, "net_arch"),
+    ],
+)
+def test_errors_name_the_argument(kwargs, error, match):
+    model_kwargs = {"dynamics": PendulumDynamics(), "cost": pendulum_cost(), **kwargs}
+    space = spaces.Box(-1.0, 1.0, (3,), np.float32)
+    with pytest.raises(error, match=match):
+        MPCActorCriticPolicy(
+            space, spaces.Box(-2.0, 2.0, (1,), np.float32), lambda _: 1e-3, **model_kwargs
+        )
+
+
+def test_without_a_model_or_an_environment_it_says_what_to_pass():
+    space = spaces.Box(-1.0, 1.0, (3,), np.float32)
+    with pytest.raises(ValueError, match="dynamics and cost"):
+        MPCActorCriticPolicy(space, spaces.Box(-2.0, 2.0, (1,), np.float32), lambda _: 1e-3)
+    with pytest.raises(ValueError, match="dynamics and cost"):
+        PPO(MPCActorCriticPolicy, "Pendulum-v1")  # Gymnasium's own: no model to take
+    with pytest.raises(TypeError, match="action_space"):
+        build_mpc(spaces.Discrete(3), dynamics=PendulumDynamics(), cost=pendulum_cost())
+
+
+@pytest.mark.slow
+def test_example_runs_and_logs(tmp_path):
+    command = [
+        sys.executable, str(ROOT / "examples" / "ppo_pendulum.py"),
+        "--total-timesteps", "128", "--n-envs", "2", "--n-steps", "32", "--batch-size", "32",
+        "--n-epochs", "1", "--eval-every", "64", "--eval-episodes", "2",
+        "--episode-steps", "10", "--horizon", "3", "--log-dir", str(tmp_path),
+    ]  # fmt: skip
+    subprocess.run(command, check=True, cwd=ROOT, capture_output=True, timeout=300)
+    curve = (tmp_path / "curve.csv").read_text().splitlines()
+    assert curve[0].startswith("steps,mean_return") and len(curve) == 4  # evals at 0, 64, 128
+    run = tmp_path / "PPO_1"
+    tags = EventAccumulator(str(run), size_guidance={"scalars": 0}).Reload().Tags()["scalars"]
+    assert {"eval/mean_reward", "mpc/rollout_iterations", "mpc_param/cost.weights_3"} <= set(tags)

@@ -1,0 +1,106 @@
+"""Training logs: tensorboard scalars per epoch and a tqdm progress bar.
+
+Every trainer writes, at step = epoch (0 is the model before training):
+
+    loss/train, loss/val, loss/test      imitation loss E ||u_1:T(x; theta) - u_1:T(x; th*)||^2
+                                         (mean squared error per control entry, th* the
+                                         expert's parameters)
+    loss/test_at_best_val                the reported figure, so far
+    loss/sysid_train                     next-state MSE (sysid only)
+    model_error/<name>                   distances to the true parameters (where known)
+    params/<group>/<name>                each learned physical parameter and cost entry
+    solver/iterations_mean, solver/iterations_max, solver/unconverged_fraction
+    train/lr
+
+Every run (re)opens its folder with ``purge_step`` = the first epoch it will write, so
+events that a killed run wrote after its last checkpoint are discarded, not duplicated.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+
+__all__ = ["TrainingLog", "summarize_warnings"]
+
+
+class TrainingLog:
+    """A tensorboard writer and an epoch progress bar.
+
+    Args:
+        log_dir: the tensorboard run folder.
+        first_epoch: the first epoch this process logs (> 0 when resuming).
+        total_epochs: the last epoch, for the progress bar.
+        progress: show the progress bar.
+    """
+
+    def __init__(
+        self, log_dir: str | Path, first_epoch: int, total_epochs: int, progress: bool = True
+    ) -> None:
+        self.log_dir = Path(log_dir)
+        # purge_step: hide events at or after the first epoch we write, left by a run
+        # that was killed before it could checkpoint them
+        self.writer = SummaryWriter(str(self.log_dir), purge_step=first_epoch)
+        self.bar = tqdm(
+            total=total_epochs,
+            initial=max(first_epoch - 1, 0),
+            desc="epochs",
+            unit="epoch",
+            disable=not progress,
+            dynamic_ncols=True,
+        )
+
+    def scalars(self, epoch: int, values: dict[str, float]) -> None:
+        """Write ``{tag: value}`` at step ``epoch``."""
+        for tag, value in values.items():
+            self.writer.add_scalar(tag, float(value), global_step=epoch)
+
+    def epoch_done(self, epoch: int, summary: dict[str, float]) -> None:
+        """Flush the epoch's scalars and advance the bar with a short summary."""
+        self.writer.flush()
+        if epoch > 0:
+            self.bar.update(1)
+        self.bar.set_postfix({k: f"{v:.3g}" for k, v in summary.items()}, refresh=True)
+
+    def close(self) -> None:
+        self.writer.close()
+        self.bar.close()
+
+    def __enter__(self) -> TrainingLog:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+@contextmanager
+def summarize_warnings(context: str = "") -> Iterator[None]:
+    """Collect the warnings raised inside (e.g. one per unconverged solve of an epoch) and
+    re-issue each kind once, with its count and ``context`` as a prefix: nothing is
+    hidden, nothing repeats."""
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            caught = list(records)
+    kinds: dict[tuple[type[Warning], str], list[str]] = {}
+    for w in caught:
+        # "3 of 32 batch elements did not ..." and "1 of 32 ..." are one kind
+        head = re.sub(r"\d+", "#", str(w.message).split(":")[0])
+        kinds.setdefault((w.category, head), []).append(str(w.message))
+    for (category, _), messages in kinds.items():
+        more = f" [the first of {len(messages)} such warnings]" if len(messages) > 1 else ""
+        warnings.warn(context + messages[0] + more, category, stacklevel=3)

@@ -1,0 +1,191 @@
+"""An MPC controller as a policy: observations in, the first planned control out.
+
+For each observation o (a row of a batch) the policy solves
+
+    u_{1:T}(o) = argmin_u  sum_t C(x_t, u_t)   s.t.  x_1 = obs_to_state(o),
+                 x_{t+1} = f(x_t, u_t),  u_lower <= u_t <= u_upper
+
+with ``MPC`` and acts with u_1. The cost C and the dynamics f are modules whose parameters
+the policy owns, so ``policy.parameters()`` are what an optimizer learns (the paper's
+mpc.dx / mpc.cost setting, Amos et al. 2018, section 5.3). Each row is solved on its own:
+one observation's answer never depends on the rest of the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from mpc_policy.mpc import MPC
+from mpc_policy.options import MPCOptions
+from mpc_policy.solution import Solution, SolverInfo
+
+__all__ = ["MPCPolicy"]
+
+Bound = float | Tensor | None
+
+
+def _identity(obs: Tensor) -> Tensor:
+    return obs
+
+
+def _control_size(dynamics: nn.Module, u_lower: Bound, u_upper: Bound) -> int | None:
+    """m from the dynamics' ``n_ctrl`` attribute, else from a bound tensor, else unknown."""
+    n_ctrl = getattr(dynamics, "n_ctrl", None)
+    if isinstance(n_ctrl, int):
+        return n_ctrl
+    for bound in (u_lower, u_upper):
+        if isinstance(bound, Tensor) and bound.dim() >= 1:
+            return int(bound.shape[-1])
+    return None
+
+
+class MPCPolicy(nn.Module):
+    """Differentiable MPC policy: ``policy(obs)`` is the first control of the plan.
+
+    Args:
+        dynamics: module ``dynamics(x (..., n), u (..., m)) -> (..., n)``; its parameters
+            are learnable through the policy. An ``n_ctrl`` attribute gives m.
+        cost: module ``cost(x (B, T, n), u (B, T, m)) -> (B, T)``, e.g. ``GoalWeightedCost``.
+        horizon: planning horizon T (states x_1..x_T, controls u_1..u_T).
+        u_lower: control lower bound: a float, (m,), (B, m) or (B, T, m) tensor; None =
+            unbounded. Tensors are buffers (they follow ``.to(device)``).
+        u_upper: control upper bound, same forms.
+        obs_to_state: maps observations (B, n_obs) to MPC states (B, n); identity if None.
+            A module here is a submodule (its parameters are learned too).
+        solve_dtype: dtype of the solve (e.g. ``torch.float64`` for float32 observations:
+            tight tolerances converge); outputs come back in the observation dtype. None
+            solves in the observation dtype.
+        **solver_options: ``MPCOptions`` fields (``max_iter``, ``tol``, ``grad_method``,
+            ``jacobian``, ``on_unconverged``, ...); an unknown name is a ``TypeError``.
+
+    Attributes:
+        last_info: the ``SolverInfo`` of the last solve (None before the first): per-row
+            iterations, convergence flags and residuals, for logging solver health.
+
+    Example:
+        >>> policy = MPCPolicy(PendulumDynamics(), pendulum_cost(), horizon=20,
+        ...                    u_lower=-2.0, u_upper=2.0, solve_dtype=torch.float64)
+        >>> u = policy(obs)                       # (B, m), obs (B, 3) float32
+        >>> plan = policy.plan(obs, u_init=warm)  # Solution: x (B, T, n), u (B, T, m)
+    """
+
+    def __init__(
+        self,
+        dynamics: nn.Module,
+        cost: nn.Module,
+        horizon: int,
+        u_lower: Bound = None,
+        u_upper: Bound = None,
+        obs_to_state: Callable[[Tensor], Tensor] | None = None,
+        solve_dtype: torch.dtype | None = None,
+        **solver_options: Any,
+    ) -> None:
+        super().__init__()
+        for name, module in (("dynamics", dynamics), ("cost", cost)):
+            if not isinstance(module, nn.Module):
+                raise TypeError(f"{name}: expected an nn.Module, received {type(module).__name__}")
+        if not isinstance(horizon, int) or isinstance(horizon, bool) or horizon < 1:
+            raise ValueError(f"horizon: expected an integer >= 1, received {horizon!r}")
+        if obs_to_state is not None and not callable(obs_to_state):
+            raise TypeError(f"obs_to_state: expected a callable, received {obs_to_state!r}")
+        if solve_dtype not in (None, torch.float32, torch.float64):
+            raise ValueError(
+                f"solve_dtype: expected None, torch.float32 or torch.float64, "
+                f"received {solve_dtype!r}"
+            )
+        for name, bound in (("u_lower", u_lower), ("u_upper", u_upper)):
+            if bound is not None and not isinstance(bound, int | float | Tensor):
+                raise TypeError(
+                    f"{name}: expected None, a float or a tensor, received {type(bound).__name__}"
+                )
+        self.dynamics = dynamics
+        self.cost = cost
+        self.horizon = horizon
+        self.obs_to_state = _identity if obs_to_state is None else obs_to_state
+        self.solve_dtype = solve_dtype
+        self.options = MPCOptions.from_kwargs(**solver_options)
+        self.n_ctrl = _control_size(dynamics, u_lower, u_upper)
+        self._bounds: dict[str, float | None] = {}
+        for name, bound in (("u_lower", u_lower), ("u_upper", u_upper)):
+            if isinstance(bound, Tensor):
+                self.register_buffer(name, bound.detach().clone(), persistent=False)
+            else:
+                self._bounds[name] = None if bound is None else float(bound)
+        self.last_info: SolverInfo | None = None
+
+    def extra_repr(self) -> str:
+        return f"horizon={self.horizon}, n_ctrl={self.n_ctrl}, solve_dtype={self.solve_dtype}"
+
+    def _bound(self, name: str, like: Tensor) -> float | Tensor | None:
+        if name in self._bounds:
+            return self._bounds[name]
+        bound: Tensor = getattr(self, name)
+        return bound.to(dtype=like.dtype, device=like.device)
+
+    def plan(self, obs: Tensor | np.ndarray, u_init: Tensor | None = None) -> Solution:
+        """Solve the MPC problem from a batch of observations.
+
+        Args:
+            obs: (B, n_obs) observations, or (n_obs,) for a single one (the returned
+                tensors then keep a batch dimension of 1). A numpy array is converted.
+            u_init: (B, T, m) warm start for this call (e.g. the previous plan shifted by
+                one step); zeros if None.
+
+        Returns:
+            ``Solution`` with x (B, T, n), u (B, T, m) and cost (B,) in the observation
+            dtype, differentiable with respect to the observations and the parameters of
+            the cost, the dynamics and ``obs_to_state``; and ``info``, also kept in
+            ``self.last_info``.
+        """
+        if isinstance(obs, np.ndarray):
+            obs = torch.as_tensor(obs)
+        if not isinstance(obs, Tensor) or not obs.is_floating_point():
+            raise TypeError(
+                f"obs: expected a floating-point tensor, received "
+                f"{getattr(obs, 'dtype', type(obs).__name__)}"
+            )
+        if obs.dim() == 1:
+            obs = obs.unsqueeze(0)
+        if obs.dim() != 2:
+            raise ValueError(f"obs: expected shape (B, n_obs), received {tuple(obs.shape)}")
+        x_init = self.obs_to_state(obs)
+        if not isinstance(x_init, Tensor) or x_init.dim() != 2 or x_init.shape[0] != obs.shape[0]:
+            raise ValueError(
+                f"obs_to_state: expected a (B, n) tensor with B = {obs.shape[0]}, received "
+                f"{tuple(x_init.shape) if isinstance(x_init, Tensor) else type(x_init).__name__}"
+            )
+        dtype = self.solve_dtype or x_init.dtype
+        x_init = x_init.to(dtype)
+        n_ctrl = self.n_ctrl
+        if u_init is not None:
+            u_init = u_init.to(dtype=dtype, device=x_init.device)
+            n_ctrl = int(u_init.shape[-1]) if n_ctrl is None else n_ctrl
+        if n_ctrl is None:
+            raise ValueError(
+                "cannot tell the control size m: give the dynamics module an integer "
+                "`n_ctrl` attribute, pass tensor bounds, or pass u_init"
+            )
+        mpc = MPC(
+            int(x_init.shape[1]),
+            n_ctrl,
+            self.horizon,
+            self._bound("u_lower", x_init),
+            self._bound("u_upper", x_init),
+            **asdict(self.options),
+        )
+        solution = mpc(x_init, self.cost, self.dynamics, u_init)
+        self.last_info = solution.info
+        out = obs.dtype
+        return Solution(
+            solution.x.to(out), solution.u.to(out), solution.cost.to(out), solution.info
+        )
+
+    def forward(self, obs: Tensor | np.ndarray, u_init: Tensor | None = None) -> Tensor:
+        """The first control u_1 (B, m) of the plan for observations (B, n_obs)."""
+        return self.plan(obs, u_init).u[:, 0]

@@ -1,0 +1,155 @@
+"""MPCPolicy: batch independence, no_grad, float32 observations, warm starts, obs_to_state,
+gradients to the model's parameters, and argument checks."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from envs import PendulumDynamics, pendulum_cost, pendulum_state
+from envs.params import PendulumParams
+from mpc_policy.policy import MPCPolicy
+
+ANGLES = [(0.4, 0.0), (-1.2, 0.7), (1.5, -0.9), (0.05, 0.3), (-0.6, -0.2), (1.0, 1.0)]
+
+
+def make_policy(**kwargs) -> MPCPolicy:
+    dynamics = PendulumDynamics(
+        PendulumParams(gravity=12.0, mass=1.5, length=0.9), dtype=torch.float64
+    )
+    cost = pendulum_cost(dtype=torch.float64)
+    options = {"jacobian": "analytic", "on_unconverged": "raise", **kwargs}
+    return MPCPolicy(dynamics, cost, 10, u_lower=-2.0, u_upper=2.0, **options)
+
+
+@pytest.fixture(scope="module")
+def states() -> torch.Tensor:
+    return torch.tensor(np.stack([pendulum_state(th, thd) for th, thd in ANGLES]))
+
+
+def test_one_observation_alone_equals_it_in_a_batch(states):
+    policy = make_policy()
+    batch = policy.plan(states)
+    for i in range(states.shape[0]):
+        alone = policy.plan(states[i : i + 1])
+        torch.testing.assert_close(alone.u, batch.u[i : i + 1], rtol=0, atol=1e-9)
+        torch.testing.assert_close(alone.x, batch.x[i : i + 1], rtol=0, atol=1e-9)
+    assert batch.u.shape == (6, 10, 1) and batch.u.abs().max() <= 2.0 + 1e-12
+
+
+def test_forward_is_the_first_control_and_last_info_is_kept(states):
+    policy = make_policy()
+    assert policy.last_info is None
+    u = policy(states)
+    assert u.shape == (6, 1)
+    plan = policy.plan(states)
+    torch.testing.assert_close(u, plan.u[:, 0], rtol=0, atol=1e-12)
+    assert policy.last_info is plan.info
+    assert policy.last_info.iterations.shape == (6,) and policy.last_info.all_converged
+
+
+def test_no_grad_gives_the_same_answer_without_a_graph(states):
+    policy = make_policy()
+    with_grad = policy(states)
+    with torch.no_grad():
+        without = policy(states)
+    assert without.grad_fn is None and with_grad.grad_fn is not None
+    torch.testing.assert_close(without, with_grad.detach(), rtol=0, atol=1e-12)
+
+
+def test_float32_observations_solved_in_float64_return_float32(states):
+    policy64 = make_policy(solve_dtype=torch.float64)
+    obs32 = states.float()
+    u = policy64(obs32)
+    assert u.dtype == torch.float32
+    plan = policy64.plan(obs32)
+    assert plan.x.dtype == plan.u.dtype == plan.cost.dtype == torch.float32
+    reference = make_policy().plan(obs32.double()).u[:, 0]
+    torch.testing.assert_close(u, reference.float(), rtol=0, atol=1e-6)
+
+
+def test_float32_solve_runs_in_float32(states):
+    policy = make_policy(on_unconverged="ignore")
+    with torch.no_grad():
+        plan = policy.plan(states.float())
+    assert plan.u.dtype == torch.float32
+    reference = make_policy().plan(states).u
+    # float32 tolerance (1e-4 by default) on the fixed point
+    torch.testing.assert_close(plan.u.double(), reference, rtol=0, atol=2e-2)
+
+
+def test_warm_start_per_call_reaches_the_same_plan_faster(states):
+    policy = make_policy()
+    cold = policy.plan(states)
+    warm = policy.plan(states, u_init=cold.u.detach())
+    torch.testing.assert_close(warm.u, cold.u, rtol=0, atol=1e-7)
+    assert bool((warm.info.iterations <= 2).all())
+    assert bool((cold.info.iterations > 2).any())
+
+
+def test_obs_to_state_maps_observations_to_states(states):
+    def angle_to_state(obs: torch.Tensor) -> torch.Tensor:
+        theta, theta_dot = obs.unbind(-1)
+        return torch.stack([theta.cos(), theta.sin(), theta_dot], dim=-1)
+
+    policy = make_policy()
+    angled = make_policy(obs_to_state=angle_to_state)
+    obs = torch.tensor(ANGLES, dtype=torch.float64)
+    torch.testing.assert_close(angled(obs), policy(states), rtol=0, atol=1e-9)
+
+
+def test_single_observation_and_numpy_input(states):
+    policy = make_policy()
+    u = policy(states[0].numpy())
+    assert u.shape == (1, 1)
+    torch.testing.assert_close(u, policy(states[:1]), rtol=0, atol=1e-12)
+
+
+def test_gradients_reach_the_dynamics_and_cost_parameters(states):
+    policy = make_policy()
+    policy.plan(states).u.pow(2).sum().backward()
+    for name, parameter in policy.named_parameters():
+        assert parameter.grad is not None, name
+        assert bool(torch.isfinite(parameter.grad).all()), name
+    assert abs(float(policy.dynamics.gravity.grad)) > 0
+
+
+def test_tensor_bounds_are_buffers_cast_to_the_solve_dtype(states):
+    dynamics = PendulumDynamics(dtype=torch.float64)
+    bound = torch.tensor([1.0], dtype=torch.float32)
+    policy = MPCPolicy(dynamics, pendulum_cost(dtype=torch.float64), 8, -bound, bound)
+    assert "u_lower" in dict(policy.named_buffers())
+    plan = policy.plan(states)
+    assert plan.u.abs().max() <= 1.0 + 1e-12
+
+
+def test_argument_errors_name_the_argument(states):
+    dynamics, cost = PendulumDynamics(), pendulum_cost()
+    with pytest.raises(ValueError, match="horizon"):
+        MPCPolicy(dynamics, cost, 0)
+    with pytest.raises(TypeError, match="dynamics"):
+        MPCPolicy(lambda x, u: x, cost, 5)
+    with pytest.raises(TypeError, match="unknown solver option"):
+        MPCPolicy(dynamics, cost, 5, max_iters=3)
+    with pytest.raises(ValueError, match="solve_dtype"):
+        MPCPolicy(dynamics, cost, 5, solve_dtype=torch.int64)
+    with pytest.raises(TypeError, match="obs"):
+        MPCPolicy(dynamics, cost, 5)(torch.zeros(2, 3, dtype=torch.int64))
+    with pytest.raises(ValueError, match="obs"):
+        MPCPolicy(dynamics, cost, 5)(torch.zeros(2, 3, 1))
+
+
+def test_control_size_must_be_known():
+    class Bare(torch.nn.Module):
+        def forward(self, x, u):
+            return x + u
+
+    policy = MPCPolicy(Bare(), pendulum_cost(), 4)
+    with pytest.raises(ValueError, match="n_ctrl"):
+        policy(torch.zeros(2, 3))
+    with torch.no_grad():
+        plan = policy.plan(torch.zeros(2, 3), u_init=torch.zeros(2, 4, 1))
+    assert plan.u.shape == (2, 4, 1) and math.isfinite(float(plan.cost[0]))

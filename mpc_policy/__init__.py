@@ -9,6 +9,7 @@ from mpc_policy.dynamics import AffineDynamics
 from mpc_policy.lqr import lqr_solve
 from mpc_policy.mpc import MPC
 from mpc_policy.options import MPCOptions
+from mpc_policy.policy import MPCPolicy
 from mpc_policy.solution import ConvergenceError, Solution, SolverInfo
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "ConvergenceError",
     "GoalWeightedCost",
     "MPCOptions",
+    "MPCPolicy",
     "QuadraticCost",
     "Solution",
     "SolverInfo",

@@ -1,0 +1,350 @@
+"""The public surface of mpc.pytorch 0.0.6's ``mpc.mpc``, solved by ``mpc_policy``.
+
+Switch with one line: ``from mpc_policy.compat import mpc`` instead of ``from mpc import mpc``.
+``mpc.MPC(n_state, n_ctrl, T, ...)(x_init, cost, dx)`` solves, for every batch element,
+
+    min_{x, u}  sum_t C_t(x_t, u_t)   s.t.  x_1 = x_init,  x_{t+1} = f(x_t, u_t),
+                                          u_lower <= u_t <= u_upper
+
+with mpc.pytorch's time-major shapes, x_init [B, n], returning ``(x [T, B, n], u [T, B, m],
+costs [B])``. A ``QuadCost`` with ``LinDx`` dynamics is one box-LQR problem
+(``mpc_policy.lqr_solve``); any other pair is solved by box-DDP (``mpc_policy.MPC``). Every
+batch element converges on its own and is differentiated exactly at its fixed point; where
+this differs from mpc.pytorch is in docs/coming-from-mpc-pytorch.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import nullcontext
+from enum import Enum
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from mpc_policy.compat.modules import RowCost, RowDynamics, has_jacobian
+from mpc_policy.compat.problem import (
+    control_bound,
+    dynamics_terms,
+    initial_controls,
+    previous_controls,
+    quadratic_terms,
+    time_invariant_dynamics,
+    zero_mask,
+)
+from mpc_policy.compat.slew import SlewCost, SlewDynamics, slew_linear, slew_quadratic
+from mpc_policy.costs import QuadraticCost
+from mpc_policy.linearize import dynamics_jacobian
+from mpc_policy.lqr import lqr_solve
+from mpc_policy.mpc import MPC as NativeMPC
+from mpc_policy.options import GradMethod, MPCOptions
+from mpc_policy.solution import Solution, SolverInfo
+
+__all__ = ["MPC", "GradMethods", "LinDx", "QuadCost"]
+
+logger = logging.getLogger(__name__)
+
+
+class QuadCost(NamedTuple):
+    """Quadratic cost 1/2 tau_t' C_t tau_t + c_t' tau_t, tau_t = [x_t; u_t].
+
+    C: [T, B, n+m, n+m], [T, n+m, n+m] or [n+m, n+m]; c: [T, B, n+m], [T, n+m], [n+m] or None.
+    """
+
+    C: Tensor | None = None
+    c: Tensor | None = None
+
+
+class LinDx(NamedTuple):
+    """Affine dynamics x_{t+1} = F_t tau_t + f_t.
+
+    F: [T-1, B, n, n+m] (a T-th step is ignored), [T-1, n, n+m] or [n, n+m];
+    f: [T-1, B, n], [T-1, n], [n] or None.
+    """
+
+    F: Tensor | None = None
+    f: Tensor | None = None
+
+
+class GradMethods(Enum):
+    """How a dynamics module is linearized (mpc.pytorch's names)."""
+
+    AUTO_DIFF = 1
+    FINITE_DIFF = 2
+    ANALYTIC = 3
+    ANALYTIC_CHECK = 4
+
+
+_JACOBIAN = {
+    GradMethods.AUTO_DIFF: "autograd",
+    GradMethods.FINITE_DIFF: "finite_diff",
+    GradMethods.ANALYTIC: "analytic",
+}
+_RENAMED = (
+    "mpc_policy.compat passes lqr_iter as max_iter, eps as tol, linesearch_decay as "
+    "line_search_decay, max_linesearch_iter as max_line_search and diff_rule as grad_method"
+)
+# the options of a box-LQR solve (its gradient is exact, whatever the rule or Jacobian)
+_LQR_OPTIONS = ("max_iter", "tol", "line_search_decay", "max_line_search", "on_unconverged")
+
+
+class MPC(nn.Module):
+    """mpc.pytorch's differentiable box-constrained MPC, solved by ``mpc_policy``.
+
+    Args:
+        n_state, n_ctrl, T: state size n, control size m, horizon T.
+        u_lower, u_upper: control bounds: floats or [T, B, m] (also [T, m] or [m]); None on
+            one side leaves it unbounded. Gradients reach tensor bounds.
+        u_zero_I: [T, B, m] mask of controls fixed to 0.
+        u_init: [T, B, m] or [T, m] warm start (nonlinear problems; a ``LinDx`` problem is
+            convex and starts from zero).
+        lqr_iter: maximum box-DDP iterations (``max_iter``).
+        grad_method: ``GradMethods`` member: how dynamics modules are linearized
+            (``jacobian`` "autograd", "finite_diff" or "analytic" from ``dx.grad_input``).
+        delta_u: not supported (raises ``ValueError``; see the message).
+        verbose: -1 no warnings, 0 warnings, 1+ a summary of each solve logged at INFO on
+            the ``mpc_policy.compat.mpc`` logger.
+        eps: convergence tolerance on the full control step (``tol``, relative to
+            1 + max |u|, per element); None (default) is 1e-7 in float64, 1e-4 in float32.
+        back_eps: accepted for compatibility; the backward pass is one exact LQR solve.
+        n_batch: batch size; optional (taken from x_init), checked when given.
+        linesearch_decay, max_linesearch_iter: the line search (``line_search_decay``,
+            ``max_line_search``).
+        exit_unconverged: with ``detach_unconverged``, raise ``ConvergenceError`` when an
+            element does not converge (mpc.pytorch: ``assert False``).
+        detach_unconverged: unconverged elements get no gradient (with a warning).
+        backprop: False solves under ``torch.no_grad()``.
+        slew_rate_penalty: gamma of gamma/2 ||u_t - u_{t-1}||^2 (u_0 = prev_ctrl or 0).
+        prev_ctrl: [m], [B, m] or [1, B, m] control before u_1, for the slew-rate penalty.
+        not_improved_lim, best_cost_eps: accepted for compatibility; the line search only
+            accepts steps that lower the cost, so the last iterate is the best one.
+        diff_rule: how the solution is differentiated (``mpc_policy``'s ``grad_method``):
+            "exact" (default), "paper" (the paper's rule) or "unroll".
+
+    After a call, ``last_info`` holds the per-element ``SolverInfo`` of that solve.
+    """
+
+    def __init__(
+        self,
+        n_state: int,
+        n_ctrl: int,
+        T: int,
+        u_lower: float | Tensor | None = None,
+        u_upper: float | Tensor | None = None,
+        u_zero_I: Tensor | None = None,
+        u_init: Tensor | None = None,
+        lqr_iter: int = 10,
+        grad_method: GradMethods = GradMethods.ANALYTIC,
+        delta_u: float | None = None,
+        verbose: int = 0,
+        eps: float | None = None,
+        back_eps: float = 1e-7,
+        n_batch: int | None = None,
+        linesearch_decay: float = 0.2,
+        max_linesearch_iter: int = 10,
+        exit_unconverged: bool = True,
+        detach_unconverged: bool = True,
+        backprop: bool = True,
+        slew_rate_penalty: float | None = None,
+        prev_ctrl: Tensor | None = None,
+        not_improved_lim: int = 5,
+        best_cost_eps: float = 1e-4,
+        *,
+        diff_rule: GradMethod = "exact",
+    ) -> None:
+        super().__init__()
+        for name, value in (("n_state", n_state), ("n_ctrl", n_ctrl), ("T", T)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}: expected an integer >= 1, received {value!r}")
+        self.n_state, self.n_ctrl, self.T = n_state, n_ctrl, T
+        self.u_lower, self.u_upper, self.u_zero_I = u_lower, u_upper, u_zero_I
+        self.u_init, self.lqr_iter, self.grad_method = u_init, lqr_iter, grad_method
+        self.delta_u, self.verbose, self.eps, self.back_eps = delta_u, verbose, eps, back_eps
+        self.n_batch = n_batch
+        self.linesearch_decay, self.max_linesearch_iter = linesearch_decay, max_linesearch_iter
+        self.exit_unconverged, self.detach_unconverged = exit_unconverged, detach_unconverged
+        self.backprop = backprop
+        self.slew_rate_penalty, self.prev_ctrl = slew_rate_penalty, prev_ctrl
+        self.not_improved_lim, self.best_cost_eps = not_improved_lim, best_cost_eps
+        self.diff_rule = diff_rule
+        self.last_info: SolverInfo | None = None
+        self._options()
+
+    def _jacobian_method(self) -> str:
+        if self.grad_method not in _JACOBIAN:
+            raise ValueError(
+                f"grad_method: expected GradMethods.AUTO_DIFF, FINITE_DIFF or ANALYTIC, "
+                f"received {self.grad_method!r} (to check an analytic Jacobian, compare "
+                "linearize_dynamics under ANALYTIC and AUTO_DIFF)"
+            )
+        return _JACOBIAN[self.grad_method]
+
+    def _options(self) -> dict[str, Any]:
+        """The ``MPCOptions`` fields these arguments map to (checked by ``MPCOptions``)."""
+        if self.delta_u is not None:
+            raise ValueError(
+                f"delta_u: not supported (received {self.delta_u!r}); mpc_policy's box-DDP "
+                "takes no per-iteration trust region. A fixed point with delta_u is one "
+                "without it, so drop it; to keep iterates near a warm start, tighten "
+                "u_lower/u_upper around u_init instead"
+            )
+        for name, valid, expected in (
+            ("back_eps", lambda v: isinstance(v, float | int) and v > 0, "a positive float"),
+            ("best_cost_eps", lambda v: isinstance(v, float | int) and v > 0, "a positive float"),
+            ("not_improved_lim", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
+            ("slew_rate_penalty", lambda v: v is None or float(v) >= 0, "a float >= 0 or None"),
+        ):
+            value = getattr(self, name)
+            if not valid(value):
+                raise ValueError(f"{name}: expected {expected}, received {value!r}")
+        options: dict[str, Any] = {
+            "max_iter": self.lqr_iter,
+            "tol": self.eps,
+            "line_search_decay": self.linesearch_decay,
+            "max_line_search": self.max_linesearch_iter,
+            "grad_method": self.diff_rule,
+            "jacobian": self._jacobian_method(),
+            "on_unconverged": "ignore",
+        }
+        try:
+            MPCOptions.from_kwargs(**options)
+        except ValueError as error:
+            raise ValueError(f"{error} ({_RENAMED})") from error
+        return options
+
+    def _policy(self) -> str:
+        """mpc.pytorch's handling of unconverged elements as an ``on_unconverged`` policy."""
+        if self.detach_unconverged and self.exit_unconverged:
+            return "raise"
+        if self.verbose < 0:
+            return "ignore"
+        return "zero_grad" if self.detach_unconverged else "warn"
+
+    def forward(
+        self, x_init: Tensor, cost: QuadCost | nn.Module, dx: LinDx | nn.Module
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Solve the batch of problems.
+
+        Args:
+            x_init: [B, n] initial states.
+            cost: a ``QuadCost``, or a module cost(tau [N, n+m]) -> [N] applied to every step.
+            dx: a ``LinDx``, or a module dx(x [N, n], u [N, m]) -> [N, n] (with
+                ``grad_input(x, u) -> (R [N, n, n], S [N, n, m])`` for ``ANALYTIC``).
+
+        Returns:
+            x [T, B, n], u [T, B, m] and costs [B], the objective of each trajectory.
+        """
+        if not isinstance(x_init, Tensor) or x_init.dim() != 2 or x_init.shape[1] != self.n_state:
+            received = tuple(x_init.shape) if isinstance(x_init, Tensor) else type(x_init)
+            raise ValueError(
+                f"x_init: expected shape [B, n_state] = [B, {self.n_state}], received {received}"
+            )
+        batch = x_init.shape[0]
+        if self.n_batch is not None and self.n_batch != batch:
+            raise ValueError(
+                f"n_batch: expected the batch size of x_init ({batch}), received {self.n_batch}"
+            )
+        options = self._options()
+        with nullcontext() if self.backprop else torch.no_grad():
+            solution = self._solve(x_init, cost, dx, options)
+        info = self.last_info = solution.info
+        info.enforce(self._policy())
+        x, u, costs = solution.x[..., -self.n_state :], solution.u, solution.cost
+        if self.detach_unconverged and not info.all_converged:
+            keep = info.converged
+            x = torch.where(keep.view(-1, 1, 1), x, x.detach())
+            u = torch.where(keep.view(-1, 1, 1), u, u.detach())
+            costs = torch.where(keep, costs, costs.detach())
+        if self.verbose >= 1:
+            logger.info(
+                "mpc: %d of %d elements converged in at most %d iterations, max residual %.2e, "
+                "mean cost %.4e",
+                int(info.converged.sum()),
+                batch,
+                int(info.iterations.max()),
+                float(info.residual.max()),
+                float(costs.mean()),
+            )
+        return x.transpose(0, 1), u.transpose(0, 1), costs
+
+    def _solve(
+        self,
+        x_init: Tensor,
+        cost: QuadCost | nn.Module,
+        dx: LinDx | nn.Module,
+        options: dict[str, Any],
+    ) -> Solution:
+        """Dispatch to ``lqr_solve`` or ``MPC``; x of the solution may carry the slew state."""
+        n, m, T = self.n_state, self.n_ctrl, self.T
+        batch = x_init.shape[0]
+        if not isinstance(cost, (QuadCost, nn.Module)):
+            raise TypeError(f"cost: expected a QuadCost or an nn.Module, received {type(cost)}")
+        if not isinstance(dx, (LinDx, nn.Module)):
+            raise TypeError(f"dx: expected a LinDx or an nn.Module, received {type(dx)}")
+        zero = zero_mask(self.u_zero_I, T, batch, m)
+        lower = control_bound("u_lower", self.u_lower, zero, T, batch, m, x_init)
+        upper = control_bound("u_upper", self.u_upper, zero, T, batch, m, x_init)
+        gamma = self.slew_rate_penalty
+        if gamma is not None:
+            prev = previous_controls(self.prev_ctrl, batch, m, x_init)
+            x_init = torch.cat([prev, x_init], dim=-1)
+
+        cost_module: nn.Module
+        if isinstance(cost, QuadCost):
+            if cost.C is None:
+                raise ValueError("QuadCost.C: expected a tensor, received None")
+            C, c = quadratic_terms(cost.C, cost.c, T, batch, n + m)
+            if gamma is not None:
+                C, c = slew_quadratic(C, c, gamma, m)
+            if isinstance(dx, LinDx):
+                F, f = dynamics_terms(dx.F, dx.f, T, batch, n, n + m)
+                if gamma is not None:
+                    F, f = slew_linear(F, f, m)
+                lqr_options = {k: options[k] for k in _LQR_OPTIONS}
+                return lqr_solve(x_init, C, c, F, f, lower, upper, **lqr_options)
+            cost_module = QuadraticCost(C, c)
+        else:
+            cost_module = RowCost(cost)
+            if gamma is not None:
+                cost_module = SlewCost(cost_module, gamma, m)
+
+        dynamics: nn.Module
+        if isinstance(dx, LinDx):
+            dynamics = time_invariant_dynamics(*dynamics_terms(dx.F, dx.f, T, batch, n, n + m))
+        else:
+            if options["jacobian"] == "analytic" and not has_jacobian(dx):
+                raise TypeError(
+                    f"dx: GradMethods.ANALYTIC (the default) needs a grad_input(x, u) "
+                    f"method; {type(dx).__name__} has none (pass "
+                    "grad_method=GradMethods.AUTO_DIFF or GradMethods.FINITE_DIFF)"
+                )
+            dynamics = RowDynamics(dx)
+        if gamma is not None:
+            dynamics = SlewDynamics(dynamics, m)
+        solver = NativeMPC(x_init.shape[1], m, T, lower, upper, **options)
+        u_init = initial_controls(self.u_init, T, batch, m, x_init)
+        return solver(x_init, cost_module, dynamics, u_init)
+
+    def linearize_dynamics(
+        self, x: Tensor, u: Tensor, dynamics: nn.Module, diff: bool
+    ) -> tuple[Tensor, Tensor]:
+        """Affine model x_{t+1} ~ F_t tau_t + f_t of a dynamics module along a trajectory.
+
+        Args:
+            x: [T, B, n] states.
+            u: [T, B, m] controls.
+            dynamics: module dx(x [N, n], u [N, m]) -> [N, n].
+            diff: keep the graph to the module's parameters.
+
+        Returns:
+            F [T-1, B, n, n+m] (by ``grad_method``) and f [T-1, B, n].
+        """
+        model = RowDynamics(dynamics)
+        F = dynamics_jacobian(
+            model, x[:-1], u[:-1], method=self._jacobian_method(), create_graph=diff
+        )
+        tau = torch.cat([x[:-1], u[:-1]], dim=-1)
+        with nullcontext() if diff else torch.no_grad():
+            f = model(x[:-1], u[:-1]) - (F @ tau.unsqueeze(-1)).squeeze(-1)
+        return F, f

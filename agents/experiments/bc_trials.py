@@ -1,0 +1,217 @@
+"""One behaviour-cloning trial of sections 5.3 and 5.4, run on the trainers of ``agents``.
+
+A trial config (a flat, JSON-serializable dict written by the experiment's YAML) names a
+system, a method (nn, sysid, mpc.dx, mpc.cost, mpc.cost.dx), a training-set size and a
+seed, plus the dataset, the learner's starting point and the optimizer. ``bc_trial``
+turns it into an ``agents.config.ExperimentConfig`` and trains with
+``agents.pipeline.train`` (checkpointed and resumable), then reads the per-epoch losses
+back from the run's tensorboard log. For learners of the dynamics it also measures, at
+every epoch, the next-state (sysid) loss of the learned model on the test trajectories
+(``agents.sysid.transition_loss`` on the logged parameter values).
+
+The expert dataset of a system is shared by all trials of an experiment: collect it once,
+before the trials start in parallel, with ``prepare_datasets``. Per-system settings
+(dataset, the learner's starting dynamics and cost) live under ``trial.systems.<system>``
+in an experiment's config and per-method ones under ``trial.method_overrides.<method>``;
+``resolve_trials`` merges them into each trial.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from agents.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
+from agents.datasets import load_dataset
+from agents.experiments.runner import ExperimentConfig as SweepConfig
+from agents.models import MODEL_CLASS, learner_dynamics
+from agents.pipeline import collect, train
+from agents.sweep import trial_key
+from agents.sysid import transition_loss
+
+__all__ = [
+    "bc_trial",
+    "experiment_config",
+    "prepare_datasets",
+    "read_scalars",
+    "resolve_trials",
+]
+
+DYNAMICS_METHODS = ("sysid", "mpc.dx", "mpc.cost.dx")
+COST_METHODS = ("mpc.cost", "mpc.cost.dx")
+
+
+def _data_config(dataset: dict[str, Any]) -> DataConfig:
+    return DataConfig(
+        n_train=int(dataset["n_train"]),
+        n_val=int(dataset["n_val"]),
+        n_test=int(dataset["n_test"]),
+        episode_steps=1,
+        seed=int(dataset["seed"]),
+        horizon=int(dataset["horizon"]),
+        env_params={k: float(v) for k, v in (dataset.get("env_params") or {}).items()},
+        path=str(dataset["path"]),
+    )
+
+
+def dynamics_init(config: dict[str, Any]) -> dict[str, float]:
+    """The learner's starting physical parameters: ``dynamics_init`` (center), spread
+    uniformly by ``dynamics_init_width`` (full width, per parameter) with the trial's seed
+    (the paper's windy-pendulum runs start at (5, 1, 1) + (3, 1, 1) (U(0, 1) - 1/2))."""
+    center = {k: float(v) for k, v in config["dynamics_init"].items()}
+    width = config.get("dynamics_init_width") or {}
+    rng = np.random.default_rng(config["seed"])
+    return {k: v + float(width.get(k, 0.0)) * (rng.random() - 0.5) for k, v in center.items()}
+
+
+def experiment_config(config: dict[str, Any]) -> ExperimentConfig:
+    """The ``agents`` experiment of one trial config.
+
+    Keys read: system, method, n_train, seed, dataset (n_train, n_val, n_test, seed,
+    horizon, env_params, path), dynamics_init, dynamics_init_width, cost_init (weights,
+    goal), alternate_every, solver, hidden_size, epochs, batch_size, optimizer, lr, alpha,
+    scheduler, run_dir.
+    """
+    method = config["method"]
+    model = ModelConfig(
+        method=method,
+        dynamics_init=dynamics_init(config) if method in DYNAMICS_METHODS else {},
+        cost_init=config["cost_init"] if method in COST_METHODS else None,
+        alternate_every=config.get("alternate_every"),
+        solver=dict(config.get("solver") or {}),
+        hidden_size=int(config.get("hidden_size", 256)),
+    )
+    optimizer = config.get("optimizer") or {}
+    settings = optimizer.get("nn" if method == "nn" else "mpc", {})
+    training = TrainConfig(
+        epochs=int(config["epochs"]),
+        batch_size=int(config["batch_size"]),
+        optimizer=settings.get("optimizer"),
+        lr=settings.get("lr"),
+        alpha=float(settings.get("alpha", 0.5)),
+        scheduler=settings.get("scheduler", "none"),
+        seed=int(config["seed"]),
+        n_train=int(config["n_train"]),
+        progress=False,
+    )
+    return ExperimentConfig(
+        name=f"{config['system']}-{method}-n{config['n_train']}-seed{config['seed']}",
+        system=config["system"],
+        data=_data_config(config["dataset"]),
+        model=model,
+        train=training,
+        output_dir=str(config["run_dir"]),
+    )
+
+
+def resolve_trials(config: SweepConfig) -> list[dict[str, Any]]:
+    """The grid's trials with their system's settings merged in, the shared dataset file
+    of their system and a run folder of their own (named by the trial's hash)."""
+    trials = []
+    for trial in config.trials():
+        systems = trial.pop("systems")
+        overrides = trial.pop("method_overrides", None) or {}
+        system = trial["system"]
+        if system not in systems:
+            raise ValueError(
+                f"trial.systems: no settings for system {system!r}; found {sorted(systems)}"
+            )
+        trial = {**trial, **systems[system], **overrides.get(trial["method"], {})}
+        dataset = dict(trial["dataset"])
+        dataset["path"] = str(config.output_dir / "data" / f"{system}-{trial_key(dataset)}.npz")
+        trial["dataset"] = dataset
+        trial["run_dir"] = str(config.output_dir / "runs" / trial_key(trial))
+        trials.append(trial)
+    return trials
+
+
+def prepare_datasets(configs: Iterable[dict[str, Any]]) -> list[Path]:
+    """Collect (or reuse) the dataset of every distinct (system, dataset) of the trials."""
+    done: dict[str, Path] = {}
+    for config in configs:
+        dataset = config["dataset"]
+        if dataset["path"] in done:
+            continue
+        experiment = ExperimentConfig(
+            name=f"dataset-{config['system']}",
+            system=config["system"],
+            data=_data_config(dataset),
+            output_dir=str(Path(dataset["path"]).parent),
+        )
+        done[dataset["path"]], _ = collect(experiment)
+    return list(done.values())
+
+
+def read_scalars(log_dir: str | Path) -> dict[str, dict[int, float]]:
+    """Every scalar tag of a tensorboard run folder: {tag: {step: value}} (last write of a
+    step wins, so a resumed run's rewritten epochs replace the old ones)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(log_dir), size_guidance={"scalars": 0}).Reload()
+    return {
+        tag: {event.step: float(event.value) for event in accumulator.Scalars(tag)}
+        for tag in accumulator.Tags()["scalars"]
+    }
+
+
+def _transition_curve(
+    experiment: ExperimentConfig, scalars: dict[str, dict[int, float]], epochs: list[int]
+) -> list[float]:
+    """Test next-state loss of the model at each epoch, from its logged parameters."""
+    dataset = load_dataset(experiment.dataset_path).split("test").tensors()
+    x_plan, u = dataset["nominal_states"], dataset["nominal_actions"]
+    dynamics = learner_dynamics(experiment)
+    names = [name for name, _ in dynamics.named_parameters()]
+    curve = []
+    with torch.no_grad():
+        for epoch in epochs:
+            values = {n: scalars[f"params/dynamics/{n}"][epoch] for n in names}
+            model = MODEL_CLASS[experiment.system](
+                dataclasses.replace(dynamics.params, **values), dtype=torch.float64
+            )
+            curve.append(float(transition_loss(model, x_plan, u)))
+    return curve
+
+
+def bc_trial(config: dict[str, Any]) -> dict[str, Any]:
+    """Train one learner; return the paper's figure and the per-epoch curves.
+
+    Returns:
+        ``test_loss_at_best_val`` (the test imitation loss at the epoch of the best
+        validation loss, Figure 4's number), ``best_epoch``, ``best_val_loss``, ``epoch``
+        and the curves ``train_loss``, ``val_loss``, ``test_loss`` (imitation losses, epoch 0
+        is the starting point), for dynamics learners ``test_sysid_loss`` (next-state MSE on
+        the test trajectories), and the final ``params`` and ``model_errors``.
+    """
+    experiment = experiment_config(config)
+    result = train(experiment)
+    scalars = read_scalars(result.log_dir)
+    epochs = sorted(scalars["loss/val"])
+    out: dict[str, Any] = {
+        "test_loss_at_best_val": result.test_loss_at_best_val,
+        "best_epoch": result.best_epoch,
+        "best_val_loss": result.best_val_loss,
+        "epoch": epochs,
+        "train_loss": [scalars["loss/train"][e] for e in epochs],
+        "val_loss": [scalars["loss/val"][e] for e in epochs],
+        "test_loss": [scalars["loss/test"][e] for e in epochs],
+    }
+    if experiment.model.method in DYNAMICS_METHODS:
+        out["test_sysid_loss"] = _transition_curve(experiment, scalars, epochs)
+    last = epochs[-1]
+    out["params"] = {
+        tag.split("/", 1)[1]: values[last]
+        for tag, values in scalars.items()
+        if tag.startswith("params/") and last in values
+    }
+    out["model_errors"] = {
+        tag.split("/", 1)[1]: values[last]
+        for tag, values in scalars.items()
+        if tag.startswith("model_error/") and last in values
+    }
+    return out

@@ -1,0 +1,98 @@
+"""Section 5.3 of the paper: imitation of MPC experts on the pendulum and the cart-pole
+(Figure 4).
+
+For each system, method (nn, sysid, mpc.dx, mpc.cost, mpc.cost.dx), number of training
+trajectories and seed, one learner is trained on the expert's nominal action sequences
+(``agents.experiments.bc_trials``); the reported number is the test imitation loss at the
+epoch of the best validation loss. The table gives its median and range over seeds.
+
+    python -m agents.experiments.imitation --config configs/exp_imitation.yaml --profile quick
+
+Per-system settings (dataset, the learner's starting dynamics and cost) live under
+``trial.systems.<system>`` in the config and are merged into each trial of that system;
+``trial.method_overrides.<method>`` likewise (e.g. more epochs for the cheap nn).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from agents.experiments.bc_trials import bc_trial, prepare_datasets, resolve_trials
+from agents.experiments.plots import plot_sample_complexity
+from agents.experiments.runner import (
+    build_parser,
+    config_from_args,
+    markdown_table,
+    run_trials,
+    write_summary,
+)
+from agents.sweep import TrialRecord
+
+__all__ = ["collect_losses", "loss_table", "main"]
+
+
+def _median_range(values: Sequence[float]) -> str:
+    array = np.asarray(values, dtype=float)
+    if array.size == 1:
+        return f"{array[0]:.3g}"
+    return f"{np.median(array):.3g} [{array.min():.3g}, {array.max():.3g}]"
+
+
+def collect_losses(
+    records: Sequence[TrialRecord],
+) -> dict[str, dict[str, dict[int, list[float]]]]:
+    """losses[system][method][n_train] = test losses at the best validation epoch."""
+    losses: dict[str, dict[str, dict[int, list[float]]]] = {}
+    for record in records:
+        c = record.config
+        by_size = losses.setdefault(c["system"], {}).setdefault(c["method"], {})
+        by_size.setdefault(int(c["n_train"]), []).append(record.result["test_loss_at_best_val"])
+    return losses
+
+
+def loss_table(records: Sequence[TrialRecord], methods: Sequence[str]) -> str:
+    """Markdown: one row per system and method, one column per training-set size, cells
+    "median [min, max]" over seeds of the test loss at the best validation epoch."""
+    losses = collect_losses(records)
+    sizes = sorted({int(r.config["n_train"]) for r in records})
+    seeds = sorted({int(r.config["seed"]) for r in records})
+    rows = []
+    for system, by_method in losses.items():
+        for method in methods:
+            if method in by_method:
+                rows.append(
+                    [system, method]
+                    + [_median_range(by_method[method].get(size, [np.nan])) for size in sizes]
+                )
+    headers = ["system", "method"] + [f"n_train = {size}" for size in sizes]
+    note = (
+        f"\nTest imitation loss at the epoch of the best validation loss: median "
+        f"[min, max] over {len(seeds)} seed(s) {seeds}.\n"
+    )
+    return markdown_table(headers, rows) + note
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Collect the datasets, run the sweep, write the table and Figure 4."""
+    parser = build_parser(__doc__.splitlines()[0], "configs/exp_imitation.yaml")
+    args = parser.parse_args(argv)
+    config = config_from_args(args)
+    trials = resolve_trials(config)
+    prepare_datasets(trials)
+    records = run_trials(bc_trial, config, trials, args)
+    methods = list(config.sweep["method"])
+    summary = loss_table(records, methods)
+    path = write_summary(config, summary)
+    figure = plot_sample_complexity(
+        config.figures_dir / f"fig4_imitation_{config.profile}.png", collect_losses(records)
+    )
+    print(summary)
+    print(f"summary: {path}\nfigure: {figure}")
+    return {"losses": collect_losses(records), "records": records}
+
+
+if __name__ == "__main__":
+    main()

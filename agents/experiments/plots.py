@@ -1,0 +1,117 @@
+"""The figures of the experiments (matplotlib, Agg backend, written as PNG files).
+
+- ``plot_curves``: side-by-side panels of loss curves against iterations or epochs; a
+  series with several runs is drawn as its median with the range of the runs shaded
+  (Figures 3 and 5).
+- ``plot_sample_complexity``: one panel per environment, the test loss against the number
+  of training trajectories for each method, median and range over seeds (Figure 4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+__all__ = ["Panel", "Series", "plot_curves", "plot_sample_complexity"]
+
+
+@dataclass(frozen=True)
+class Series:
+    """One labelled curve: shared x values and one y sequence per run (same length)."""
+
+    label: str
+    x: Sequence[float]
+    runs: Sequence[Sequence[float]]
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One subplot: a title, a y label and its series (log-scale y)."""
+
+    title: str
+    ylabel: str
+    series: Sequence[Series]
+
+
+def _draw_series(axis: plt.Axes, series: Series, color: str | None) -> None:
+    x = np.asarray(series.x, dtype=float)
+    runs = np.asarray(series.runs, dtype=float)
+    if runs.shape[0] == 1:
+        axis.plot(x, runs[0], label=series.label, color=color, linewidth=1.2)
+        return
+    (line,) = axis.plot(x, np.median(runs, axis=0), label=series.label, color=color)
+    axis.fill_between(x, runs.min(axis=0), runs.max(axis=0), color=line.get_color(), alpha=0.2)
+
+
+def plot_curves(path: str | Path, panels: Sequence[Panel], xlabel: str) -> Path:
+    """Panels of curves side by side, sharing the x label; returns the file written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 3.6), squeeze=False)
+    for axis, panel in zip(axes[0], panels):
+        for series in panel.series:
+            _draw_series(axis, series, None)
+        axis.set_yscale("log")
+        axis.set_title(panel.title)
+        axis.set_xlabel(xlabel)
+        axis.set_ylabel(panel.ylabel)
+        axis.grid(True, which="major", alpha=0.3)
+    axes[0][-1].legend(fontsize="small", loc="best")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def plot_sample_complexity(
+    path: str | Path,
+    losses: Mapping[str, Mapping[str, Mapping[int, Sequence[float]]]],
+    ylabel: str = "test imitation loss",
+) -> Path:
+    """Figure 4: ``losses[env][method][n_train]`` = one loss per seed.
+
+    Each method is a line through the medians over seeds, with the seeds' range as error
+    bars, on a log-scale y axis; returns the file written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    envs = list(losses)
+    figure, axes = plt.subplots(1, len(envs), figsize=(5.0 * len(envs), 3.6), squeeze=False)
+    for axis, env in zip(axes[0], envs):
+        methods = list(losses[env])
+        for k, method in enumerate(methods):
+            sizes = sorted(losses[env][method])
+            values = [np.asarray(losses[env][method][s], dtype=float) for s in sizes]
+            median = np.array([np.median(v) for v in values])
+            low = median - np.array([v.min() for v in values])
+            high = np.array([v.max() for v in values]) - median
+            # small horizontal offsets keep the error bars of the methods apart
+            offset = 1.0 + 0.04 * (k - (len(methods) - 1) / 2)
+            axis.errorbar(
+                np.asarray(sizes, dtype=float) * offset,
+                median,
+                yerr=np.stack([low, high]),
+                marker="o",
+                capsize=3,
+                label=method,
+            )
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xticks(sorted({s for m in losses[env].values() for s in m}))
+        axis.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        axis.set_title(env)
+        axis.set_xlabel("number of training trajectories")
+        axis.set_ylabel(ylabel)
+        axis.grid(True, which="major", alpha=0.3)
+    axes[0][-1].legend(fontsize="small", loc="best")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path

@@ -1,0 +1,190 @@
+"""What every experiment command shares: its YAML config with profiles, its command line,
+the sweep over its trials, and the markdown table it writes.
+
+A config file (``configs/exp_<name>.yaml``) reads
+
+    name: lqr_imitation
+    output_dir: results/experiments/lqr_imitation    # trial files and summaries
+    figures_dir: docs/figures
+    trial: {...}          # settings shared by every trial
+    sweep: {seed: [0, 1]} # the grid: one trial per combination, merged into ``trial``
+    report: {...}         # settings of the summary only (not part of a trial's identity)
+    profiles:
+      quick: {trial: {...}, sweep: {...}}            # deep-merged over the top level
+
+Relative paths are relative to the current directory (run the commands from the
+repository root).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agents.sweep import BACKENDS, TrialFn, TrialRecord, run_sweep
+
+__all__ = [
+    "ExperimentConfig",
+    "build_parser",
+    "config_from_args",
+    "load_config",
+    "markdown_table",
+    "run_experiment",
+    "run_trials",
+    "write_summary",
+]
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One profile of an experiment's config file, resolved.
+
+    Attributes:
+        name: the experiment's name.
+        profile: the profile chosen.
+        output_dir: where trial files and summaries go.
+        figures_dir: where figures go.
+        trial: settings shared by every trial.
+        sweep: the grid, each name mapped to the list of its values.
+        report: settings of the summary (changing them reruns no trial).
+    """
+
+    name: str
+    profile: str
+    output_dir: Path
+    figures_dir: Path
+    trial: dict[str, Any]
+    sweep: dict[str, list[Any]]
+    report: dict[str, Any]
+
+    def trials(self) -> list[dict[str, Any]]:
+        """One config per combination of the grid, in row-major order of ``sweep``."""
+        names = list(self.sweep)
+        combos = itertools.product(*(self.sweep[name] for name in names))
+        return [{**self.trial, **dict(zip(names, values))} for values in combos]
+
+
+def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(path: str | Path, profile: str) -> ExperimentConfig:
+    """Read a config file and apply one of its profiles.
+
+    Raises:
+        ValueError: the file lacks a field, or ``profile`` is not one of its profiles.
+    """
+    raw = yaml.safe_load(Path(path).read_text())
+    if not isinstance(raw, dict):
+        raise ValueError(f"config: expected a YAML mapping in {path}, received {type(raw)}")
+    profiles = raw.pop("profiles", {}) or {}
+    if profile not in profiles:
+        raise ValueError(f"profile: expected one of {sorted(profiles)}, received {profile!r}")
+    merged = _merge(raw, profiles[profile] or {})
+    missing = {"name", "output_dir", "trial", "sweep"} - set(merged)
+    if missing:
+        raise ValueError(f"config: {path} lacks the field(s) {sorted(missing)}")
+    sweep = merged["sweep"] or {}
+    for key, values in sweep.items():
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"sweep.{key}: expected a non-empty list, received {values!r}")
+    return ExperimentConfig(
+        name=str(merged["name"]),
+        profile=profile,
+        output_dir=Path(merged["output_dir"]),
+        figures_dir=Path(merged.get("figures_dir", "docs/figures")),
+        trial=dict(merged["trial"] or {}),
+        sweep={str(k): list(v) for k, v in sweep.items()},
+        report=dict(merged.get("report") or {}),
+    )
+
+
+def build_parser(description: str, default_config: str) -> argparse.ArgumentParser:
+    """The command line every experiment takes."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", default=default_config, help="experiment YAML file")
+    parser.add_argument("--profile", default="quick", help="profile of the config (quick, full)")
+    parser.add_argument("--backend", default="process", choices=BACKENDS)
+    parser.add_argument("--workers", type=int, default=None, help="parallel trials")
+    parser.add_argument("--ray-address", default=None, help="Ray cluster (backend ray)")
+    parser.add_argument("--output-dir", default=None, help="override the config's output_dir")
+    parser.add_argument("--figures-dir", default=None, help="override the config's figures_dir")
+    return parser
+
+
+def _print_progress(record: TrialRecord) -> None:
+    state = "reused" if record.reused else f"ran in {record.seconds:.1f} s"
+    settings = ", ".join(f"{k}={v}" for k, v in sorted(record.config.items()))
+    print(f"trial {record.key} {state}: {settings}", file=sys.stderr, flush=True)
+
+
+def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
+    """The config and profile the arguments name, with their folder overrides."""
+    config = load_config(args.config, args.profile)
+    if args.output_dir is not None:
+        config = dataclasses.replace(config, output_dir=Path(args.output_dir))
+    if args.figures_dir is not None:
+        config = dataclasses.replace(config, figures_dir=Path(args.figures_dir))
+    return config
+
+
+def run_trials(
+    trial_fn: TrialFn,
+    config: ExperimentConfig,
+    trials: Sequence[dict[str, Any]],
+    args: argparse.Namespace,
+) -> list[TrialRecord]:
+    """Run (or reuse) the trials under the config's output folder, with the arguments'
+    backend, workers and Ray address; progress goes to stderr."""
+    return run_sweep(
+        trial_fn,
+        trials,
+        config.output_dir,
+        backend=args.backend,
+        workers=args.workers,
+        ray_address=args.ray_address,
+        progress=_print_progress,
+    )
+
+
+def run_experiment(
+    trial_fn: TrialFn, args: argparse.Namespace
+) -> tuple[ExperimentConfig, list[TrialRecord]]:
+    """Load the config the arguments name and run (or reuse) all its grid's trials."""
+    config = config_from_args(args)
+    return config, run_trials(trial_fn, config, config.trials(), args)
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub markdown table; floats in 4 significant digits."""
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return str(value)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + " --- |" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(config: ExperimentConfig, text: str) -> Path:
+    """Write a profile's summary (markdown) to ``output_dir/summary_<profile>.md``."""
+    path = config.output_dir / f"summary_{config.profile}.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path

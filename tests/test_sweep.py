@@ -1,0 +1,144 @@
+"""The sweep engine (agents/sweep.py) and the experiments' config loader
+(agents/experiments/runner.py): trials run once, in parallel, through every backend."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agents.experiments.runner import load_config, markdown_table
+from agents.sweep import SweepError, load_trial, run_sweep, trial_key
+
+
+def square_trial(config: dict[str, Any]) -> dict[str, Any]:
+    """Module level (picklable): logs each call to a file, then squares x."""
+    calls = Path(config["calls"])
+    calls.mkdir(parents=True, exist_ok=True)
+    (calls / f"{config['x']}-{uuid.uuid4().hex}").touch()
+    if config.get("fail"):
+        raise RuntimeError(f"trial x={config['x']} failed on purpose")
+    import torch
+
+    return {"square": config["x"] ** 2, "threads": torch.get_num_threads(), "pid": os.getpid()}
+
+
+def configs(tmp_path: Path, xs: list[int], **extra: Any) -> list[dict[str, Any]]:
+    return [{"x": x, "calls": str(tmp_path / "calls"), **extra} for x in xs]
+
+
+def n_calls(tmp_path: Path) -> int:
+    return len(list((tmp_path / "calls").iterdir()))
+
+
+def test_trial_key_is_canonical():
+    assert trial_key({"a": 1, "b": [1, 2]}) == trial_key({"b": [1, 2], "a": 1})
+    assert trial_key({"a": 1}) != trial_key({"a": 2})
+    assert len(trial_key({})) == 16
+
+
+def test_serial_sweep_writes_each_trial_and_reuses_it(tmp_path):
+    out = tmp_path / "out"
+    first = run_sweep(square_trial, configs(tmp_path, [1, 2, 3]), out, backend="serial")
+    assert [r.result["square"] for r in first] == [1, 4, 9]
+    assert not any(r.reused for r in first)
+    assert n_calls(tmp_path) == 3
+    files = sorted(p.name for p in (out / "trials").iterdir())
+    assert files == sorted(f"{trial_key(c)}.json" for c in configs(tmp_path, [1, 2, 3]))
+    stored = json.loads((out / "trials" / files[0]).read_text())
+    assert set(stored) == {"config", "result", "seconds"}
+
+    # a rerun with one more trial runs only the new one
+    second = run_sweep(square_trial, configs(tmp_path, [3, 1, 2, 4]), out, backend="serial")
+    assert [r.result["square"] for r in second] == [9, 1, 4, 16]
+    assert [r.reused for r in second] == [True, True, True, False]
+    assert n_calls(tmp_path) == 4
+    assert load_trial(out, configs(tmp_path, [4])[0]) is not None
+    assert load_trial(out, configs(tmp_path, [5])[0]) is None
+
+
+def test_duplicate_configs_run_once(tmp_path):
+    records = run_sweep(square_trial, configs(tmp_path, [2, 2]), tmp_path / "out", backend="serial")
+    assert [r.result["square"] for r in records] == [4, 4]
+    assert n_calls(tmp_path) == 1
+
+
+@pytest.mark.slow
+def test_process_sweep_runs_in_parallel_single_threaded_and_resumes(tmp_path):
+    out = tmp_path / "out"
+    first = run_sweep(square_trial, configs(tmp_path, [1, 2, 3, 4]), out, workers=2)
+    assert [r.result["square"] for r in first] == [1, 4, 9, 16]
+    assert all(r.result["threads"] == 1 for r in first)
+    assert all(r.result["pid"] != os.getpid() for r in first)
+    assert n_calls(tmp_path) == 4
+    second = run_sweep(square_trial, configs(tmp_path, [1, 2, 3, 4]), out, workers=2)
+    assert all(r.reused for r in second)
+    assert [r.result for r in second] == [r.result for r in first]
+    assert n_calls(tmp_path) == 4
+    assert not [p for p in (out / "trials").iterdir() if p.suffix != ".json"]
+
+
+def test_failed_trials_are_reported_after_the_others_are_saved(tmp_path):
+    out = tmp_path / "out"
+    good = configs(tmp_path, [1, 2])
+    bad = configs(tmp_path, [3], fail=True)
+    with pytest.raises(SweepError, match="1 trial") as info:
+        run_sweep(square_trial, [good[0], bad[0], good[1]], out, backend="serial")
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert load_trial(out, good[0]) is not None and load_trial(out, good[1]) is not None
+    assert load_trial(out, bad[0]) is None
+
+
+def test_bad_arguments_are_named(tmp_path):
+    with pytest.raises(ValueError, match="backend"):
+        run_sweep(square_trial, [], tmp_path, backend="threads")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="workers"):
+        run_sweep(square_trial, [], tmp_path, workers=0)
+
+
+@pytest.mark.slow
+def test_ray_local_sweep_matches_and_is_reused(tmp_path):
+    pytest.importorskip("ray")
+    out = tmp_path / "out"
+    records = run_sweep(square_trial, configs(tmp_path, [1, 2, 3]), out, backend="ray", workers=2)
+    assert [r.result["square"] for r in records] == [1, 4, 9]
+    assert all(r.result["threads"] == 1 for r in records)
+    again = run_sweep(square_trial, configs(tmp_path, [1, 2, 3]), out, backend="process")
+    assert all(r.reused for r in again)
+    assert n_calls(tmp_path) == 3
+
+
+CONFIG = """
+name: demo
+output_dir: out/demo
+trial: {a: 1, b: {c: 2, d: 3}}
+sweep: {seed: [0, 1], size: [10, 50]}
+profiles:
+  quick:
+    trial: {b: {c: 5}}
+    sweep: {seed: [7]}
+  full: {}
+"""
+
+
+def test_config_profiles_merge_deeply_and_expand_the_grid(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text(CONFIG)
+    quick = load_config(path, "quick")
+    assert quick.trials() == [
+        {"a": 1, "b": {"c": 5, "d": 3}, "seed": 7, "size": 10},
+        {"a": 1, "b": {"c": 5, "d": 3}, "seed": 7, "size": 50},
+    ]
+    assert len(load_config(path, "full").trials()) == 4
+    assert str(quick.figures_dir) == "docs/figures"
+    with pytest.raises(ValueError, match="profile"):
+        load_config(path, "huge")
+
+
+def test_markdown_table_formats_floats():
+    table = markdown_table(["a", "b"], [[1, 0.123456], ["x", 2.0]])
+    assert table.splitlines() == ["| a | b |", "| --- | --- |", "| 1 | 0.1235 |", "| x | 2 |"]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -172,7 +172,7 @@ def _transition_curve(
         for epoch in epochs:
             values = {n: scalars[f"params/dynamics/{n}"][epoch] for n in names}
             model = MODEL_CLASS[experiment.system](
-                dataclasses.replace(dynamics.params, **values), dtype=torch.float64
+                dataclasses.replace(cast(Any, dynamics).params, **values), dtype=torch.float64
             )
             curve.append(float(transition_loss(model, x_plan, u)))
     return curve

@@ -270,6 +270,6 @@ def run_sweep(
             if progress is not None:
                 progress(record)
         if errors:
-            names = ", ".join(key for key, _ in errors)
-            raise SweepError(f"{len(errors)} trial(s) failed: {names}") from errors[0][1]
+            failures = "; ".join(f"{key}: {type(e).__name__}: {e}" for key, e in errors)
+            raise SweepError(f"{len(errors)} trial(s) failed: {failures}") from errors[0][1]
     return [records[trial_key(config)] for config in plain]

@@ -18,10 +18,9 @@ in an experiment's config and per-method ones under ``trial.method_overrides.<me
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,7 +28,7 @@ import torch
 from agents.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
 from agents.datasets import load_dataset
 from agents.experiments.runner import ExperimentConfig as SweepConfig
-from agents.models import MODEL_CLASS, learner_dynamics
+from agents.models import learner_dynamics
 from agents.pipeline import collect, train
 from agents.sweep import trial_key
 from agents.sysid import transition_loss
@@ -162,19 +161,19 @@ def read_scalars(log_dir: str | Path) -> dict[str, dict[int, float]]:
 def _transition_curve(
     experiment: ExperimentConfig, scalars: dict[str, dict[int, float]], epochs: list[int]
 ) -> list[float]:
-    """Test next-state loss of the model at each epoch, from its logged parameters."""
+    """Test next-state loss of the model at each epoch, from its logged parameters (set on
+    the module directly: a learned value may leave the physical range, e.g. a negative
+    length, which the model still evaluates)."""
     dataset = load_dataset(experiment.dataset_path).split("test").tensors()
     x_plan, u = dataset["nominal_states"], dataset["nominal_actions"]
     dynamics = learner_dynamics(experiment)
-    names = [name for name, _ in dynamics.named_parameters()]
+    parameters = dict(dynamics.named_parameters())
     curve = []
     with torch.no_grad():
         for epoch in epochs:
-            values = {n: scalars[f"params/dynamics/{n}"][epoch] for n in names}
-            model = MODEL_CLASS[experiment.system](
-                dataclasses.replace(cast(Any, dynamics).params, **values), dtype=torch.float64
-            )
-            curve.append(float(transition_loss(model, x_plan, u)))
+            for name, parameter in parameters.items():
+                parameter.fill_(scalars[f"params/dynamics/{name}"][epoch])
+            curve.append(float(transition_loss(dynamics, x_plan, u)))
     return curve
 
 

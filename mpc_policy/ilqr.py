@@ -22,11 +22,16 @@ from typing import NamedTuple, Protocol
 import torch
 from torch import Tensor
 
+from mpc_policy.backend import TORCH, Kernels
 from mpc_policy.options import MPCOptions
-from mpc_policy.riccati import Gains, backward_recursion
+from mpc_policy.riccati import Gains
 from mpc_policy.solution import SolverInfo
 
 __all__ = ["DDPResult", "Model", "box_ddp", "rollout"]
+
+# Line-search candidates are rolled out together while the batch of all of them has at most
+# this many rows (beyond it, arithmetic outweighs the tensor operations saved).
+_CANDIDATE_ROWS = 1024
 
 
 class Model(Protocol):
@@ -45,8 +50,12 @@ class Model(Protocol):
         ...
 
     def step(self, x: Tensor, u: Tensor, t: int) -> Tensor:
-        """Next state (B, n) from x (B, n) and u (B, m) at time index t."""
+        """Next state (..., B, n) from x (..., B, n) and u (..., B, m) at time index t."""
         ...
+
+
+# A model may also have ``affine``: the pair F (T-1, B, n, d), f (T-1, B, n) of affine
+# dynamics, which the compiled backend rolls out without calling ``step``.
 
 
 class DDPResult(NamedTuple):
@@ -80,9 +89,10 @@ def rollout(
     u: Tensor,
     x_bar: Tensor | None = None,
     gains: Gains | None = None,
-    alpha: float = 1.0,
+    alpha: float | Tensor = 1.0,
     lower: Tensor | None = None,
     upper: Tensor | None = None,
+    kernels: Kernels = TORCH,
 ) -> tuple[Tensor, Tensor]:
     """Roll the model's dynamics out, optionally with the feedback of a DDP step.
 
@@ -92,37 +102,105 @@ def rollout(
         u: (T, B, m) nominal controls u_bar.
         x_bar: (T, B, n) nominal states (needed with ``gains``).
         gains: feedback K and step k; None rolls ``u`` out as it is.
-        alpha: step size on k.
+        alpha: step size on k, or (L,) step sizes rolled out together (line-search
+            candidates; the results then have a leading dimension L).
         lower: (T, B, m) control lower bounds or None.
         upper: (T, B, m) control upper bounds or None.
+        kernels: the backend; its compiled affine rollout serves models with ``affine``.
 
     Returns:
-        x: (T, B, n) and u: (T, B, m) of the new trajectory.
+        x: ([L,] T, B, n) and u: ([L,] T, B, m) of the new trajectory.
     """
     T = u.shape[0]
     feedback = gains is not None and x_bar is not None
+    candidates = isinstance(alpha, Tensor)
+    affine = getattr(model, "affine", None)
+    if kernels.affine_rollout is not None and affine is not None:
+        alphas = alpha if isinstance(alpha, Tensor) else torch.tensor([alpha], dtype=u.dtype)
+        lo, hi = lower, upper
+        if (lo is None) != (hi is None):
+            lo = torch.full_like(u, -torch.inf) if lo is None else lo
+            hi = torch.full_like(u, torch.inf) if hi is None else hi
+        x, u_out = kernels.affine_rollout(
+            *affine,
+            x_init,
+            u,
+            x_bar if feedback else None,
+            gains.K if feedback and gains is not None else None,
+            gains.k if feedback and gains is not None else None,
+            alphas,
+            lo,
+            hi,
+        )
+        return (x, u_out) if candidates else (x[0], u_out[0])
     if feedback:
         assert gains is not None and x_bar is not None
         # u_bar + alpha k + K (x - x_bar): the open-loop part for all steps at once
-        u_steps = (u + alpha * gains.k).unbind(0)
+        if isinstance(alpha, Tensor):
+            scaled = alpha.view(-1, 1, 1, 1) * gains.k
+            u_steps = (u + scaled).unbind(1)
+        else:
+            u_steps = (u + alpha * gains.k).unbind(0)
         K_steps, x_bar_steps = gains.K.unbind(0), x_bar.unbind(0)
     else:
         u_steps = u.unbind(0)
     lower_steps = (None,) * T if lower is None else lower.unbind(0)
     upper_steps = (None,) * T if upper is None else upper.unbind(0)
     xs, us = [], []
-    x = x_init
+    x = x_init.expand(alpha.shape[0], *x_init.shape) if isinstance(alpha, Tensor) else x_init
     for t in range(T):
         u_t = u_steps[t]
         if feedback:
             dx = (x - x_bar_steps[t]).unsqueeze(-1)
-            u_t = torch.baddbmm(u_t.unsqueeze(-1), K_steps[t], dx).squeeze(-1)
+            if candidates:
+                u_t = u_t + (K_steps[t] @ dx).squeeze(-1)
+            else:
+                u_t = torch.baddbmm(u_t.unsqueeze(-1), K_steps[t], dx).squeeze(-1)
         u_t = _clamp(u_t, lower_steps[t], upper_steps[t])
         xs.append(x)
         us.append(u_t)
         if t < T - 1:
             x = model.step(x, u_t, t)
-    return torch.stack(xs), torch.stack(us)
+    dim = 1 if candidates else 0
+    return torch.stack(xs, dim), torch.stack(us, dim)
+
+
+def _backward_pass(
+    kernels: Kernels,
+    C: Tensor,
+    g: Tensor,
+    F: Tensor,
+    du_lower: Tensor | None,
+    du_upper: Tensor | None,
+    gains: Gains | None,
+    moved: Tensor,
+    options: MPCOptions,
+    warn: bool,
+) -> Gains:
+    """Gains of the moved elements (T, B, ...); the others keep ``gains`` (still exact)."""
+    settings = {"regularization": options.regularization, "qp_max_iter": options.qp_max_iter}
+    if gains is not None and kernels.name == "compiled":
+        return kernels.backward_recursion(
+            C, g, F, du_lower, du_upper, warn=warn, active=moved, out=gains, **settings
+        )
+    rows = None if gains is None or bool(moved.all()) else torch.nonzero(moved).squeeze(-1)
+    fresh = kernels.backward_recursion(
+        _rows(C, rows),
+        _rows(g, rows),
+        _rows(F, rows),
+        None if du_lower is None else _rows(du_lower, rows),
+        None if du_upper is None else _rows(du_upper, rows),
+        warn=warn,
+        **settings,
+    )
+    if gains is None or rows is None:
+        return fresh
+    return Gains(*(old.index_copy(1, rows, new) for old, new in zip(gains, fresh)))
+
+
+def _candidate_costs(model: Model, x: Tensor, u: Tensor) -> Tensor:
+    """(L, B) costs of candidate trajectories x (L, T, B, n), u (L, T, B, m)."""
+    return torch.stack([model.total_cost(x[i], u[i]) for i in range(x.shape[0])])
 
 
 def box_ddp(
@@ -133,11 +211,16 @@ def box_ddp(
     upper: Tensor | None,
     options: MPCOptions,
     warn_regularization: bool = True,
+    kernels: Kernels = TORCH,
 ) -> DDPResult:
     """Solve a box-constrained control problem by box-DDP, each element on its own.
 
     Only the elements that moved since their last backward pass get a new one: a frozen
-    element's gains would come out the same.
+    element's gains would come out the same. The full step is rolled out first (it decides
+    convergence and is accepted most of the time); the elements whose cost it does not
+    decrease try the smaller steps, all at once for small batches (one rollout of L
+    candidates costs about as many tensor operations as one rollout) and one after another
+    for large ones.
 
     Args:
         model: the problem (cost, dynamics and their local models).
@@ -147,22 +230,27 @@ def box_ddp(
         upper: (T, B, m) control upper bounds or None.
         options: solver options (iterations, tolerance, line search).
         warn_regularization: warn when a Q_uu block needs regularizing.
+        kernels: the numerics' backend (``mpc_policy.backend.select``).
 
     Returns:
         The final trajectory, its cost, the gains of the last backward pass (at the final
         trajectory of every converged element) and the per-element report.
     """
     B = x_init.shape[0]
-    device = x_init.device
-    tol = options.tolerance(x_init.dtype)
-    eps = torch.finfo(x_init.dtype).eps
-    x_bar, u_bar = rollout(model, x_init, _clamp(u_init, lower, upper))
+    device, dtype = x_init.device, x_init.dtype
+    tol = options.tolerance(dtype)
+    eps = torch.finfo(dtype).eps
+    x_bar, u_bar = rollout(model, x_init, _clamp(u_init, lower, upper), kernels=kernels)
     cost_bar = model.total_cost(x_bar, u_bar)
+    alphas = options.line_search_decay ** torch.arange(
+        options.max_line_search, dtype=dtype, device=device
+    )
+    together = B * (options.max_line_search - 1) <= _CANDIDATE_ROWS
 
     converged = torch.zeros(B, dtype=torch.bool, device=device)
     iterations = torch.zeros(B, dtype=torch.long, device=device)
-    step_size = torch.zeros(B, dtype=x_init.dtype, device=device)
-    residual = torch.full((B,), float("inf"), dtype=x_init.dtype, device=device)
+    step_size = torch.zeros(B, dtype=dtype, device=device)
+    residual = torch.full((B,), float("inf"), dtype=dtype, device=device)
     stalled = torch.zeros(B, dtype=torch.bool, device=device)
     gains: Gains | None = None
     for _ in range(options.max_iter + 1):
@@ -172,22 +260,10 @@ def box_ddp(
         du_upper = None if upper is None else upper - u_bar
         # converged and stalled elements are frozen: their last gains are still exact
         moved = ~(converged | stalled)
-        rows = None if gains is None or bool(moved.all()) else torch.nonzero(moved).squeeze(-1)
-        fresh = backward_recursion(
-            _rows(C, rows),
-            _rows(g, rows),
-            _rows(F, rows),
-            None if du_lower is None else _rows(du_lower, rows),
-            None if du_upper is None else _rows(du_upper, rows),
-            regularization=options.regularization,
-            qp_max_iter=options.qp_max_iter,
-            warn=warn_regularization,
+        gains = _backward_pass(
+            kernels, C, g, F, du_lower, du_upper, gains, moved, options, warn_regularization
         )
-        if gains is None or rows is None:
-            gains = fresh
-        else:
-            gains = Gains(*(old.index_copy(1, rows, new) for old, new in zip(gains, fresh)))
-        x_full, u_full = rollout(model, x_init, u_bar, x_bar, gains, 1.0, lower, upper)
+        x_full, u_full = rollout(model, x_init, u_bar, x_bar, gains, 1.0, lower, upper, kernels)
         scale = 1.0 + u_bar.detach().abs().amax(dim=(0, 2))
         residual = (u_full - u_bar).detach().abs().amax(dim=(0, 2)) / scale
         converged = converged | (residual <= tol)
@@ -196,32 +272,56 @@ def box_ddp(
             break
         iterations = iterations + pending.long()
 
-        accepted = torch.zeros(B, dtype=torch.bool, device=device)
         # a step whose cost change is below the rounding of the cost is not refused
-        slack = 10.0 * eps * (1.0 + cost_bar.detach().abs())
-        new_x, new_u, new_cost = x_bar, u_bar, cost_bar
-        accepted_alpha = torch.zeros_like(step_size)
-        for j in range(options.max_line_search):
-            alpha = options.line_search_decay**j
-            if j == 0:
-                x_try, u_try = x_full, u_full
+        threshold = cost_bar.detach() + 10.0 * eps * (1.0 + cost_bar.detach().abs())
+        cost_full = model.total_cost(x_full, u_full)
+        accepted = pending & (cost_full.detach() <= threshold)
+        pick = accepted.view(1, B, 1)
+        new_x = torch.where(pick, x_full, x_bar)
+        new_u = torch.where(pick, u_full, u_bar)
+        new_cost = torch.where(accepted, cost_full, cost_bar)
+        accepted_alpha = accepted.to(dtype)
+        rest = pending & ~accepted
+        if options.max_line_search > 1 and bool(rest.any()):
+            if together:
+                x_try, u_try = rollout(
+                    model, x_init, u_bar, x_bar, gains, alphas[1:], lower, upper, kernels
+                )
+                costs = _candidate_costs(model, x_try, u_try)
+                ok = rest.unsqueeze(0) & (costs.detach() <= threshold.unsqueeze(0))
+                found = ok.any(0)
+                first = torch.argmax(ok.to(torch.uint8), dim=0)
+                index = first.view(1, 1, B, 1)
+                chosen_x = torch.take_along_dim(x_try, index, dim=0).squeeze(0)
+                chosen_u = torch.take_along_dim(u_try, index, dim=0).squeeze(0)
+                chosen_cost = torch.take_along_dim(costs, first.view(1, B), dim=0).squeeze(0)
+                pick = found.view(1, B, 1)
+                new_x = torch.where(pick, chosen_x, new_x)
+                new_u = torch.where(pick, chosen_u, new_u)
+                new_cost = torch.where(found, chosen_cost, new_cost)
+                accepted_alpha = torch.where(found, alphas[1:][first], accepted_alpha)
+                accepted = accepted | found
             else:
-                x_try, u_try = rollout(model, x_init, u_bar, x_bar, gains, alpha, lower, upper)
-            cost_try = model.total_cost(x_try, u_try)
-            ok = pending & ~accepted & (cost_try.detach() <= cost_bar.detach() + slack)
-            pick = ok.view(1, B, 1)
-            new_x = torch.where(pick, x_try, new_x)
-            new_u = torch.where(pick, u_try, new_u)
-            new_cost = torch.where(ok, cost_try, new_cost)
-            accepted_alpha = torch.where(ok, torch.full_like(step_size, alpha), accepted_alpha)
-            accepted = accepted | ok
-            if bool(accepted[pending].all()):
-                break
+                for j in range(1, options.max_line_search):
+                    alpha = options.line_search_decay**j
+                    x_try, u_try = rollout(
+                        model, x_init, u_bar, x_bar, gains, alpha, lower, upper, kernels
+                    )
+                    cost_try = model.total_cost(x_try, u_try)
+                    ok = rest & ~accepted & (cost_try.detach() <= threshold)
+                    pick = ok.view(1, B, 1)
+                    new_x = torch.where(pick, x_try, new_x)
+                    new_u = torch.where(pick, u_try, new_u)
+                    new_cost = torch.where(ok, cost_try, new_cost)
+                    accepted_alpha = torch.where(ok, alphas[j], accepted_alpha)
+                    accepted = accepted | ok
+                    if bool(accepted[pending].all()):
+                        break
         # no step size decreases the cost: this element is stuck where it is
         stalled = stalled | (pending & ~accepted)
         step_size = torch.where(pending, accepted_alpha, step_size)
         x_bar, u_bar, cost_bar = new_x, new_u, new_cost
 
     assert gains is not None
-    info = SolverInfo(iterations, converged, residual, step_size)
+    info = SolverInfo(iterations, converged, residual, step_size, backend=kernels.name)
     return DDPResult(x_bar, u_bar, cost_bar, gains, info)

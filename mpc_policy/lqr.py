@@ -22,11 +22,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mpc_policy.adjoint import adjoint_solve, costates
+from mpc_policy.backend import Kernels, select
 from mpc_policy.condensed import solve_condensed
 from mpc_policy.ilqr import box_ddp, rollout
 from mpc_policy.options import MPCOptions
-from mpc_policy.riccati import Gains, backward_recursion, factorize
+from mpc_policy.riccati import Gains
 from mpc_policy.solution import Solution, SolverInfo
 from mpc_policy.validation import (
     check_bounds,
@@ -53,6 +53,7 @@ class QuadraticModel:
 
     def __init__(self, C: Tensor, c: Tensor, F: Tensor, f: Tensor) -> None:
         self.C, self.c, self.F, self.f = C, c, F, f
+        self.affine = (F, f)
 
     def total_cost(self, x: Tensor, u: Tensor) -> Tensor:
         tau = torch.cat([x, u], dim=-1)
@@ -71,14 +72,20 @@ class QuadraticModel:
         return (self.F[t] @ tau.unsqueeze(-1)).squeeze(-1) + self.f[t]
 
 
+def _costates(kernels: Kernels, C: Tensor, c: Tensor, F: Tensor, tau: Tensor) -> Tensor:
+    """Costates (T, B, n) of an LQR problem at a trajectory tau (T, B, d), eq. (7)."""
+    return kernels.costates_from_gradient((C @ tau.unsqueeze(-1)).squeeze(-1) + c, F)
+
+
 class _ImplicitLQR(torch.autograd.Function):
     """Identity on a known LQR solution whose backward pass is eqs. (9) and (8).
 
     Inputs are time-major: x_init (B, n), C (T, B, d, d), c (T, B, d), F (T-1, B, n, d),
     f (T-1, B, n), u_lower / u_upper (T, B, m) or None, the solution x (T, B, n) and
-    u (T, B, m), and the ``Gains`` factorized at that solution (their free set marks the
-    clamped controls). The backward depends only on the solution, the active set and the
-    problem data, never on how the solution was found.
+    u (T, B, m), the ``Gains`` factorized at that solution (their free set marks the
+    clamped controls) and the backend option. The backward depends only on the solution,
+    the active set and the problem data, never on how the solution was found; it runs the
+    torch kernels when a graph of it is asked for (double backward).
     """
 
     @staticmethod
@@ -94,21 +101,24 @@ class _ImplicitLQR(torch.autograd.Function):
         x: Tensor,
         u: Tensor,
         gains: Gains,
+        backend: str,
     ) -> tuple[Tensor, Tensor]:
         ctx.save_for_backward(C, c, F, x, u, u_lower, u_upper)
         ctx.gains = gains
+        ctx.backend = backend
         return x.clone(), u.clone()
 
     @staticmethod
     def backward(ctx: Any, grad_x: Tensor, grad_u: Tensor) -> tuple[Tensor | None, ...]:
         C, c, F, x, u, u_lower, u_upper = ctx.saved_tensors
         gains: Gains = ctx.gains
+        kernels = select(ctx.backend, x.device, needs_graph=torch.is_grad_enabled())
         n = x.shape[-1]
         tau = torch.cat([x, u], dim=-1)
         grad_tau = torch.cat([grad_x, grad_u], dim=-1)
-        dtau = adjoint_solve(gains, F, grad_tau)  # eq. (9)
-        lam = costates(C, c, F, tau)  # eq. (7)
-        dlam = costates(C, grad_tau, F, dtau)
+        dtau = kernels.adjoint_solve(gains, F, grad_tau)  # eq. (9)
+        lam = _costates(kernels, C, c, F, tau)  # eq. (7)
+        dlam = _costates(kernels, C, grad_tau, F, dtau)
         # eq. (8)
         dC = 0.5 * (dtau.unsqueeze(-1) * tau.unsqueeze(-2) + tau.unsqueeze(-1) * dtau.unsqueeze(-2))
         dc = dtau
@@ -132,7 +142,7 @@ class _ImplicitLQR(torch.autograd.Function):
             if u_upper is not None:
                 at_upper = clamped & (u >= u_upper)
                 d_upper = torch.where(at_upper, residual_u, torch.zeros_like(residual_u))
-        return dx_init, dC, dc, dF, df, d_lower, d_upper, None, None, None
+        return dx_init, dC, dc, dF, df, d_lower, d_upper, None, None, None, None
 
 
 def implicit_lqr(
@@ -146,14 +156,15 @@ def implicit_lqr(
     x: Tensor,
     u: Tensor,
     gains: Gains,
+    backend: str = "auto",
 ) -> tuple[Tensor, Tensor]:
     """Attach the implicit LQR gradient to a known solution (time-major, see _ImplicitLQR).
 
     Returns x (T, B, n) and u (T, B, m), equal to the given solution, differentiable with
-    respect to x_init, C, c, F, f and the bounds.
+    respect to x_init, C, c, F, f and the bounds; ``backend`` is the solver option.
     """
     out: tuple[Tensor, Tensor] = _ImplicitLQR.apply(
-        x_init, C, c, F, f, u_lower, u_upper, x, u, gains
+        x_init, C, c, F, f, u_lower, u_upper, x, u, gains, backend
     )
     return out
 
@@ -168,6 +179,7 @@ def _finish_stalled(
     gains: Gains,
     info: SolverInfo,
     options: MPCOptions,
+    kernels: Kernels,
 ) -> tuple[Tensor, Tensor, Gains, SolverInfo]:
     """Solve the elements box-DDP left unconverged as condensed QPs (each on its own).
 
@@ -180,9 +192,9 @@ def _finish_stalled(
     )
     T, m = u.shape[0], u.shape[-1]
     u_sub = qp.x.view(-1, T, m).transpose(0, 1)
-    x_sub, u_sub = rollout(sub, x_init[index], u_sub)
-    free_sub = qp.free.view(-1, T, m).transpose(0, 1)
-    factors = factorize(sub.C, sub.F, free_sub, regularization=options.regularization)
+    x_sub, u_sub = rollout(sub, x_init[index], u_sub, kernels=kernels)
+    free_sub = qp.free.view(-1, T, m).transpose(0, 1).contiguous()
+    factors = kernels.factorize(sub.C, sub.F, free_sub, regularization=options.regularization)
     x, u = x.clone(), u.clone()
     x[:, index], u[:, index] = x_sub, u_sub
     merged = []
@@ -195,7 +207,12 @@ def _finish_stalled(
     residual = torch.where(converged, torch.zeros_like(info.residual), info.residual)
     step = info.step_size.clone()
     step[index] = 1.0
-    return x, u, Gains(*merged), SolverInfo(info.iterations, converged, residual, step)
+    return (
+        x,
+        u,
+        Gains(*merged),
+        SolverInfo(info.iterations, converged, residual, step, backend=info.backend),
+    )
 
 
 def _validate(
@@ -264,38 +281,44 @@ def lqr_solve(
     lower_t = None if lower is None else lower.transpose(0, 1)
     upper_t = None if upper is None else upper.transpose(0, 1)
 
+    kernels = select(opts.backend, x_init.device)
     with torch.no_grad():
-        model = QuadraticModel(Ct.detach(), ct.detach(), Ft.detach(), ft.detach())
+        model = QuadraticModel(*(z.detach().contiguous() for z in (Ct, ct, Ft, ft)))
         x0 = x_init.detach()
         if lower is None and upper is None:
             # one Riccati pass is exact without bounds (Algorithm 1)
             zeros = torch.zeros(T, B, m, dtype=x0.dtype, device=x0.device)
-            x_bar, _ = rollout(model, x0, zeros)
+            x_bar, _ = rollout(model, x0, zeros, kernels=kernels)
             _, g = model.quadratize(x_bar, zeros)
-            gains = backward_recursion(
+            gains = kernels.backward_recursion(
                 model.C, g, model.F, None, None, regularization=opts.regularization
             )
-            x_sol, u_sol = rollout(model, x0, zeros, x_bar, gains)
+            x_sol, u_sol = rollout(model, x0, zeros, x_bar, gains, kernels=kernels)
             ones = torch.ones(B, dtype=torch.long, device=x0.device)
             info = SolverInfo(
                 ones,
                 torch.ones(B, dtype=torch.bool, device=x0.device),
                 torch.zeros(B, dtype=x0.dtype, device=x0.device),
                 torch.ones(B, dtype=x0.dtype, device=x0.device),
+                backend=kernels.name,
             )
         else:
             lo = None if lower_t is None else lower_t.detach()
             hi = None if upper_t is None else upper_t.detach()
             zeros = torch.zeros(T, B, m, dtype=x0.dtype, device=x0.device)
-            result = box_ddp(model, x0, zeros, lo, hi, opts)
+            lo = None if lo is None else lo.contiguous()
+            hi = None if hi is None else hi.contiguous()
+            result = box_ddp(model, x0, zeros, lo, hi, opts, kernels=kernels)
             x_sol, u_sol, gains, info = result.x, result.u, result.gains, result.info
             if not info.all_converged and lo is not None and hi is not None:
                 x_sol, u_sol, gains, info = _finish_stalled(
-                    model, x0, lo, hi, x_sol, u_sol, gains, info, opts
+                    model, x0, lo, hi, x_sol, u_sol, gains, info, opts, kernels
                 )
     info.enforce(opts.on_unconverged)
 
-    x_out, u_out = implicit_lqr(x_init, Ct, ct, Ft, ft, lower_t, upper_t, x_sol, u_sol, gains)
+    x_out, u_out = implicit_lqr(
+        x_init, Ct, ct, Ft, ft, lower_t, upper_t, x_sol, u_sol, gains, opts.backend
+    )
     if opts.on_unconverged == "zero_grad" and not info.all_converged:
         keep = info.converged.view(1, B, 1)
         x_out = torch.where(keep, x_out, x_out.detach())

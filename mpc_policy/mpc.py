@@ -25,12 +25,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mpc_policy.adjoint import costates_from_gradient
+from mpc_policy.backend import Kernels, select
 from mpc_policy.ilqr import box_ddp
 from mpc_policy.linearize import cost_derivatives, dynamics_curvature, dynamics_jacobian
 from mpc_policy.lqr import implicit_lqr
 from mpc_policy.options import MPCOptions
-from mpc_policy.riccati import factorize
 from mpc_policy.solution import Solution
 from mpc_policy.validation import (
     check_bounds,
@@ -78,11 +77,13 @@ def _lqr_data_at(
     x: Tensor,
     u: Tensor,
     options: MPCOptions,
+    kernels: Kernels,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The LQR problem whose solution is the fixed point and whose gradient is the MPC's.
 
     Args:
         x: (T, B, n), u: (T, B, m) the fixed point (constants).
+        kernels: the backend of the costates.
 
     Returns:
         C (T, B, d, d) and F (T-1, B, n, d) without graph (they only shape the backward
@@ -107,7 +108,7 @@ def _lqr_data_at(
         return H, c, F, f, H.detach()
     # exact: the optimality conditions dC/dtau + F' lam_next - [lam; 0] = 0 and
     # f(tau) = x_next, differentiated at the solution with the Lagrangian's Hessian
-    lam = costates_from_gradient(g.detach(), F)
+    lam = kernels.costates_from_gradient(g.detach(), F)
     f_next, weighted, curvature = dynamics_curvature(
         dynamics, x[:-1], u[:-1], lam[1:], create_graph=True
     )
@@ -209,31 +210,50 @@ class MPC(nn.Module):
         u0 = u_init.detach().transpose(0, 1)
 
         if opts.grad_method == "unroll":
-            model = ModuleModel(cost, dynamics, opts, create_graph=torch.is_grad_enabled())
-            result = box_ddp(model, x_init, u0, lower_t, upper_t, opts, warn_regularization=False)
+            graph = torch.is_grad_enabled()
+            kernels = select(opts.backend, x_init.device, needs_graph=graph)
+            model = ModuleModel(cost, dynamics, opts, create_graph=graph)
+            result = box_ddp(
+                model,
+                x_init,
+                u0,
+                lower_t,
+                upper_t,
+                opts,
+                warn_regularization=False,
+                kernels=kernels,
+            )
             x, u, info = result.x, result.u, result.info
             info.enforce(opts.on_unconverged)
         else:
+            kernels = select(opts.backend, x_init.device)
             model = ModuleModel(cost, dynamics, opts, create_graph=False)
             with torch.no_grad():
-                lo = None if lower_t is None else lower_t.detach()
-                hi = None if upper_t is None else upper_t.detach()
+                lo = None if lower_t is None else lower_t.detach().contiguous()
+                hi = None if upper_t is None else upper_t.detach().contiguous()
                 result = box_ddp(
-                    model, x_init.detach(), u0, lo, hi, opts, warn_regularization=False
+                    model,
+                    x_init.detach(),
+                    u0.contiguous(),
+                    lo,
+                    hi,
+                    opts,
+                    warn_regularization=False,
+                    kernels=kernels,
                 )
             info = result.info
             info.enforce(opts.on_unconverged)
             x, u = result.x, result.u
             if torch.is_grad_enabled():
-                C, c, F, f, H = _lqr_data_at(cost, dynamics, x, u, opts)
-                gains = factorize(
-                    H,
-                    F.detach(),
+                C, c, F, f, H = _lqr_data_at(cost, dynamics, x, u, opts, kernels)
+                gains = kernels.factorize(
+                    H.contiguous(),
+                    F.detach().contiguous(),
                     result.gains.free,
                     regularization=opts.regularization,
                     warn=info.converged,
                 )
-                x, u = implicit_lqr(x_init, C, c, F, f, lower_t, upper_t, x, u, gains)
+                x, u = implicit_lqr(x_init, C, c, F, f, lower_t, upper_t, x, u, gains, opts.backend)
         if opts.on_unconverged == "zero_grad" and not info.all_converged:
             keep = info.converged.view(1, -1, 1)
             x = torch.where(keep, x, x.detach())

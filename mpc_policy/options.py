@@ -11,8 +11,9 @@ from typing import Any, Literal, get_args
 
 import torch
 
-__all__ = ["GradMethod", "JacobianMethod", "MPCOptions", "OnUnconverged"]
+__all__ = ["Backend", "GradMethod", "JacobianMethod", "MPCOptions", "OnUnconverged"]
 
+Backend = Literal["auto", "compiled", "torch"]
 GradMethod = Literal["exact", "paper", "unroll"]
 JacobianMethod = Literal["autograd", "analytic", "finite_diff"]
 OnUnconverged = Literal["warn", "raise", "zero_grad", "ignore"]
@@ -44,6 +45,11 @@ class MPCOptions:
             in ``info`` only).
         regularization: initial diagonal added to a Q_uu block that is not positive
             definite (it grows by 10x until the Cholesky factorization succeeds).
+        backend: the implementation of the numerics that call no user code: "auto"
+            (default: the environment variable ``MPC_POLICY_BACKEND`` if set, else the
+            compiled kernels for CPU tensors when numba is installed, torch otherwise),
+            "compiled" (numba, CPU) or "torch" (any device; the reference). See
+            ``mpc_policy.backend``.
     """
 
     max_iter: int = 50
@@ -56,12 +62,14 @@ class MPCOptions:
     finite_diff_eps: float = 1e-6
     on_unconverged: OnUnconverged = "warn"
     regularization: float = 1e-8
+    backend: Backend = "auto"
 
     def __post_init__(self) -> None:
         for name, literal in (
             ("grad_method", GradMethod),
             ("jacobian", JacobianMethod),
             ("on_unconverged", OnUnconverged),
+            ("backend", Backend),
         ):
             value = getattr(self, name)
             if value not in get_args(literal):

@@ -34,7 +34,7 @@ from mpc_policy.box_qp import box_qp, clamped_set, masked_cholesky, masked_solve
 
 _MAX_SHIFTS = 40
 
-__all__ = ["Gains", "backward_recursion", "factorize"]
+__all__ = ["Gains", "backward_recursion", "factorize", "warn_regularized"]
 
 
 class Gains(NamedTuple):
@@ -55,23 +55,21 @@ class Gains(NamedTuple):
     Q: Tensor
 
 
-def _regularize(
-    Q_uu: Tensor, t: int, regularization: float, warn: bool | Tensor = True
-) -> tuple[Tensor, Tensor]:
+def _regularize(Q_uu: Tensor, regularization: float) -> tuple[Tensor, Tensor, Tensor]:
     """Make Q_uu (B, m, m) positive definite by a diagonal shift growing 10x per try.
 
     Args:
         Q_uu: (B, m, m) symmetric blocks.
-        t: 1-based time step, for the warning.
         regularization: first shift, relative to 1 + max |diag Q_uu|.
-        warn: whether to warn, or a (B,) mask of the elements worth a warning.
 
     Returns:
-        The shifted Q_uu (B, m, m) and its Cholesky factor (B, m, m).
+        The shifted Q_uu (B, m, m), its Cholesky factor (B, m, m) and the shift (B,) that
+        each element needed (0 where none). An element that no shift helps (non-finite
+        data) gets the identity, and a shift of 0.
     """
     L, info = torch.linalg.cholesky_ex(Q_uu)
     if not bool(info.any()):
-        return Q_uu, L
+        return Q_uu, L, torch.zeros(Q_uu.shape[0], dtype=Q_uu.dtype, device=Q_uu.device)
     bad = info > 0
     eye = torch.eye(Q_uu.shape[-1], dtype=Q_uu.dtype, device=Q_uu.device)
     mu = regularization * (1.0 + Q_uu.diagonal(dim1=-2, dim2=-1).abs().amax(-1))
@@ -86,16 +84,31 @@ def _regularize(
         Q_uu = torch.where(bad.view(-1, 1, 1), eye, Q_uu)
         shift = torch.where(bad, torch.zeros_like(shift), shift)
         L, _ = torch.linalg.cholesky_ex(Q_uu + shift.view(-1, 1, 1) * eye)
-    mask = warn if isinstance(warn, Tensor) else torch.full_like(bad, bool(warn))
-    reported = torch.nonzero((shift > 0) & mask).flatten().tolist()
-    if reported:
-        warnings.warn(
-            f"Q_uu at time step {t} is not positive definite for batch elements "
-            f"{reported[:10]}; regularized by adding up to {float(shift.max()):.2e} * I",
-            RuntimeWarning,
-            stacklevel=4,
-        )
-    return Q_uu + shift.view(-1, 1, 1) * eye, L
+    return Q_uu + shift.view(-1, 1, 1) * eye, L, shift
+
+
+def warn_regularized(shift: Tensor, mask: Tensor | None) -> None:
+    """Warn about the steps whose Q_uu needed a diagonal shift, latest time step first.
+
+    Args:
+        shift: (T, B) the shift each step and element needed (0 where none).
+        mask: (B,) the elements worth a warning, or None for all.
+    """
+    needed = shift > 0
+    if mask is not None:
+        needed = needed & mask.view(1, -1)
+    if not bool(needed.any()):
+        return
+    for t in range(shift.shape[0] - 1, -1, -1):
+        reported = torch.nonzero(needed[t]).flatten().tolist()
+        if reported:
+            warnings.warn(
+                f"Q_uu at time step {t + 1} is not positive definite for batch elements "
+                f"{reported[:10]}; regularized by adding up to "
+                f"{float(shift[t].max()):.2e} * I",
+                RuntimeWarning,
+                stacklevel=4,
+            )
 
 
 def backward_recursion(
@@ -143,7 +156,7 @@ def backward_recursion(
     # the columns of x and of the gradient: P[:, :, xg] = [Q_x, q] and G = [K, k]
     xg = torch.cat([torch.arange(n, device=F.device), torch.tensor([d], device=F.device)])
     all_free = torch.ones(B, d - n, dtype=torch.bool, device=g.device)
-    Gs, frees, chols, Ps = [], [], [], []
+    Gs, frees, chols, Ps, shifts = [], [], [], [], []
     W = None
     for t in range(T - 1, -1, -1):
         # [Q, q] = [C, g] + F' [V F, v]
@@ -152,7 +165,8 @@ def backward_recursion(
             P = torch.baddbmm(P, F_T_steps[t], torch.bmm(W, F_hat_steps[t]))
         S = P.index_select(-1, xg)  # [Q_xx, q_x; Q_ux, q_u]
         Q_uu = P[:, n:, n:d]
-        Q_uu_reg, L = _regularize(Q_uu, t + 1, regularization, warn)
+        Q_uu_reg, L, shift = _regularize(Q_uu, regularization)
+        shifts.append(shift)
         # K and k from one solve: -Q_uu^{-1} [Q_ux, q_u]
         G = -torch.cholesky_solve(S[:, n:], L)
         free = all_free
@@ -181,6 +195,8 @@ def backward_recursion(
         chols.append(L)
         Ps.append(P)
     gains = torch.stack(Gs[::-1])
+    if warn:
+        warn_regularized(torch.stack(shifts[::-1]), None)
     return Gains(
         gains[..., :n],
         gains[..., n],
@@ -279,16 +295,21 @@ def factorize(
     """
     T = C.shape[0]
     n = F.shape[-2]
-    Ks, chols, Qs = [], [], []
+    Ks, chols, Qs, shifts = [], [], [], []
     V = None
     for t in range(T - 1, -1, -1):
         Q = C[t]
         if V is not None:
             Q = Q + F[t].transpose(-1, -2) @ V @ F[t]
         L, info = masked_cholesky(Q[:, n:, n:], free[t])
+        shift = torch.zeros(Q.shape[0], dtype=Q.dtype, device=Q.device)
         if bool((info > 0).any()):
+            # only Q_uu on the free set must be positive definite: shift that block of the
+            # elements whose factorization failed (identity on the clamped set, so the
+            # others need no shift)
             pair = free[t].unsqueeze(-1) & free[t].unsqueeze(-2)
-            Q_uu, _ = _regularize(torch.where(pair, Q[:, n:, n:], 0.0), t + 1, regularization, warn)
+            eye = torch.eye(pair.shape[-1], dtype=Q.dtype, device=Q.device)
+            Q_uu, _, shift = _regularize(torch.where(pair, Q[:, n:, n:], eye), regularization)
             Q_uu = torch.where(pair, Q_uu, Q[:, n:, n:])
             Q = torch.cat([Q[:, :, :n], torch.cat([Q[:, :n, n:], Q_uu], dim=-2)], dim=-1)
             L, _ = masked_cholesky(Q_uu, free[t])
@@ -298,6 +319,9 @@ def factorize(
         Ks.append(K)
         chols.append(L)
         Qs.append(Q)
+        shifts.append(shift)
+    if warn is not False:
+        warn_regularized(torch.stack(shifts[::-1]), warn if isinstance(warn, Tensor) else None)
     K = torch.stack(Ks[::-1])
     chol = torch.stack(chols[::-1])
     return Gains(K, torch.zeros_like(K[..., 0]), free, chol, torch.stack(Qs[::-1]))

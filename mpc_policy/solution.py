@@ -25,12 +25,15 @@ class SolverInfo:
         residual: (B,) final fixed-point residual: the largest control change that a full
             step would still make, relative to 1 + max |u|.
         step_size: (B,) the last line-search step accepted (0 if none was).
+        backend: which implementation ran the numerics, "compiled" or "torch"
+            (``mpc_policy.backend``).
     """
 
     iterations: Tensor
     converged: Tensor
     residual: Tensor
     step_size: Tensor
+    backend: str = "torch"
 
     @property
     def all_converged(self) -> bool:

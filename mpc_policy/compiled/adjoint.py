@@ -1,0 +1,117 @@
+"""The implicit backward pass of box LQR, compiled: the kernels of ``mpc_policy.adjoint``.
+
+``adjoint_solve`` is the backward LQR of eq. (9) (c = dL/dtau, f = 0, x_init = 0, clamped
+controls fixed at 0) with the forward pass's gains and Cholesky factors, and
+``costates_from_gradient`` the costates of eq. (7). Same signatures and results as the torch
+functions; CPU tensors only. Shapes are time first: F (T-1, B, n, d), tau (T, B, d).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from numba import njit
+from torch import Tensor
+
+from mpc_policy.compiled._linalg import masked_solve_vector
+from mpc_policy.riccati import Gains
+
+__all__ = ["adjoint_solve", "costates_from_gradient"]
+
+
+@njit(cache=True, nogil=True)
+def _adjoint(K, chol, free, F, grad_tau, dtau) -> None:  # type: ignore[no-untyped-def]
+    T, B, d = grad_tau.shape
+    n = K.shape[3]
+    m = d - n
+    dtype = grad_tau.dtype
+    q = np.empty(d, dtype=dtype)
+    v = np.zeros(n, dtype=dtype)
+    k = np.empty((T, m), dtype=dtype)
+    for b in range(B):
+        for t in range(T - 1, -1, -1):
+            q[:] = grad_tau[t, b]
+            if t < T - 1:
+                Ft = F[t, b]
+                for i in range(d):
+                    s = 0.0
+                    for p in range(n):
+                        s += Ft[p, i] * v[p]
+                    q[i] += s
+            masked_solve_vector(chol[t, b], free[t, b], q[n:], k[t], -1.0)
+            # clamped rows of K and k vanish, so v = q_x + K' q_u
+            Kt = K[t, b]
+            for i in range(n):
+                s = q[i]
+                for p in range(m):
+                    s += Kt[p, i] * q[n + p]
+                v[i] = s
+        out = dtau[:, b]
+        for i in range(n):
+            out[0, i] = 0.0
+        for t in range(T):
+            Kt = K[t, b]
+            for i in range(m):
+                s = k[t, i]
+                for j in range(n):
+                    s += Kt[i, j] * out[t, j]
+                out[t, n + i] = s
+            if t < T - 1:
+                Ft = F[t, b]
+                for i in range(n):
+                    s = 0.0
+                    for j in range(d):
+                        s += Ft[i, j] * out[t, j]
+                    out[t + 1, i] = s
+
+
+def adjoint_solve(gains: Gains, F: Tensor, grad_tau: Tensor) -> Tensor:
+    """Compiled ``mpc_policy.adjoint.adjoint_solve``.
+
+    Args:
+        gains: factorization at the solution (its free set fixes the clamped controls).
+        F: (T-1, B, n, d) dynamics Jacobians.
+        grad_tau: (T, B, d) gradient of the loss with respect to tau.
+
+    Returns:
+        dtau: (T, B, d).
+    """
+    dtau = torch.empty(grad_tau.shape, dtype=grad_tau.dtype)
+    _adjoint(
+        *(z.detach().contiguous().numpy() for z in (gains.K, gains.chol, gains.free, F, grad_tau)),
+        dtau.numpy(),
+    )
+    return dtau
+
+
+@njit(cache=True, nogil=True)
+def _costates(grad, F, lam) -> None:  # type: ignore[no-untyped-def]
+    T, B = grad.shape[0], grad.shape[1]
+    n = lam.shape[2]
+    for b in range(B):
+        for i in range(n):
+            lam[T - 1, b, i] = grad[T - 1, b, i]
+        for t in range(T - 2, -1, -1):
+            Ft = F[t, b]
+            for i in range(n):
+                s = grad[t, b, i]
+                for p in range(n):
+                    s += Ft[p, i] * lam[t + 1, b, p]
+                lam[t, b, i] = s
+
+
+def costates_from_gradient(grad: Tensor, F: Tensor) -> Tensor:
+    """Compiled ``mpc_policy.adjoint.costates_from_gradient``.
+
+    Args:
+        grad: (T, B, d) gradient of the objective with respect to tau_t.
+        F: (T-1, B, n, d) dynamics Jacobians.
+
+    Returns:
+        lam: (T, B, n).
+    """
+    T, B, _ = grad.shape
+    n = F.shape[-2]
+    lam = torch.empty(T, B, n, dtype=grad.dtype)
+    _costates(grad.detach().contiguous().numpy(), F.detach().contiguous().numpy(), lam.numpy())
+    return lam

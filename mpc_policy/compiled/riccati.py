@@ -1,0 +1,350 @@
+"""Riccati recursions of box LQR, compiled: the kernels of ``mpc_policy.riccati``.
+
+The same recursion as the torch functions (see ``mpc_policy.riccati`` for the math),
+
+    Q_t = C_t + F_t' V_{t+1} F_t,  q_t = g_t + F_t' v_{t+1},
+    k_t = box QP of (Q_uu, q_u),   K_t = -Q_uu,ff^{-1} Q_ux on the free rows,
+    V_t = Q_xx + Q_xu K_t,         v_t = q_x + Q_xu k_t,
+
+with the same regularization of an indefinite Q_uu (a diagonal shift growing 10x per try)
+and the same box-QP semantics, run as one compiled loop over the batch elements and the time
+steps: no tensor operation per step. ``backward_recursion`` and ``factorize`` below have the
+torch functions' signatures and return the same ``Gains``; CPU tensors only.
+
+Shapes, time first: C (T, B, d, d), g (T, B, d), F (T-1, B, n, d), bounds (T, B, m).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from numba import njit
+from torch import Tensor
+
+from mpc_policy.compiled._linalg import (
+    cholesky,
+    masked_cholesky,
+    masked_solve_matrix,
+    masked_solve_vector,
+    set_identity,
+)
+from mpc_policy.compiled.box_qp import _free_set, box_qp_element
+from mpc_policy.riccati import _MAX_SHIFTS, Gains, warn_regularized
+
+__all__ = ["backward_recursion", "factorize"]
+
+
+@njit(cache=True, nogil=True)
+def _propagate(Q, q, F, V, v, VF) -> None:  # type: ignore[no-untyped-def]
+    """Q (d, d) += F'VF and q (d,) += F'v for F (n, d), V (n, n), v (n,); VF (n, d) scratch."""
+    n, d = F.shape
+    for i in range(n):
+        for j in range(d):
+            s = 0.0
+            for p in range(n):
+                s += V[i, p] * F[p, j]
+            VF[i, j] = s
+    for i in range(d):
+        s = 0.0
+        for p in range(n):
+            s += F[p, i] * v[p]
+        q[i] += s
+        for j in range(d):
+            s = 0.0
+            for p in range(n):
+                s += F[p, i] * VF[p, j]
+            Q[i, j] += s
+
+
+@njit(cache=True, nogil=True)
+def _regularize(Q_uu, L, regularization, work):  # type: ignore[no-untyped-def]
+    """Factor Q_uu (m, m) into L, shifting its diagonal in place until it is positive definite.
+
+    Returns the shift added (0 if none was needed). When no shift helps (non-finite data),
+    Q_uu becomes the identity and the shift reported is 0, as in the torch recursion.
+    """
+    if cholesky(Q_uu, L):
+        return 0.0
+    m = Q_uu.shape[0]
+    largest = 0.0
+    for i in range(m):
+        largest = max(largest, abs(Q_uu[i, i]))
+    mu = regularization * (1.0 + largest)
+    shift = 0.0
+    for _ in range(_MAX_SHIFTS):
+        shift = mu if shift == 0.0 else 10.0 * shift
+        work[:, :] = Q_uu
+        for i in range(m):
+            work[i, i] += shift
+        if cholesky(work, L):
+            Q_uu[:, :] = work
+            return shift
+    set_identity(Q_uu)
+    set_identity(L)
+    return 0.0
+
+
+@njit(cache=True, nogil=True)
+def _feedback_update(Q, K, k, V, v, n) -> None:  # type: ignore[no-untyped-def]
+    """[V, v] = [Q_xx, q_x] + Q_xu [K, k] (q_x in v on entry), V symmetrized."""
+    d = Q.shape[0]
+    m = d - n
+    for i in range(n):
+        s = v[i]
+        for p in range(m):
+            s += Q[i, n + p] * k[p]
+        v[i] = s
+        for j in range(n):
+            s = Q[i, j]
+            for p in range(m):
+                s += Q[i, n + p] * K[p, j]
+            V[i, j] = s
+    for i in range(n):
+        for j in range(i + 1, n):
+            mean = 0.5 * (V[i, j] + V[j, i])
+            V[i, j] = mean
+            V[j, i] = mean
+
+
+@njit(cache=True, nogil=True)
+def _recursion(  # type: ignore[no-untyped-def]
+    C,
+    g,
+    F,
+    lower,
+    upper,
+    bounded,
+    active,
+    regularization,
+    qp_max_iter,
+    qp_tol,
+    K,
+    k,
+    free,
+    chol,
+    Q,
+    shift,
+) -> None:
+    T, B, d = g.shape
+    n = F.shape[2]
+    m = d - n
+    dtype = g.dtype
+    V = np.empty((n, n), dtype=dtype)
+    v = np.empty(n, dtype=dtype)
+    VF = np.empty((n, d), dtype=dtype)
+    q = np.empty(d, dtype=dtype)
+    work = np.empty((m, m), dtype=dtype)
+    k_box = np.empty(m, dtype=dtype)
+    grad = np.empty(m, dtype=dtype)
+    for b in range(B):
+        if not active[b]:
+            continue
+        for t in range(T - 1, -1, -1):
+            Qt = Q[t, b]
+            Qt[:, :] = C[t, b]
+            q[:] = g[t, b]
+            if t < T - 1:
+                _propagate(Qt, q, F[t, b], V, v, VF)
+            Q_uu = Qt[n:, n:]
+            L = chol[t, b]
+            shift[t, b] = _regularize(Q_uu, L, regularization, work)
+            Kt, kt, ft = K[t, b], k[t, b], free[t, b]
+            # K and k = -Q_uu^{-1} [Q_ux, q_u]
+            ft[:] = True
+            masked_solve_matrix(L, ft, Qt[n:, :n], Kt, -1.0)
+            masked_solve_vector(L, ft, q[n:], kt, -1.0)
+            if bounded:
+                leaving = False
+                for i in range(m):
+                    k_box[i] = min(max(kt[i], lower[t, b, i]), upper[t, b, i])
+                    leaving = leaving or k_box[i] != kt[i]
+                if leaving:
+                    for i in range(m):
+                        s = q[n + i]
+                        for j in range(m):
+                            s += Q_uu[i, j] * k_box[j]
+                        grad[i] = s
+                    _free_set(k_box, grad, lower[t, b], upper[t, b], ft)
+                    if not ft.any():
+                        # every control at a bound of the projection, pushed outward: the
+                        # projection is the minimizer and there is no feedback
+                        kt[:] = k_box
+                        Kt[:, :] = 0.0
+                        set_identity(L)
+                    else:
+                        kt[:] = k_box
+                        box_qp_element(
+                            Q_uu,
+                            q[n:],
+                            lower[t, b],
+                            upper[t, b],
+                            kt,
+                            ft,
+                            L,
+                            qp_max_iter,
+                            qp_tol,
+                            0.5,
+                            20,
+                        )
+                        masked_solve_matrix(L, ft, Qt[n:, :n], Kt, -1.0)
+            v[:] = q[:n]
+            _feedback_update(Qt, Kt, kt, V, v, n)
+
+
+def _numpy(z: Tensor) -> np.ndarray:
+    return z.detach().contiguous().numpy()
+
+
+def backward_recursion(
+    C: Tensor,
+    g: Tensor,
+    F: Tensor,
+    lower: Tensor | None,
+    upper: Tensor | None,
+    *,
+    regularization: float = 1e-8,
+    qp_max_iter: int = 30,
+    warn: bool = True,
+    active: Tensor | None = None,
+    out: Gains | None = None,
+) -> Gains:
+    """Compiled ``mpc_policy.riccati.backward_recursion``: same arguments and ``Gains``.
+
+    With ``active`` and ``out``, only the active elements are computed and written into
+    ``out`` (in place); the others keep their gains.
+
+    Args:
+        C: (T, B, d, d) quadratic terms (symmetric).
+        g: (T, B, d) gradient of the objective at the nominal trajectory.
+        F: (T-1, B, n, d) dynamics Jacobians.
+        lower: (T, B, m) lower bounds on the control step, or None (unbounded).
+        upper: (T, B, m) upper bounds on the control step, or None.
+        regularization: first diagonal shift for a Q_uu that is not positive definite.
+        qp_max_iter: projected-Newton iterations per box QP.
+        warn: warn when a Q_uu is regularized.
+        active: (B,) the elements to compute, or None for all.
+        out: gains of shape (T, B, ...) made by this function, to update in place.
+    """
+    T, B, d = g.shape
+    n = F.shape[-2]
+    m = d - n
+    dtype = g.dtype
+    bounded = lower is not None and upper is not None
+    if bounded:
+        assert lower is not None and upper is not None
+        lo, hi = _numpy(lower), _numpy(upper)
+    else:
+        lo = hi = np.zeros((T, B, m), dtype=_numpy(g).dtype)
+    if out is None:
+        K = torch.empty(T, B, m, n, dtype=dtype)
+        k = torch.empty(T, B, m, dtype=dtype)
+        free = torch.empty(T, B, m, dtype=torch.bool)
+        chol = torch.empty(T, B, m, m, dtype=dtype)
+        Q = torch.empty(T, B, d, d, dtype=dtype)
+    else:
+        K, k, free, chol, Q = out
+        assert all(z.is_contiguous() for z in out), "out: gains made by this function"
+    shift = torch.zeros(T, B, dtype=dtype)
+    mask = np.ones(B, dtype=np.bool_) if active is None else active.contiguous().numpy()
+    _recursion(
+        _numpy(C),
+        _numpy(g),
+        _numpy(F) if T > 1 else np.zeros((1, B, n, d), dtype=_numpy(g).dtype),
+        lo,
+        hi,
+        bounded,
+        mask,
+        float(regularization),
+        int(qp_max_iter),
+        float(torch.finfo(dtype).eps ** 0.5),
+        K.numpy(),
+        k.numpy(),
+        free.numpy(),
+        chol.numpy(),
+        Q.numpy(),
+        shift.numpy(),
+    )
+    if warn:
+        warn_regularized(shift, None)
+    return Gains(K, k, free, chol, Q)
+
+
+@njit(cache=True, nogil=True)
+def _factorize(C, F, free, regularization, K, chol, Q, shift) -> None:  # type: ignore[no-untyped-def]
+    T, B, d = C.shape[0], C.shape[1], C.shape[2]
+    n = F.shape[2]
+    m = d - n
+    dtype = C.dtype
+    V = np.empty((n, n), dtype=dtype)
+    v = np.zeros(n, dtype=dtype)
+    VF = np.empty((n, d), dtype=dtype)
+    q = np.zeros(d, dtype=dtype)
+    work = np.empty((m, m), dtype=dtype)
+    masked = np.empty((m, m), dtype=dtype)
+    zeros = np.zeros(m, dtype=dtype)
+    for b in range(B):
+        for t in range(T - 1, -1, -1):
+            Qt = Q[t, b]
+            Qt[:, :] = C[t, b]
+            if t < T - 1:
+                _propagate(Qt, q, F[t, b], V, v, VF)
+            ft, L = free[t, b], chol[t, b]
+            shift[t, b] = 0.0
+            if not masked_cholesky(Qt[n:, n:], ft, L, work):
+                # only Q_uu on the free set must be positive definite: shift that block
+                for i in range(m):
+                    for j in range(m):
+                        if ft[i] and ft[j]:
+                            masked[i, j] = Qt[n + i, n + j]
+                        else:
+                            masked[i, j] = 1.0 if i == j else 0.0
+                shift[t, b] = _regularize(masked, L, regularization, work)
+                for i in range(m):
+                    for j in range(m):
+                        if ft[i] and ft[j]:
+                            Qt[n + i, n + j] = masked[i, j]
+                masked_cholesky(Qt[n:, n:], ft, L, work)
+            masked_solve_matrix(L, ft, Qt[n:, :n], K[t, b], -1.0)
+            v[:] = 0.0
+            _feedback_update(Qt, K[t, b], zeros, V, v, n)
+
+
+def factorize(
+    C: Tensor,
+    F: Tensor,
+    free: Tensor,
+    *,
+    regularization: float = 1e-8,
+    warn: bool | Tensor = True,
+) -> Gains:
+    """Compiled ``mpc_policy.riccati.factorize``: same arguments and ``Gains`` (k = 0).
+
+    Args:
+        C: (T, B, d, d) quadratic terms.
+        F: (T-1, B, n, d) dynamics Jacobians.
+        free: (T, B, m) free controls at the solution.
+        regularization: first diagonal shift for a Q_uu,ff that is not positive definite.
+        warn: whether a regularization warns, or a (B,) mask of the elements that do.
+    """
+    T, B, d = C.shape[0], C.shape[1], C.shape[-1]
+    n = F.shape[-2]
+    m = d - n
+    dtype = C.dtype
+    K = torch.empty(T, B, m, n, dtype=dtype)
+    chol = torch.empty(T, B, m, m, dtype=dtype)
+    Q = torch.empty(T, B, d, d, dtype=dtype)
+    shift = torch.empty(T, B, dtype=dtype)
+    free = free.detach().contiguous()
+    _factorize(
+        _numpy(C),
+        _numpy(F) if T > 1 else np.zeros((1, B, n, d), dtype=_numpy(C).dtype),
+        free.numpy(),
+        float(regularization),
+        K.numpy(),
+        chol.numpy(),
+        Q.numpy(),
+        shift.numpy(),
+    )
+    if warn is not False:
+        warn_regularized(shift, warn if isinstance(warn, Tensor) else None)
+    return Gains(K, torch.zeros(T, B, m, dtype=dtype), free, chol, Q)

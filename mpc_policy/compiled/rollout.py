@@ -1,0 +1,116 @@
+"""Rollout of affine dynamics under the DDP control law, compiled.
+
+For line-search step sizes alpha_l and every batch element,
+
+    x_1 = x_init,  u_t = clamp(u_bar_t + alpha_l k_t + K_t (x_t - x_bar_t), lower_t, upper_t),
+    x_{t+1} = F_t [x_t; u_t] + f_t,
+
+the rollout that ``mpc_policy.ilqr.rollout`` runs step by step with tensor operations for an
+LQR problem, as one compiled loop. CPU tensors only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from numba import njit
+from torch import Tensor
+
+__all__ = ["affine_rollout"]
+
+
+@njit(cache=True, nogil=True)
+def _rollout(  # type: ignore[no-untyped-def]
+    F, f, x_init, u_bar, x_bar, K, k, alphas, lower, upper, feedback, bounded, x_out, u_out
+) -> None:
+    T, B, m = u_bar.shape
+    n = x_init.shape[1]
+    for a in range(alphas.shape[0]):
+        alpha = alphas[a]
+        for b in range(B):
+            x = x_out[a, 0, b]
+            for i in range(n):
+                x[i] = x_init[b, i]
+            for t in range(T):
+                x = x_out[a, t, b]
+                u = u_out[a, t, b]
+                for i in range(m):
+                    value = u_bar[t, b, i]
+                    if feedback:
+                        value += alpha * k[t, b, i]
+                        for j in range(n):
+                            value += K[t, b, i, j] * (x[j] - x_bar[t, b, j])
+                    if bounded:
+                        value = min(max(value, lower[t, b, i]), upper[t, b, i])
+                    u[i] = value
+                if t < T - 1:
+                    Ft = F[t, b]
+                    x_next = x_out[a, t + 1, b]
+                    for i in range(n):
+                        s = f[t, b, i]
+                        for j in range(n):
+                            s += Ft[i, j] * x[j]
+                        for j in range(m):
+                            s += Ft[i, n + j] * u[j]
+                        x_next[i] = s
+
+
+def _numpy(z: Tensor) -> np.ndarray:
+    return z.detach().contiguous().numpy()
+
+
+def affine_rollout(
+    F: Tensor,
+    f: Tensor,
+    x_init: Tensor,
+    u: Tensor,
+    x_bar: Tensor | None,
+    K: Tensor | None,
+    k: Tensor | None,
+    alphas: Tensor,
+    lower: Tensor | None,
+    upper: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """Roll affine dynamics out under the DDP control law for several step sizes.
+
+    Args:
+        F: (T-1, B, n, d) dynamics matrices.
+        f: (T-1, B, n) dynamics offsets.
+        x_init: (B, n) initial states.
+        u: (T, B, m) nominal controls u_bar.
+        x_bar: (T, B, n) nominal states, or None (no feedback: ``u`` is rolled out as it is).
+        K: (T, B, m, n) feedback gains, or None.
+        k: (T, B, m) feedforward steps, or None.
+        alphas: (L,) step sizes.
+        lower: (T, B, m) control lower bounds, or None.
+        upper: (T, B, m) control upper bounds, or None (both or neither).
+
+    Returns:
+        x: (L, T, B, n) and u: (L, T, B, m), one trajectory per step size.
+    """
+    T, B, m = u.shape
+    n = x_init.shape[-1]
+    dtype = u.dtype
+    feedback = x_bar is not None and K is not None and k is not None
+    bounded = lower is not None and upper is not None
+    L = alphas.shape[0]
+    x_out = torch.empty(L, T, B, n, dtype=dtype)
+    u_out = torch.empty(L, T, B, m, dtype=dtype)
+    empty_tm = np.zeros((T, B, m), dtype=_numpy(u).dtype)
+    _rollout(
+        _numpy(F),
+        _numpy(f),
+        _numpy(x_init),
+        _numpy(u),
+        _numpy(x_bar) if feedback else np.zeros((T, B, n), dtype=empty_tm.dtype),  # type: ignore[arg-type]
+        _numpy(K) if feedback else np.zeros((T, B, m, n), dtype=empty_tm.dtype),  # type: ignore[arg-type]
+        _numpy(k) if feedback else empty_tm,  # type: ignore[arg-type]
+        _numpy(alphas.to(dtype)),
+        _numpy(lower) if bounded else empty_tm,  # type: ignore[arg-type]
+        _numpy(upper) if bounded else empty_tm,  # type: ignore[arg-type]
+        feedback,
+        bounded,
+        x_out.numpy(),
+        u_out.numpy(),
+    )
+    return x_out, u_out

@@ -117,15 +117,20 @@ class _ImplicitLQR(torch.autograd.Function):
         tau = torch.cat([x, u], dim=-1)
         grad_tau = torch.cat([grad_x, grad_u], dim=-1)
         dtau = kernels.adjoint_solve(gains, F, grad_tau)  # eq. (9)
-        lam = _costates(kernels, C, c, F, tau)  # eq. (7)
+        lam = _costates(kernels, C, c, F, tau) if ctx.needs_input_grad[3] else None  # eq. (7)
         dlam = _costates(kernels, C, grad_tau, F, dtau)
-        # eq. (8)
-        dC = 0.5 * (dtau.unsqueeze(-1) * tau.unsqueeze(-2) + tau.unsqueeze(-1) * dtau.unsqueeze(-2))
+        # eq. (8); the outer products only where an input asks for them (the MPC layer
+        # passes C and F as constants: its parameter gradient flows through c and f)
+        dC = dF = None
+        if ctx.needs_input_grad[1]:
+            dC = 0.5 * (
+                dtau.unsqueeze(-1) * tau.unsqueeze(-2) + tau.unsqueeze(-1) * dtau.unsqueeze(-2)
+            )
+        if ctx.needs_input_grad[3]:
+            dF = dlam[1:].unsqueeze(-1) * tau[:-1].unsqueeze(-2)
+            dF = dF + lam[1:].unsqueeze(-1) * dtau[:-1].unsqueeze(-2)
         dc = dtau
         dx_init = dlam[0]
-        dF = dlam[1:].unsqueeze(-1) * tau[:-1].unsqueeze(-2) + lam[1:].unsqueeze(-1) * dtau[
-            :-1
-        ].unsqueeze(-2)
         df = dlam[1:]
         d_lower = d_upper = None
         if ctx.needs_input_grad[5] or ctx.needs_input_grad[6]:

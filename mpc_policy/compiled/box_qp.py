@@ -16,7 +16,7 @@ from torch import Tensor
 from mpc_policy.box_qp import BoxQPResult
 from mpc_policy.compiled._linalg import masked_cholesky, masked_solve_vector, set_identity
 
-__all__ = ["box_qp", "box_qp_element"]
+__all__ = ["box_qp", "box_qp_element", "scratch"]
 
 _ARMIJO = 0.1
 
@@ -74,8 +74,17 @@ def _armijo(Q, g, x, trial) -> bool:  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, nogil=True)
+def scratch(m, dtype):  # type: ignore[no-untyped-def]
+    """Work arrays of ``box_qp_element`` for m variables, allocated once per batch."""
+    vectors = np.empty((3, m), dtype=dtype)
+    masks = np.empty((2, m), dtype=np.bool_)
+    matrices = np.empty((2, m, m), dtype=dtype)
+    return vectors, masks, matrices
+
+
+@njit(cache=True, nogil=True)
 def box_qp_element(  # type: ignore[no-untyped-def]
-    Q, q, lower, upper, x, free_out, chol_out, max_iter, tol, decay, max_line_search
+    Q, q, lower, upper, x, free_out, chol_out, max_iter, tol, decay, max_line_search, work_arrays
 ):
     """Solve one box QP in place.
 
@@ -87,18 +96,16 @@ def box_qp_element(  # type: ignore[no-untyped-def]
         free_out: (m,) free set at the solution (output).
         chol_out: (m, m) factor of Q on that free set, identity elsewhere (output).
         max_iter, tol, decay, max_line_search: as ``mpc_policy.box_qp.box_qp``.
+        work_arrays: the result of ``scratch(m, dtype)``.
 
     Returns:
         (converged, iterations).
     """
     m = q.shape[0]
-    g = np.empty(m, dtype=q.dtype)
-    dx = np.empty(m, dtype=q.dtype)
-    trial = np.empty(m, dtype=q.dtype)
-    free = np.empty(m, dtype=np.bool_)
-    free_prev = np.empty(m, dtype=np.bool_)
-    L = np.empty((m, m), dtype=q.dtype)
-    work = np.empty((m, m), dtype=q.dtype)
+    vectors, masks, matrices = work_arrays
+    g, dx, trial = vectors[0], vectors[1], vectors[2]
+    free, free_prev = masks[0], masks[1]
+    L, work = matrices[0], matrices[1]
     for i in range(m):
         x[i] = _clamp(x[i], lower[i], upper[i])
     _gradient(Q, q, x, g)
@@ -168,9 +175,21 @@ def box_qp_element(  # type: ignore[no-untyped-def]
 def _box_qp_batch(  # type: ignore[no-untyped-def]
     Q, q, lower, upper, x, free, chol, converged, iterations, max_iter, tol, decay, max_ls
 ) -> None:
+    work_arrays = scratch(q.shape[1], q.dtype)
     for b in range(q.shape[0]):
         done, its = box_qp_element(
-            Q[b], q[b], lower[b], upper[b], x[b], free[b], chol[b], max_iter, tol, decay, max_ls
+            Q[b],
+            q[b],
+            lower[b],
+            upper[b],
+            x[b],
+            free[b],
+            chol[b],
+            max_iter,
+            tol,
+            decay,
+            max_ls,
+            work_arrays,
         )
         converged[b] = done
         iterations[b] = its

@@ -28,7 +28,7 @@ from mpc_policy.compiled._linalg import (
     masked_solve_vector,
     set_identity,
 )
-from mpc_policy.compiled.box_qp import _free_set, box_qp_element
+from mpc_policy.compiled.box_qp import _free_set, box_qp_element, scratch
 from mpc_policy.riccati import _MAX_SHIFTS, Gains, warn_regularized
 
 __all__ = ["backward_recursion", "factorize"]
@@ -136,6 +136,7 @@ def _recursion(  # type: ignore[no-untyped-def]
     work = np.empty((m, m), dtype=dtype)
     k_box = np.empty(m, dtype=dtype)
     grad = np.empty(m, dtype=dtype)
+    work_arrays = scratch(m, dtype)
     for b in range(B):
         if not active[b]:
             continue
@@ -185,6 +186,7 @@ def _recursion(  # type: ignore[no-untyped-def]
                             qp_tol,
                             0.5,
                             20,
+                            work_arrays,
                         )
                         masked_solve_matrix(L, ft, Qt[n:, :n], Kt, -1.0)
             v[:] = q[:n]

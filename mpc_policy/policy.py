@@ -61,6 +61,10 @@ class MPCPolicy(nn.Module):
         solve_dtype: dtype of the solve (e.g. ``torch.float64`` for float32 observations:
             tight tolerances converge); outputs come back in the observation dtype. None
             solves in the observation dtype.
+        warm_start: keep the last plan of every row, shifted by one step (its last
+            control repeated), and start the next call's solve from it when that call
+            gives no ``u_init`` and has the same batch size (receding horizon). Rows marked
+            in ``episode_start`` start from zeros; ``reset_warm_start()`` forgets the cache.
         **solver_options: ``MPCOptions`` fields (``max_iter``, ``tol``, ``grad_method``,
             ``jacobian``, ``on_unconverged``, ...); an unknown name is a ``TypeError``.
 
@@ -84,6 +88,7 @@ class MPCPolicy(nn.Module):
         u_upper: Bound = None,
         obs_to_state: Callable[[Tensor], Tensor] | None = None,
         solve_dtype: torch.dtype | None = None,
+        warm_start: bool = False,
         **solver_options: Any,
     ) -> None:
         super().__init__()
@@ -117,7 +122,37 @@ class MPCPolicy(nn.Module):
                 self.register_buffer(name, bound.detach().clone(), persistent=False)
             else:
                 self._bounds[name] = None if bound is None else float(bound)
+        if not isinstance(warm_start, bool):
+            raise TypeError(f"warm_start: expected a bool, received {warm_start!r}")
+        self.warm_start = warm_start
+        self._warm_plan: Tensor | None = None
         self.last_info: SolverInfo | None = None
+
+    def reset_warm_start(self, rows: Tensor | np.ndarray | None = None) -> None:
+        """Forget the cached plans: all of them, or those of ``rows`` (a (B,) bool mask)."""
+        if rows is None or self._warm_plan is None:
+            self._warm_plan = None
+            return
+        mask = torch.as_tensor(rows, dtype=torch.bool, device=self._warm_plan.device)
+        if mask.shape != self._warm_plan.shape[:1]:
+            raise ValueError(
+                f"rows: expected a bool mask of shape ({self._warm_plan.shape[0]},), "
+                f"received {tuple(mask.shape)}"
+            )
+        self._warm_plan = self._warm_plan.masked_fill(mask.view(-1, 1, 1), 0.0)
+
+    def _cached_start(self, batch: int, episode_start: Tensor | np.ndarray | None) -> Tensor | None:
+        if episode_start is not None:
+            self.reset_warm_start(episode_start)
+        plan = self._warm_plan
+        if plan is None or plan.shape[0] != batch:
+            return None
+        return plan
+
+    def _remember(self, u: Tensor) -> None:
+        """Cache the plan u (B, T, m) shifted by one step, its last control repeated."""
+        u = u.detach()
+        self._warm_plan = torch.cat([u[:, 1:], u[:, -1:]], dim=1)
 
     def extra_repr(self) -> str:
         return f"horizon={self.horizon}, n_ctrl={self.n_ctrl}, solve_dtype={self.solve_dtype}"
@@ -128,14 +163,21 @@ class MPCPolicy(nn.Module):
         bound: Tensor = getattr(self, name)
         return bound.to(dtype=like.dtype, device=like.device)
 
-    def plan(self, obs: Tensor | np.ndarray, u_init: Tensor | None = None) -> Solution:
+    def plan(
+        self,
+        obs: Tensor | np.ndarray,
+        u_init: Tensor | None = None,
+        episode_start: Tensor | np.ndarray | None = None,
+    ) -> Solution:
         """Solve the MPC problem from a batch of observations.
 
         Args:
             obs: (B, n_obs) observations, or (n_obs,) for a single one (the returned
                 tensors then keep a batch dimension of 1). A numpy array is converted.
             u_init: (B, T, m) warm start for this call (e.g. the previous plan shifted by
-                one step); zeros if None.
+                one step); if None, the cached plan with ``warm_start=True``, else zeros.
+            episode_start: (B,) bool, the rows whose episode starts with this observation
+                (their cached plan is dropped); only with ``warm_start=True``.
 
         Returns:
             ``Solution`` with x (B, T, n), u (B, T, m) and cost (B,) in the observation
@@ -162,6 +204,8 @@ class MPCPolicy(nn.Module):
             )
         dtype = self.solve_dtype or x_init.dtype
         x_init = x_init.to(dtype)
+        if u_init is None and self.warm_start:
+            u_init = self._cached_start(int(x_init.shape[0]), episode_start)
         n_ctrl = self.n_ctrl
         if u_init is not None:
             u_init = u_init.to(dtype=dtype, device=x_init.device)
@@ -181,11 +225,18 @@ class MPCPolicy(nn.Module):
         )
         solution = mpc(x_init, self.cost, self.dynamics, u_init)
         self.last_info = solution.info
+        if self.warm_start:
+            self._remember(solution.u)
         out = obs.dtype
         return Solution(
             solution.x.to(out), solution.u.to(out), solution.cost.to(out), solution.info
         )
 
-    def forward(self, obs: Tensor | np.ndarray, u_init: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        obs: Tensor | np.ndarray,
+        u_init: Tensor | None = None,
+        episode_start: Tensor | np.ndarray | None = None,
+    ) -> Tensor:
         """The first control u_1 (B, m) of the plan for observations (B, n_obs)."""
-        return self.plan(obs, u_init).u[:, 0]
+        return self.plan(obs, u_init, episode_start).u[:, 0]

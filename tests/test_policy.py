@@ -153,3 +153,44 @@ def test_control_size_must_be_known():
     with torch.no_grad():
         plan = policy.plan(torch.zeros(2, 3), u_init=torch.zeros(2, 4, 1))
     assert plan.u.shape == (2, 4, 1) and math.isfinite(float(plan.cost[0]))
+
+
+def test_warm_start_cache_starts_from_the_shifted_plan(states):
+    cached = make_policy(warm_start=True)
+    first = cached.plan(states)
+    shifted = torch.cat([first.u[:, 1:], first.u[:, -1:]], dim=1)
+    second = cached.plan(states)  # no u_init: the cached, shifted plan
+    explicit = make_policy().plan(states, u_init=shifted)
+    torch.testing.assert_close(second.u, explicit.u, rtol=0, atol=1e-12)
+    assert torch.equal(cached.last_info.iterations, explicit.info.iterations)
+    # one iteration from the cache and one from zeros land far apart: the cache was used
+    short = {"max_iter": 1, "on_unconverged": "ignore"}
+    cached_short = make_policy(warm_start=True, **short)
+    cached_short.plan(states)
+    warm = cached_short.plan(states)
+    cold = make_policy(**short).plan(states)
+    assert float((warm.u - cold.u).detach().abs().max()) > 1e-3
+
+
+def test_episode_start_rows_start_cold(states):
+    cached = make_policy(warm_start=True)
+    first = cached.plan(states)
+    restart = torch.tensor([True, False, False, True, False, False])
+    shifted = torch.cat([first.u[:, 1:], first.u[:, -1:]], dim=1)
+    shifted[restart] = 0.0
+    second = cached.plan(states, episode_start=restart)
+    explicit = make_policy().plan(states, u_init=shifted)
+    torch.testing.assert_close(second.u, explicit.u, rtol=0, atol=1e-12)
+
+
+def test_warm_start_cache_is_dropped_on_a_new_batch_size_and_on_reset(states):
+    cached = make_policy(warm_start=True)
+    cached.plan(states)
+    cold = make_policy().plan(states[:2])
+    torch.testing.assert_close(cached.plan(states[:2]).u, cold.u, rtol=0, atol=1e-12)
+    cached.reset_warm_start()
+    torch.testing.assert_close(cached.plan(states[:2]).u, cold.u, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match=r"rows: expected a bool mask of shape \(2,\)"):
+        cached.reset_warm_start(np.ones(3, dtype=bool))
+    with pytest.raises(TypeError, match="warm_start: expected a bool"):
+        make_policy(warm_start="yes")

@@ -304,3 +304,37 @@ def test_example_runs_and_logs(tmp_path):
     run = tmp_path / "PPO_1"
     tags = EventAccumulator(str(run), size_guidance={"scalars": 0}).Reload().Tags()["scalars"]
     assert {"eval/mean_reward", "mpc/rollout_iterations", "mpc_param/cost.weights_3"} <= set(tags)
+
+
+def test_vectorized_environments_are_one_batched_solve_and_rollout_log_probs_hold():
+    """PPO's rollout solves all environments' observations in one call per step, and the
+    log-probabilities it stores are those of the update (no warm start enters the mean)."""
+    env = make_vec_env(PENDULUM, n_envs=3, seed=0)
+    model = PPO(
+        MPCActorCriticPolicy,
+        env,
+        n_steps=4,
+        batch_size=12,
+        n_epochs=1,
+        learning_rate=0.0,  # the update leaves the parameters of the rollout
+        seed=0,
+        policy_kwargs={"horizon": 5, "learn": ["cost"]},
+    )
+    calls: list[int] = []
+    plan = model.policy.mpc.plan
+
+    def counting_plan(obs, *args, **kwargs):
+        calls.append(int(obs.shape[0]))
+        return plan(obs, *args, **kwargs)
+
+    model.policy.mpc.plan = counting_plan  # type: ignore[method-assign]
+    model.learn(total_timesteps=12)
+    assert calls[:4] == [3, 3, 3, 3]  # the rollout: one solve of all 3 environments a step
+    assert model.policy.mpc.warm_start is False
+    buffer = model.rollout_buffer
+    obs = torch.as_tensor(buffer.observations.reshape(12, -1))
+    actions = torch.as_tensor(buffer.actions.reshape(12, -1))
+    with torch.no_grad():
+        _, log_prob, _ = model.policy.evaluate_actions(obs, actions)
+    stored = torch.as_tensor(buffer.log_probs.reshape(12))
+    torch.testing.assert_close(log_prob, stored, **TOL)

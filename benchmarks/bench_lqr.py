@@ -68,10 +68,11 @@ def kkt(problem: BoxLQRProblem, u: Tensor) -> Tensor:
     )
 
 
-def ours(problem: BoxLQRProblem) -> tuple[Tensor, Tensor, Tensor]:
+def ours(problem: BoxLQRProblem, backend: str = "auto") -> tuple[Tensor, Tensor, Tensor]:
     """Our solve with default options: x (B, T, n), u (B, T, m), converged (B,).
 
-    Non-convergence is reported in the table rather than warned about.
+    ``backend`` "auto" runs the compiled kernels where numba is installed; "torch" is the
+    torch path (the reference). Non-convergence is reported in the table.
     """
     sol = lqr_solve(
         problem.x_init,
@@ -82,8 +83,14 @@ def ours(problem: BoxLQRProblem) -> tuple[Tensor, Tensor, Tensor]:
         u_lower=problem.u_lower,
         u_upper=problem.u_upper,
         on_unconverged="ignore",
+        backend=backend,
     )
     return sol.x, sol.u, sol.info.converged
+
+
+def ours_torch(problem: BoxLQRProblem) -> tuple[Tensor, Tensor, Tensor]:
+    """Our solve on the torch path."""
+    return ours(problem, backend="torch")
 
 
 def theirs(mpc: ModuleType, settings: ReferenceSettings) -> Callable[..., Any]:
@@ -156,8 +163,11 @@ def main() -> None:
             weights = loss_weights(problem, seed=B)
             row: dict[str, Any] = {"n": n, "m": m, "T": T, "B": B}
             row["active_fraction"] = active_fraction(problem)
-            solvers = {"ours": Measurement(ours, problem, weights)}
-            repeats = [repeats_ours]
+            solvers = {
+                "ours": Measurement(ours, problem, weights),
+                "torchpath": Measurement(ours_torch, problem, weights),
+            }
+            repeats = [repeats_ours, repeats_ours]
             if mpc is not None:
                 settings = reference_settings(mpc, problem)
                 solvers["theirs"] = Measurement(theirs(mpc, settings), problem, weights)
@@ -168,6 +178,8 @@ def main() -> None:
             for (name, solver), (forward_times, backward_times) in zip(solvers.items(), timings):
                 for key, value in solver.summary(forward_times, backward_times).items():
                     row[f"{name}_{key}"] = value
+            row["torch_forward_ratio"] = row["torchpath_forward_s"] / row["ours_forward_s"]
+            row["torch_backward_ratio"] = row["torchpath_backward_s"] / row["ours_backward_s"]
             if mpc is not None:
                 row["forward_ratio"] = row["theirs_forward_s"] / row["ours_forward_s"]
                 row["backward_ratio"] = row["theirs_backward_s"] / row["ours_backward_s"]
@@ -189,7 +201,19 @@ def report(
     records: list[dict[str, Any]], with_reference: bool, repeats_ours: int, repeats_theirs: int
 ) -> None:
     """Print the markdown table and write results/bench_lqr.{json,csv}."""
-    headers = ["n,m,T", "B", "active", "ours fwd s", "ours bwd s", "bwd/fwd", "ours conv (own/KKT)"]
+    headers = [
+        "n,m,T",
+        "B",
+        "active",
+        "ours fwd s",
+        "ours bwd s",
+        "bwd/fwd",
+        "ours conv (own/KKT)",
+        "torch path fwd s",
+        "torch path bwd s",
+        "fwd vs torch path",
+        "bwd vs torch path",
+    ]
     if with_reference:
         headers += [
             "theirs fwd s",
@@ -211,6 +235,10 @@ def report(
             r["ours_backward_s"],
             r["ours_backward_s"] / r["ours_forward_s"],
             f"{r['ours_own_converged']}/{r['ours_kkt_converged']} of {B}",
+            r["torchpath_forward_s"],
+            r["torchpath_backward_s"],
+            r["torch_forward_ratio"],
+            r["torch_backward_ratio"],
         ]
         if with_reference:
             row += [
@@ -230,7 +258,8 @@ def report(
         "repeats_ours": repeats_ours,
         "repeats_theirs": repeats_theirs,
         "statistic": "median",
-        "ours": "lqr_solve with default MPCOptions (on_unconverged='ignore')",
+        "ours": "lqr_solve with default MPCOptions (on_unconverged='ignore'); backend auto "
+        "(compiled kernels) and, as 'torch path', backend='torch'",
         "theirs": f"mpc.MPC(QuadCost, LinDx), eps={REFERENCE_EPS}, lqr_iter from {REFERENCE_ITERS}",
         "kkt_tol": KKT_TOL,
     }

@@ -81,8 +81,8 @@ def kkt(problem: BoxLQRProblem, dynamics: PendulumDynamics, u: Tensor) -> Tensor
     )
 
 
-def ours(grad_method: str) -> Solver:
-    """Our MPC with default options but ``grad_method``: x, u, converged.
+def ours(grad_method: str, backend: str = "auto") -> Solver:
+    """Our MPC with default options but ``grad_method`` and ``backend``: x, u, converged.
 
     Non-convergence is reported in the table rather than warned about.
     """
@@ -94,6 +94,7 @@ def ours(grad_method: str) -> Solver:
         u_upper=U_BOUND,
         grad_method=grad_method,
         on_unconverged="ignore",
+        backend=backend,
     )
 
     def solve(problem: BoxLQRProblem, dynamics: PendulumDynamics) -> tuple[Tensor, Tensor, Tensor]:
@@ -184,8 +185,11 @@ def main() -> None:
     for B in BATCHES:
         problem = make_problem(B, seed=B)
         row: dict[str, Any] = {"B": B, "T": T}
-        solvers = {"ours": Measurement(ours(args.grad_method), problem, seed=B)}
-        repeats = [repeats_ours]
+        solvers = {
+            "ours": Measurement(ours(args.grad_method), problem, seed=B),
+            "torchpath": Measurement(ours(args.grad_method, "torch"), problem, seed=B),
+        }
+        repeats = [repeats_ours, repeats_ours]
         if mpc is not None:
             settings = reference_settings(mpc, problem)
             solvers["theirs"] = Measurement(theirs(mpc, settings), problem, seed=B)
@@ -200,6 +204,8 @@ def main() -> None:
         row["ours_no_grad_forward_s"] = no_grad_forward(
             ours(args.grad_method), problem, repeats_ours
         )
+        row["torch_forward_ratio"] = row["torchpath_forward_s"] / row["ours_forward_s"]
+        row["torch_backward_ratio"] = row["torchpath_backward_s"] / row["ours_backward_s"]
         if mpc is not None:
             row["forward_ratio"] = row["theirs_forward_s"] / row["ours_forward_s"]
             row["backward_ratio"] = row["theirs_backward_s"] / row["ours_backward_s"]
@@ -225,6 +231,10 @@ def report(
         "ours bwd s",
         "ours conv (own/KKT)",
         "ours cost",
+        "torch path fwd s",
+        "torch path bwd s",
+        "fwd vs torch path",
+        "bwd vs torch path",
     ]
     if with_reference:
         headers += [
@@ -247,6 +257,10 @@ def report(
             r["ours_backward_s"],
             f"{r['ours_own_converged']}/{r['ours_kkt_converged']} of {B}",
             r["ours_mean_cost"],
+            r["torchpath_forward_s"],
+            r["torchpath_backward_s"],
+            r["torch_forward_ratio"],
+            r["torch_backward_ratio"],
         ]
         if with_reference:
             row += [
@@ -269,7 +283,8 @@ def report(
         "repeats_theirs": repeats_theirs,
         "statistic": "median",
         "ours": f"MPC defaults, grad_method={grad_method}, on_unconverged='ignore', "
-        "autograd Jacobians",
+        "autograd Jacobians; backend auto (compiled kernels) and, as 'torch path', "
+        "backend='torch'",
         "theirs": "mpc.MPC(QuadCost, PendulumDynamics, GradMethods.AUTO_DIFF), "
         f"linesearch_decay=0.2, max_linesearch_iter=5, (lqr_iter, eps) from {REFERENCE_CANDIDATES}",
         "kkt_tol": KKT_TOL,

@@ -670,8 +670,8 @@ def test_batch_elements_are_independent() -> None:
 
 def test_arguments_without_an_equivalent_raise_clear_errors() -> None:
     dx, x_init, cost = _pendulum_batch(2)
-    with pytest.raises(ValueError, match="delta_u: not supported"):
-        mpc.MPC(3, 1, 10, -2.0, 2.0, delta_u=0.1)
+    with pytest.raises(ValueError, match="delta_u: expected a positive float or None"):
+        mpc.MPC(3, 1, 10, -2.0, 2.0, delta_u=-0.1)
     with pytest.raises(ValueError, match=r"grad_method: expected GradMethods\.AUTO_DIFF"):
         mpc.MPC(3, 1, 10, grad_method=GradMethods.ANALYTIC_CHECK)
     with pytest.raises(ValueError, match="line_search_decay"):

@@ -17,63 +17,25 @@ from __future__ import annotations
 
 import logging
 from contextlib import nullcontext
-from enum import Enum
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from mpc_policy.compat.modules import RowCost, RowDynamics, has_jacobian
-from mpc_policy.compat.problem import (
-    control_bound,
-    dynamics_terms,
-    initial_controls,
-    previous_controls,
-    quadratic_terms,
-    time_invariant_dynamics,
-    zero_mask,
-)
-from mpc_policy.compat.slew import SlewCost, SlewDynamics, slew_linear, slew_quadratic
-from mpc_policy.costs import QuadraticCost
-from mpc_policy.linearize import dynamics_jacobian
-from mpc_policy.lqr import lqr_solve
-from mpc_policy.mpc import MPC as NativeMPC
+from mpc_policy.compat.dispatch import build_problem, solve
+from mpc_policy.compat.local_models import approximate_cost, linearize_dynamics
+from mpc_policy.compat.lqr_step import LQRStep
+from mpc_policy.compat.modules import RowCost
+from mpc_policy.compat.problem import contiguous_grad
+from mpc_policy.compat.slew import SlewRateCost
+from mpc_policy.compat.terms import GradMethods, LinDx, QuadCost
+from mpc_policy.compat.trust_region import solve_trust_region
 from mpc_policy.options import GradMethod, MPCOptions
 from mpc_policy.solution import Solution, SolverInfo
 
-__all__ = ["MPC", "GradMethods", "LinDx", "QuadCost"]
+__all__ = ["MPC", "GradMethods", "LinDx", "QuadCost", "SlewRateCost"]
 
 logger = logging.getLogger(__name__)
-
-
-class QuadCost(NamedTuple):
-    """Quadratic cost 1/2 tau_t' C_t tau_t + c_t' tau_t, tau_t = [x_t; u_t].
-
-    C: [T, B, n+m, n+m], [T, n+m, n+m] or [n+m, n+m]; c: [T, B, n+m], [T, n+m], [n+m] or None.
-    """
-
-    C: Tensor | None = None
-    c: Tensor | None = None
-
-
-class LinDx(NamedTuple):
-    """Affine dynamics x_{t+1} = F_t tau_t + f_t.
-
-    F: [T-1, B, n, n+m] (a T-th step is ignored), [T-1, n, n+m] or [n, n+m];
-    f: [T-1, B, n], [T-1, n], [n] or None.
-    """
-
-    F: Tensor | None = None
-    f: Tensor | None = None
-
-
-class GradMethods(Enum):
-    """How a dynamics module is linearized (mpc.pytorch's names)."""
-
-    AUTO_DIFF = 1
-    FINITE_DIFF = 2
-    ANALYTIC = 3
-    ANALYTIC_CHECK = 4
 
 
 _JACOBIAN = {
@@ -85,8 +47,6 @@ _RENAMED = (
     "mpc_policy.compat passes lqr_iter as max_iter, eps as tol, linesearch_decay as "
     "line_search_decay, max_linesearch_iter as max_line_search and diff_rule as grad_method"
 )
-# the options of a box-LQR solve (its gradient is exact, whatever the rule or Jacobian)
-_LQR_OPTIONS = ("max_iter", "tol", "line_search_decay", "max_line_search", "on_unconverged")
 
 
 class MPC(nn.Module):
@@ -102,7 +62,8 @@ class MPC(nn.Module):
         lqr_iter: maximum box-DDP iterations (``max_iter``).
         grad_method: ``GradMethods`` member: how dynamics modules are linearized
             (``jacobian`` "autograd", "finite_diff" or "analytic" from ``dx.grad_input``).
-        delta_u: not supported (raises ``ValueError``; see the message).
+        delta_u: trust region: no control changes by more than this in one iteration
+            (``mpc_policy.compat.trust_region``); None (default) for none.
         verbose: -1 no warnings, 0 warnings, 1+ a summary of each solve logged at INFO on
             the ``mpc_policy.compat.mpc`` logger.
         eps: convergence tolerance on the full control step (``tol``, relative to
@@ -182,18 +143,12 @@ class MPC(nn.Module):
 
     def _options(self) -> dict[str, Any]:
         """The ``MPCOptions`` fields these arguments map to (checked by ``MPCOptions``)."""
-        if self.delta_u is not None:
-            raise ValueError(
-                f"delta_u: not supported (received {self.delta_u!r}); mpc_policy's box-DDP "
-                "takes no per-iteration trust region. A fixed point with delta_u is one "
-                "without it, so drop it; to keep iterates near a warm start, tighten "
-                "u_lower/u_upper around u_init instead"
-            )
         for name, valid, expected in (
             ("back_eps", lambda v: isinstance(v, float | int) and v > 0, "a positive float"),
             ("best_cost_eps", lambda v: isinstance(v, float | int) and v > 0, "a positive float"),
             ("not_improved_lim", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
             ("slew_rate_penalty", lambda v: v is None or float(v) >= 0, "a float >= 0 or None"),
+            ("delta_u", lambda v: v is None or float(v) > 0, "a positive float or None"),
         ):
             value = getattr(self, name)
             if not valid(value):
@@ -247,7 +202,7 @@ class MPC(nn.Module):
             )
         options = self._options()
         with nullcontext() if self.backprop else torch.no_grad():
-            solution = self._solve(x_init, cost, dx, options)
+            solution = self._solve(contiguous_grad(x_init), cost, dx, options)
         info = self.last_info = solution.info
         info.enforce(self._policy())
         x, u, costs = solution.x[..., -self.n_state :], solution.u, solution.cost
@@ -264,7 +219,7 @@ class MPC(nn.Module):
                 batch,
                 int(info.iterations.max()),
                 float(info.residual.max()),
-                float(costs.mean()),
+                float(costs.detach().mean()),
             )
         return x.transpose(0, 1), u.transpose(0, 1), costs
 
@@ -275,56 +230,84 @@ class MPC(nn.Module):
         dx: LinDx | nn.Module,
         options: dict[str, Any],
     ) -> Solution:
-        """Dispatch to ``lqr_solve`` or ``MPC``; x of the solution may carry the slew state."""
-        n, m, T = self.n_state, self.n_ctrl, self.T
-        batch = x_init.shape[0]
-        if not isinstance(cost, (QuadCost, nn.Module)):
-            raise TypeError(f"cost: expected a QuadCost or an nn.Module, received {type(cost)}")
-        if not isinstance(dx, (LinDx, nn.Module)):
-            raise TypeError(f"dx: expected a LinDx or an nn.Module, received {type(dx)}")
-        zero = zero_mask(self.u_zero_I, T, batch, m)
-        lower = control_bound("u_lower", self.u_lower, zero, T, batch, m, x_init)
-        upper = control_bound("u_upper", self.u_upper, zero, T, batch, m, x_init)
-        gamma = self.slew_rate_penalty
-        if gamma is not None:
-            prev = previous_controls(self.prev_ctrl, batch, m, x_init)
-            x_init = torch.cat([prev, x_init], dim=-1)
-
-        cost_module: nn.Module
+        """The native solve (with ``delta_u``'s trust region if set); x may carry u_prev."""
         if isinstance(cost, QuadCost):
-            if cost.C is None:
-                raise ValueError("QuadCost.C: expected a tensor, received None")
-            C, c = quadratic_terms(cost.C, cost.c, T, batch, n + m)
-            if gamma is not None:
-                C, c = slew_quadratic(C, c, gamma, m)
-            if isinstance(dx, LinDx):
-                F, f = dynamics_terms(dx.F, dx.f, T, batch, n, n + m)
-                if gamma is not None:
-                    F, f = slew_linear(F, f, m)
-                lqr_options = {k: options[k] for k in _LQR_OPTIONS}
-                return lqr_solve(x_init, C, c, F, f, lower, upper, **lqr_options)
-            cost_module = QuadraticCost(C, c)
-        else:
-            cost_module = RowCost(cost)
-            if gamma is not None:
-                cost_module = SlewCost(cost_module, gamma, m)
-
-        dynamics: nn.Module
+            cost = QuadCost(contiguous_grad(cost.C), contiguous_grad(cost.c))
         if isinstance(dx, LinDx):
-            dynamics = time_invariant_dynamics(*dynamics_terms(dx.F, dx.f, T, batch, n, n + m))
-        else:
-            if options["jacobian"] == "analytic" and not has_jacobian(dx):
-                raise TypeError(
-                    f"dx: GradMethods.ANALYTIC (the default) needs a grad_input(x, u) "
-                    f"method; {type(dx).__name__} has none (pass "
-                    "grad_method=GradMethods.AUTO_DIFF or GradMethods.FINITE_DIFF)"
-                )
-            dynamics = RowDynamics(dx)
-        if gamma is not None:
-            dynamics = SlewDynamics(dynamics, m)
-        solver = NativeMPC(x_init.shape[1], m, T, lower, upper, **options)
-        u_init = initial_controls(self.u_init, T, batch, m, x_init)
-        return solver(x_init, cost_module, dynamics, u_init)
+            dx = LinDx(contiguous_grad(dx.F), contiguous_grad(dx.f))
+        settings = {
+            "n_state": self.n_state,
+            "n_ctrl": self.n_ctrl,
+            "T": self.T,
+            "u_lower": contiguous_grad(self.u_lower),
+            "u_upper": contiguous_grad(self.u_upper),
+            "u_zero_I": self.u_zero_I,
+            "u_init": self.u_init,
+            "slew_rate_penalty": self.slew_rate_penalty,
+            "prev_ctrl": contiguous_grad(self.prev_ctrl),
+        }
+        problem = build_problem(x_init, cost, dx, settings, options["jacobian"])
+        if self.delta_u is None:
+            return solve(problem, options)
+        return solve_trust_region(problem, options, float(self.delta_u))
+
+    def solve_lqr_subproblem(
+        self,
+        x_init: Tensor,
+        C: Tensor,
+        c: Tensor,
+        F: Tensor,
+        f: Tensor | None,
+        cost: QuadCost | nn.Module,
+        dynamics: LinDx | nn.Module,
+        x: Tensor,
+        u: Tensor,
+        no_op_forward: bool = False,
+    ) -> tuple[Tensor, ...]:
+        """One box-iLQR step of this MPC's settings on the model (C, c, F, f) around (x, u).
+
+        See ``mpc_policy.compat.lqr_step.LQRStep`` for the arguments and the return value;
+        the slew-rate penalty is not applied here (``forward`` applies it).
+        """
+        if self.slew_rate_penalty is not None:
+            raise ValueError(
+                f"slew_rate_penalty: expected None for solve_lqr_subproblem, received "
+                f"{self.slew_rate_penalty!r} (forward() applies the penalty)"
+            )
+        step = LQRStep(
+            self.n_state,
+            self.n_ctrl,
+            self.T,
+            self.u_lower,
+            self.u_upper,
+            self.u_zero_I,
+            self.delta_u,
+            self.linesearch_decay,
+            self.max_linesearch_iter,
+            true_cost=cost,
+            true_dynamics=dynamics,
+            current_x=x,
+            current_u=u,
+            no_op_forward=no_op_forward,
+        )
+        return step(x_init, C, c, F, f)
+
+    def approximate_cost(
+        self, x: Tensor, u: Tensor, Cf: nn.Module, diff: bool = True
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Quadratic model 1/2 tau' C_t tau + c_t' tau of a cost module along a trajectory.
+
+        Args:
+            x: [T, B, n] states.
+            u: [T, B, m] controls.
+            Cf: row-wise cost module cost(tau [N, n+m]) -> [N].
+            diff: keep the graph to the module's parameters.
+
+        Returns:
+            Hessians C [T, B, n+m, n+m], linear terms c = grad - C tau [T, B, n+m] and the
+            costs [T, B] at the trajectory.
+        """
+        return approximate_cost(RowCost(Cf), x, u, diff)
 
     def linearize_dynamics(
         self, x: Tensor, u: Tensor, dynamics: nn.Module, diff: bool
@@ -340,11 +323,4 @@ class MPC(nn.Module):
         Returns:
             F [T-1, B, n, n+m] (by ``grad_method``) and f [T-1, B, n].
         """
-        model = RowDynamics(dynamics)
-        F = dynamics_jacobian(
-            model, x[:-1], u[:-1], method=self._jacobian_method(), create_graph=diff
-        )
-        tau = torch.cat([x[:-1], u[:-1]], dim=-1)
-        with nullcontext() if diff else torch.no_grad():
-            f = model(x[:-1], u[:-1]) - (F @ tau.unsqueeze(-1)).squeeze(-1)
-        return F, f
+        return linearize_dynamics(dynamics, x, u, self._jacobian_method(), diff)

@@ -15,6 +15,7 @@ back to it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -23,6 +24,7 @@ from mpc_policy.dynamics import AffineDynamics
 
 __all__ = [
     "batch_first",
+    "contiguous_grad",
     "control_bound",
     "dynamics_terms",
     "initial_controls",
@@ -31,6 +33,30 @@ __all__ = [
     "time_invariant_dynamics",
     "zero_mask",
 ]
+
+
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward hands the gradient on contiguous (mpc.pytorch's layout)."""
+
+    @staticmethod
+    def forward(ctx: Any, value: Tensor) -> Tensor:
+        return value.view_as(value)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        return grad.contiguous()
+
+
+def contiguous_grad(value: Any) -> Any:
+    """A user's tensor whose gradient will arrive contiguous; anything else unchanged.
+
+    The solver works on batch-first views (transposes, expands) of the time-major terms,
+    so the raw gradient of a term is a transposed view; ``grad.view(-1)`` on it fails
+    where it works with mpc.pytorch.
+    """
+    if isinstance(value, Tensor) and value.requires_grad:
+        return _ContiguousGrad.apply(value)
+    return value
 
 
 def _shape(shape: Sequence[int | str]) -> str:

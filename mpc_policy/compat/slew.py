@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as nnf
 from torch import Tensor, nn
 
-__all__ = ["SlewCost", "SlewDynamics", "slew_linear", "slew_quadratic"]
+__all__ = ["SlewCost", "SlewDynamics", "SlewRateCost", "slew_linear", "slew_quadratic"]
 
 
 def _penalty_matrix(gamma: float, m: int, n: int, like: Tensor) -> Tensor:
@@ -126,3 +126,31 @@ class SlewCost(nn.Module):
         change = u - z[..., : self.n_ctrl]
         penalty = 0.5 * self.gamma * (change * change).sum(-1)
         return self.cost(z[..., self.n_ctrl :], u) + penalty
+
+
+class SlewRateCost(nn.Module):
+    """mpc.pytorch's ``SlewRateCost``: a row-wise cost plus 1/2 tau' slew_C[0] tau.
+
+    Args:
+        cost: row-wise cost module cost(tau [N, n+m]) -> [N] on the true tau = [x; u].
+        slew_C: [T, B, 2m+n, 2m+n] (or [T, 2m+n, 2m+n]) penalty matrices on the augmented
+            tau = [u_prev; x; u]; only the first step's is used (the penalty is
+            time-invariant): row i of a call gets batch element i's.
+        n_state, n_ctrl: n and m.
+    """
+
+    def __init__(self, cost: nn.Module, slew_C: Tensor, n_state: int, n_ctrl: int) -> None:
+        super().__init__()
+        self.cost, self.slew_C = cost, slew_C
+        self.n_state, self.n_ctrl = n_state, n_ctrl
+
+    def forward(self, tau: Tensor) -> Tensor:
+        """Costs [N] of augmented rows tau [N, 2m+n]."""
+        P = self.slew_C[0]  # [B, d, d] (one per row) or [d, d]
+        Ptau = (P @ tau.unsqueeze(-1)).squeeze(-1) if P.dim() == 3 else tau @ P.transpose(0, 1)
+        penalty = 0.5 * (Ptau * tau).sum(-1)
+        return self.cost(tau[:, self.n_ctrl :]) + penalty
+
+    def grad_input(self, x: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+        """Not available, as in mpc.pytorch (a cost has no dynamics Jacobian)."""
+        raise NotImplementedError("SlewRateCost.grad_input: a cost module has no grad_input")

@@ -13,13 +13,40 @@ C (T, B, d, d), F (T-1, B, n, d), tau (T, B, d).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
 from mpc_policy.box_qp import masked_solve
 from mpc_policy.riccati import Gains
 
-__all__ = ["adjoint_solve", "costates", "costates_from_gradient"]
+__all__ = [
+    "ImplicitGradients",
+    "adjoint_solve",
+    "costates",
+    "costates_from_gradient",
+    "implicit_gradients",
+]
+
+
+class ImplicitGradients(NamedTuple):
+    """What eqs. (7)-(9) give for an LQR solution and a loss gradient (time-major).
+
+    Attributes:
+        dtau: (T, B, d) the backward LQR's solution d*_tau; dL/dc = dtau.
+        dlam: (T, B, n) its costates; dL/dx_init = dlam[0], dL/df = dlam[1:].
+        dC: (T, B, d, d) dL/dC, or None when not asked for.
+        dF: (T-1, B, n, d) dL/dF, or None when not asked for.
+        residual_u: (T, B, m) the control rows of the backward problem's stationarity
+            residual (the multipliers of the active bounds), or None when not asked for.
+    """
+
+    dtau: Tensor
+    dlam: Tensor
+    dC: Tensor | None
+    dF: Tensor | None
+    residual_u: Tensor | None
 
 
 def adjoint_solve(gains: Gains, F: Tensor, grad_tau: Tensor) -> Tensor:
@@ -93,3 +120,48 @@ def costates(C: Tensor, c: Tensor, F: Tensor, tau: Tensor) -> Tensor:
         lam: (T, B, n), as ``costates_from_gradient``.
     """
     return costates_from_gradient((C @ tau.unsqueeze(-1)).squeeze(-1) + c, F)
+
+
+def implicit_gradients(
+    gains: Gains,
+    C: Tensor,
+    c: Tensor,
+    F: Tensor,
+    tau: Tensor,
+    grad_tau: Tensor,
+    need_C: bool,
+    need_F: bool,
+    need_bounds: bool,
+) -> ImplicitGradients:
+    """The implicit backward pass of box LQR: eq. (9), the costates of eq. (7), eq. (8).
+
+    Args:
+        gains: factorization at the solution (its free set fixes the clamped controls).
+        C: (T, B, d, d) quadratic terms.
+        c: (T, B, d) linear terms.
+        F: (T-1, B, n, d) dynamics matrices.
+        tau: (T, B, d) the solution.
+        grad_tau: (T, B, d) gradient of the loss with respect to tau.
+        need_C, need_F, need_bounds: which of dC, dF and residual_u to form.
+
+    Returns:
+        ``ImplicitGradients``.
+    """
+    n = F.shape[-2]
+    dtau = adjoint_solve(gains, F, grad_tau)  # eq. (9)
+    stationarity = (C @ dtau.unsqueeze(-1)).squeeze(-1) + grad_tau
+    dlam = costates_from_gradient(stationarity, F)
+    dC = dF = residual_u = None
+    # eq. (8); the outer products only where an input asks for them
+    if need_C:
+        dC = 0.5 * (dtau.unsqueeze(-1) * tau.unsqueeze(-2) + tau.unsqueeze(-1) * dtau.unsqueeze(-2))
+    if need_F:
+        lam = costates(C, c, F, tau)  # eq. (7)
+        dF = dlam[1:].unsqueeze(-1) * tau[:-1].unsqueeze(-2)
+        dF = dF + lam[1:].unsqueeze(-1) * dtau[:-1].unsqueeze(-2)
+    if need_bounds:
+        residual_u = stationarity[..., n:].clone()
+        if F.shape[0] > 0:
+            F_u = F[..., n:]
+            residual_u[:-1] += (F_u.transpose(-1, -2) @ dlam[1:].unsqueeze(-1)).squeeze(-1)
+    return ImplicitGradients(dtau, dlam, dC, dF, residual_u)

@@ -41,6 +41,7 @@ class Kernels(NamedTuple):
         factorize: as ``mpc_policy.riccati.factorize``.
         adjoint_solve: as ``mpc_policy.adjoint.adjoint_solve``.
         costates_from_gradient: as ``mpc_policy.adjoint.costates_from_gradient``.
+        implicit_gradients: as ``mpc_policy.adjoint.implicit_gradients``.
         affine_rollout: as ``mpc_policy.compiled.rollout.affine_rollout``, or None (torch
             rolls affine dynamics out step by step like any model).
     """
@@ -50,6 +51,7 @@ class Kernels(NamedTuple):
     factorize: Callable[..., riccati.Gains]
     adjoint_solve: Callable[..., torch.Tensor]
     costates_from_gradient: Callable[..., torch.Tensor]
+    implicit_gradients: Callable[..., adjoint.ImplicitGradients]
     affine_rollout: Callable[..., Any] | None
 
 
@@ -59,6 +61,7 @@ TORCH = Kernels(
     riccati.factorize,
     adjoint.adjoint_solve,
     adjoint.costates_from_gradient,
+    adjoint.implicit_gradients,
     None,
 )
 
@@ -79,6 +82,7 @@ def _compiled() -> Kernels | None:
         compiled_riccati.factorize,
         compiled_adjoint.adjoint_solve,
         compiled_adjoint.costates_from_gradient,
+        compiled_adjoint.implicit_gradients,
         compiled_rollout.affine_rollout,
     )
 

@@ -7,9 +7,11 @@ Iterates, from a nominal trajectory tau_bar = (x_bar, u_bar):
     3. roll the true dynamics out with u = u_bar + alpha k + K (x - x_bar), clamped to the
        box, for alpha = 1, decay, decay^2, ... until the true cost decreases;
 
-until the full step (alpha = 1) changes no control by more than tol * (1 + max |u_bar|): a
-fixed point of the convex approximation (eq. (11)). Every batch element takes its own
-step size and stops on its own; a converged element's trajectory is frozen.
+until the full step (alpha = 1) on the linearized dynamics changes no control by more than
+tol * (1 + max |u_bar|): a fixed point of the convex approximation (eq. (11)). That test
+needs no call of the model, so the pass that confirms convergence costs no rollout. Every
+batch element takes its own step size and stops on its own; a converged element's
+trajectory is frozen.
 
 The problem is given as a ``Model``: an LQR problem and a nonlinear cost/dynamics pair are
 both models, so the bounded LQR layer and the nonlinear MPC share this loop.
@@ -27,7 +29,7 @@ from mpc_policy.options import MPCOptions
 from mpc_policy.riccati import Gains
 from mpc_policy.solution import SolverInfo
 
-__all__ = ["DDPResult", "Model", "box_ddp", "rollout"]
+__all__ = ["DDPResult", "Model", "box_ddp", "linear_step", "rollout"]
 
 # Line-search candidates are rolled out together while the batch of all of them has at most
 # this many rows (beyond it, arithmetic outweighs the tensor operations saved).
@@ -165,6 +167,62 @@ def rollout(
     return torch.stack(xs, dim), torch.stack(us, dim)
 
 
+def linear_step(
+    kernels: Kernels,
+    F: Tensor,
+    u_bar: Tensor,
+    gains: Gains,
+    lower: Tensor | None,
+    upper: Tensor | None,
+) -> Tensor:
+    """Controls (T, B, m) of the full DDP step rolled out on the linearized dynamics.
+
+    dx_1 = 0, u_t = clamp(u_bar_t + k_t + K_t dx_t), dx_{t+1} = F_t [dx_t; u_t - u_bar_t]:
+    the minimizer of the convex approximation, whose distance to u_bar is the fixed-point
+    residual, computed without calling the model.
+
+    Args:
+        kernels: the backend (the compiled one rolls the affine model out in one call).
+        F: (T-1, B, n, d) dynamics Jacobians at the nominal trajectory.
+        u_bar: (T, B, m) nominal controls.
+        gains: the step's feedback K (T, B, m, n) and feedforward k (T, B, m).
+        lower: (T, B, m) control lower bounds or None.
+        upper: (T, B, m) control upper bounds or None.
+    """
+    T, B, _ = u_bar.shape
+    n = F.shape[-2]
+    with torch.no_grad():
+        F, u_bar = F.detach(), u_bar.detach()
+        K, k = gains.K.detach(), gains.k.detach()
+        if kernels.affine_rollout is not None:
+            # dx_{t+1} = F_t [dx_t; u_t] + f_t with f_t = -F_u,t u_bar_t
+            f = -(F[..., n:] @ u_bar[:-1].unsqueeze(-1)).squeeze(-1)
+            zeros = torch.zeros(B, n, dtype=u_bar.dtype, device=u_bar.device)
+            x_bar = torch.zeros(T, B, n, dtype=u_bar.dtype, device=u_bar.device)
+            lo, hi = lower, upper
+            if (lo is None) != (hi is None):
+                lo = torch.full_like(u_bar, -torch.inf) if lo is None else lo
+                hi = torch.full_like(u_bar, torch.inf) if hi is None else hi
+            alpha = torch.ones(1, dtype=u_bar.dtype)
+            _, u = kernels.affine_rollout(F, f, zeros, u_bar, x_bar, K, k, alpha, lo, hi)
+            return u[0]
+        lower_steps = (None,) * T if lower is None else lower.unbind(0)
+        upper_steps = (None,) * T if upper is None else upper.unbind(0)
+        u_open = (u_bar + k).unbind(0)
+        u_bar_steps, K_steps = u_bar.unbind(0), K.unbind(0)
+        F_x, F_u = F[..., :n].unbind(0), F[..., n:].unbind(0)
+        dx = torch.zeros(B, n, 1, dtype=u_bar.dtype, device=u_bar.device)
+        us = []
+        for t in range(T):
+            u_t = torch.baddbmm(u_open[t].unsqueeze(-1), K_steps[t], dx).squeeze(-1)
+            u_t = _clamp(u_t, lower_steps[t], upper_steps[t])
+            us.append(u_t)
+            if t < T - 1:
+                du = (u_t - u_bar_steps[t]).unsqueeze(-1)
+                dx = torch.baddbmm(torch.bmm(F_u[t], du), F_x[t], dx)
+        return torch.stack(us)
+
+
 def _backward_pass(
     kernels: Kernels,
     C: Tensor,
@@ -263,14 +321,23 @@ def box_ddp(
         gains = _backward_pass(
             kernels, C, g, F, du_lower, du_upper, gains, moved, options, warn_regularization
         )
-        x_full, u_full = rollout(model, x_init, u_bar, x_bar, gains, 1.0, lower, upper, kernels)
+        # the fixed-point test on the full step of the convex approximation (eq. (11)):
+        # the step on the linearized dynamics, without calling the model
+        affine = getattr(model, "affine", None) is not None
+        if affine:
+            x_full, u_full = rollout(model, x_init, u_bar, x_bar, gains, 1.0, lower, upper, kernels)
+            u_model = u_full
+        else:
+            u_model = linear_step(kernels, F, u_bar, gains, lower, upper)
         scale = 1.0 + u_bar.detach().abs().amax(dim=(0, 2))
-        residual = (u_full - u_bar).detach().abs().amax(dim=(0, 2)) / scale
+        residual = (u_model - u_bar).detach().abs().amax(dim=(0, 2)) / scale
         converged = converged | (residual <= tol)
         pending = ~converged & ~stalled & (iterations < options.max_iter)
         if not bool(pending.any()):
             break
         iterations = iterations + pending.long()
+        if not affine:
+            x_full, u_full = rollout(model, x_init, u_bar, x_bar, gains, 1.0, lower, upper, kernels)
 
         # a step whose cost change is below the rounding of the cost is not refused
         threshold = cost_bar.detach() + 10.0 * eps * (1.0 + cost_bar.detach().abs())

@@ -72,11 +72,6 @@ class QuadraticModel:
         return (self.F[t] @ tau.unsqueeze(-1)).squeeze(-1) + self.f[t]
 
 
-def _costates(kernels: Kernels, C: Tensor, c: Tensor, F: Tensor, tau: Tensor) -> Tensor:
-    """Costates (T, B, n) of an LQR problem at a trajectory tau (T, B, d), eq. (7)."""
-    return kernels.costates_from_gradient((C @ tau.unsqueeze(-1)).squeeze(-1) + c, F)
-
-
 class _ImplicitLQR(torch.autograd.Function):
     """Identity on a known LQR solution whose backward pass is eqs. (9) and (8).
 
@@ -113,33 +108,19 @@ class _ImplicitLQR(torch.autograd.Function):
         C, c, F, x, u, u_lower, u_upper = ctx.saved_tensors
         gains: Gains = ctx.gains
         kernels = select(ctx.backend, x.device, needs_graph=torch.is_grad_enabled())
-        n = x.shape[-1]
         tau = torch.cat([x, u], dim=-1)
         grad_tau = torch.cat([grad_x, grad_u], dim=-1)
-        dtau = kernels.adjoint_solve(gains, F, grad_tau)  # eq. (9)
-        lam = _costates(kernels, C, c, F, tau) if ctx.needs_input_grad[3] else None  # eq. (7)
-        dlam = _costates(kernels, C, grad_tau, F, dtau)
-        # eq. (8); the outer products only where an input asks for them (the MPC layer
-        # passes C and F as constants: its parameter gradient flows through c and f)
-        dC = dF = None
-        if ctx.needs_input_grad[1]:
-            dC = 0.5 * (
-                dtau.unsqueeze(-1) * tau.unsqueeze(-2) + tau.unsqueeze(-1) * dtau.unsqueeze(-2)
-            )
-        if ctx.needs_input_grad[3]:
-            dF = dlam[1:].unsqueeze(-1) * tau[:-1].unsqueeze(-2)
-            dF = dF + lam[1:].unsqueeze(-1) * dtau[:-1].unsqueeze(-2)
-        dc = dtau
-        dx_init = dlam[0]
-        df = dlam[1:]
+        # the MPC layer passes C and F as constants: its parameter gradient flows through
+        # c and f, so the outer products of eq. (8) are formed only when asked for
+        need = ctx.needs_input_grad
+        grads = kernels.implicit_gradients(
+            gains, C, c, F, tau, grad_tau, need[1], need[3], need[5] or need[6]
+        )
+        dx_init, dc, df = grads.dlam[0], grads.dtau, grads.dlam[1:]
         d_lower = d_upper = None
-        if ctx.needs_input_grad[5] or ctx.needs_input_grad[6]:
+        if grads.residual_u is not None:
             # multipliers of the active bounds: the u-rows of the stationarity residual
-            residual = (C @ dtau.unsqueeze(-1)).squeeze(-1) + grad_tau
-            residual_u = residual[..., n:].clone()
-            if F.shape[0] > 0:
-                Fu = F[..., n:]
-                residual_u[:-1] += (Fu.transpose(-1, -2) @ dlam[1:].unsqueeze(-1)).squeeze(-1)
+            residual_u = grads.residual_u
             clamped = ~gains.free
             if u_lower is not None:
                 at_lower = clamped & (u <= u_lower)
@@ -147,6 +128,7 @@ class _ImplicitLQR(torch.autograd.Function):
             if u_upper is not None:
                 at_upper = clamped & (u >= u_upper)
                 d_upper = torch.where(at_upper, residual_u, torch.zeros_like(residual_u))
+        dC, dF = grads.dC, grads.dF
         return dx_init, dC, dc, dF, df, d_lower, d_upper, None, None, None, None
 
 

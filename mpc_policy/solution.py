@@ -23,7 +23,8 @@ class SolverInfo:
         iterations: (B,) outer iterations each element used.
         converged: (B,) whether each element reached a fixed point within tolerance.
         residual: (B,) final fixed-point residual: the largest control change that a full
-            step would still make, relative to 1 + max |u|.
+            step of the convex approximation (on the linearized dynamics) would still
+            make, relative to 1 + max |u|.
         step_size: (B,) the last line-search step accepted (0 if none was).
         backend: which implementation ran the numerics, "compiled" or "torch"
             (``mpc_policy.backend``).

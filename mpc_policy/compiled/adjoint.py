@@ -13,10 +13,11 @@ import torch
 from numba import njit
 from torch import Tensor
 
+from mpc_policy.adjoint import ImplicitGradients
 from mpc_policy.compiled._linalg import masked_solve_vector
 from mpc_policy.riccati import Gains
 
-__all__ = ["adjoint_solve", "costates_from_gradient"]
+__all__ = ["adjoint_solve", "costates_from_gradient", "implicit_gradients"]
 
 
 @njit(cache=True, nogil=True)
@@ -115,3 +116,142 @@ def costates_from_gradient(grad: Tensor, F: Tensor) -> Tensor:
     lam = torch.empty(T, B, n, dtype=grad.dtype)
     _costates(grad.detach().contiguous().numpy(), F.detach().contiguous().numpy(), lam.numpy())
     return lam
+
+
+@njit(cache=True, nogil=True)
+def _costates_of(C, offset, F, point, lam, stationarity, b) -> None:  # type: ignore[no-untyped-def]
+    """Costates lam (T, n) of element b for the gradient C_t point_t + offset_t (eq. (7)).
+
+    ``stationarity`` (T, d) receives that gradient.
+    """
+    T, d = point.shape
+    n = lam.shape[1]
+    for t in range(T - 1, -1, -1):
+        Ct = C[t, b]
+        for i in range(d):
+            s = offset[t, b, i]
+            for j in range(d):
+                s += Ct[i, j] * point[t, j]
+            stationarity[t, i] = s
+        for i in range(n):
+            s = stationarity[t, i]
+            if t < T - 1:
+                Ft = F[t, b]
+                for p in range(n):
+                    s += Ft[p, i] * lam[t + 1, p]
+            lam[t, i] = s
+
+
+@njit(cache=True, nogil=True)
+def _implicit(  # type: ignore[no-untyped-def]
+    K,
+    chol,
+    free,
+    C,
+    c,
+    F,
+    tau,
+    grad_tau,
+    need_C,
+    need_F,
+    need_bounds,
+    dtau,
+    dlam,
+    dC,
+    dF,
+    residual_u,
+) -> None:
+    T, B, d = tau.shape
+    n = dlam.shape[2]
+    m = d - n
+    dtype = tau.dtype
+    lam = np.empty((T, n), dtype=dtype)
+    dlam_b = np.empty((T, n), dtype=dtype)
+    stationarity = np.empty((T, d), dtype=dtype)
+    point = np.empty((T, d), dtype=dtype)
+    _adjoint(K, chol, free, F, grad_tau, dtau)  # eq. (9)
+    for b in range(B):
+        point[:, :] = dtau[:, b]
+        _costates_of(C, grad_tau, F, point, dlam_b, stationarity, b)
+        dlam[:, b] = dlam_b
+        if need_bounds:
+            for t in range(T):
+                for i in range(m):
+                    s = stationarity[t, n + i]
+                    if t < T - 1:
+                        Ft = F[t, b]
+                        for p in range(n):
+                            s += Ft[p, n + i] * dlam_b[t + 1, p]
+                    residual_u[t, b, i] = s
+        if need_C:  # eq. (8)
+            for t in range(T):
+                for i in range(d):
+                    for j in range(d):
+                        dC[t, b, i, j] = 0.5 * (
+                            dtau[t, b, i] * tau[t, b, j] + tau[t, b, i] * dtau[t, b, j]
+                        )
+        if need_F:
+            point[:, :] = tau[:, b]
+            _costates_of(C, c, F, point, lam, stationarity, b)  # eq. (7)
+            for t in range(T - 1):
+                for i in range(n):
+                    for j in range(d):
+                        dF[t, b, i, j] = (
+                            dlam_b[t + 1, i] * tau[t, b, j] + lam[t + 1, i] * dtau[t, b, j]
+                        )
+
+
+def implicit_gradients(
+    gains: Gains,
+    C: Tensor,
+    c: Tensor,
+    F: Tensor,
+    tau: Tensor,
+    grad_tau: Tensor,
+    need_C: bool,
+    need_F: bool,
+    need_bounds: bool,
+) -> ImplicitGradients:
+    """Compiled ``mpc_policy.adjoint.implicit_gradients``: eqs. (7)-(9) in one loop.
+
+    Args:
+        gains: factorization at the solution.
+        C: (T, B, d, d) quadratic terms.
+        c: (T, B, d) linear terms.
+        F: (T-1, B, n, d) dynamics matrices.
+        tau: (T, B, d) the solution.
+        grad_tau: (T, B, d) gradient of the loss with respect to tau.
+        need_C, need_F, need_bounds: which of dC, dF and residual_u to form.
+    """
+    T, B, d = tau.shape
+    n = F.shape[-2]
+    m = d - n
+    dtype = tau.dtype
+    dtau = torch.empty(T, B, d, dtype=dtype)
+    dlam = torch.empty(T, B, n, dtype=dtype)
+    # what is not asked for is an empty array of the same rank (numba types by rank)
+    dC = torch.empty((T, B, d, d) if need_C else (0, 0, 0, 0), dtype=dtype)
+    dF = torch.empty((T - 1, B, n, d) if need_F else (0, 0, 0, 0), dtype=dtype)
+    residual_u = torch.empty((T, B, m) if need_bounds else (0, 0, 0), dtype=dtype)
+    arrays = [
+        z.detach().contiguous().numpy()
+        for z in (gains.K, gains.chol, gains.free, C, c, F, tau, grad_tau)
+    ]
+    _implicit(
+        *arrays,
+        bool(need_C),
+        bool(need_F),
+        bool(need_bounds),
+        dtau.numpy(),
+        dlam.numpy(),
+        dC.numpy(),
+        dF.numpy(),
+        residual_u.numpy(),
+    )
+    return ImplicitGradients(
+        dtau,
+        dlam,
+        dC if need_C else None,
+        dF if need_F else None,
+        residual_u if need_bounds else None,
+    )

@@ -116,7 +116,9 @@ def solve_trust_region(problem: NativeProblem, options: dict[str, Any], delta_u:
             converged = converged | (active & done)
             if bool(converged.all()):
                 break
-    final = solve(problem, quiet, u_init=u)
+    # with the graph: a fixed point is confirmed (and differentiated) without a step, so one
+    # box-DDP iteration is all a module problem needs; an LQR problem is solved exactly
+    final = solve(problem, step_options, u_init=u)
     if convex:
         converged = converged | (_change(final.u.detach(), u) <= tol)
     else:  # the last iterate is a fixed point if box-DDP takes no step from it

@@ -101,6 +101,21 @@ def test_delta_u_with_a_dynamics_module() -> None:
     torch.testing.assert_close(u, plain, atol=1e-6, rtol=1e-6)
 
 
+def test_delta_u_elements_are_independent_of_their_batch() -> None:
+    problem, C, c, F, f, lower, upper = _problem()
+    kwargs = {"lqr_iter": 4, "delta_u": 0.05}
+    _, u_batch, cost_batch = _quiet(3, 2, 5, lower, upper, **kwargs)(
+        problem.x_init, QuadCost(C, c), LinDx(F, f)
+    )
+    for b in range(3):
+        one = slice(b, b + 1)
+        _, u_one, cost_one = _quiet(3, 2, 5, lower[:, one], upper[:, one], **kwargs)(
+            problem.x_init[one], QuadCost(C[:, one], c[:, one]), LinDx(F[:, one], f[:, one])
+        )
+        torch.testing.assert_close(u_one[:, 0], u_batch[:, b], atol=1e-12, rtol=1e-12)
+        torch.testing.assert_close(cost_one[0], cost_batch[b], atol=1e-12, rtol=1e-12)
+
+
 def test_delta_u_unconverged_elements_are_reported_and_detached() -> None:
     problem, C, c, F, f, lower, upper = _problem()
     c = c.clone().requires_grad_(True)

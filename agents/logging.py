@@ -19,6 +19,7 @@ events that a killed run wrote after its last checkpoint are discarded, not dupl
 from __future__ import annotations
 
 import re
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +30,25 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 __all__ = ["TrainingLog", "summarize_warnings"]
+
+
+def _wait_for_a_new_second(log_dir: Path) -> None:
+    """Make the next event file's name sort after the folder's existing ones.
+
+    Tensorboard reads a run's event files in name order, and the name begins with the
+    creation time in whole seconds followed by a process-wide counter that does not sort as
+    a number (".10" before ".9"): a writer opened within the same second as the last one
+    (a quick resume) could be read first, and its purge step would then hide its own epochs.
+    """
+    stamps = [
+        int(match.group(1))
+        for path in log_dir.glob("events.out.tfevents.*")
+        if (match := re.match(r"events\.out\.tfevents\.(\d+)\.", path.name))
+    ]
+    if stamps:
+        remaining = max(stamps) + 1 - time.time()
+        if remaining > 0:
+            time.sleep(remaining)
 
 
 class TrainingLog:
@@ -45,6 +65,7 @@ class TrainingLog:
         self, log_dir: str | Path, first_epoch: int, total_epochs: int, progress: bool = True
     ) -> None:
         self.log_dir = Path(log_dir)
+        _wait_for_a_new_second(self.log_dir)
         # purge_step: hide events at or after the first epoch we write, left by a run
         # that was killed before it could checkpoint them
         self.writer = SummaryWriter(str(self.log_dir), purge_step=first_epoch)

@@ -48,6 +48,7 @@ from _timing import (
 from torch import Tensor
 
 from mpc_policy import MPC, QuadraticCost
+from mpc_policy.backend import compiled_available
 
 T = 20
 U_BOUND = 2.0
@@ -178,6 +179,8 @@ def main() -> None:
     parser.add_argument("--grad-method", default="exact", choices=["exact", "paper", "unroll"])
     args = parser.parse_args()
     set_single_thread()
+    if not compiled_available():
+        print("numba is not importable here: 'ours' runs the torch path too", flush=True)
     repeats_ours, repeats_theirs = (3, 1) if args.quick else (20, 5)
     mpc = None if args.no_reference else load()
 
@@ -276,6 +279,7 @@ def report(
         rows.append(row)
     print(markdown_table(headers, rows))
     settings = {
+        "ours_backend": "compiled" if compiled_available() else "torch",
         "dtype": "float32",
         "threads": 1,
         "horizon": T,

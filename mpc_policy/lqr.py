@@ -269,7 +269,8 @@ def lqr_solve(
     upper_t = None if upper is None else upper.transpose(0, 1)
 
     kernels = select(opts.backend, x_init.device)
-    with torch.no_grad():
+    # inference mode: the solve needs no graph, and every op is cheaper
+    with torch.inference_mode():
         model = QuadraticModel(*(z.detach().contiguous() for z in (Ct, ct, Ft, ft)))
         x0 = x_init.detach()
         if lower is None and upper is None:
@@ -301,6 +302,9 @@ def lqr_solve(
                 x_sol, u_sol, gains, info = _finish_stalled(
                     model, x0, lo, hi, x_sol, u_sol, gains, info, opts, kernels
                 )
+    # ordinary tensors from here on (the backward saves x and u)
+    x_sol, u_sol, info = x_sol.clone(), u_sol.clone(), info.clone()
+    gains = Gains(*(z.clone() for z in gains))
     info.enforce(opts.on_unconverged)
 
     x_out, u_out = implicit_lqr(

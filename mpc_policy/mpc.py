@@ -228,7 +228,9 @@ class MPC(nn.Module):
         else:
             kernels = select(opts.backend, x_init.device)
             model = ModuleModel(cost, dynamics, opts, create_graph=False)
-            with torch.no_grad():
+            # inference mode: the solve needs no graph, and every op is cheaper (the model's
+            # local models switch it off where they differentiate)
+            with torch.inference_mode():
                 lo = None if lower_t is None else lower_t.detach().contiguous()
                 hi = None if upper_t is None else upper_t.detach().contiguous()
                 result = box_ddp(
@@ -241,15 +243,15 @@ class MPC(nn.Module):
                     warn_regularization=False,
                     kernels=kernels,
                 )
-            info = result.info
+            info = result.info.clone()
             info.enforce(opts.on_unconverged)
-            x, u = result.x, result.u
+            x, u = result.x.clone(), result.u.clone()
             if torch.is_grad_enabled():
                 C, c, F, f, H = _lqr_data_at(cost, dynamics, x, u, opts, kernels)
                 gains = kernels.factorize(
                     H.contiguous(),
                     F.detach().contiguous(),
-                    result.gains.free,
+                    result.gains.free.clone(),
                     regularization=opts.regularization,
                     warn=info.converged,
                 )

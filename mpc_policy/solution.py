@@ -36,6 +36,16 @@ class SolverInfo:
     step_size: Tensor
     backend: str = "torch"
 
+    def clone(self) -> SolverInfo:
+        """A copy with cloned tensors (ordinary ones, for a report made in inference mode)."""
+        return SolverInfo(
+            self.iterations.clone(),
+            self.converged.clone(),
+            self.residual.clone(),
+            self.step_size.clone(),
+            backend=self.backend,
+        )
+
     @property
     def all_converged(self) -> bool:
         return bool(self.converged.all())

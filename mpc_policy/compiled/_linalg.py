@@ -24,7 +24,7 @@ __all__ = [
 
 
 @njit(cache=True, nogil=True)
-def cholesky(A, L) -> bool:  # type: ignore[no-untyped-def]
+def cholesky(A, L) -> bool:
     """Lower Cholesky factor of A (m, m) into L (m, m); False where A is not positive definite.
 
     A pivot that is not > 0 (NaN included) fails, as LAPACK's potrf.
@@ -49,7 +49,7 @@ def cholesky(A, L) -> bool:  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, nogil=True)
-def masked_cholesky(A, free, L, work) -> bool:  # type: ignore[no-untyped-def]
+def masked_cholesky(A, free, L, work) -> bool:
     """Factor of A (m, m) on the free set (m,), identity elsewhere, into L (m, m).
 
     ``work`` (m, m) is scratch space. Same result as ``mpc_policy.box_qp.masked_cholesky``.
@@ -65,7 +65,7 @@ def masked_cholesky(A, free, L, work) -> bool:  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, nogil=True)
-def set_identity(L) -> None:  # type: ignore[no-untyped-def]
+def set_identity(L) -> None:
     """Overwrite L (m, m) with the identity."""
     m = L.shape[0]
     for i in range(m):
@@ -74,7 +74,7 @@ def set_identity(L) -> None:  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, nogil=True)
-def masked_solve_vector(L, free, b, y, scale) -> None:  # type: ignore[no-untyped-def]
+def masked_solve_vector(L, free, b, y, scale) -> None:
     """y (m,) = scale * Q_ff^{-1} b_f on the free set (m,), 0 on the clamped set.
 
     L (m, m) is the factor of ``masked_cholesky``; b (m,) the right-hand side. y may not
@@ -96,7 +96,7 @@ def masked_solve_vector(L, free, b, y, scale) -> None:  # type: ignore[no-untype
 
 
 @njit(cache=True, nogil=True)
-def masked_solve_matrix(L, free, B, Y, scale) -> None:  # type: ignore[no-untyped-def]
+def masked_solve_matrix(L, free, B, Y, scale) -> None:
     """Y (m, k) = scale * Q_ff^{-1} B_f column by column, 0 on the clamped rows.
 
     B (m, k) may be a strided view; Y may not alias B.

@@ -21,7 +21,7 @@ __all__ = ["adjoint_solve", "costates_from_gradient", "implicit_gradients"]
 
 
 @njit(cache=True, nogil=True)
-def _adjoint(K, chol, free, F, grad_tau, dtau) -> None:  # type: ignore[no-untyped-def]
+def _adjoint(K, chol, free, F, grad_tau, dtau) -> None:
     T, B, d = grad_tau.shape
     n = K.shape[3]
     m = d - n
@@ -86,7 +86,7 @@ def adjoint_solve(gains: Gains, F: Tensor, grad_tau: Tensor) -> Tensor:
 
 
 @njit(cache=True, nogil=True)
-def _costates(grad, F, lam) -> None:  # type: ignore[no-untyped-def]
+def _costates(grad, F, lam) -> None:
     T, B = grad.shape[0], grad.shape[1]
     n = lam.shape[2]
     for b in range(B):
@@ -119,7 +119,7 @@ def costates_from_gradient(grad: Tensor, F: Tensor) -> Tensor:
 
 
 @njit(cache=True, nogil=True)
-def _costates_of(C, offset, F, point, lam, stationarity, b) -> None:  # type: ignore[no-untyped-def]
+def _costates_of(C, offset, F, point, lam, stationarity, b) -> None:
     """Costates lam (T, n) of element b for the gradient C_t point_t + offset_t (eq. (7)).
 
     ``stationarity`` (T, d) receives that gradient.
@@ -143,7 +143,7 @@ def _costates_of(C, offset, F, point, lam, stationarity, b) -> None:  # type: ig
 
 
 @njit(cache=True, nogil=True)
-def _implicit(  # type: ignore[no-untyped-def]
+def _implicit(
     K,
     chol,
     free,

@@ -22,7 +22,7 @@ _ARMIJO = 0.1
 
 
 @njit(cache=True, nogil=True)
-def _gradient(Q, q, x, g) -> None:  # type: ignore[no-untyped-def]
+def _gradient(Q, q, x, g) -> None:
     """g (m,) = Q x + q."""
     m = q.shape[0]
     for i in range(m):
@@ -33,7 +33,7 @@ def _gradient(Q, q, x, g) -> None:  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, nogil=True)
-def _free_set(x, g, lower, upper, free) -> None:  # type: ignore[no-untyped-def]
+def _free_set(x, g, lower, upper, free) -> None:
     """free (m,): not at a bound with the gradient g pushing outward."""
     for i in range(x.shape[0]):
         if g[i] > 0.0:
@@ -43,12 +43,12 @@ def _free_set(x, g, lower, upper, free) -> None:  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, nogil=True)
-def _clamp(value, lower, upper):  # type: ignore[no-untyped-def]
+def _clamp(value, lower, upper):
     return min(max(value, lower), upper)
 
 
 @njit(cache=True, nogil=True)
-def _small(dx, x, tol) -> bool:  # type: ignore[no-untyped-def]
+def _small(dx, x, tol) -> bool:
     step = 0.0
     size = 0.0
     for i in range(x.shape[0]):
@@ -58,7 +58,7 @@ def _small(dx, x, tol) -> bool:  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, nogil=True)
-def _armijo(Q, g, x, trial) -> bool:  # type: ignore[no-untyped-def]
+def _armijo(Q, g, x, trial) -> bool:
     """Sufficient decrease of the quadratic from x to trial (gradient g at x)."""
     m = x.shape[0]
     predicted = 0.0
@@ -74,7 +74,7 @@ def _armijo(Q, g, x, trial) -> bool:  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, nogil=True)
-def scratch(m, dtype):  # type: ignore[no-untyped-def]
+def scratch(m, dtype):
     """Work arrays of ``box_qp_element`` for m variables, allocated once per batch."""
     vectors = np.empty((3, m), dtype=dtype)
     masks = np.empty((2, m), dtype=np.bool_)
@@ -83,7 +83,7 @@ def scratch(m, dtype):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, nogil=True)
-def box_qp_element(  # type: ignore[no-untyped-def]
+def box_qp_element(
     Q, q, lower, upper, x, free_out, chol_out, max_iter, tol, decay, max_line_search, work_arrays
 ):
     """Solve one box QP in place.
@@ -172,7 +172,7 @@ def box_qp_element(  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, nogil=True)
-def _box_qp_batch(  # type: ignore[no-untyped-def]
+def _box_qp_batch(
     Q, q, lower, upper, x, free, chol, converged, iterations, max_iter, tol, decay, max_ls
 ) -> None:
     work_arrays = scratch(q.shape[1], q.dtype)

@@ -35,7 +35,7 @@ __all__ = ["backward_recursion", "factorize"]
 
 
 @njit(cache=True, nogil=True)
-def _propagate(Q, q, F, V, v, VF) -> None:  # type: ignore[no-untyped-def]
+def _propagate(Q, q, F, V, v, VF) -> None:
     """Q (d, d) += F'VF and q (d,) += F'v for F (n, d), V (n, n), v (n,); VF (n, d) scratch."""
     n, d = F.shape
     for i in range(n):
@@ -57,7 +57,7 @@ def _propagate(Q, q, F, V, v, VF) -> None:  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, nogil=True)
-def _regularize(Q_uu, L, regularization, work):  # type: ignore[no-untyped-def]
+def _regularize(Q_uu, L, regularization, work):
     """Factor Q_uu (m, m) into L, shifting its diagonal in place until it is positive definite.
 
     Returns the shift added (0 if none was needed). When no shift helps (non-finite data),
@@ -85,7 +85,7 @@ def _regularize(Q_uu, L, regularization, work):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, nogil=True)
-def _feedback_update(Q, K, k, V, v, n) -> None:  # type: ignore[no-untyped-def]
+def _feedback_update(Q, K, k, V, v, n) -> None:
     """[V, v] = [Q_xx, q_x] + Q_xu [K, k] (q_x in v on entry), V symmetrized."""
     d = Q.shape[0]
     m = d - n
@@ -107,7 +107,7 @@ def _feedback_update(Q, K, k, V, v, n) -> None:  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, nogil=True)
-def _recursion(  # type: ignore[no-untyped-def]
+def _recursion(
     C,
     g,
     F,
@@ -272,7 +272,7 @@ def backward_recursion(
 
 
 @njit(cache=True, nogil=True)
-def _factorize(C, F, free, regularization, K, chol, Q, shift) -> None:  # type: ignore[no-untyped-def]
+def _factorize(C, F, free, regularization, K, chol, Q, shift) -> None:
     T, B, d = C.shape[0], C.shape[1], C.shape[2]
     n = F.shape[2]
     m = d - n

@@ -20,7 +20,7 @@ __all__ = ["affine_rollout"]
 
 
 @njit(cache=True, nogil=True)
-def _rollout(  # type: ignore[no-untyped-def]
+def _rollout(
     F, f, x_init, u_bar, x_bar, K, k, alphas, lower, upper, feedback, bounded, x_out, u_out
 ) -> None:
     T, B, m = u_bar.shape

@@ -97,17 +97,22 @@ class _ImplicitLQR(torch.autograd.Function):
         u: Tensor,
         gains: Gains,
         backend: str,
+        data: tuple[Tensor, Tensor, Tensor] | None,
     ) -> tuple[Tensor, Tensor]:
         ctx.save_for_backward(C, c, F, x, u, u_lower, u_upper)
         ctx.gains = gains
         ctx.backend = backend
+        ctx.data = data
         return x.clone(), u.clone()
 
     @staticmethod
     def backward(ctx: Any, grad_x: Tensor, grad_u: Tensor) -> tuple[Tensor | None, ...]:
         C, c, F, x, u, u_lower, u_upper = ctx.saved_tensors
         gains: Gains = ctx.gains
-        kernels = select(ctx.backend, x.device, needs_graph=torch.is_grad_enabled())
+        graph = torch.is_grad_enabled()  # a double backward differentiates this one
+        kernels = select(ctx.backend, x.device, needs_graph=graph)
+        if ctx.data is not None and not graph:
+            C, c, F = ctx.data
         tau = torch.cat([x, u], dim=-1)
         grad_tau = torch.cat([grad_x, grad_u], dim=-1)
         # the MPC layer passes C and F as constants: its parameter gradient flows through
@@ -129,7 +134,7 @@ class _ImplicitLQR(torch.autograd.Function):
                 at_upper = clamped & (u >= u_upper)
                 d_upper = torch.where(at_upper, residual_u, torch.zeros_like(residual_u))
         dC, dF = grads.dC, grads.dF
-        return dx_init, dC, dc, dF, df, d_lower, d_upper, None, None, None, None
+        return dx_init, dC, dc, dF, df, d_lower, d_upper, None, None, None, None, None
 
 
 def implicit_lqr(
@@ -144,14 +149,16 @@ def implicit_lqr(
     u: Tensor,
     gains: Gains,
     backend: str = "auto",
+    data: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Attach the implicit LQR gradient to a known solution (time-major, see _ImplicitLQR).
 
     Returns x (T, B, n) and u (T, B, m), equal to the given solution, differentiable with
-    respect to x_init, C, c, F, f and the bounds; ``backend`` is the solver option.
+    respect to x_init, C, c, F, f and the bounds; ``backend`` is the solver option and
+    ``data`` optional detached, contiguous copies of (C, c, F) for the backward's numerics.
     """
     out: tuple[Tensor, Tensor] = _ImplicitLQR.apply(
-        x_init, C, c, F, f, u_lower, u_upper, x, u, gains, backend
+        x_init, C, c, F, f, u_lower, u_upper, x, u, gains, backend, data
     )
     return out
 
@@ -263,7 +270,9 @@ def lqr_solve(
     check_bounds(lower, upper)
     lower, upper = complete_bounds(lower, upper)
 
-    C = 0.5 * (C + C.transpose(-1, -2))
+    # symmetrized values, identity gradient: every gradient with respect to C here (eq. (8),
+    # the cost) is symmetric, so it equals the gradient through the symmetrization
+    C = C + (0.5 * (C + C.transpose(-1, -2)) - C).detach()
     Ct, ct, Ft, ft = (z.transpose(0, 1) for z in (C, c, F, f))
     lower_t = None if lower is None else lower.transpose(0, 1)
     upper_t = None if upper is None else upper.transpose(0, 1)
@@ -307,8 +316,9 @@ def lqr_solve(
     gains = Gains(*(z.clone() for z in gains))
     info.enforce(opts.on_unconverged)
 
+    data = (model.C, model.c, model.F)
     x_out, u_out = implicit_lqr(
-        x_init, Ct, ct, Ft, ft, lower_t, upper_t, x_sol, u_sol, gains, opts.backend
+        x_init, Ct, ct, Ft, ft, lower_t, upper_t, x_sol, u_sol, gains, opts.backend, data
     )
     if opts.on_unconverged == "zero_grad" and not info.all_converged:
         keep = info.converged.view(1, B, 1)

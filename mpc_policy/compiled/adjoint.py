@@ -20,50 +20,58 @@ from mpc_policy.riccati import Gains
 __all__ = ["adjoint_solve", "costates_from_gradient", "implicit_gradients"]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def _adjoint_element(K, chol, free, F, grad_tau, dtau, b, q, v, k) -> None:
+    """Eq. (9) for element b into dtau[:, b]; q (d,), v (n,), k (T, m) are scratch."""
+    T, _, d = grad_tau.shape
+    n = K.shape[3]
+    m = d - n
+    for t in range(T - 1, -1, -1):
+        q[:] = grad_tau[t, b]
+        if t < T - 1:
+            Ft = F[t, b]
+            for i in range(d):
+                s = 0.0
+                for p in range(n):
+                    s += Ft[p, i] * v[p]
+                q[i] += s
+        masked_solve_vector(chol[t, b], free[t, b], q[n:], k[t], -1.0)
+        # clamped rows of K and k vanish, so v = q_x + K' q_u
+        Kt = K[t, b]
+        for i in range(n):
+            s = q[i]
+            for p in range(m):
+                s += Kt[p, i] * q[n + p]
+            v[i] = s
+    out = dtau[:, b]
+    for i in range(n):
+        out[0, i] = 0.0
+    for t in range(T):
+        Kt = K[t, b]
+        for i in range(m):
+            s = k[t, i]
+            for j in range(n):
+                s += Kt[i, j] * out[t, j]
+            out[t, n + i] = s
+        if t < T - 1:
+            Ft = F[t, b]
+            for i in range(n):
+                s = 0.0
+                for j in range(d):
+                    s += Ft[i, j] * out[t, j]
+                out[t + 1, i] = s
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
 def _adjoint(K, chol, free, F, grad_tau, dtau) -> None:
     T, B, d = grad_tau.shape
     n = K.shape[3]
-    m = d - n
     dtype = grad_tau.dtype
     q = np.empty(d, dtype=dtype)
-    v = np.zeros(n, dtype=dtype)
-    k = np.empty((T, m), dtype=dtype)
+    v = np.empty(n, dtype=dtype)
+    k = np.empty((T, d - n), dtype=dtype)
     for b in range(B):
-        for t in range(T - 1, -1, -1):
-            q[:] = grad_tau[t, b]
-            if t < T - 1:
-                Ft = F[t, b]
-                for i in range(d):
-                    s = 0.0
-                    for p in range(n):
-                        s += Ft[p, i] * v[p]
-                    q[i] += s
-            masked_solve_vector(chol[t, b], free[t, b], q[n:], k[t], -1.0)
-            # clamped rows of K and k vanish, so v = q_x + K' q_u
-            Kt = K[t, b]
-            for i in range(n):
-                s = q[i]
-                for p in range(m):
-                    s += Kt[p, i] * q[n + p]
-                v[i] = s
-        out = dtau[:, b]
-        for i in range(n):
-            out[0, i] = 0.0
-        for t in range(T):
-            Kt = K[t, b]
-            for i in range(m):
-                s = k[t, i]
-                for j in range(n):
-                    s += Kt[i, j] * out[t, j]
-                out[t, n + i] = s
-            if t < T - 1:
-                Ft = F[t, b]
-                for i in range(n):
-                    s = 0.0
-                    for j in range(d):
-                        s += Ft[i, j] * out[t, j]
-                    out[t + 1, i] = s
+        _adjoint_element(K, chol, free, F, grad_tau, dtau, b, q, v, k)
 
 
 def adjoint_solve(gains: Gains, F: Tensor, grad_tau: Tensor) -> Tensor:
@@ -85,7 +93,7 @@ def adjoint_solve(gains: Gains, F: Tensor, grad_tau: Tensor) -> Tensor:
     return dtau
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
 def _costates(grad, F, lam) -> None:
     T, B = grad.shape[0], grad.shape[1]
     n = lam.shape[2]
@@ -118,7 +126,7 @@ def costates_from_gradient(grad: Tensor, F: Tensor) -> Tensor:
     return lam
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
 def _costates_of(C, offset, F, point, lam, stationarity, b) -> None:
     """Costates lam (T, n) of element b for the gradient C_t point_t + offset_t (eq. (7)).
 
@@ -142,7 +150,7 @@ def _costates_of(C, offset, F, point, lam, stationarity, b) -> None:
             lam[t, i] = s
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
 def _implicit(
     K,
     chol,
@@ -169,8 +177,11 @@ def _implicit(
     dlam_b = np.empty((T, n), dtype=dtype)
     stationarity = np.empty((T, d), dtype=dtype)
     point = np.empty((T, d), dtype=dtype)
-    _adjoint(K, chol, free, F, grad_tau, dtau)  # eq. (9)
-    for b in range(B):
+    q = np.empty(d, dtype=dtype)
+    v = np.empty(n, dtype=dtype)
+    k = np.empty((T, m), dtype=dtype)
+    for b in range(B):  # one element at a time, while its data are in cache
+        _adjoint_element(K, chol, free, F, grad_tau, dtau, b, q, v, k)  # eq. (9)
         point[:, :] = dtau[:, b]
         _costates_of(C, grad_tau, F, point, dlam_b, stationarity, b)
         dlam[:, b] = dlam_b
@@ -229,9 +240,11 @@ def implicit_gradients(
     dtype = tau.dtype
     dtau = torch.empty(T, B, d, dtype=dtype)
     dlam = torch.empty(T, B, n, dtype=dtype)
-    # what is not asked for is an empty array of the same rank (numba types by rank)
-    dC = torch.empty((T, B, d, d) if need_C else (0, 0, 0, 0), dtype=dtype)
-    dF = torch.empty((T - 1, B, n, d) if need_F else (0, 0, 0, 0), dtype=dtype)
+    # what is not asked for is an empty array of the same rank (numba types by rank); dC
+    # and dF are laid out batch first, the layout of the user's C and F, so that autograd
+    # hands them on without copies
+    dC = torch.empty((B, T, d, d) if need_C else (0, 0, 0, 0), dtype=dtype).transpose(0, 1)
+    dF = torch.empty((B, T - 1, n, d) if need_F else (0, 0, 0, 0), dtype=dtype).transpose(0, 1)
     residual_u = torch.empty((T, B, m) if need_bounds else (0, 0, 0), dtype=dtype)
     arrays = [
         z.detach().contiguous().numpy()

@@ -29,7 +29,7 @@ from envs.model import SystemDynamics
 from envs.params import CartPoleParams, PendulumParams, WindyPendulumParams
 from envs.pendulum import PendulumDynamics, pendulum_cost
 from envs.windy_pendulum import WindyPendulumDynamics
-from mpc_policy import MPC, Solution, SolverInfo
+from mpc_policy import MPC, Solution
 
 __all__ = [
     "SWING_UP_RESTARTS",
@@ -184,18 +184,10 @@ class MPCExpert(nn.Module):
         if not self.restarts:
             return solution
         # row k * B + b solved state b from guess k: keep each state's cheapest plan
-        best = solution.cost.view(len(guesses), B).argmin(0) * B + torch.arange(B)
-        info = solution.info
+        costs = solution.cost.nan_to_num(nan=float("inf"))  # a non-finite guess is never best
+        best = costs.view(len(guesses), B).argmin(0) * B + torch.arange(B)
         return Solution(
-            solution.x[best],
-            solution.u[best],
-            solution.cost[best],
-            SolverInfo(
-                info.iterations[best],
-                info.converged[best],
-                info.residual[best],
-                info.step_size[best],
-            ),
+            solution.x[best], solution.u[best], solution.cost[best], solution.info.index(best)
         )
 
     def forward(self, x_init: Tensor, u_init: Tensor | None = None) -> Tensor:

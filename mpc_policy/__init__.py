@@ -10,7 +10,7 @@ from mpc_policy.lqr import lqr_solve
 from mpc_policy.mpc import MPC
 from mpc_policy.options import MPCOptions
 from mpc_policy.policy import MPCPolicy
-from mpc_policy.solution import ConvergenceError, Solution, SolverInfo
+from mpc_policy.solution import ConvergenceError, Solution, SolverInfo, Status
 
 __all__ = [
     "MPC",
@@ -23,6 +23,7 @@ __all__ = [
     "QuadraticCost",
     "Solution",
     "SolverInfo",
+    "Status",
     "box_qp",
     "lqr_solve",
 ]

@@ -76,6 +76,12 @@ class QuadraticCost(nn.Module):
         C, c = self._terms(x, u)
         return C, torch.einsum("btij,btj->bti", C, tau) + c
 
+    def select_batch(self, index: Tensor) -> QuadraticCost:
+        """The cost of the batch elements ``index`` (k,) (all, when shared)."""
+        C = self.C[index] if self.C.dim() == 4 else self.C
+        c = self.c[index] if self.c.dim() == 3 else self.c
+        return QuadraticCost(C, c)
+
 
 class GoalWeightedCost(nn.Module):
     """The paper's learnable cost C(tau) = sum_i w_i (tau_i - goal_i)^2 (+ linear' tau).

@@ -25,9 +25,9 @@ class AffineDynamics(nn.Module):
         F: (n, n+m) dynamics matrix, or (B, n, n+m) one per batch element.
         f: (n,) or (B, n) offset; None means zero.
 
-    With per-element matrices the inputs are (..., B, n) and (..., B, m): the batch
-    dimension is the last one before the features, which is how the solver calls
-    dynamics (time or line-search candidates first, batch next).
+    With per-element matrices the inputs are rows (N, n), (N, m) in blocks of B, row r
+    belonging to batch element r mod B (how the solver flattens its leading dimensions,
+    ``mpc_policy.contract``), or equivalently (..., B, n), (..., B, m).
     """
 
     def __init__(self, F: Tensor, f: Tensor | None = None) -> None:
@@ -53,13 +53,35 @@ class AffineDynamics(nn.Module):
     def n_ctrl(self) -> int:
         return int(self.F.shape[-1] - self.F.shape[-2])
 
+    def _blocks(self, z: Tensor) -> Tensor:
+        """z (..., k) as (-1, B, k) for per-element matrices, unchanged otherwise."""
+        if self.F.dim() == 2:
+            return z
+        B = self.F.shape[0]
+        rows = z.shape[:-1].numel()
+        if z.dim() < 2 or rows % B != 0:
+            raise ValueError(
+                f"AffineDynamics: with per-element matrices for B = {B} elements, expected "
+                f"rows (k * B, n) or (..., B, n), received shape {tuple(z.shape)}"
+            )
+        return z.reshape(-1, B, z.shape[-1])
+
     def forward(self, x: Tensor, u: Tensor) -> Tensor:
         """Next state (..., n) for x (..., n), u (..., m)."""
         tau = torch.cat([x, u], dim=-1)
         F, f = self.F.to(tau.dtype), self.f.to(tau.dtype)
-        return (F @ tau.unsqueeze(-1)).squeeze(-1) + f
+        out = (F @ self._blocks(tau).unsqueeze(-1)).squeeze(-1) + f
+        return out.reshape(*tau.shape[:-1], self.n_state)
 
     def jacobian(self, x: Tensor, u: Tensor) -> Tensor:
         """Exact Jacobian (..., n, n+m) of the next state with respect to [x; u]."""
         F = self.F.to(x.dtype)
-        return F.expand(*x.shape[:-1], *F.shape[-2:])
+        blocks = self._blocks(x)
+        return F.expand(*blocks.shape[:-1], *F.shape[-2:]).reshape(*x.shape[:-1], *F.shape[-2:])
+
+    def select_batch(self, index: Tensor) -> AffineDynamics:
+        """The dynamics of the batch elements ``index`` (k,) (all, when shared)."""
+        if self.F.dim() == 2:
+            return self
+        f = self.f[index] if self.f.dim() == 2 else self.f
+        return AffineDynamics(self.F[index], f)

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from mpc_policy.backend import TORCH, Kernels
+from mpc_policy.health import ddp_info, finite_rows, indefinite_rows, neutral_model
 from mpc_policy.options import MPCOptions
 from mpc_policy.riccati import Gains
 from mpc_policy.solution import SolverInfo
@@ -300,6 +301,8 @@ def box_ddp(
     eps = torch.finfo(dtype).eps
     x_bar, u_bar = rollout(model, x_init, _clamp(u_init, lower, upper), kernels=kernels)
     cost_bar = model.total_cost(x_bar, u_bar)
+    # an element whose trajectory, cost or local model turns non-finite is frozen
+    nonfinite = ~finite_rows(x_bar, cost_bar)
     alphas = options.line_search_decay ** torch.arange(
         options.max_line_search, dtype=dtype, device=device
     )
@@ -314,10 +317,14 @@ def box_ddp(
     for _ in range(options.max_iter + 1):
         C, g = model.quadratize(x_bar, u_bar)
         F = model.linearize(x_bar, u_bar)
+        nonfinite = nonfinite | ~finite_rows(C, g, F)
+        if bool(nonfinite.any()):
+            C, g, F = neutral_model(C, g, F, nonfinite)
         du_lower = None if lower is None else lower - u_bar
         du_upper = None if upper is None else upper - u_bar
-        # converged and stalled elements are frozen: their last gains are still exact
-        moved = ~(converged | stalled)
+        # converged, stalled and non-finite elements are frozen: their last gains are
+        # still exact (or of no use)
+        moved = ~(converged | stalled | nonfinite)
         gains = _backward_pass(
             kernels, C, g, F, du_lower, du_upper, gains, moved, options, warn_regularization
         )
@@ -331,8 +338,8 @@ def box_ddp(
             u_model = linear_step(kernels, F, u_bar, gains, lower, upper)
         scale = 1.0 + u_bar.detach().abs().amax(dim=(0, 2))
         residual = (u_model - u_bar).detach().abs().amax(dim=(0, 2)) / scale
-        converged = converged | (residual <= tol)
-        pending = ~converged & ~stalled & (iterations < options.max_iter)
+        converged = converged | ((residual <= tol) & ~nonfinite)
+        pending = ~converged & ~stalled & ~nonfinite & (iterations < options.max_iter)
         if not bool(pending.any()):
             break
         iterations = iterations + pending.long()
@@ -390,5 +397,10 @@ def box_ddp(
         x_bar, u_bar, cost_bar = new_x, new_u, new_cost
 
     assert gains is not None
-    info = SolverInfo(iterations, converged, residual, step_size, backend=kernels.name)
+    # a fixed point is a minimum only with positive curvature on the free controls; an
+    # element still moving without it is heading for no minimizer (a cost unbounded below)
+    indefinite = indefinite_rows(C, F, gains, ~stalled & ~nonfinite, options.regularization)
+    info = ddp_info(
+        iterations, converged, stalled, nonfinite, indefinite, residual, step_size, kernels.name
+    )
     return DDPResult(x_bar, u_bar, cost_bar, gains, info)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 __all__ = ["cost_derivatives", "dynamics_curvature", "dynamics_jacobian"]
 
@@ -35,7 +35,13 @@ def _autograd_on() -> Iterator[None]:
         yield
 
 
-def _leaf(tau: Tensor) -> Tensor:
+def _leaf(tau: Tensor, create_graph: bool = False) -> Tensor:
+    """The point to differentiate at: a fresh leaf, or, when a graph is asked for and tau
+    has one (the unrolled solve), tau itself, so that the derivatives keep their
+    dependence on the trajectory (autograd through a Newton-type iteration then tends to
+    the implicit derivative of its fixed point)."""
+    if create_graph and tau.requires_grad:
+        return tau
     return tau.detach().clone().requires_grad_(True)
 
 
@@ -71,7 +77,7 @@ def _rows_jacobian(
 
 
 def cost_derivatives(
-    cost: nn.Module, x: Tensor, u: Tensor, *, create_graph: bool = False
+    cost: Callable[[Tensor, Tensor], Tensor], x: Tensor, u: Tensor, *, create_graph: bool = False
 ) -> tuple[Tensor, Tensor]:
     """Per-step Hessian and gradient of a cost, time-major.
 
@@ -90,7 +96,7 @@ def cost_derivatives(
         hessian, gradient = quadratize(x.transpose(0, 1), u.transpose(0, 1))
         return hessian.transpose(0, 1), gradient.transpose(0, 1)
     with _autograd_on():
-        tau = _leaf(torch.cat([x, u], dim=-1))
+        tau = _leaf(torch.cat([x, u], dim=-1), create_graph)
         value = cost(tau[..., :n].transpose(0, 1), tau[..., n:].transpose(0, 1)).sum()
         (gradient,) = torch.autograd.grad(value, tau, create_graph=True)
         hessian = _rows_jacobian(gradient, tau, create_graph)
@@ -127,7 +133,8 @@ def dynamics_jacobian(
         if not callable(jacobian):
             raise TypeError(
                 'jacobian="analytic" needs a dynamics module with a jacobian(x, u) method; '
-                f'{type(dynamics).__name__} has none (use jacobian="autograd")'
+                f"{getattr(dynamics, 'name', type(dynamics).__name__)} has none "
+                '(use jacobian="autograd")'
             )
         F = jacobian(x, u)
         return F if create_graph else F.detach()
@@ -142,7 +149,7 @@ def dynamics_jacobian(
         F = diff.movedim(0, -1)
         return F if create_graph else F.detach()
     with _autograd_on():
-        tau = _leaf(torch.cat([x, u], dim=-1))
+        tau = _leaf(torch.cat([x, u], dim=-1), create_graph)
         out = dynamics(tau[..., :n], tau[..., n:])
         F = _rows_jacobian(out, tau, create_graph)
     return F if create_graph else F.detach()

@@ -24,10 +24,11 @@ from torch import Tensor
 
 from mpc_policy.backend import Kernels, select
 from mpc_policy.condensed import solve_condensed
+from mpc_policy.health import ddp_info, finite_rows, indefinite_rows
 from mpc_policy.ilqr import box_ddp, rollout
 from mpc_policy.options import MPCOptions
 from mpc_policy.riccati import Gains
-from mpc_policy.solution import Solution, SolverInfo
+from mpc_policy.solution import Solution, SolverInfo, Status
 from mpc_policy.validation import (
     check_bounds,
     check_finite,
@@ -179,7 +180,7 @@ def _finish_stalled(
 
     Shapes are time-major as in ``QuadraticModel``; only the unconverged elements change.
     """
-    index = torch.nonzero(~info.converged).flatten()
+    index = torch.nonzero(~info.converged & (info.codes <= int(Status.STALLED))).flatten()
     sub = QuadraticModel(*(z[:, index] for z in (model.C, model.c, model.F, model.f)))
     qp = solve_condensed(
         x_init[index], sub.C, sub.c, sub.F, sub.f, lower[:, index], upper[:, index], u[:, index]
@@ -201,11 +202,13 @@ def _finish_stalled(
     residual = torch.where(converged, torch.zeros_like(info.residual), info.residual)
     step = info.step_size.clone()
     step[index] = 1.0
+    status = info.codes.clone()
+    status[index] = torch.where(qp.converged, int(Status.CONVERGED), status[index]).to(status.dtype)
     return (
         x,
         u,
         Gains(*merged),
-        SolverInfo(info.iterations, converged, residual, step, backend=info.backend),
+        SolverInfo(info.iterations, converged, residual, step, backend=info.backend, status=status),
     )
 
 
@@ -218,6 +221,13 @@ def _validate(
     if x_init.dim() != 2:
         raise ValueError(f"x_init: expected shape (B, n), received {tuple(x_init.shape)}")
     B, n = x_init.shape
+    d = C.shape[-1] if C.dim() >= 1 else 0
+    if F.dim() >= 2 and F.shape[-1] == d and F.shape[-2] < d and F.shape[-2] != n:
+        # F and C agree on n + m: the initial state is the odd one out
+        raise ValueError(
+            f"x_init: expected shape (B, n) with n = {F.shape[-2]} (the state size of F, of "
+            f"shape {tuple(F.shape)}), received {tuple(x_init.shape)}"
+        )
     if C.dim() < 3 or C.shape[-1] != C.shape[-2] or C.shape[-1] <= n:
         raise ValueError(
             f"C: expected shape (B, T, n+m, n+m) or (T, n+m, n+m) with n = {n} and m >= 1, "
@@ -291,13 +301,16 @@ def lqr_solve(
                 model.C, g, model.F, None, None, regularization=opts.regularization
             )
             x_sol, u_sol = rollout(model, x0, zeros, x_bar, gains, kernels=kernels)
-            ones = torch.ones(B, dtype=torch.long, device=x0.device)
-            info = SolverInfo(
-                ones,
-                torch.ones(B, dtype=torch.bool, device=x0.device),
+            done = torch.ones(B, dtype=torch.bool, device=x0.device)
+            info = ddp_info(
+                torch.ones(B, dtype=torch.long, device=x0.device),
+                done,
+                ~done,
+                ~finite_rows(x_sol, u_sol),
+                indefinite_rows(model.C, model.F, gains, done, opts.regularization),
                 torch.zeros(B, dtype=x0.dtype, device=x0.device),
                 torch.ones(B, dtype=x0.dtype, device=x0.device),
-                backend=kernels.name,
+                kernels.name,
             )
         else:
             lo = None if lower_t is None else lower_t.detach()
@@ -307,7 +320,8 @@ def lqr_solve(
             hi = None if hi is None else hi.contiguous()
             result = box_ddp(model, x0, zeros, lo, hi, opts, kernels=kernels)
             x_sol, u_sol, gains, info = result.x, result.u, result.gains, result.info
-            if not info.all_converged and lo is not None and hi is not None:
+            retry = info.codes <= int(Status.STALLED)  # not a non-finite or indefinite one
+            if not bool(info.converged[retry].all()) and lo is not None and hi is not None:
                 x_sol, u_sol, gains, info = _finish_stalled(
                     model, x0, lo, hi, x_sol, u_sol, gains, info, opts, kernels
                 )

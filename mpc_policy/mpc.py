@@ -19,16 +19,16 @@ point with one LQR solve (no graph of the iterations is kept):
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from mpc_policy.backend import Kernels, select
-from mpc_policy.ilqr import box_ddp
-from mpc_policy.linearize import cost_derivatives, dynamics_curvature, dynamics_jacobian
-from mpc_policy.lqr import implicit_lqr
+from mpc_policy.contract import CheckedCost, CheckedDynamics, check_declared_sizes, restrict
+from mpc_policy.fixed_point import implicit_solution
+from mpc_policy.ilqr import DDPResult, box_ddp
+from mpc_policy.linearize import cost_derivatives, dynamics_jacobian
 from mpc_policy.options import MPCOptions
 from mpc_policy.solution import Solution
 from mpc_policy.validation import (
@@ -43,10 +43,18 @@ __all__ = ["MPC"]
 
 
 class ModuleModel:
-    """A cost module and a dynamics module as a ``Model`` for box-DDP (time-major)."""
+    """A cost module and a dynamics module as a ``Model`` for box-DDP (time-major).
+
+    The modules are called through the contract of ``mpc_policy.contract`` (dynamics on
+    flattened rows, every return checked).
+    """
 
     def __init__(
-        self, cost: nn.Module, dynamics: nn.Module, options: MPCOptions, create_graph: bool
+        self,
+        cost: CheckedCost,
+        dynamics: CheckedDynamics,
+        options: MPCOptions,
+        create_graph: bool,
     ) -> None:
         self.cost, self.dynamics = cost, dynamics
         self.options, self.create_graph = options, create_graph
@@ -69,55 +77,6 @@ class ModuleModel:
 
     def step(self, x: Tensor, u: Tensor, t: int) -> Tensor:
         return self.dynamics(x, u)
-
-
-def _lqr_data_at(
-    cost: nn.Module,
-    dynamics: nn.Module,
-    x: Tensor,
-    u: Tensor,
-    options: MPCOptions,
-    kernels: Kernels,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """The LQR problem whose solution is the fixed point and whose gradient is the MPC's.
-
-    Args:
-        x: (T, B, n), u: (T, B, m) the fixed point (constants).
-        kernels: the backend of the costates.
-
-    Returns:
-        C (T, B, d, d) and F (T-1, B, n, d) without graph (they only shape the backward
-        solve), c (T, B, d) and f (T-1, B, n) with the graph to the parameters, and the
-        Hessian used for the factorization.
-    """
-    tau = torch.cat([x, u], dim=-1)
-    H, g = cost_derivatives(cost, x, u, create_graph=True)
-    F = dynamics_jacobian(
-        dynamics,
-        x[:-1],
-        u[:-1],
-        method=options.jacobian,
-        eps=options.finite_diff_eps,
-        create_graph=options.grad_method == "paper",
-    )
-    if options.grad_method == "paper":
-        # differentiate the last convex approximation, eqs. (12), (13), (19)
-        f_next = dynamics(x[:-1], u[:-1])
-        c = g - (H @ tau.unsqueeze(-1)).squeeze(-1)
-        f = f_next - (F @ tau[:-1].unsqueeze(-1)).squeeze(-1)
-        return H, c, F, f, H.detach()
-    # exact: the optimality conditions dC/dtau + F' lam_next - [lam; 0] = 0 and
-    # f(tau) = x_next, differentiated at the solution with the Lagrangian's Hessian
-    lam = kernels.costates_from_gradient(g.detach(), F)
-    f_next, weighted, curvature = dynamics_curvature(
-        dynamics, x[:-1], u[:-1], lam[1:], create_graph=True
-    )
-    H_lagrangian = H.detach().clone()
-    H_lagrangian[:-1] += curvature
-    c = g + torch.cat([weighted - weighted.detach(), torch.zeros_like(g[-1:])])
-    c = c - (H_lagrangian @ tau.unsqueeze(-1)).squeeze(-1)
-    f = f_next - (F @ tau[:-1].unsqueeze(-1)).squeeze(-1)
-    return H_lagrangian, c, F, f, H_lagrangian
 
 
 class MPC(nn.Module):
@@ -163,7 +122,7 @@ class MPC(nn.Module):
     def with_options(self, **options: Any) -> MPC:
         """A copy of this controller with some options changed."""
         other = MPC(self.n_state, self.n_ctrl, self.horizon, self.u_lower, self.u_upper)
-        other.options = dataclasses.replace(self.options, **options)
+        other.options = MPCOptions.from_kwargs(self.options, **options)
         return other
 
     def extra_repr(self) -> str:
@@ -204,15 +163,25 @@ class MPC(nn.Module):
         u_init: Tensor | None = None,
     ) -> Solution:
         opts = self.options
+        for name, module in (("cost", cost), ("dynamics", dynamics)):
+            if not callable(module):
+                raise TypeError(
+                    f"{name}: expected a module called as {name}(x, u), "
+                    f"received {type(module).__name__}"
+                )
+        check_declared_sizes(dynamics, self.n_state, self.n_ctrl)
         x_init, lower, upper, u_init = self._inputs(x_init, u_init)
         lower_t = None if lower is None else lower.transpose(0, 1)
         upper_t = None if upper is None else upper.transpose(0, 1)
         u0 = u_init.detach().transpose(0, 1)
+        checked_cost = CheckedCost(cost)
+        checked_dynamics = CheckedDynamics(dynamics, self.n_state, self.n_ctrl)
+        context = f"{checked_cost.name}, {checked_dynamics.name}"
+        graph = torch.is_grad_enabled()
 
         if opts.grad_method == "unroll":
-            graph = torch.is_grad_enabled()
             kernels = select(opts.backend, x_init.device, needs_graph=graph)
-            model = ModuleModel(cost, dynamics, opts, create_graph=graph)
+            model = ModuleModel(checked_cost, checked_dynamics, opts, create_graph=graph)
             result = box_ddp(
                 model,
                 x_init,
@@ -223,11 +192,10 @@ class MPC(nn.Module):
                 warn_regularization=False,
                 kernels=kernels,
             )
-            x, u, info = result.x, result.u, result.info
-            info.enforce(opts.on_unconverged)
+            info = result.info
         else:
             kernels = select(opts.backend, x_init.device)
-            model = ModuleModel(cost, dynamics, opts, create_graph=False)
+            model = ModuleModel(checked_cost, checked_dynamics, opts, create_graph=False)
             # inference mode: the solve needs no graph, and every op is cheaper (the model's
             # local models switch it off where they differentiate)
             with torch.inference_mode():
@@ -244,21 +212,94 @@ class MPC(nn.Module):
                     kernels=kernels,
                 )
             info = result.info.clone()
-            info.enforce(opts.on_unconverged)
-            x, u = result.x.clone(), result.u.clone()
-            if torch.is_grad_enabled():
-                C, c, F, f, H = _lqr_data_at(cost, dynamics, x, u, opts, kernels)
-                gains = kernels.factorize(
-                    H.contiguous(),
-                    F.detach().contiguous(),
-                    result.gains.free.clone(),
-                    regularization=opts.regularization,
-                    warn=info.converged,
+        info.enforce(opts.on_unconverged, context)
+
+        # a non-finite element is no answer: NaN out, and no part in any gradient (its rows
+        # of the local model are left out, so not even 0 * NaN reaches a shared parameter)
+        bad = info.nonfinite
+        rows = torch.nonzero(~bad).flatten() if bool(bad.any()) else None
+        nan = torch.tensor(float("nan"), dtype=x_init.dtype, device=x_init.device)
+        keep = ~bad.view(1, -1, 1)
+        x = torch.where(keep, result.x.detach(), nan)
+        u = torch.where(keep, result.u.detach(), nan)
+        if graph and (rows is None or rows.numel() > 0):
+            if rows is None:
+                sub_cost, sub_dynamics = checked_cost, checked_dynamics
+            else:
+                sub_cost, sub_dynamics = self._restricted(cost, dynamics, rows)
+            if opts.grad_method == "unroll":
+                sub = (
+                    result
+                    if rows is None
+                    else self._solve_rows(
+                        sub_cost, sub_dynamics, x_init, u0, lower_t, upper_t, rows, kernels
+                    )
                 )
-                x, u = implicit_lqr(x_init, C, c, F, f, lower_t, upper_t, x, u, gains, opts.backend)
+                x_sub, u_sub = sub.x, sub.u
+            else:
+                x_sub, u_sub = implicit_solution(
+                    sub_cost,
+                    sub_dynamics,
+                    x_init,
+                    lower_t,
+                    upper_t,
+                    result,
+                    info.converged,
+                    rows,
+                    opts,
+                    kernels,
+                )
+            x = x_sub if rows is None else x.index_copy(1, rows, x_sub)
+            u = u_sub if rows is None else u.index_copy(1, rows, u_sub)
         if opts.on_unconverged == "zero_grad" and not info.all_converged:
             keep = info.converged.view(1, -1, 1)
             x = torch.where(keep, x, x.detach())
             u = torch.where(keep, u, u.detach())
         x, u = x.transpose(0, 1), u.transpose(0, 1)
-        return Solution(x, u, cost(x, u).sum(-1), info)
+        return Solution(x, u, self._cost_value(cost, checked_cost, x, u, rows), info)
+
+    def _restricted(
+        self, cost: nn.Module, dynamics: nn.Module, rows: Tensor
+    ) -> tuple[CheckedCost, CheckedDynamics]:
+        """The modules restricted to the batch elements ``rows`` (``contract.restrict``)."""
+        return (
+            CheckedCost(restrict(cost, rows)),
+            CheckedDynamics(restrict(dynamics, rows), self.n_state, self.n_ctrl),
+        )
+
+    def _solve_rows(
+        self,
+        cost: CheckedCost,
+        dynamics: CheckedDynamics,
+        x_init: Tensor,
+        u0: Tensor,
+        lower_t: Tensor | None,
+        upper_t: Tensor | None,
+        rows: Tensor,
+        kernels: Kernels,
+    ) -> DDPResult:
+        """Unrolled solve of the elements ``rows`` alone (time-major u0 (T, B, m))."""
+        model = ModuleModel(cost, dynamics, self.options, create_graph=True)
+        return box_ddp(
+            model,
+            x_init[rows],
+            u0[:, rows],
+            None if lower_t is None else lower_t[:, rows],
+            None if upper_t is None else upper_t[:, rows],
+            self.options,
+            warn_regularization=False,
+            kernels=kernels,
+        )
+
+    def _cost_value(
+        self, cost: nn.Module, checked: CheckedCost, x: Tensor, u: Tensor, rows: Tensor | None
+    ) -> Tensor:
+        """(B,) objective of x (B, T, n), u (B, T, m); NaN outside ``rows`` (all if None)."""
+        if rows is None:
+            return checked(x, u).sum(-1)
+        value = torch.full(x.shape[:1], float("nan"), dtype=x.dtype, device=x.device)
+        if rows.numel() == 0:
+            return value
+        return value.index_copy(
+            0, rows, CheckedCost(restrict(cost, rows))(x[rows], u[rows]).sum(-1)
+        )

@@ -6,6 +6,7 @@ not deep inside a solve.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, fields
 from typing import Any, Literal, get_args
 
@@ -76,8 +77,22 @@ class MPCOptions:
                 raise ValueError(f"{name}: expected one of {get_args(literal)}, received {value!r}")
         for name in ("max_iter", "qp_max_iter", "max_line_search"):
             value = getattr(self, name)
+            if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+                object.__setattr__(self, name, int(value))  # numpy integers too
+                value = int(value)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}: expected an integer >= 1, received {value!r}")
+                raise ValueError(
+                    f"{name}: expected an integer >= 1, received {value!r} ({type(value).__name__})"
+                )
+        for name in ("tol", "line_search_decay", "finite_diff_eps", "regularization"):
+            value = getattr(self, name)
+            if value is None and name == "tol":
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(
+                    f"{name}: expected a float, received {value!r} ({type(value).__name__})"
+                )
+            object.__setattr__(self, name, float(value))
         if self.tol is not None and not self.tol > 0:
             raise ValueError(f"tol: expected a positive float or None, received {self.tol!r}")
         if not 0 < self.line_search_decay < 1:

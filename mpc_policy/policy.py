@@ -152,6 +152,8 @@ class MPCPolicy(nn.Module):
     def _remember(self, u: Tensor) -> None:
         """Cache the plan u (B, T, m) shifted by one step, its last control repeated."""
         u = u.detach()
+        # a non-finite row (``Status.NONFINITE``) starts its next solve from zeros
+        u = torch.where(torch.isfinite(u), u, torch.zeros_like(u))
         self._warm_plan = torch.cat([u[:, 1:], u[:, -1:]], dim=1)
 
     def extra_repr(self) -> str:
@@ -196,6 +198,13 @@ class MPCPolicy(nn.Module):
             obs = obs.unsqueeze(0)
         if obs.dim() != 2:
             raise ValueError(f"obs: expected shape (B, n_obs), received {tuple(obs.shape)}")
+        finite = torch.isfinite(obs).all(-1)
+        if not bool(finite.all()):
+            rows = torch.nonzero(~finite).flatten().tolist()
+            raise ValueError(
+                f"obs: rows {rows[:10]} of {obs.shape[0]} contain NaN or Inf; an MPC policy "
+                "plans from finite observations only (check the environment or its wrapper)"
+            )
         x_init = self.obs_to_state(obs)
         if not isinstance(x_init, Tensor) or x_init.dim() != 2 or x_init.shape[0] != obs.shape[0]:
             raise ValueError(

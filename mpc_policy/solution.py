@@ -1,18 +1,57 @@
-"""What a solve returns: the trajectory, its cost and a per-element convergence report."""
+"""What a solve returns: the trajectory, its cost and a per-element report of how it ended."""
 
 from __future__ import annotations
 
+import enum
 import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-__all__ = ["ConvergenceError", "Solution", "SolverInfo"]
+__all__ = ["ConvergenceError", "Solution", "SolverInfo", "Status"]
 
 
 class ConvergenceError(RuntimeError):
     """Raised when ``on_unconverged="raise"`` and some batch elements did not converge."""
+
+
+class Status(enum.IntEnum):
+    """How the solve of one batch element ended (``SolverInfo.status``).
+
+    Attributes:
+        CONVERGED: a fixed point within tolerance, with positive curvature in the free
+            controls (a local minimum of the convex approximation).
+        MAX_ITER: not converged yet: the iterations ran out (raise ``max_iter``).
+        STALLED: no line-search step decreased the cost before a fixed point.
+        NONFINITE: the problem data, the trajectory, the cost or their derivatives became
+            NaN or Inf; the element's x, u and cost are NaN and it takes no part in the
+            gradient.
+        INDEFINITE: the point reached (a fixed point, or the last iterate of an element
+            still moving) is no minimum: the control Hessian of the Riccati recursion is
+            indefinite on the free controls beyond the first regularization shift (a
+            saddle, or a cost unbounded below).
+    """
+
+    CONVERGED = 0
+    MAX_ITER = 1
+    STALLED = 2
+    NONFINITE = 3
+    INDEFINITE = 4
+
+
+_ADVICE = {
+    Status.MAX_ITER: "did not reach a fixed point within max_iter iterations; raise max_iter, "
+    "loosen tol or warm-start with u_init",
+    Status.STALLED: "stalled before a fixed point (no line-search step decreased the cost); "
+    "warm-start with u_init or raise max_line_search",
+    Status.NONFINITE: "became non-finite (NaN or Inf in the cost, the dynamics, their "
+    "derivatives or the trajectory); their x, u and cost are NaN: check the cost and the "
+    "dynamics modules and their parameters for these elements",
+    Status.INDEFINITE: "have no minimizer at the point found (the control Hessian is "
+    "indefinite on the free controls: a saddle, or a cost unbounded below); make the cost "
+    "convex in the controls, bound them, or start elsewhere with u_init",
+}
 
 
 @dataclass
@@ -21,13 +60,16 @@ class SolverInfo:
 
     Attributes:
         iterations: (B,) outer iterations each element used.
-        converged: (B,) whether each element reached a fixed point within tolerance.
+        converged: (B,) whether each element reached a fixed point within tolerance that
+            is a minimum (``status == Status.CONVERGED``).
         residual: (B,) final fixed-point residual: the largest control change that a full
             step of the convex approximation (on the linearized dynamics) would still
             make, relative to 1 + max |u|.
         step_size: (B,) the last line-search step accepted (0 if none was).
         backend: which implementation ran the numerics, "compiled" or "torch"
             (``mpc_policy.backend``).
+        status: (B,) int8 ``Status`` code of each element; derived from ``converged``
+            (CONVERGED or MAX_ITER) when not given.
     """
 
     iterations: Tensor
@@ -35,6 +77,31 @@ class SolverInfo:
     residual: Tensor
     step_size: Tensor
     backend: str = "torch"
+    status: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.status is None:
+            self.status = torch.where(
+                self.converged,
+                torch.tensor(int(Status.CONVERGED), dtype=torch.int8, device=self.converged.device),
+                torch.tensor(int(Status.MAX_ITER), dtype=torch.int8, device=self.converged.device),
+            )
+
+    @property
+    def codes(self) -> Tensor:
+        """(B,) int8 ``Status`` codes (``status``, never None after construction)."""
+        assert self.status is not None
+        return self.status
+
+    @property
+    def nonfinite(self) -> Tensor:
+        """(B,) whether each element became non-finite (``Status.NONFINITE``)."""
+        return self.codes == int(Status.NONFINITE)
+
+    @property
+    def status_names(self) -> list[str]:
+        """The ``Status`` name of each element, e.g. ["CONVERGED", "NONFINITE", ...]."""
+        return [Status(int(code)).name for code in self.codes.tolist()]
 
     def clone(self) -> SolverInfo:
         """A copy with cloned tensors (ordinary ones, for a report made in inference mode)."""
@@ -44,6 +111,18 @@ class SolverInfo:
             self.residual.clone(),
             self.step_size.clone(),
             backend=self.backend,
+            status=self.codes.clone(),
+        )
+
+    def index(self, rows: Tensor) -> SolverInfo:
+        """The report of the elements ``rows`` ((k,) indices or a (B,) mask)."""
+        return SolverInfo(
+            self.iterations[rows],
+            self.converged[rows],
+            self.residual[rows],
+            self.step_size[rows],
+            backend=self.backend,
+            status=self.codes[rows],
         )
 
     @property
@@ -59,24 +138,39 @@ class SolverInfo:
         return float((~self.converged).float().mean())
 
     def describe_unconverged(self) -> str:
-        bad = self.unconverged_indices
-        shown = bad[:10]
-        more = f" (and {len(bad) - 10} more)" if len(bad) > 10 else ""
-        residual = self.residual[shown].tolist()
-        return (
-            f"{len(bad)} of {self.converged.numel()} batch elements did not reach a fixed "
-            f"point: indices {shown}{more}, residuals {[f'{r:.2e}' for r in residual]}; "
-            "raise max_iter, loosen tol or warm-start with u_init"
-        )
+        """One sentence per kind of failure, naming the elements (the first ten of each)."""
+        parts = []
+        codes = self.codes
+        for status, advice in _ADVICE.items():
+            bad = torch.nonzero(codes == int(status)).flatten().tolist()
+            if not bad:
+                continue
+            shown = bad[:10]
+            more = f" (and {len(bad) - 10} more)" if len(bad) > 10 else ""
+            residual = ""
+            if status in (Status.MAX_ITER, Status.STALLED):
+                values = self.residual[shown].tolist()
+                residual = f" (residuals {[f'{r:.2e}' for r in values]})"
+            parts.append(
+                f"{len(bad)} of {codes.numel()} batch elements {advice}: "
+                f"{status.name} at indices {shown}{more}{residual}"
+            )
+        return "; ".join(parts)
 
-    def enforce(self, policy: str) -> None:
-        """Apply the user's policy for unconverged elements (warn / raise / ...)."""
+    def enforce(self, policy: str, context: str = "") -> None:
+        """Apply the user's policy for unconverged elements (warn / raise / ...).
+
+        Args:
+            policy: the ``on_unconverged`` option.
+            context: appended to the message (e.g. the modules that were solved).
+        """
         if self.all_converged or policy == "ignore":
             return
+        message = self.describe_unconverged() + (f" [{context}]" if context else "")
         if policy == "raise":
-            raise ConvergenceError(self.describe_unconverged())
+            raise ConvergenceError(message)
         suffix = "; their gradients are zeroed" if policy == "zero_grad" else ""
-        warnings.warn(self.describe_unconverged() + suffix, RuntimeWarning, stacklevel=3)
+        warnings.warn(message + suffix, RuntimeWarning, stacklevel=3)
 
 
 @dataclass

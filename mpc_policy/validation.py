@@ -94,10 +94,24 @@ def expand_bound(
     n_ctrl: int,
     like: Tensor,
 ) -> Tensor | None:
-    """A control bound as (B, T, m): from a float, (m,), (B, m) or (B, T, m); None stays None."""
+    """A control bound as (B, T, m); None stays None.
+
+    From a float, (m,), (B, m), or a 3-D tensor that broadcasts to (B, T, m): (B, T, m),
+    (1, T, m) per time step, (B, 1, m) per element. A (B, m) tensor when B == T could also
+    mean (T, m): that is an error asking for the 3-D form.
+    """
     if value is None:
         return None
-    if isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, Tensor | int | float):
+        kind = type(value)
+        if kind.__module__ == "numpy" and getattr(value, "ndim", None) == 0:
+            value = float(value)
+        else:
+            raise TypeError(
+                f"{name}: expected a float, a torch.Tensor or None, received "
+                f"{kind.__module__}.{kind.__name__} (convert arrays with torch.as_tensor)"
+            )
+    if isinstance(value, int | float):
         value = torch.tensor(float(value), dtype=like.dtype, device=like.device)
     value = check_tensor(name, value)
     check_same_kind("x_init", like, **{name: value})
@@ -106,14 +120,31 @@ def expand_bound(
     if value.dim() == 1 and value.shape[0] == n_ctrl:
         return value.expand(batch, horizon, n_ctrl)
     if value.dim() == 2 and tuple(value.shape) == (batch, n_ctrl):
+        if batch == horizon and batch > 1:
+            raise ValueError(
+                f"{name}: shape {_shape_text(tuple(value.shape))} is ambiguous with B = T = "
+                f"{batch}: (B, m), one bound per batch element, or (T, m), one per time step; "
+                f"pass ({batch}, 1, {n_ctrl}) for per-element bounds or (1, {horizon}, "
+                f"{n_ctrl}) for per-time-step bounds"
+            )
         return value.unsqueeze(1).expand(batch, horizon, n_ctrl)
-    if value.dim() == 3 and tuple(value.shape) == (batch, horizon, n_ctrl):
-        return value
+    if value.dim() == 3 and value.shape[0] in (1, batch) and value.shape[1] in (1, horizon):
+        if value.shape[2] == n_ctrl:
+            return value.expand(batch, horizon, n_ctrl)
     raise ValueError(
         f"{name}: expected a float or a tensor of shape (m,) = ({n_ctrl},), "
-        f"(B, m) = ({batch}, {n_ctrl}) or (B, T, m) = ({batch}, {horizon}, {n_ctrl}), "
-        f"received shape {_shape_text(tuple(value.shape))}"
+        f"(B, m) = ({batch}, {n_ctrl}), (B, T, m) = ({batch}, {horizon}, {n_ctrl}), "
+        f"(1, T, m) or (B, 1, m), received shape {_shape_text(tuple(value.shape))}"
+        + _bound_hint(tuple(value.shape), batch, horizon, n_ctrl)
     )
+
+
+def _bound_hint(shape: tuple[int, ...], batch: int, horizon: int, n_ctrl: int) -> str:
+    if shape == (horizon, n_ctrl):
+        return f" (for one bound per time step pass shape (1, {horizon}, {n_ctrl}))"
+    if shape == (horizon, batch, n_ctrl) and horizon != batch:
+        return " (time-major? bounds are batch first: (B, T, m))"
+    return ""
 
 
 def check_bounds(lower: Tensor | None, upper: Tensor | None) -> None:
@@ -121,6 +152,14 @@ def check_bounds(lower: Tensor | None, upper: Tensor | None) -> None:
     for name, bound in (("u_lower", lower), ("u_upper", upper)):
         if bound is not None and bool(torch.isnan(bound).any()):
             raise ValueError(f"{name}: contains NaN values")
+    for name, bound, sign in (("u_lower", lower, 1.0), ("u_upper", upper, -1.0)):
+        # a lower bound of +inf (or an upper one of -inf) admits no control at all
+        if bound is not None and bool((bound == sign * float("inf")).any()):
+            index = tuple(torch.nonzero(bound == sign * float("inf"))[0].tolist())
+            raise ValueError(
+                f"{name}: {float(bound[index]):g} at index (batch, time, control) = {index} "
+                "admits no control; use -inf for no lower bound and +inf for no upper bound"
+            )
     if lower is not None and upper is not None:
         bad = lower > upper
         if bool(bad.any()):

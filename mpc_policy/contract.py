@@ -1,0 +1,206 @@
+"""The solver's contract with user models: how it calls them and what it accepts back.
+
+    dynamics(x (N, n), u (N, m))            -> x_next (N, n)
+    dynamics.jacobian(x (N, n), u (N, m))   -> (N, n, n+m)          (optional)
+    cost(x (B, T, n), u (B, T, m))          -> per-step cost (B, T)
+    cost.quadratize(x, u)                   -> ((B, T, d, d), (B, T, d))  (optional)
+
+A dynamics model is always called on ONE row dimension: the solver's leading dimensions
+(time steps, line-search candidates, finite-difference points, then the batch) are flattened
+into N rows with the batch index fastest, so row r belongs to batch element r mod B. Then
+``x[:, i]`` and ``x[..., i]`` mean the same thing, and a model with per-batch-element
+parameters (B, ...) reads them as ``x.view(-1, B, n)``.
+
+Every return is checked for its type, shape and dtype, with an error that names the module,
+the expected and the received. Values are not checked here: a row that turns non-finite is
+data (``Status.NONFINITE``), found and isolated by the solver.
+
+A module whose parameters are per batch element can define ``select_batch(index)``, returning
+the module restricted to those elements; the solver uses it to take non-finite elements out of
+the gradient (``restrict``). Without it, a module is assumed to treat rows independently with
+parameters shared by the whole batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["CheckedCost", "CheckedDynamics", "check_declared_sizes", "module_name", "restrict"]
+
+
+def module_name(module: object) -> str:
+    """The class name of a user module, for messages."""
+    return type(module).__name__
+
+
+def _received(value: object) -> str:
+    if isinstance(value, Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    if isinstance(value, tuple | list):
+        return f"a {type(value).__name__} of {len(value)} items (return one tensor)"
+    kind = type(value)
+    if kind.__module__ == "numpy":
+        return (
+            f"numpy.{kind.__name__} (compute with torch inside the module: the solver "
+            "differentiates it)"
+        )
+    return f"{kind.__module__}.{kind.__name__}"
+
+
+def _call(name: str, shapes: str, function: Callable[..., Any], *args: Tensor) -> Any:
+    """Call a user module; an error it raises gets a note of who was called on what."""
+    try:
+        return function(*args)
+    except Exception as error:
+        if hasattr(error, "add_note"):  # Python >= 3.11
+            error.add_note(f"raised by {name}, called by the MPC solver as {shapes}")
+        raise
+
+
+def _check_output(
+    what: str, value: object, shape: tuple[int, ...], dtype: torch.dtype, call: str, hint: str
+) -> Tensor:
+    """``value`` must be a tensor of exactly ``shape`` and ``dtype``."""
+    if not isinstance(value, Tensor):
+        raise TypeError(
+            f"{what}: expected {call} to return a tensor of shape {shape}, "
+            f"received {_received(value)}"
+        )
+    if tuple(value.shape) != shape:
+        raise ValueError(
+            f"{what}: expected {call} to return shape {shape}, received shape "
+            f"{tuple(value.shape)}{hint}"
+        )
+    if value.dtype != dtype:
+        raise TypeError(
+            f"{what}: expected {call} to return dtype {dtype} (the dtype of its inputs), "
+            f"received {value.dtype}"
+        )
+    return value
+
+
+def check_declared_sizes(dynamics: object, n_state: int, n_ctrl: int) -> None:
+    """A dynamics module's own integer ``n_state`` / ``n_ctrl`` must match the solver's."""
+    for name, size in (("n_state", n_state), ("n_ctrl", n_ctrl)):
+        declared = getattr(dynamics, name, None)
+        if isinstance(declared, int) and not isinstance(declared, bool) and declared != size:
+            raise ValueError(
+                f"{name}: the MPC was built with {name}={size}, but dynamics "
+                f"({module_name(dynamics)}) has {name} = {declared}"
+            )
+
+
+class CheckedDynamics:
+    """A dynamics module called on flattened rows, with its returns checked.
+
+    Args:
+        module: the user's dynamics, dynamics(x (N, n), u (N, m)) -> (N, n).
+        n_state: n, as declared to the solver.
+        n_ctrl: m, as declared to the solver.
+    """
+
+    def __init__(self, module: Callable[..., Any], n_state: int, n_ctrl: int) -> None:
+        self.module, self.n_state, self.n_ctrl = module, n_state, n_ctrl
+        self.name = f"dynamics ({module_name(module)})"
+        has_jacobian = callable(getattr(module, "jacobian", None))
+        self.jacobian = self._jacobian if has_jacobian else None
+
+    def _rows(self, x: Tensor, u: Tensor) -> tuple[Tensor, Tensor, torch.Size]:
+        lead = torch.broadcast_shapes(x.shape[:-1], u.shape[:-1])
+        x_rows = x.expand(*lead, x.shape[-1]).reshape(-1, x.shape[-1])
+        u_rows = u.expand(*lead, u.shape[-1]).reshape(-1, u.shape[-1])
+        return x_rows, u_rows, lead
+
+    def _hint(self, out: object, rows: int) -> str:
+        if isinstance(out, Tensor) and out.dim() == 2 and out.shape[0] == rows:
+            return (
+                f" (the module gives {out.shape[1]} states but n_state = {self.n_state}: "
+                "MPC(n_state=...) must match the dynamics)"
+            )
+        if isinstance(out, Tensor) and out.dim() == 1 and out.shape[0] == rows:
+            return " (keep the state dimension: return (N, n), not (N,))"
+        return ""
+
+    def __call__(self, x: Tensor, u: Tensor) -> Tensor:
+        """Next states (..., n) for x (..., n), u (..., m), through one call on rows."""
+        x_rows, u_rows, lead = self._rows(x, u)
+        N, n, m = x_rows.shape[0], self.n_state, self.n_ctrl
+        call = f"dynamics(x {(N, n)}, u {(N, m)})"
+        out = _call(self.name, call, self.module, x_rows, u_rows)
+        _check_output(self.name, out, (N, n), x.dtype, call, self._hint(out, N))
+        return out.reshape(*lead, n)
+
+    def _jacobian(self, x: Tensor, u: Tensor) -> Tensor:
+        """Jacobians (..., n, n+m) for x (..., n), u (..., m), through one call on rows."""
+        x_rows, u_rows, lead = self._rows(x, u)
+        N, n, m = x_rows.shape[0], self.n_state, self.n_ctrl
+        call = f"dynamics.jacobian(x {(N, n)}, u {(N, m)})"
+        jacobian = self.module.jacobian  # type: ignore[attr-defined]
+        J = _call(self.name, call, jacobian, x_rows, u_rows)
+        _check_output(self.name, J, (N, n, n + m), x.dtype, call, "")
+        return J.reshape(*lead, n, n + m)
+
+
+class CheckedCost:
+    """A cost module with its returns checked.
+
+    Args:
+        module: the user's cost, cost(x (B, T, n), u (B, T, m)) -> (B, T).
+    """
+
+    def __init__(self, module: Callable[..., Any]) -> None:
+        self.module = module
+        self.name = f"cost ({module_name(module)})"
+        has_quadratize = callable(getattr(module, "quadratize", None))
+        self.quadratize = self._quadratize if has_quadratize else None
+
+    @staticmethod
+    def _hint(out: object, B: int, T: int) -> str:
+        if not isinstance(out, Tensor):
+            return ""
+        if tuple(out.shape) == (B, T, 1):
+            return " (drop the trailing dimension: the cost of each step is a scalar)"
+        if out.dim() == 0:
+            return " (return the cost of every step, not their sum)"
+        if tuple(out.shape) in ((1, T), (T,)) and B != 1:
+            return " (keep the batch dimension: one cost per batch element and step)"
+        return ""
+
+    def __call__(self, x: Tensor, u: Tensor) -> Tensor:
+        """Per-step costs (B, T) for x (B, T, n), u (B, T, m)."""
+        B, T = x.shape[0], x.shape[1]
+        call = f"cost(x {tuple(x.shape)}, u {tuple(u.shape)})"
+        out = _call(self.name, call, self.module, x, u)
+        return _check_output(self.name, out, (B, T), x.dtype, call, self._hint(out, B, T))
+
+    def _quadratize(self, x: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+        """Hessians (B, T, d, d) and gradients (B, T, d) for x (B, T, n), u (B, T, m)."""
+        B, T, d = x.shape[0], x.shape[1], x.shape[-1] + u.shape[-1]
+        call = f"cost.quadratize(x {tuple(x.shape)}, u {tuple(u.shape)})"
+        quadratize = self.module.quadratize  # type: ignore[attr-defined]
+        out = _call(self.name, call, quadratize, x, u)
+        if not isinstance(out, tuple | list) or len(out) != 2:
+            raise TypeError(
+                f"{self.name}: expected {call} to return (hessian, gradient), "
+                f"received {_received(out)}"
+            )
+        hessian = _check_output(self.name, out[0], (B, T, d, d), x.dtype, call + "[0]", "")
+        gradient = _check_output(self.name, out[1], (B, T, d), x.dtype, call + "[1]", "")
+        return hessian, gradient
+
+
+def restrict(module: nn.Module, index: Tensor) -> nn.Module:
+    """The module restricted to the batch elements ``index`` (k,).
+
+    A module with per-batch-element parameters provides ``select_batch(index)``; any other
+    module is shared by all elements and returned as it is.
+    """
+    select = getattr(module, "select_batch", None)
+    if callable(select):
+        selected: nn.Module = select(index)
+        return selected
+    return module

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from agents.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from agents.config import ExperimentConfig
 from agents.datasets import ExpertDataset
+from agents.guards import check_loss, check_parameters, restore_optimizer
 from agents.logging import TrainingLog, summarize_warnings
 from agents.models import model_errors, parameter_groups, parameter_values
 from agents.nn_baseline import SequenceNetwork
@@ -136,8 +137,10 @@ class Trainer:
         objective: Objective,
         dataset: ExpertDataset,
         run_dir: str | Path,
+        apply_new_settings: bool = False,
     ) -> None:
         self.config, self.objective = config, objective
+        self.apply_new_settings = apply_new_settings
         self.learner = objective.learner
         self.run_dir = Path(run_dir)
         self.splits = {
@@ -219,6 +222,7 @@ class Trainer:
         for start in range(0, order.numel(), train.batch_size):
             batch = self._batch("train", order[start : start + train.batch_size])
             loss, logs, info = self.objective.train_loss(batch)
+            check_loss(epoch, loss, f"training loss of batch {n_batches + 1}")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             for name, group in self.groups.items():
@@ -226,6 +230,7 @@ class Trainer:
                     for p in group:
                         p.grad = None
             self.optimizer.step()
+            check_parameters(epoch, self.learner, f"in the optimizer step of batch {n_batches + 1}")
             if self.scheduler is not None:
                 self.scheduler.step()
             sums.update(logs)
@@ -269,9 +274,14 @@ class Trainer:
                     "output_dir or `mpc-policy train --restart`"
                 )
         self.learner.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None and state["scheduler"] is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
+        restore_optimizer(
+            self.optimizer,
+            self.scheduler,
+            state,
+            current,
+            self.apply_new_settings,
+            str(self.checkpoint_path),
+        )
         self.shuffle.set_state(state["shuffle"])
         restore_rng(state["rng"])
         self.best = dict(state["best"])
@@ -285,6 +295,7 @@ class Trainer:
     def _end_epoch(self, log: TrainingLog, scalars: dict[str, float]) -> None:
         for split in ("val", "test"):
             scalars[f"loss/{split}"] = self.evaluate(split)
+            check_loss(self.epoch, scalars[f"loss/{split}"], f"{split} loss")
         if scalars["loss/val"] < self.best["val"]:
             self.best = {
                 "epoch": self.epoch,

@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
     sub = commands.add_parser("train", parents=[common], help="behaviour cloning (resumable)")
     sub.add_argument("--restart", action="store_true", help="discard checkpoints and logs")
+    apply_help = "resume even with changed optimizer/scheduler settings, applying them"
+    sub.add_argument("--apply-new-settings", action="store_true", help=apply_help)
     sub.add_argument(
         "--stop-after",
         type=int,
@@ -55,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--gif", action="store_true", help="render the first episode to a GIF")
     sub = commands.add_parser("run", parents=[common], help="collect, train and evaluate")
     sub.add_argument("--restart", action="store_true", help="discard checkpoints and logs")
+    sub.add_argument("--apply-new-settings", action="store_true", help=apply_help)
     return parser
 
 
@@ -94,12 +97,13 @@ def _execute(args: argparse.Namespace) -> None:
             f"{100 * dataset['converged'].mean():.1f}% of the expert's solves converged"
         )
     elif args.command == "train":
-        _print_training(config, train(config, args.restart, args.stop_after).to_dict())
+        result = train(config, args.restart, args.stop_after, args.apply_new_settings)
+        _print_training(config, result.to_dict())
     elif args.command == "evaluate":
         print(f"evaluation of the {args.checkpoint} checkpoint:")
         _print_evaluation(evaluate(config, args.checkpoint, gif=args.gif or None))
     else:
-        summary = run(config, restart=args.restart)
+        summary = run(config, restart=args.restart, apply_new_settings=args.apply_new_settings)
         print(f"dataset: {summary['dataset']}" + (" (reused)" if summary["dataset_reused"] else ""))
         _print_training(config, summary["train"])
         print("evaluation of the best checkpoint:")

@@ -10,6 +10,7 @@ an unknown key or a value of the wrong type is a ``ValueError`` naming it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
+
+from mpc_policy.options import MPCOptions
 
 __all__ = [
     "METHODS",
@@ -132,8 +135,27 @@ class ExperimentConfig:
         for key, value in (("data.n_val", self.data.n_val), ("data.n_test", self.data.n_test)):
             if value < 1:
                 raise ValueError(f"{key}: expected an integer >= 1 (a split), received {value}")
-        if self.train.lr is not None and not self.train.lr > 0:
-            raise ValueError(f"train.lr: expected a positive float, received {self.train.lr}")
+        if self.train.lr is not None and not 0 < self.train.lr < math.inf:
+            raise ValueError(
+                f"train.lr: expected a finite positive float, received {self.train.lr}"
+            )
+        if not 0 < self.train.alpha < 1:
+            raise ValueError(
+                f"train.alpha: expected a float in (0, 1), received {self.train.alpha}"
+            )
+        if not 0 < self.evaluate.success_angle < math.inf:
+            raise ValueError(
+                "evaluate.success_angle: expected a finite positive float, received "
+                f"{self.evaluate.success_angle}"
+            )
+        for key, options in (
+            ("model.solver", self.model.solver),
+            ("data.expert_options", self.data.expert_options),
+        ):
+            try:
+                MPCOptions.from_kwargs(**options)
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"{key}: {error}") from None
         if self.train.n_train is not None and not 1 <= self.train.n_train <= self.data.n_train:
             raise ValueError(
                 f"train.n_train: expected 1..data.n_train ({self.data.n_train}), "
@@ -233,9 +255,15 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 def _override(text: str) -> dict[str, Any]:
     if "=" not in text:
-        raise ValueError(f"override: expected 'section.key=value', received {text!r}")
+        raise ValueError(f"--set: expected 'section.key=value', received {text!r}")
     path, raw = text.split("=", 1)
-    value: Any = yaml.safe_load(raw)
+    try:
+        value: Any = yaml.safe_load(raw)
+    except yaml.YAMLError as error:
+        reason = getattr(error, "problem", None) or type(error).__name__
+        raise ValueError(
+            f"--set {path.strip()}: the value {raw!r} is not YAML ({reason})"
+        ) from None
     for part in reversed(path.strip().split(".")):
         value = {part: value}
     return value
@@ -257,7 +285,13 @@ def load_config(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config: no such file {str(path)!r}")
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        reason = getattr(error, "problem", None) or type(error).__name__
+        raise ValueError(f"config {path}: YAML syntax error{where}: {reason}") from None
     if not isinstance(raw, dict):
         raise ValueError(f"config {path}: expected a mapping at the top level")
     profiles = raw.pop("profiles", None) or {}
@@ -271,4 +305,8 @@ def load_config(
             raw["output_dir"] = f"runs/{raw.get('name', path.stem)}-{profile}"
     for text in overrides:
         raw = _merge(raw, _override(text))
-    return _from_dict("", ExperimentConfig, raw)
+    try:
+        config: ExperimentConfig = _from_dict("", ExperimentConfig, raw)
+    except ValueError as error:
+        raise ValueError(f"config {path}: {error}") from None
+    return config

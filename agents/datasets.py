@@ -216,6 +216,40 @@ def _check_metadata(path: Path, metadata: dict[str, Any], expect: dict[str, Any]
             )
 
 
+def _check_consistency(path: Path, metadata: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    """The metadata agree with each other and with the arrays: system and environment,
+    state and control sizes, actions within the recorded control bound."""
+    system = metadata["system"]
+    if system not in SYSTEMS:
+        raise DatasetError(
+            f"{path}: metadata 'system' is {system!r}, expected one of {sorted(SYSTEMS)}"
+        )
+    spec = SYSTEMS[system]
+    if metadata["env_id"] != spec.env_id:
+        raise DatasetError(
+            f"{path}: metadata 'env_id' is {metadata['env_id']!r}, but the system "
+            f"{system!r} is {spec.env_id!r}"
+        )
+    for key, symbol, size in (
+        ("states", "n", getattr(spec.make_dynamics, "n_state", None)),
+        ("actions", "m", getattr(spec.make_dynamics, "n_ctrl", None)),
+    ):
+        if isinstance(size, int) and arrays[key].shape[-1] != size:
+            raise DatasetError(
+                f"{path}: {key!r} has shape {arrays[key].shape}, but the system {system!r} "
+                f"has {symbol} = {size}"
+            )
+    bound = metadata["expert"].get("control_bound")
+    if isinstance(bound, int | float) and not isinstance(bound, bool):
+        for key in ("actions", "nominal_actions"):
+            largest = float(np.abs(arrays[key]).max(initial=0.0))
+            if largest > bound * (1 + 1e-5):
+                raise DatasetError(
+                    f"{path}: {key!r} reaches |u| = {largest:g}, beyond the recorded "
+                    f"control bound {bound:g} of metadata 'expert'"
+                )
+
+
 def load_dataset(path: str | Path, expect: dict[str, Any] | None = None) -> ExpertDataset:
     """Read and validate a dataset file.
 
@@ -248,6 +282,12 @@ def load_dataset(path: str | Path, expect: dict[str, Any] | None = None) -> Expe
     missing = [k for k in SCHEMA if k not in contents]
     if missing:
         raise DatasetError(f"{path}: missing array(s) {missing}")
+    unknown = sorted(set(contents) - set(SCHEMA))
+    if unknown:
+        raise DatasetError(
+            f"{path}: unknown array(s) {unknown}; a dataset holds exactly {sorted(SCHEMA)} "
+            "and 'metadata' (remove the others)"
+        )
     n_steps = contents["episodes"].shape[0] if contents["episodes"].ndim == 1 else -1
     sizes: dict[str, int] = {"N": n_steps, "T": metadata["expert"]["horizon"]}
     for key, (dtype, symbols) in SCHEMA.items():
@@ -269,6 +309,7 @@ def load_dataset(path: str | Path, expect: dict[str, Any] | None = None) -> Expe
                 )
         if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
             raise DatasetError(f"{path}: {key!r} contains NaN or Inf")
+    _check_consistency(path, metadata, contents)
     n_episodes = sum(metadata["splits"][s] for s in SPLITS)
     episodes = contents["episodes"]
     if (

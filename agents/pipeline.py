@@ -29,6 +29,7 @@ from agents.checkpoint import load_checkpoint
 from agents.config import ExperimentConfig
 from agents.datasets import DatasetError, ExpertDataset, collect_dataset, load_dataset
 from agents.evaluate import evaluate_policy
+from agents.guards import RunLock
 from agents.models import MODEL_CLASS, build_learner
 from agents.sysid import SysIdObjective
 from agents.systems import expert_for, system_params
@@ -109,15 +110,30 @@ def _objective(
 
 
 def train(
-    config: ExperimentConfig, restart: bool = False, stop_after: int | None = None
+    config: ExperimentConfig,
+    restart: bool = False,
+    stop_after: int | None = None,
+    apply_new_settings: bool = False,
 ) -> TrainResult:
     """Train the configured learner on the dataset, resuming from the last checkpoint.
+
+    The run folder is locked while training (``agents.guards.RunLock``): a second run on
+    the same folder is refused.
 
     Args:
         config: the experiment.
         restart: delete earlier checkpoints and logs of this run first.
         stop_after: stop after this many epochs in this call (resumable).
+        apply_new_settings: resume even if the optimizer or scheduler settings changed
+            since the checkpoint, applying the new ones (refused otherwise).
     """
+    with RunLock(config.run_dir):
+        return _train(config, restart, stop_after, apply_new_settings)
+
+
+def _train(
+    config: ExperimentConfig, restart: bool, stop_after: int | None, apply_new_settings: bool
+) -> TrainResult:
     run_dir = config.run_dir
     if restart:
         for folder in ("checkpoints", "tensorboard"):
@@ -127,7 +143,9 @@ def train(
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     torch.manual_seed(config.train.seed)
     learner = build_learner(config)
-    trainer = Trainer(config, _objective(config, learner, dataset), dataset, run_dir)
+    trainer = Trainer(
+        config, _objective(config, learner, dataset), dataset, run_dir, apply_new_settings
+    )
     result = trainer.fit(stop_after=stop_after)
     _update_results(config, "train", result.to_dict())
     return result
@@ -183,10 +201,12 @@ def evaluate(
     return results
 
 
-def run(config: ExperimentConfig, restart: bool = False) -> dict[str, Any]:
+def run(
+    config: ExperimentConfig, restart: bool = False, apply_new_settings: bool = False
+) -> dict[str, Any]:
     """Collect (or reuse) the data, train, evaluate; return where everything went."""
     dataset, reused = collect(config)
-    result = train(config, restart=restart)
+    result = train(config, restart=restart, apply_new_settings=apply_new_settings)
     evaluation = evaluate(config)
     return {
         "dataset": str(dataset),

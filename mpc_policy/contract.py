@@ -23,13 +23,21 @@ parameters shared by the whole batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CheckedCost", "CheckedDynamics", "check_declared_sizes", "module_name", "restrict"]
+__all__ = [
+    "CheckedCost",
+    "CheckedDynamics",
+    "check_declared_sizes",
+    "module_name",
+    "on_rows",
+    "restrict",
+]
 
 
 def module_name(module: object) -> str:
@@ -51,14 +59,20 @@ def _received(value: object) -> str:
     return f"{kind.__module__}.{kind.__name__}"
 
 
-def _call(name: str, shapes: str, function: Callable[..., Any], *args: Tensor) -> Any:
+def _call(name: str, function: Callable[..., Any], *args: Tensor) -> Any:
     """Call a user module; an error it raises gets a note of who was called on what."""
     try:
         return function(*args)
     except Exception as error:
         if hasattr(error, "add_note"):  # Python >= 3.11
-            error.add_note(f"raised by {name}, called by the MPC solver as {shapes}")
+            shapes = ", ".join(str(tuple(a.shape)) for a in args)
+            error.add_note(f"raised by {name}, called by the MPC solver on shapes {shapes}")
         raise
+
+
+def _fits(value: object, shape: tuple[int, ...], dtype: torch.dtype) -> bool:
+    """The fast test of every call (messages are built only when it fails)."""
+    return isinstance(value, Tensor) and value.shape == shape and value.dtype == dtype
 
 
 def _check_output(
@@ -110,7 +124,10 @@ class CheckedDynamics:
         self.jacobian = self._jacobian if has_jacobian else None
 
     def _rows(self, x: Tensor, u: Tensor) -> tuple[Tensor, Tensor, torch.Size]:
-        lead = torch.broadcast_shapes(x.shape[:-1], u.shape[:-1])
+        lead = x.shape[:-1]
+        if lead == u.shape[:-1]:  # how the solver calls (broadcast_shapes costs ~10 us)
+            return x.reshape(-1, x.shape[-1]), u.reshape(-1, u.shape[-1]), lead
+        lead = torch.broadcast_shapes(lead, u.shape[:-1])
         x_rows = x.expand(*lead, x.shape[-1]).reshape(-1, x.shape[-1])
         u_rows = u.expand(*lead, u.shape[-1]).reshape(-1, u.shape[-1])
         return x_rows, u_rows, lead
@@ -127,21 +144,30 @@ class CheckedDynamics:
 
     def __call__(self, x: Tensor, u: Tensor) -> Tensor:
         """Next states (..., n) for x (..., n), u (..., m), through one call on rows."""
+        if x.dim() == 2 and u.dim() == 2 and x.shape[0] == u.shape[0]:  # already rows
+            out = _call(self.name, self.module, x, u)
+            if not _fits(out, x.shape, x.dtype):
+                call = f"dynamics(x {tuple(x.shape)}, u {tuple(u.shape)})"
+                shape = (x.shape[0], self.n_state)
+                _check_output(self.name, out, shape, x.dtype, call, self._hint(out, x.shape[0]))
+            return out
         x_rows, u_rows, lead = self._rows(x, u)
         N, n, m = x_rows.shape[0], self.n_state, self.n_ctrl
-        call = f"dynamics(x {(N, n)}, u {(N, m)})"
-        out = _call(self.name, call, self.module, x_rows, u_rows)
-        _check_output(self.name, out, (N, n), x.dtype, call, self._hint(out, N))
+        out = _call(self.name, self.module, x_rows, u_rows)
+        if not _fits(out, (N, n), x.dtype):
+            call = f"dynamics(x {(N, n)}, u {(N, m)})"
+            _check_output(self.name, out, (N, n), x.dtype, call, self._hint(out, N))
         return out.reshape(*lead, n)
 
     def _jacobian(self, x: Tensor, u: Tensor) -> Tensor:
         """Jacobians (..., n, n+m) for x (..., n), u (..., m), through one call on rows."""
         x_rows, u_rows, lead = self._rows(x, u)
         N, n, m = x_rows.shape[0], self.n_state, self.n_ctrl
-        call = f"dynamics.jacobian(x {(N, n)}, u {(N, m)})"
         jacobian = self.module.jacobian  # type: ignore[attr-defined]
-        J = _call(self.name, call, jacobian, x_rows, u_rows)
-        _check_output(self.name, J, (N, n, n + m), x.dtype, call, "")
+        J = _call(self.name, jacobian, x_rows, u_rows)
+        if not _fits(J, (N, n, n + m), x.dtype):
+            call = f"dynamics.jacobian(x {(N, n)}, u {(N, m)})"
+            _check_output(self.name, J, (N, n, n + m), x.dtype, call, "")
         return J.reshape(*lead, n, n + m)
 
 
@@ -173,8 +199,10 @@ class CheckedCost:
     def __call__(self, x: Tensor, u: Tensor) -> Tensor:
         """Per-step costs (B, T) for x (B, T, n), u (B, T, m)."""
         B, T = x.shape[0], x.shape[1]
+        out = _call(self.name, self.module, x, u)
+        if _fits(out, (B, T), x.dtype):
+            return out
         call = f"cost(x {tuple(x.shape)}, u {tuple(u.shape)})"
-        out = _call(self.name, call, self.module, x, u)
         return _check_output(self.name, out, (B, T), x.dtype, call, self._hint(out, B, T))
 
     def _quadratize(self, x: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
@@ -182,7 +210,7 @@ class CheckedCost:
         B, T, d = x.shape[0], x.shape[1], x.shape[-1] + u.shape[-1]
         call = f"cost.quadratize(x {tuple(x.shape)}, u {tuple(u.shape)})"
         quadratize = self.module.quadratize  # type: ignore[attr-defined]
-        out = _call(self.name, call, quadratize, x, u)
+        out = _call(self.name, quadratize, x, u)
         if not isinstance(out, tuple | list) or len(out) != 2:
             raise TypeError(
                 f"{self.name}: expected {call} to return (hessian, gradient), "
@@ -191,6 +219,23 @@ class CheckedCost:
         hessian = _check_output(self.name, out[0], (B, T, d, d), x.dtype, call + "[0]", "")
         gradient = _check_output(self.name, out[1], (B, T, d), x.dtype, call + "[1]", "")
         return hessian, gradient
+
+
+@contextmanager
+def on_rows(index: Tensor | None, batch: int) -> Iterator[None]:
+    """Errors raised while modules run on the elements ``index`` (k,) of a batch of B only
+    get a note saying so (a module with per-element parameters needs ``select_batch``)."""
+    try:
+        yield
+    except Exception as error:
+        if index is not None and hasattr(error, "add_note"):
+            error.add_note(
+                f"the solver evaluated the cost and the dynamics on {index.numel()} of the "
+                f"{batch} batch elements (the others are NONFINITE); a module with "
+                "per-element parameters needs a select_batch(index) method "
+                "(mpc_policy.contract)"
+            )
+        raise
 
 
 def restrict(module: nn.Module, index: Tensor) -> nn.Module:

@@ -25,7 +25,13 @@ import torch
 from torch import Tensor, nn
 
 from mpc_policy.backend import Kernels, select
-from mpc_policy.contract import CheckedCost, CheckedDynamics, check_declared_sizes, restrict
+from mpc_policy.contract import (
+    CheckedCost,
+    CheckedDynamics,
+    check_declared_sizes,
+    on_rows,
+    restrict,
+)
 from mpc_policy.fixed_point import implicit_solution
 from mpc_policy.ilqr import DDPResult, box_ddp
 from mpc_policy.linearize import cost_derivatives, dynamics_jacobian
@@ -222,41 +228,44 @@ class MPC(nn.Module):
         keep = ~bad.view(1, -1, 1)
         x = torch.where(keep, result.x.detach(), nan)
         u = torch.where(keep, result.u.detach(), nan)
-        if graph and (rows is None or rows.numel() > 0):
-            if rows is None:
-                sub_cost, sub_dynamics = checked_cost, checked_dynamics
-            else:
-                sub_cost, sub_dynamics = self._restricted(cost, dynamics, rows)
-            if opts.grad_method == "unroll":
-                sub = (
-                    result
-                    if rows is None
-                    else self._solve_rows(
-                        sub_cost, sub_dynamics, x_init, u0, lower_t, upper_t, rows, kernels
+        with on_rows(rows, x_init.shape[0]):
+            if graph and (rows is None or rows.numel() > 0):
+                if rows is None:
+                    sub_cost, sub_dynamics = checked_cost, checked_dynamics
+                else:
+                    sub_cost, sub_dynamics = self._restricted(cost, dynamics, rows)
+                if opts.grad_method == "unroll":
+                    sub = (
+                        result
+                        if rows is None
+                        else self._solve_rows(
+                            sub_cost, sub_dynamics, x_init, u0, lower_t, upper_t, rows, kernels
+                        )
                     )
-                )
-                x_sub, u_sub = sub.x, sub.u
-            else:
-                x_sub, u_sub = implicit_solution(
-                    sub_cost,
-                    sub_dynamics,
-                    x_init,
-                    lower_t,
-                    upper_t,
-                    result,
-                    info.converged,
-                    rows,
-                    opts,
-                    kernels,
-                )
-            x = x_sub if rows is None else x.index_copy(1, rows, x_sub)
-            u = u_sub if rows is None else u.index_copy(1, rows, u_sub)
+                    x_sub, u_sub = sub.x, sub.u
+                else:
+                    x_sub, u_sub = implicit_solution(
+                        sub_cost,
+                        sub_dynamics,
+                        x_init,
+                        lower_t,
+                        upper_t,
+                        result,
+                        info.converged,
+                        rows,
+                        opts,
+                        kernels,
+                    )
+                x = x_sub if rows is None else x.index_copy(1, rows, x_sub)
+                u = u_sub if rows is None else u.index_copy(1, rows, u_sub)
         if opts.on_unconverged == "zero_grad" and not info.all_converged:
             keep = info.converged.view(1, -1, 1)
             x = torch.where(keep, x, x.detach())
             u = torch.where(keep, u, u.detach())
         x, u = x.transpose(0, 1), u.transpose(0, 1)
-        return Solution(x, u, self._cost_value(cost, checked_cost, x, u, rows), info)
+        with on_rows(rows, x_init.shape[0]):
+            value = self._cost_value(cost, checked_cost, x, u, rows)
+        return Solution(x, u, value, info)
 
     def _restricted(
         self, cost: nn.Module, dynamics: nn.Module, rows: Tensor

@@ -156,3 +156,21 @@ def test_poisoned_row_raises_with_its_status_under_raise(kind: str) -> None:
     mpc = MPC(3, 1, T, on_unconverged="raise", **bounds)
     with pytest.raises(RuntimeError, match=rf"NONFINITE at indices \[{BAD}\]"):
         mpc(x_init, cost, dynamics)
+
+
+def test_per_element_module_without_select_batch_is_told_what_it_needs() -> None:
+    """Leaving a NaN row out of the gradient evaluates the modules on the other rows: a
+    module with per-element parameters and no ``select_batch`` fails there, with a note."""
+
+    class NoSelect(TorqueGain):
+        select_batch = None  # type: ignore[assignment]
+
+    x_init, cost, dynamics, _, bounds = _pendulum_case("nan_parameter")
+    assert isinstance(dynamics, TorqueGain)
+    no_select = NoSelect(dynamics.pendulum, dynamics.gain)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with pytest.raises(RuntimeError) as caught:
+            MPC(3, 1, T, **bounds)(x_init, cost, no_select)
+    notes = " ".join(getattr(caught.value, "__notes__", []))
+    assert "63 of the 64 batch elements" in notes and "select_batch" in notes

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as nnf
 from torch import Tensor, nn
 
+from mpc_policy.contract import restrict
+
 __all__ = ["SlewCost", "SlewDynamics", "SlewRateCost", "slew_linear", "slew_quadratic"]
 
 
@@ -90,6 +92,10 @@ class SlewDynamics(nn.Module):
         self.dynamics = dynamics
         self.n_ctrl = n_ctrl
 
+    def select_batch(self, index: Tensor) -> SlewDynamics:
+        """The dynamics of the batch elements ``index`` (``mpc_policy.contract``)."""
+        return SlewDynamics(restrict(self.dynamics, index), self.n_ctrl)
+
     def forward(self, z: Tensor, u: Tensor) -> Tensor:
         """Next augmented state (..., m+n) for z (..., m+n), u (..., m)."""
         x_next = self.dynamics(z[..., self.n_ctrl :], u)
@@ -120,6 +126,10 @@ class SlewCost(nn.Module):
         self.cost = cost
         self.gamma = gamma
         self.n_ctrl = n_ctrl
+
+    def select_batch(self, index: Tensor) -> SlewCost:
+        """The cost of the batch elements ``index`` (``mpc_policy.contract``)."""
+        return SlewCost(restrict(self.cost, index), self.gamma, self.n_ctrl)
 
     def forward(self, z: Tensor, u: Tensor) -> Tensor:
         """Per-step cost (B, T) for z (B, T, m+n), u (B, T, m)."""

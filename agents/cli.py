@@ -18,7 +18,7 @@ from typing import Any
 
 from agents.config import ExperimentConfig, load_config
 from agents.datasets import DatasetError, load_dataset
-from agents.pipeline import collect, evaluate, run, train
+from agents.pipeline import check_config, collect, evaluate, run, train
 
 __all__ = ["main"]
 
@@ -87,6 +87,10 @@ def _print_training(config: ExperimentConfig, result: dict[str, Any]) -> None:
 
 def _execute(args: argparse.Namespace) -> None:
     config = load_config(args.config, args.profile, args.overrides)
+    try:
+        check_config(config)
+    except ValueError as error:
+        raise ValueError(f"config {args.config}: {error}") from None
     print(f"experiment {config.name} ({config.system}, {config.model.method}) in {config.run_dir}")
     if args.command == "collect":
         path, reused = collect(config, overwrite=args.overwrite)

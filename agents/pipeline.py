@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -35,7 +36,7 @@ from agents.sysid import SysIdObjective
 from agents.systems import expert_for, system_params
 from mpc_policy.policy import MPCPolicy
 
-__all__ = ["collect", "evaluate", "load_policy", "run", "train"]
+__all__ = ["check_config", "collect", "evaluate", "load_policy", "run", "train"]
 
 
 def expected_metadata(config: ExperimentConfig) -> dict[str, Any]:
@@ -51,6 +52,27 @@ def expected_metadata(config: ExperimentConfig) -> dict[str, Any]:
         "restarts": [float(r) for r in data.expert_restarts],
         "options": dict(data.expert_options),
     }
+
+
+def check_config(config: ExperimentConfig) -> None:
+    """What the file alone cannot tell: the system's parameters and the learner build.
+
+    Raises:
+        ValueError: naming the key (``data.env_params``, ``model.dynamics_init``,
+            ``model.cost_init``, ...).
+    """
+    try:
+        system_params(config.system, config.data.env_params)
+    except (TypeError, ValueError) as error:
+        text = str(error).removeprefix("env_params: ")
+        where = "data.env_params: " if text != str(error) else "data.env_params."
+        raise ValueError(where + text) from None
+    for name, value in config.model.dynamics_init.items():
+        if not math.isfinite(value):
+            raise ValueError(
+                f"model.dynamics_init.{name}: expected a finite number, received {value}"
+            )
+    build_learner(config)
 
 
 def _update_results(config: ExperimentConfig, section: str, values: dict[str, Any]) -> Path:

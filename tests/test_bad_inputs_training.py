@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -162,6 +163,22 @@ def test_cli_config_error_is_one_line_and_exit_code_2(tmp_path, capsys, override
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err and "error:" in err
     assert not (tmp_path / "checkpoints").exists()
+
+
+LEARNER_CASES = [
+    ("model.dynamics_init={gravty: 1.0}", r"model.dynamics_init: 'gravty' is not a parameter"),
+    ("model.dynamics_init={gravity: .nan}", r"model.dynamics_init.gravity: expected a finite"),
+    ("data.env_params={mas: 1.0}", r"data.env_params: \['mas'\] are not parameters"),
+    ("data.env_params={mass: -1.0}", r"data.env_params.mass: expected a finite number > 0"),
+    ("model.cost_init={weights: [1, 2], goal: [1]}", r"model.cost_init.weights: expected 4"),
+]
+
+
+@pytest.mark.parametrize(("override", "match"), LEARNER_CASES, ids=[c[0] for c in LEARNER_CASES])
+def test_cli_learner_config_error_names_the_key_and_the_file(tmp_path, capsys, override, match):
+    assert main(["train", CONFIG, "--set", override, "--set", f"output_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(match, err) and CONFIG in err and err.count("\n") == 1
 
 
 def test_cli_yaml_syntax_error_in_the_file_exits_2(tmp_path, capsys) -> None:

@@ -338,3 +338,11 @@ def test_vectorized_environments_are_one_batched_solve_and_rollout_log_probs_hol
         _, log_prob, _ = model.policy.evaluate_actions(obs, actions)
     stored = torch.as_tensor(buffer.log_probs.reshape(12))
     torch.testing.assert_close(log_prob, stored, **TOL)
+
+
+def test_nan_observation_is_named_not_planned_from():
+    model = ppo()
+    obs = observations(PENDULUM, 3)
+    obs[1, 2] = np.nan
+    with pytest.raises(ValueError, match=r"obs: rows \[1\] of 3 contain NaN or Inf"):
+        model.predict(obs, deterministic=True)

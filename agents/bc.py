@@ -94,8 +94,8 @@ class ImitationObjective:
             )
         warm = None if self.warm_starts is None else self.warm_starts.buffers[batch.split]
         solution = self.learner.plan(batch.x, None if warm is None else warm[batch.rows])
-        if warm is not None:
-            warm[batch.rows] = solution.u.detach()
+        if warm is not None:  # a NONFINITE row (NaN plan) restarts from zeros
+            warm[batch.rows] = solution.u.detach().nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
         return solution.u, solution.info
 
     def train_loss(self, batch: Batch) -> tuple[Tensor, dict[str, float], SolverInfo | None]:
@@ -222,7 +222,7 @@ class Trainer:
         for start in range(0, order.numel(), train.batch_size):
             batch = self._batch("train", order[start : start + train.batch_size])
             loss, logs, info = self.objective.train_loss(batch)
-            check_loss(epoch, loss, f"training loss of batch {n_batches + 1}")
+            check_loss(epoch, loss, f"training loss of batch {n_batches + 1}", info)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             for name, group in self.groups.items():

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mpc_policy.solution import SolverInfo
+
 __all__ = [
     "RESUME_SETTINGS",
     "RunLock",
@@ -47,19 +49,24 @@ class RunLocked(ValueError):
     """The run folder is in use by another live process."""
 
 
-def check_loss(epoch: int, loss: Tensor | float, what: str) -> None:
+def check_loss(epoch: int, loss: Tensor | float, what: str, info: SolverInfo | None = None) -> None:
     """A loss must be finite; else ``TrainingDiverged`` naming the epoch.
 
     Args:
         epoch: the epoch (0: before training).
         loss: the scalar loss.
         what: what it is, e.g. "training loss of batch 3".
+        info: the solver's report of the batch, if any (its NONFINITE rows are named).
     """
     value = float(loss.detach()) if isinstance(loss, Tensor) else float(loss)
     if not math.isfinite(value):
+        cause = ""
+        if info is not None and bool(info.nonfinite.any()):
+            rows = torch.nonzero(info.nonfinite).flatten().tolist()
+            cause = f" (the MPC solve of rows {rows[:10]} of the batch became NONFINITE)"
         raise TrainingDiverged(
-            f"epoch {epoch}: the {what} is {value}; training stopped and nothing of this "
-            "epoch is saved (lower train.lr, or check the data, the model's initial "
+            f"epoch {epoch}: the {what} is {value}{cause}; training stopped and nothing of "
+            "this epoch is saved (lower train.lr, or check the data, the model's initial "
             "parameters and the solver's report)"
         )
 

@@ -20,6 +20,7 @@ from agents.config import load_config
 from agents.datasets import DatasetError, ExpertDataset, collect_dataset, load_dataset
 from agents.guards import RunLock, RunLocked, TrainingDiverged, check_loss, check_parameters
 from agents.pipeline import collect, train
+from mpc_policy.solution import SolverInfo, Status
 from tests.test_cli import CONFIG, tiny
 
 SPLITS = {"train": 2, "val": 1, "test": 1}
@@ -191,6 +192,15 @@ def test_cli_yaml_syntax_error_in_the_file_exits_2(tmp_path, capsys) -> None:
 def test_non_finite_loss_and_parameter_name_the_epoch_and_the_parameter() -> None:
     with pytest.raises(TrainingDiverged, match=r"epoch 3: the training loss of batch 1 is nan"):
         check_loss(3, torch.tensor(float("nan")), "training loss of batch 1")
+    info = SolverInfo(
+        torch.ones(3, dtype=torch.long),
+        torch.tensor([True, False, True]),
+        torch.zeros(3, dtype=torch.float64),
+        torch.ones(3, dtype=torch.float64),
+        status=torch.tensor([0, int(Status.NONFINITE), 0], dtype=torch.int8),
+    )
+    with pytest.raises(TrainingDiverged, match=r"rows \[1\] of the batch became NONFINITE"):
+        check_loss(2, float("nan"), "training loss of batch 1", info)
     module = torch.nn.Linear(2, 1)
     with torch.no_grad():
         module.bias.fill_(float("inf"))

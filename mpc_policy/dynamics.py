@@ -1,7 +1,8 @@
 """Dynamics modules for the MPC solver.
 
-A dynamics model is an ``nn.Module`` called as ``dynamics(x, u)`` with x (..., n) and
-u (..., m) on any leading batch shape, returning the next state x_next (..., n):
+A dynamics model is an ``nn.Module`` called as ``dynamics(x, u)`` returning the next state;
+the solver calls it on rows x (N, n), u (N, m) -> (N, n) (``mpc_policy.contract``), and a
+model written with ``...`` indexing also works on any leading shape:
 
     x_{t+1} = f(x_t, u_t)
 

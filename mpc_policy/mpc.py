@@ -14,7 +14,12 @@ point with one LQR solve (no graph of the iterations is kept):
   dC/dtau + F' lambda and the dynamics f with the graph kept (create_graph).
 - "paper": the paper's rule (eq. (19)): differentiate the last convex approximation
   (cost Hessian only; a Gauss-Newton approximation for nonlinear dynamics).
-- "unroll": autograd through every iteration (section 4.3's alternative).
+- "unroll": autograd through every iteration (section 4.3's alternative), the local models
+  differentiated along the iterates too, so that it tends to "exact" as they converge.
+
+The user's modules are called through ``mpc_policy.contract`` (dynamics on flattened rows,
+every return checked), and an element that turns non-finite is reported, NaN, and left out of
+every gradient (``mpc_policy.health``).
 """
 
 from __future__ import annotations
@@ -100,7 +105,8 @@ class MPC(nn.Module):
 
         x_init: (B, n) initial states.
         cost: module, cost(x (B, T, n), u (B, T, m)) -> (B, T).
-        dynamics: module, dynamics(x (..., n), u (..., m)) -> (..., n).
+        dynamics: module, dynamics(x (N, n), u (N, m)) -> (N, n) on rows (the solver's
+            time, candidate and batch dimensions flattened, batch index fastest).
         u_init: (B, T, m) warm start (zeros if None).
 
     It returns a ``Solution`` (x (B, T, n), u (B, T, m), cost (B,), info) whose x, u and

@@ -36,7 +36,8 @@ class MPCOptions:
         grad_method: "exact" (implicit differentiation of the true optimality conditions,
             with the Hessian of the Lagrangian), "paper" (the paper's Module 2: differentiate
             the last convex approximation; exact only for affine dynamics), or "unroll"
-            (autograd through every iteration).
+            (autograd through every iteration; as the iterations converge it tends to
+            "exact", not to "paper").
         jacobian: how dynamics are linearized: "autograd" (vectorized, torch.func),
             "analytic" (the model's ``jacobian(x, u)`` method) or "finite_diff" (central).
         finite_diff_eps: step of the central differences (relative to 1 + |tau|).

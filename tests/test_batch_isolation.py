@@ -174,3 +174,19 @@ def test_per_element_module_without_select_batch_is_told_what_it_needs() -> None
             MPC(3, 1, T, **bounds)(x_init, cost, no_select)
     notes = " ".join(getattr(caught.value, "__notes__", []))
     assert "63 of the 64 batch elements" in notes and "select_batch" in notes
+
+
+@pytest.mark.parametrize("kind", ["nan_dynamics", "nan_parameter"])
+def test_poisoned_row_is_isolated_in_unrolled_gradients(kind: str) -> None:
+    x_init, cost, dynamics, shared, bounds = _case(kind)
+    mpc = MPC(3, 1, T, tol=1e-10, max_iter=100, grad_method="unroll", **bounds)
+    batch, loss, x0 = _solve(mpc, x_init, cost, dynamics, GOOD)
+    batch_grads = torch.autograd.grad(loss, [*shared, x0])
+    alone_cost, alone_dynamics = _restricted(cost, GOOD), _restricted(dynamics, GOOD)
+    alone, alone_loss, x0_alone = _solve(mpc, x_init[GOOD], alone_cost, alone_dynamics, GOOD)
+    alone_grads = torch.autograd.grad(alone_loss, [*shared, x0_alone])
+    assert batch.info.status_names[BAD] == "NONFINITE"
+    torch.testing.assert_close(batch.u[GOOD], alone.u, atol=1e-10, rtol=0)
+    for got, want in zip(batch_grads[:-1], alone_grads[:-1]):
+        torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(batch_grads[-1][GOOD], alone_grads[-1], atol=1e-10, rtol=1e-10)

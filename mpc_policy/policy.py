@@ -49,8 +49,9 @@ class MPCPolicy(nn.Module):
     """Differentiable MPC policy: ``policy(obs)`` is the first control of the plan.
 
     Args:
-        dynamics: module ``dynamics(x (..., n), u (..., m)) -> (..., n)``; its parameters
-            are learnable through the policy. An ``n_ctrl`` attribute gives m.
+        dynamics: module ``dynamics(x (N, n), u (N, m)) -> (N, n)`` (the solver calls it
+            on rows, ``mpc_policy.contract``); its parameters are learnable through the
+            policy. An ``n_ctrl`` attribute gives m.
         cost: module ``cost(x (B, T, n), u (B, T, m)) -> (B, T)``, e.g. ``GoalWeightedCost``.
         horizon: planning horizon T (states x_1..x_T, controls u_1..u_T).
         u_lower: control lower bound: a float, (m,), (B, m) or (B, T, m) tensor; None =

@@ -18,14 +18,34 @@ Shapes are time-major as in the solver: C (T, B, d, d), g (T, B, d), F (T-1, B, 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
 from mpc_policy.box_qp import masked_cholesky
 from mpc_policy.riccati import Gains
-from mpc_policy.solution import SolverInfo, Status
+from mpc_policy.solution import SOURCE_COST, SOURCE_DYNAMICS, SolverInfo, Status
 
-__all__ = ["ddp_info", "finite_rows", "indefinite_rows", "neutral_model"]
+__all__ = [
+    "SOURCE_COST",
+    "SOURCE_DYNAMICS",
+    "ddp_info",
+    "finite_rows",
+    "indefinite_rows",
+    "neutral_model",
+    "nonfinite_source",
+]
+
+
+def _row_sums(tensors: Sequence[Tensor]) -> Tensor:
+    """(B,) sum of every entry of each element (non-finite iff an entry is, or overflow)."""
+    total: Tensor | None = None
+    for z in tensors:
+        sums = z if z.dim() == 1 else z.sum(dim=[i for i in range(z.dim()) if i != 1])
+        total = sums if total is None else total + sums
+    assert total is not None
+    return total
 
 
 def finite_rows(*tensors: Tensor) -> Tensor:
@@ -38,12 +58,7 @@ def finite_rows(*tensors: Tensor) -> Tensor:
     Args:
         tensors: time-major tensors (T, B, ...) or per-element ones (B,), same B.
     """
-    total: Tensor | None = None
-    for z in tensors:
-        sums = z if z.dim() == 1 else z.sum(dim=[i for i in range(z.dim()) if i != 1])
-        total = sums if total is None else total + sums
-    assert total is not None
-    finite = torch.isfinite(total)
+    finite = torch.isfinite(_row_sums(tensors))
     if bool(finite.all()):
         return finite
     exact = torch.ones_like(finite)
@@ -51,6 +66,30 @@ def finite_rows(*tensors: Tensor) -> Tensor:
         ok = torch.isfinite(z if z.dim() == 1 else z.movedim(1, 0).flatten(1))
         exact = exact & (ok if z.dim() == 1 else ok.all(-1))
     return exact
+
+
+def nonfinite_source(dynamics: Sequence[Tensor], cost: Sequence[Tensor]) -> tuple[Tensor, bool]:
+    """Which part of the problem of each element holds a NaN or an Inf, with one sync.
+
+    Args:
+        dynamics: what the dynamics gave (next states, Jacobians), time-major.
+        cost: what the cost gave (values, derivatives), time-major or (B,).
+
+    Returns:
+        (B,) int8 codes (0 finite, ``SOURCE_DYNAMICS``, or ``SOURCE_COST``; the dynamics
+        first, as a non-finite state makes the cost non-finite too), and whether any is not 0.
+    """
+    sums_dynamics = _row_sums(dynamics)
+    sums_cost = _row_sums(cost) if cost else torch.zeros_like(sums_dynamics)
+    sums = torch.stack([sums_dynamics, sums_cost])
+    if bool(torch.isfinite(sums).all()):
+        return torch.zeros(sums.shape[1], dtype=torch.int8, device=sums.device), False
+    bad_dynamics = ~finite_rows(*dynamics)
+    bad_cost = ~finite_rows(*cost) if cost else torch.zeros_like(bad_dynamics)
+    code = torch.zeros(sums.shape[1], dtype=torch.int8, device=sums.device)
+    code = torch.where(bad_cost, torch.full_like(code, SOURCE_COST), code)
+    code = torch.where(bad_dynamics, torch.full_like(code, SOURCE_DYNAMICS), code)
+    return code, bool((code > 0).any())
 
 
 def neutral_model(C: Tensor, g: Tensor, F: Tensor, bad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -124,13 +163,15 @@ def ddp_info(
     iterations: Tensor,
     converged: Tensor,
     stalled: Tensor,
-    nonfinite: Tensor,
+    source: Tensor,
     indefinite: Tensor,
     residual: Tensor,
     step_size: Tensor,
     backend: str,
 ) -> SolverInfo:
-    """The report of a solve from its (B,) masks (non-finite first, then no minimizer)."""
+    """The report of a solve from its (B,) masks and non-finite ``source`` codes (the
+    status: non-finite first, then no minimizer, converged, stalled, out of iterations)."""
+    nonfinite = source > 0
     status = torch.full_like(iterations, int(Status.MAX_ITER), dtype=torch.int8)
     for mask, code in (
         (stalled, Status.STALLED),
@@ -147,4 +188,5 @@ def ddp_info(
         step_size,
         backend=backend,
         status=status,
+        nonfinite_source=source,
     )

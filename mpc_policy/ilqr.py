@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from mpc_policy.backend import TORCH, Kernels
-from mpc_policy.health import ddp_info, finite_rows, indefinite_rows, neutral_model
+from mpc_policy.health import ddp_info, indefinite_rows, neutral_model, nonfinite_source
 from mpc_policy.options import MPCOptions
 from mpc_policy.riccati import Gains
 from mpc_policy.solution import SolverInfo
@@ -302,7 +302,8 @@ def box_ddp(
     x_bar, u_bar = rollout(model, x_init, _clamp(u_init, lower, upper), kernels=kernels)
     cost_bar = model.total_cost(x_bar, u_bar)
     # an element whose trajectory, cost or local model turns non-finite is frozen
-    nonfinite = ~finite_rows(x_bar, cost_bar)
+    source, any_nonfinite = nonfinite_source((x_bar,), (cost_bar,))
+    nonfinite = source > 0
     alphas = options.line_search_decay ** torch.arange(
         options.max_line_search, dtype=dtype, device=device
     )
@@ -317,8 +318,11 @@ def box_ddp(
     for _ in range(options.max_iter + 1):
         C, g = model.quadratize(x_bar, u_bar)
         F = model.linearize(x_bar, u_bar)
-        nonfinite = nonfinite | ~finite_rows(C, g, F)
-        if bool(nonfinite.any()):
+        found, new = nonfinite_source((F,), (C, g))
+        if new:
+            source = torch.where(nonfinite, source, found)
+            nonfinite, any_nonfinite = source > 0, True
+        if any_nonfinite:
             C, g, F = neutral_model(C, g, F, nonfinite)
         du_lower = None if lower is None else lower - u_bar
         du_upper = None if upper is None else upper - u_bar
@@ -401,6 +405,6 @@ def box_ddp(
     # element still moving without it is heading for no minimizer (a cost unbounded below)
     indefinite = indefinite_rows(C, F, gains, ~stalled & ~nonfinite, options.regularization)
     info = ddp_info(
-        iterations, converged, stalled, nonfinite, indefinite, residual, step_size, kernels.name
+        iterations, converged, stalled, source, indefinite, residual, step_size, kernels.name
     )
     return DDPResult(x_bar, u_bar, cost_bar, gains, info)

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from mpc_policy.backend import Kernels, select
 from mpc_policy.condensed import solve_condensed
-from mpc_policy.health import ddp_info, finite_rows, indefinite_rows
+from mpc_policy.health import ddp_info, indefinite_rows, nonfinite_source
 from mpc_policy.ilqr import box_ddp, rollout
 from mpc_policy.options import MPCOptions
 from mpc_policy.riccati import Gains
@@ -306,7 +306,7 @@ def lqr_solve(
                 torch.ones(B, dtype=torch.long, device=x0.device),
                 done,
                 ~done,
-                ~finite_rows(x_sol, u_sol),
+                nonfinite_source((x_sol, u_sol), ())[0],
                 indefinite_rows(model.C, model.F, gains, done, opts.regularization),
                 torch.zeros(B, dtype=x0.dtype, device=x0.device),
                 torch.ones(B, dtype=x0.dtype, device=x0.device),

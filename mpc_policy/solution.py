@@ -9,7 +9,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["ConvergenceError", "Solution", "SolverInfo", "Status"]
+__all__ = ["SOURCE_COST", "SOURCE_DYNAMICS", "ConvergenceError", "Solution", "SolverInfo", "Status"]
+
+# where a NONFINITE element's NaN or Inf came from (``SolverInfo.nonfinite_source``)
+SOURCE_DYNAMICS, SOURCE_COST = 1, 2
 
 
 class ConvergenceError(RuntimeError):
@@ -70,6 +73,9 @@ class SolverInfo:
             (``mpc_policy.backend``).
         status: (B,) int8 ``Status`` code of each element; derived from ``converged``
             (CONVERGED or MAX_ITER) when not given.
+        nonfinite_source: (B,) int8, where a NONFINITE element's NaN or Inf came from:
+            1 the dynamics (next states or Jacobians), 2 the cost (values or derivatives),
+            0 elsewhere or unknown; None when not recorded.
     """
 
     iterations: Tensor
@@ -78,6 +84,7 @@ class SolverInfo:
     step_size: Tensor
     backend: str = "torch"
     status: Tensor | None = None
+    nonfinite_source: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.status is None:
@@ -112,6 +119,9 @@ class SolverInfo:
             self.step_size.clone(),
             backend=self.backend,
             status=self.codes.clone(),
+            nonfinite_source=None
+            if self.nonfinite_source is None
+            else self.nonfinite_source.clone(),
         )
 
     def index(self, rows: Tensor) -> SolverInfo:
@@ -123,6 +133,7 @@ class SolverInfo:
             self.step_size[rows],
             backend=self.backend,
             status=self.codes[rows],
+            nonfinite_source=None if self.nonfinite_source is None else self.nonfinite_source[rows],
         )
 
     @property
@@ -151,11 +162,23 @@ class SolverInfo:
             if status in (Status.MAX_ITER, Status.STALLED):
                 values = self.residual[shown].tolist()
                 residual = f" (residuals {[f'{r:.2e}' for r in values]})"
+            if status == Status.NONFINITE and self.nonfinite_source is not None:
+                residual = self._sources(codes == int(status))
             parts.append(
                 f"{len(bad)} of {codes.numel()} batch elements {advice}: "
                 f"{status.name} at indices {shown}{more}{residual}"
             )
         return "; ".join(parts)
+
+    def _sources(self, mask: Tensor) -> str:
+        """Where the NaN or Inf of the elements ``mask`` (B,) came from, as text."""
+        assert self.nonfinite_source is not None
+        parts = []
+        for code, part in ((SOURCE_DYNAMICS, "the dynamics"), (SOURCE_COST, "the cost")):
+            where = torch.nonzero(mask & (self.nonfinite_source == code)).flatten().tolist()
+            if where:
+                parts.append(f"from {part} at {where[:10]}")
+        return f" ({'; '.join(parts)})" if parts else ""
 
     def enforce(self, policy: str, context: str = "") -> None:
         """Apply the user's policy for unconverged elements (warn / raise / ...).

@@ -190,3 +190,12 @@ def test_poisoned_row_is_isolated_in_unrolled_gradients(kind: str) -> None:
     for got, want in zip(batch_grads[:-1], alone_grads[:-1]):
         torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)
     torch.testing.assert_close(batch_grads[-1][GOOD], alone_grads[-1], atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize(("kind", "source"), [("nan_dynamics", "dynamics"), ("nan_cost", "cost")])
+def test_the_report_says_which_module_turned_non_finite(kind: str, source: str) -> None:
+    x_init, cost, dynamics, _, bounds = _case(kind)
+    with pytest.warns(
+        RuntimeWarning, match=rf"NONFINITE at indices \[{BAD}\] \(from the {source} at \[{BAD}\]\)"
+    ):
+        MPC(3, 1, T, **bounds)(x_init, cost, dynamics)

@@ -94,7 +94,8 @@ def test_indefinite_cost_is_reported_not_converged() -> None:
 
 
 def test_indefinite_unbounded_lqr_is_reported_not_converged() -> None:
-    solution = lqr_solve(*_indefinite_lqr(), on_unconverged="ignore")
+    with pytest.warns(RuntimeWarning, match="not positive definite"):
+        solution = lqr_solve(*_indefinite_lqr(), on_unconverged="ignore")
     assert solution.info.status_names == ["INDEFINITE"] * 3
 
 

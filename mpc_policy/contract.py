@@ -249,3 +249,37 @@ def restrict(module: nn.Module, index: Tensor) -> nn.Module:
         selected: nn.Module = select(index)
         return selected
     return module
+
+
+def _tensors(module: object, seen: set[int]) -> Iterator[Tensor]:
+    """Every tensor a module holds: parameters, buffers and tensor attributes, recursively."""
+    if id(module) in seen:
+        return
+    seen.add(id(module))
+    if isinstance(module, nn.Module):
+        yield from module.parameters(recurse=False)
+        yield from module.buffers(recurse=False)
+        for child in module.children():
+            yield from _tensors(child, seen)
+    for value in vars(module).values() if hasattr(module, "__dict__") else ():
+        if isinstance(value, Tensor):
+            yield value
+        elif isinstance(value, nn.Module):
+            yield from _tensors(value, seen)
+
+
+def restrictable(module: Callable[..., Any], batch: int, index: Tensor) -> Any | None:
+    """The module for the batch elements ``index`` (k,) of B = ``batch``, or None when the
+    solver cannot tell that it is right for a part of the batch.
+
+    A module with ``select_batch`` gives its own restriction. A module holding a tensor
+    whose first dimension is B (B > 1) may hold per-element data without saying so: None,
+    and the solver keeps evaluating it on the whole batch. Any other module is shared by all
+    elements and serves as it is.
+    """
+    select = getattr(module, "select_batch", None)
+    if callable(select):
+        return select(index)
+    if batch > 1 and any(t.dim() > 0 and t.shape[0] == batch for t in _tensors(module, set())):
+        return None
+    return module

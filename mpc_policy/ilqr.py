@@ -19,6 +19,7 @@ both models, so the bounded LQR layer and the nonlinear MPC share this loop.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple, Protocol
 
 import torch
@@ -315,7 +316,53 @@ def box_ddp(
     residual = torch.full((B,), float("inf"), dtype=dtype, device=device)
     stalled = torch.zeros(B, dtype=torch.bool, device=device)
     gains: Gains | None = None
-    for _ in range(options.max_iter + 1):
+    restrict = getattr(model, "restrict", None)
+    local_model: tuple[Tensor, Tensor] | None = None  # the last pass's C and F
+    for sweep in range(options.max_iter + 1):
+        moving = ~(converged | stalled | nonfinite)
+        if (
+            local_model is not None
+            and gains is not None
+            and callable(restrict)
+            and (sweep < options.max_iter)
+        ):
+            rows = torch.nonzero(moving).flatten()
+            sub_model = restrict(rows, B) if 0 < rows.numel() <= B // 2 else None
+            if sub_model is not None:
+                # the rest of the solve runs on the elements still moving, with the cost
+                # and the dynamics called on them alone: each element's answer is the one
+                # it gets in the whole batch, and the frozen ones stop paying for it
+                sub = box_ddp(
+                    sub_model,
+                    x_init.index_select(0, rows),
+                    u_bar.index_select(1, rows),
+                    None if lower is None else lower.index_select(1, rows),
+                    None if upper is None else upper.index_select(1, rows),
+                    dataclasses.replace(options, max_iter=options.max_iter - sweep),
+                    warn_regularization,
+                    kernels,
+                )
+                indefinite = indefinite_rows(
+                    *local_model, gains, ~stalled & ~nonfinite & ~moving, options.regularization
+                )
+                info = ddp_info(
+                    iterations,
+                    converged,
+                    stalled,
+                    source,
+                    indefinite,
+                    residual,
+                    step_size,
+                    kernels.name,
+                )
+                sub.info.iterations += iterations.index_select(0, rows)
+                return DDPResult(
+                    x_bar.index_copy(1, rows, sub.x),
+                    u_bar.index_copy(1, rows, sub.u),
+                    cost_bar.index_copy(0, rows, sub.cost),
+                    Gains(*(old.index_copy(1, rows, new) for old, new in zip(gains, sub.gains))),
+                    info.scatter(rows, sub.info),
+                )
         C, g = model.quadratize(x_bar, u_bar)
         F = model.linearize(x_bar, u_bar)
         found, new = nonfinite_source((F,), (C, g))
@@ -324,6 +371,7 @@ def box_ddp(
             nonfinite, any_nonfinite = source > 0, True
         if any_nonfinite:
             C, g, F = neutral_model(C, g, F, nonfinite)
+        local_model = (C, F)
         du_lower = None if lower is None else lower - u_bar
         du_upper = None if upper is None else upper - u_bar
         # converged, stalled and non-finite elements are frozen: their last gains are

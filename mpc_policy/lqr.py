@@ -72,6 +72,10 @@ class QuadraticModel:
         tau = torch.cat([x, u], dim=-1)
         return (self.F[t] @ tau.unsqueeze(-1)).squeeze(-1) + self.f[t]
 
+    def restrict(self, rows: Tensor, batch: int) -> QuadraticModel:
+        """The problems of the batch elements ``rows`` (k,)."""
+        return QuadraticModel(*(z.index_select(1, rows) for z in (self.C, self.c, self.F, self.f)))
+
 
 class _ImplicitLQR(torch.autograd.Function):
     """Identity on a known LQR solution whose backward pass is eqs. (9) and (8).

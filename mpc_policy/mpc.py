@@ -36,6 +36,7 @@ from mpc_policy.contract import (
     check_declared_sizes,
     on_rows,
     restrict,
+    restrictable,
 )
 from mpc_policy.fixed_point import implicit_solution
 from mpc_policy.ilqr import DDPResult, box_ddp
@@ -88,6 +89,16 @@ class ModuleModel:
 
     def step(self, x: Tensor, u: Tensor, t: int) -> Tensor:
         return self.dynamics(x, u)
+
+    def restrict(self, rows: Tensor, batch: int) -> ModuleModel | None:
+        """The problem of the batch elements ``rows`` (k,) of ``batch``, or None when a
+        module cannot be restricted safely (``contract.restrictable``)."""
+        cost = restrictable(self.cost.module, batch, rows)
+        dynamics = restrictable(self.dynamics.module, batch, rows)
+        if cost is None or dynamics is None:
+            return None
+        checked = CheckedDynamics(dynamics, self.dynamics.n_state, self.dynamics.n_ctrl)
+        return ModuleModel(CheckedCost(cost), checked, self.options, self.create_graph)
 
 
 class MPC(nn.Module):

@@ -136,6 +136,28 @@ class SolverInfo:
             nonfinite_source=None if self.nonfinite_source is None else self.nonfinite_source[rows],
         )
 
+    def scatter(self, rows: Tensor, other: SolverInfo) -> SolverInfo:
+        """This report with the elements ``rows`` (k,) replaced by ``other`` (of k elements)."""
+
+        def put(whole: Tensor, part: Tensor) -> Tensor:
+            return whole.index_copy(0, rows, part.to(whole.dtype))
+
+        mine = self.nonfinite_source
+        theirs = other.nonfinite_source
+        if mine is not None and theirs is not None:
+            source: Tensor | None = put(mine, theirs)
+        else:
+            source = mine if theirs is None else None
+        return SolverInfo(
+            put(self.iterations, other.iterations),
+            put(self.converged, other.converged),
+            put(self.residual, other.residual),
+            put(self.step_size, other.step_size),
+            backend=self.backend,
+            status=put(self.codes, other.codes),
+            nonfinite_source=source,
+        )
+
     @property
     def all_converged(self) -> bool:
         return bool(self.converged.all())

@@ -322,3 +322,54 @@ def test_goal_weighted_cost_float32_compiled_is_close_to_torch() -> None:
         with torch.no_grad():
             out[name] = mpc(x_init, cost, dynamics)
     _close(out["compiled"].u, out["torch"].u, torch.float32)
+
+
+@pytest.mark.parametrize("backend", ["compiled", "torch"])
+def test_solving_the_moving_elements_alone_changes_no_answer(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once half the batch has stopped, box-DDP goes on with the moving elements alone
+    (``Model.restrict``): values, iteration counts and gradients equal the whole-batch loop."""
+    mpc_module = importlib.import_module("mpc_policy.mpc")
+    dynamics = PendulumDynamics()
+    restrict = mpc_module.ModuleModel.restrict
+    calls: list[int] = []
+
+    def counting(self, rows, batch):
+        calls.append(int(rows.numel()))
+        return restrict(self, rows, batch)
+
+    results = {}
+    for compact in (True, False):
+        monkeypatch.setattr(
+            mpc_module.ModuleModel, "restrict", counting if compact else lambda *a: None
+        )
+        mpc = MPC(3, 1, 10, u_lower=-2.0, u_upper=2.0, backend=backend)
+        cost = pendulum_cost()
+        x_init = start_states(64, seed=11).requires_grad_(True)
+        solution = mpc(x_init, cost, dynamics)
+        solution.u.sum().backward()
+        results[compact] = (solution, x_init.grad, dynamics.m.grad.clone())
+        dynamics.zero_grad()
+    assert calls and max(calls) <= 32, "the solve should have gone on with a part of the batch"
+    (ours, ours_dx, ours_dm), (whole, whole_dx, whole_dm) = results[True], results[False]
+    torch.testing.assert_close(ours.u, whole.u, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(ours.x, whole.x, atol=1e-10, rtol=1e-10)
+    assert torch.equal(ours.info.iterations, whole.info.iterations)
+    assert torch.equal(ours.info.codes, whole.info.codes)
+    torch.testing.assert_close(ours_dx, whole_dx, atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(ours_dm, whole_dm, atol=1e-9, rtol=1e-9)
+
+
+def test_a_module_holding_per_element_data_is_not_restricted() -> None:
+    contract = importlib.import_module("mpc_policy.contract")
+
+    class PerElement(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gain = torch.nn.Parameter(torch.ones(8, 1))
+
+    rows = torch.tensor([0, 3])
+    assert contract.restrictable(PerElement(), 8, rows) is None
+    shared = PendulumDynamics()
+    assert contract.restrictable(shared, 8, rows) is shared

@@ -110,11 +110,10 @@ def implicit_solution(
         lower = None if lower is None else lower[:, rows]
         upper = None if upper is None else upper[:, rows]
     C, c, F, f, H = lqr_data_at(cost, dynamics, x, u, options, kernels)
+    H_data, F_data = H.detach().contiguous(), F.detach().contiguous()
     gains = kernels.factorize(
-        H.contiguous(),
-        F.detach().contiguous(),
-        free.contiguous(),
-        regularization=options.regularization,
-        warn=converged,
+        H_data, F_data, free.contiguous(), regularization=options.regularization, warn=converged
     )
-    return implicit_lqr(x_init, C, c, F, f, lower, upper, x, u, gains, options.backend)
+    # the backward's numerics read detached, contiguous copies made once here
+    data = (H_data, c.detach().contiguous(), F_data)
+    return implicit_lqr(x_init, C, c, F, f, lower, upper, x, u, gains, options.backend, data)

@@ -14,6 +14,7 @@ from numba import njit
 from torch import Tensor
 
 from mpc_policy.adjoint import ImplicitGradients
+from mpc_policy.compiled._arrays import as_array
 from mpc_policy.compiled._linalg import masked_solve_vector
 from mpc_policy.riccati import Gains
 
@@ -87,7 +88,7 @@ def adjoint_solve(gains: Gains, F: Tensor, grad_tau: Tensor) -> Tensor:
     """
     dtau = torch.empty(grad_tau.shape, dtype=grad_tau.dtype)
     _adjoint(
-        *(z.detach().contiguous().numpy() for z in (gains.K, gains.chol, gains.free, F, grad_tau)),
+        *(as_array(z) for z in (gains.K, gains.chol, gains.free, F, grad_tau)),
         dtau.numpy(),
     )
     return dtau
@@ -122,7 +123,7 @@ def costates_from_gradient(grad: Tensor, F: Tensor) -> Tensor:
     T, B, _ = grad.shape
     n = F.shape[-2]
     lam = torch.empty(T, B, n, dtype=grad.dtype)
-    _costates(grad.detach().contiguous().numpy(), F.detach().contiguous().numpy(), lam.numpy())
+    _costates(as_array(grad), as_array(F), lam.numpy())
     return lam
 
 
@@ -246,10 +247,7 @@ def implicit_gradients(
     dC = torch.empty((B, T, d, d) if need_C else (0, 0, 0, 0), dtype=dtype).transpose(0, 1)
     dF = torch.empty((B, T - 1, n, d) if need_F else (0, 0, 0, 0), dtype=dtype).transpose(0, 1)
     residual_u = torch.empty((T, B, m) if need_bounds else (0, 0, 0), dtype=dtype)
-    arrays = [
-        z.detach().contiguous().numpy()
-        for z in (gains.K, gains.chol, gains.free, C, c, F, tau, grad_tau)
-    ]
+    arrays = [as_array(z) for z in (gains.K, gains.chol, gains.free, C, c, F, tau, grad_tau)]
     _implicit(
         *arrays,
         bool(need_C),

@@ -14,6 +14,7 @@ from numba import njit
 from torch import Tensor
 
 from mpc_policy.box_qp import BoxQPResult
+from mpc_policy.compiled._arrays import as_array
 from mpc_policy.compiled._linalg import masked_cholesky, masked_solve_vector, set_identity
 
 __all__ = ["box_qp", "box_qp_element", "scratch"]
@@ -226,7 +227,7 @@ def box_qp(
     converged = torch.empty(B, dtype=torch.bool)
     iterations = torch.empty(B, dtype=torch.long)
     lower, upper = lower.expand(B, m), upper.expand(B, m)
-    arrays = [z.detach().contiguous().numpy() for z in (Q, q, lower, upper)]
+    arrays = [as_array(z) for z in (Q, q, lower, upper)]
     _box_qp_batch(
         *arrays,
         x.numpy(),

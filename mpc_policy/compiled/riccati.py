@@ -21,6 +21,7 @@ import torch
 from numba import njit
 from torch import Tensor
 
+from mpc_policy.compiled._arrays import as_array
 from mpc_policy.compiled._linalg import (
     cholesky,
     masked_cholesky,
@@ -193,10 +194,6 @@ def _recursion(
             _feedback_update(Qt, Kt, kt, V, v, n)
 
 
-def _numpy(z: Tensor) -> np.ndarray:
-    return z.detach().contiguous().numpy()
-
-
 def backward_recursion(
     C: Tensor,
     g: Tensor,
@@ -234,9 +231,9 @@ def backward_recursion(
     bounded = lower is not None and upper is not None
     if bounded:
         assert lower is not None and upper is not None
-        lo, hi = _numpy(lower), _numpy(upper)
+        lo, hi = as_array(lower), as_array(upper)
     else:
-        lo = hi = np.zeros((T, B, m), dtype=_numpy(g).dtype)
+        lo = hi = np.zeros((T, B, m), dtype=as_array(g).dtype)
     if out is None:
         K = torch.empty(T, B, m, n, dtype=dtype)
         k = torch.empty(T, B, m, dtype=dtype)
@@ -249,9 +246,9 @@ def backward_recursion(
     shift = torch.zeros(T, B, dtype=dtype)
     mask = np.ones(B, dtype=np.bool_) if active is None else active.contiguous().numpy()
     _recursion(
-        _numpy(C),
-        _numpy(g),
-        _numpy(F) if T > 1 else np.zeros((1, B, n, d), dtype=_numpy(g).dtype),
+        as_array(C),
+        as_array(g),
+        as_array(F) if T > 1 else np.zeros((1, B, n, d), dtype=as_array(g).dtype),
         lo,
         hi,
         bounded,
@@ -338,8 +335,8 @@ def factorize(
     shift = torch.empty(T, B, dtype=dtype)
     free = free.detach().contiguous()
     _factorize(
-        _numpy(C),
-        _numpy(F) if T > 1 else np.zeros((1, B, n, d), dtype=_numpy(C).dtype),
+        as_array(C),
+        as_array(F) if T > 1 else np.zeros((1, B, n, d), dtype=as_array(C).dtype),
         free.numpy(),
         float(regularization),
         K.numpy(),

@@ -16,6 +16,8 @@ import torch
 from numba import njit
 from torch import Tensor
 
+from mpc_policy.compiled._arrays import as_array
+
 __all__ = ["affine_rollout"]
 
 
@@ -55,10 +57,6 @@ def _rollout(
                         x_next[i] = s
 
 
-def _numpy(z: Tensor) -> np.ndarray:
-    return z.detach().contiguous().numpy()
-
-
 def affine_rollout(
     F: Tensor,
     f: Tensor,
@@ -96,18 +94,18 @@ def affine_rollout(
     L = alphas.shape[0]
     x_out = torch.empty(L, T, B, n, dtype=dtype)
     u_out = torch.empty(L, T, B, m, dtype=dtype)
-    empty_tm = np.zeros((T, B, m), dtype=_numpy(u).dtype)
+    empty_tm = np.zeros((T, B, m), dtype=as_array(u).dtype)
     _rollout(
-        _numpy(F),
-        _numpy(f),
-        _numpy(x_init),
-        _numpy(u),
-        _numpy(x_bar) if feedback else np.zeros((T, B, n), dtype=empty_tm.dtype),  # type: ignore[arg-type]
-        _numpy(K) if feedback else np.zeros((T, B, m, n), dtype=empty_tm.dtype),  # type: ignore[arg-type]
-        _numpy(k) if feedback else empty_tm,  # type: ignore[arg-type]
-        _numpy(alphas.to(dtype)),
-        _numpy(lower) if bounded else empty_tm,  # type: ignore[arg-type]
-        _numpy(upper) if bounded else empty_tm,  # type: ignore[arg-type]
+        as_array(F),
+        as_array(f),
+        as_array(x_init),
+        as_array(u),
+        as_array(x_bar) if feedback else np.zeros((T, B, n), dtype=empty_tm.dtype),  # type: ignore[arg-type]
+        as_array(K) if feedback else np.zeros((T, B, m, n), dtype=empty_tm.dtype),  # type: ignore[arg-type]
+        as_array(k) if feedback else empty_tm,  # type: ignore[arg-type]
+        as_array(alphas.to(dtype)),
+        as_array(lower) if bounded else empty_tm,  # type: ignore[arg-type]
+        as_array(upper) if bounded else empty_tm,  # type: ignore[arg-type]
         feedback,
         bounded,
         x_out.numpy(),

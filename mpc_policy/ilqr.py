@@ -121,10 +121,6 @@ def rollout(
     affine = getattr(model, "affine", None)
     if kernels.affine_rollout is not None and affine is not None:
         alphas = alpha if isinstance(alpha, Tensor) else torch.tensor([alpha], dtype=u.dtype)
-        lo, hi = lower, upper
-        if (lo is None) != (hi is None):
-            lo = torch.full_like(u, -torch.inf) if lo is None else lo
-            hi = torch.full_like(u, torch.inf) if hi is None else hi
         x, u_out = kernels.affine_rollout(
             *affine,
             x_init,
@@ -133,8 +129,8 @@ def rollout(
             gains.K if feedback and gains is not None else None,
             gains.k if feedback and gains is not None else None,
             alphas,
-            lo,
-            hi,
+            lower,
+            upper,
         )
         return (x, u_out) if candidates else (x[0], u_out[0])
     if feedback:
@@ -201,12 +197,8 @@ def linear_step(
             f = -(F[..., n:] @ u_bar[:-1].unsqueeze(-1)).squeeze(-1)
             zeros = torch.zeros(B, n, dtype=u_bar.dtype, device=u_bar.device)
             x_bar = torch.zeros(T, B, n, dtype=u_bar.dtype, device=u_bar.device)
-            lo, hi = lower, upper
-            if (lo is None) != (hi is None):
-                lo = torch.full_like(u_bar, -torch.inf) if lo is None else lo
-                hi = torch.full_like(u_bar, torch.inf) if hi is None else hi
             alpha = torch.ones(1, dtype=u_bar.dtype)
-            _, u = kernels.affine_rollout(F, f, zeros, u_bar, x_bar, K, k, alpha, lo, hi)
+            _, u = kernels.affine_rollout(F, f, zeros, u_bar, x_bar, K, k, alpha, lower, upper)
             return u[0]
         lower_steps = (None,) * T if lower is None else lower.unbind(0)
         upper_steps = (None,) * T if upper is None else upper.unbind(0)
@@ -317,6 +309,7 @@ def box_ddp(
     stalled = torch.zeros(B, dtype=torch.bool, device=device)
     gains: Gains | None = None
     restrict = getattr(model, "restrict", None)
+    affine = getattr(model, "affine", None) is not None
     local_model: tuple[Tensor, Tensor] | None = None  # the last pass's C and F
     for sweep in range(options.max_iter + 1):
         moving = ~(converged | stalled | nonfinite)
@@ -382,7 +375,6 @@ def box_ddp(
         )
         # the fixed-point test on the full step of the convex approximation (eq. (11)):
         # the step on the linearized dynamics, without calling the model
-        affine = getattr(model, "affine", None) is not None
         if affine:
             x_full, u_full = rollout(model, x_init, u_bar, x_bar, gains, 1.0, lower, upper, kernels)
             u_model = u_full

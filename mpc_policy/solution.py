@@ -142,12 +142,8 @@ class SolverInfo:
         def put(whole: Tensor, part: Tensor) -> Tensor:
             return whole.index_copy(0, rows, part.to(whole.dtype))
 
-        mine = self.nonfinite_source
-        theirs = other.nonfinite_source
-        if mine is not None and theirs is not None:
-            source: Tensor | None = put(mine, theirs)
-        else:
-            source = mine if theirs is None else None
+        mine, theirs = self.nonfinite_source, other.nonfinite_source
+        source = None if mine is None or theirs is None else put(mine, theirs)
         return SolverInfo(
             put(self.iterations, other.iterations),
             put(self.converged, other.converged),

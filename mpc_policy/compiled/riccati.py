@@ -248,7 +248,7 @@ def backward_recursion(
     _recursion(
         as_array(C),
         as_array(g),
-        as_array(F) if T > 1 else np.zeros((1, B, n, d), dtype=as_array(g).dtype),
+        as_array(F),
         lo,
         hi,
         bounded,
@@ -336,7 +336,7 @@ def factorize(
     free = free.detach().contiguous()
     _factorize(
         as_array(C),
-        as_array(F) if T > 1 else np.zeros((1, B, n, d), dtype=as_array(C).dtype),
+        as_array(F),
         free.numpy(),
         float(regularization),
         K.numpy(),

@@ -81,7 +81,7 @@ def affine_rollout(
         k: (T, B, m) feedforward steps, or None.
         alphas: (L,) step sizes.
         lower: (T, B, m) control lower bounds, or None.
-        upper: (T, B, m) control upper bounds, or None (both or neither).
+        upper: (T, B, m) control upper bounds, or None (a missing side is unbounded).
 
     Returns:
         x: (L, T, B, n) and u: (L, T, B, m), one trajectory per step size.
@@ -90,6 +90,9 @@ def affine_rollout(
     n = x_init.shape[-1]
     dtype = u.dtype
     feedback = x_bar is not None and K is not None and k is not None
+    if (lower is None) != (upper is None):
+        lower = torch.full_like(u, -torch.inf) if lower is None else lower
+        upper = torch.full_like(u, torch.inf) if upper is None else upper
     bounded = lower is not None and upper is not None
     L = alphas.shape[0]
     x_out = torch.empty(L, T, B, n, dtype=dtype)

@@ -22,13 +22,13 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from agents.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from agents.config import ExperimentConfig
-from agents.datasets import ExpertDataset
-from agents.guards import check_loss, check_parameters, restore_optimizer
-from agents.logging import TrainingLog, summarize_warnings
-from agents.models import model_errors, parameter_groups, parameter_values
-from agents.nn_baseline import SequenceNetwork
+from mpc_policy.agents.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from mpc_policy.agents.config import ExperimentConfig
+from mpc_policy.agents.datasets import ExpertDataset
+from mpc_policy.agents.guards import check_loss, check_parameters, restore_optimizer
+from mpc_policy.agents.logging import TrainingLog, summarize_warnings
+from mpc_policy.agents.models import model_errors, parameter_groups, parameter_values
+from mpc_policy.agents.nn_baseline import SequenceNetwork
 from mpc_policy.policy import MPCPolicy
 from mpc_policy.solution import SolverInfo
 

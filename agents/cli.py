@@ -16,9 +16,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from agents.config import ExperimentConfig, load_config
-from agents.datasets import DatasetError, load_dataset
-from agents.pipeline import check_config, collect, evaluate, run, train
+from mpc_policy.agents.config import ExperimentConfig, load_config
+from mpc_policy.agents.datasets import DatasetError, load_dataset
+from mpc_policy.agents.pipeline import check_config, collect, evaluate, run, train
 
 __all__ = ["main"]
 

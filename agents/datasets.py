@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.systems import expert_for, system_params
-from envs.expert import SYSTEMS, MPCExpert, collect_rollouts
+from mpc_policy.agents.systems import expert_for, system_params
+from mpc_policy.envs.expert import SYSTEMS, MPCExpert, collect_rollouts
 
 __all__ = ["FORMAT_VERSION", "DatasetError", "ExpertDataset", "collect_dataset", "load_dataset"]
 
@@ -131,7 +131,7 @@ def collect_dataset(
     expert_restarts: list[float] | tuple[float, ...] = (),
     expert_options: dict[str, Any] | None = None,
 ) -> ExpertDataset:
-    """Run the system's MPC expert (``envs.expert``) and gather its steps.
+    """Run the system's MPC expert (``mpc_policy.envs.expert``) and gather its steps.
 
     Args:
         system: "pendulum", "cartpole" or "windy_pendulum".

@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents.logging import summarize_warnings
-from agents.nn_baseline import SequenceNetwork
-from agents.systems import system_params
-from envs.base import DynamicsEnv
-from envs.expert import SYSTEMS, MPCExpert, shift_plan
+from mpc_policy.agents.logging import summarize_warnings
+from mpc_policy.agents.nn_baseline import SequenceNetwork
+from mpc_policy.agents.systems import system_params
+from mpc_policy.envs.base import DynamicsEnv
+from mpc_policy.envs.expert import SYSTEMS, MPCExpert, shift_plan
 from mpc_policy.policy import MPCPolicy
 
 __all__ = ["EvaluationResult", "evaluate_policy", "save_gif"]

@@ -19,13 +19,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from agents.config import ExperimentConfig
-from agents.nn_baseline import SequenceNetwork
-from agents.systems import system_params, task_cost
-from envs import CartPoleDynamics, PendulumDynamics, SystemDynamics
-from envs.expert import SYSTEMS
-from envs.params import CartPoleParams, PendulumParams
 from mpc_policy import GoalWeightedCost
+from mpc_policy.agents.config import ExperimentConfig
+from mpc_policy.agents.nn_baseline import SequenceNetwork
+from mpc_policy.agents.systems import system_params, task_cost
+from mpc_policy.envs import CartPoleDynamics, PendulumDynamics, SystemDynamics
+from mpc_policy.envs.expert import SYSTEMS
+from mpc_policy.envs.params import CartPoleParams, PendulumParams
 from mpc_policy.policy import MPCPolicy
 
 __all__ = [

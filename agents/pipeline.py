@@ -25,15 +25,15 @@ import torch
 import yaml
 from torch import nn
 
-from agents.bc import ImitationObjective, Trainer, TrainResult, WarmStarts
-from agents.checkpoint import load_checkpoint
-from agents.config import ExperimentConfig
-from agents.datasets import DatasetError, ExpertDataset, collect_dataset, load_dataset
-from agents.evaluate import evaluate_policy
-from agents.guards import RunLock
-from agents.models import MODEL_CLASS, build_learner
-from agents.sysid import SysIdObjective
-from agents.systems import expert_for, system_params
+from mpc_policy.agents.bc import ImitationObjective, Trainer, TrainResult, WarmStarts
+from mpc_policy.agents.checkpoint import load_checkpoint
+from mpc_policy.agents.config import ExperimentConfig
+from mpc_policy.agents.datasets import DatasetError, ExpertDataset, collect_dataset, load_dataset
+from mpc_policy.agents.evaluate import evaluate_policy
+from mpc_policy.agents.guards import RunLock
+from mpc_policy.agents.models import MODEL_CLASS, build_learner
+from mpc_policy.agents.sysid import SysIdObjective
+from mpc_policy.agents.systems import expert_for, system_params
 from mpc_policy.policy import MPCPolicy
 
 __all__ = ["check_config", "collect", "evaluate", "load_policy", "run", "train"]
@@ -139,7 +139,7 @@ def train(
 ) -> TrainResult:
     """Train the configured learner on the dataset, resuming from the last checkpoint.
 
-    The run folder is locked while training (``agents.guards.RunLock``): a second run on
+    The run folder is locked while training (``mpc_policy.agents.guards.RunLock``): a second run on
     the same folder is refused.
 
     Args:

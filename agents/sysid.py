@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from agents.bc import Batch, ImitationObjective, WarmStarts, imitation_loss
+from mpc_policy.agents.bc import Batch, ImitationObjective, WarmStarts, imitation_loss
 from mpc_policy.policy import MPCPolicy
 from mpc_policy.solution import SolverInfo
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from envs.expert import SYSTEMS, MPCExpert
-from envs.params import CartPoleParams, PendulumParams, WindyPendulumParams
 from mpc_policy.costs import GoalWeightedCost
+from mpc_policy.envs.expert import SYSTEMS, MPCExpert
+from mpc_policy.envs.params import CartPoleParams, PendulumParams, WindyPendulumParams
 
 __all__ = ["PARAMS", "expert_for", "system_params", "task_cost"]
 

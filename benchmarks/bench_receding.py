@@ -24,9 +24,11 @@ import numpy as np
 import torch
 from _timing import markdown_table, set_single_thread, write_results
 
-import envs  # noqa: F401  (registers the environments)
-from envs import PendulumDynamics, pendulum_cost
-from mpc_policy import MPCPolicy
+from mpc_policy import (
+    MPCPolicy,
+    envs,  # noqa: F401  (registers the environments)
+)
+from mpc_policy.envs import PendulumDynamics, pendulum_cost
 
 ENV_ID = "mpc_policy/Pendulum-v0"
 HORIZON = 20

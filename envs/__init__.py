@@ -1,6 +1,6 @@
 """Gymnasium environments and their differentiable dynamics, registered on import.
 
-    import envs, gymnasium
+    import gymnasium, mpc_policy
     env = gymnasium.make("mpc_policy/Pendulum-v0")        # also CartPole-v0, WindyPendulum-v0
 
 Each environment steps with the torch dynamics module that an MPC differentiates through
@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import gymnasium
 
-from envs.base import DynamicsEnv
-from envs.cartpole import CartPoleDynamics, CartPoleEnv, cartpole_cost, cartpole_state
-from envs.model import SystemDynamics
-from envs.params import CartPoleParams, PendulumParams, WindyPendulumParams
-from envs.pendulum import PendulumDynamics, PendulumEnv, pendulum_cost, pendulum_state
-from envs.windy_pendulum import WindyPendulumDynamics, WindyPendulumEnv
+from mpc_policy.envs.base import DynamicsEnv
+from mpc_policy.envs.cartpole import CartPoleDynamics, CartPoleEnv, cartpole_cost, cartpole_state
+from mpc_policy.envs.model import SystemDynamics
+from mpc_policy.envs.params import CartPoleParams, PendulumParams, WindyPendulumParams
+from mpc_policy.envs.pendulum import PendulumDynamics, PendulumEnv, pendulum_cost, pendulum_state
+from mpc_policy.envs.windy_pendulum import WindyPendulumDynamics, WindyPendulumEnv
 
 __all__ = [
     "ENTRY_POINTS",
@@ -42,9 +42,9 @@ __all__ = [
 ]
 
 ENTRY_POINTS = {
-    "mpc_policy/Pendulum-v0": "envs.pendulum:PendulumEnv",
-    "mpc_policy/CartPole-v0": "envs.cartpole:CartPoleEnv",
-    "mpc_policy/WindyPendulum-v0": "envs.windy_pendulum:WindyPendulumEnv",
+    "mpc_policy/Pendulum-v0": "mpc_policy.envs.pendulum:PendulumEnv",
+    "mpc_policy/CartPole-v0": "mpc_policy.envs.cartpole:CartPoleEnv",
+    "mpc_policy/WindyPendulum-v0": "mpc_policy.envs.windy_pendulum:WindyPendulumEnv",
 }
 # 200 steps of 0.05 s: Pendulum-v1's limit, and 10 s for the cart-pole swing-up
 MAX_EPISODE_STEPS = dict.fromkeys(ENTRY_POINTS, 200)

@@ -22,8 +22,8 @@ import torch
 from gymnasium import spaces
 from torch import Tensor, nn
 
-from envs.model import SystemDynamics
-from envs.rendering import RENDER_MODES, Canvas, Renderer
+from mpc_policy.envs.model import SystemDynamics
+from mpc_policy.envs.rendering import RENDER_MODES, Canvas, Renderer
 
 __all__ = ["DynamicsEnv"]
 

@@ -23,13 +23,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from envs.base import DynamicsEnv
-from envs.cartpole import CartPoleDynamics, cartpole_cost
-from envs.model import SystemDynamics
-from envs.params import CartPoleParams, PendulumParams, WindyPendulumParams
-from envs.pendulum import PendulumDynamics, pendulum_cost
-from envs.windy_pendulum import WindyPendulumDynamics
 from mpc_policy import MPC, Solution
+from mpc_policy.envs.base import DynamicsEnv
+from mpc_policy.envs.cartpole import CartPoleDynamics, cartpole_cost
+from mpc_policy.envs.model import SystemDynamics
+from mpc_policy.envs.params import CartPoleParams, PendulumParams, WindyPendulumParams
+from mpc_policy.envs.pendulum import PendulumDynamics, pendulum_cost
+from mpc_policy.envs.windy_pendulum import WindyPendulumDynamics
 
 __all__ = [
     "SWING_UP_RESTARTS",

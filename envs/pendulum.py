@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from envs.base import UNBOUNDED, DynamicsEnv
-from envs.model import SystemDynamics, angle_and_partials, check_inputs, stack_jacobian
-from envs.params import PendulumParams
-from envs.rendering import Canvas
 from mpc_policy.costs import GoalWeightedCost
+from mpc_policy.envs.base import UNBOUNDED, DynamicsEnv
+from mpc_policy.envs.model import SystemDynamics, angle_and_partials, check_inputs, stack_jacobian
+from mpc_policy.envs.params import PendulumParams
+from mpc_policy.envs.rendering import Canvas
 
 __all__ = ["PendulumDynamics", "PendulumEnv", "pendulum_cost", "pendulum_state"]
 

@@ -3,7 +3,7 @@
 The expert of the paper's non-realizable experiment (Amos et al., 2018, section 5.4): the
 learner's model class is the simple pendulum (``PendulumDynamics``: g, m, l), which has no
 term for either addition, so no choice of its parameters reproduces these dynamics. Same
-state, control, update scheme, velocity clip and task cost as ``envs.pendulum``; only the
+state, control, update scheme, velocity clip and task cost as ``mpc_policy.envs.pendulum``; only the
 angular acceleration changes:
 
     th_ddot = 3 g / (2 l) sin th + 3 u / (m l^2) - 3 b th_dot / (m l^2) - 3 F_w cos th / (m l)
@@ -21,9 +21,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from envs.params import PendulumParams, WindyPendulumParams
-from envs.pendulum import PendulumDynamics, PendulumEnv
-from envs.rendering import Canvas
+from mpc_policy.envs.params import PendulumParams, WindyPendulumParams
+from mpc_policy.envs.pendulum import PendulumDynamics, PendulumEnv
+from mpc_policy.envs.rendering import Canvas
 
 __all__ = ["WindyPendulumDynamics", "WindyPendulumEnv"]
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from envs import PendulumDynamics, pendulum_cost
-from envs.expert import MPCExpert
-from envs.params import PendulumParams
+from mpc_policy.envs import PendulumDynamics, pendulum_cost
+from mpc_policy.envs.expert import MPCExpert
+from mpc_policy.envs.params import PendulumParams
 from mpc_policy.policy import MPCPolicy
 
 

@@ -34,7 +34,6 @@ from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 
-import envs  # noqa: F401  (registers the mpc_policy/ environments)
 from mpc_policy.sb3 import MPCActorCriticPolicy, MPCHealthCallback, learned_values
 
 

@@ -15,10 +15,9 @@ from pathlib import Path
 import gymnasium
 import torch
 
-import envs  # noqa: F401  (registers the mpc_policy/ environments)
-from agents.evaluate import save_gif
-from envs import PendulumDynamics, pendulum_cost
-from envs.expert import shift_plan
+from mpc_policy.agents.evaluate import save_gif
+from mpc_policy.envs import PendulumDynamics, pendulum_cost
+from mpc_policy.envs.expert import shift_plan
 from mpc_policy.policy import MPCPolicy
 
 

@@ -29,3 +29,7 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+# One import of the package is enough for gymnasium.make("mpc_policy/Pendulum-v0"): the
+# environments register themselves when mpc_policy.envs is imported (last, as they use costs).
+import mpc_policy.envs  # noqa: F401

@@ -15,8 +15,14 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-import envs  # noqa: F401  (registers the environments)
-from mpc_policy import MPC, AffineDynamics, MPCPolicy, QuadraticCost, lqr_solve
+from mpc_policy import (
+    MPC,
+    AffineDynamics,
+    MPCPolicy,
+    QuadraticCost,
+    envs,  # noqa: F401  (registers the environments)
+    lqr_solve,
+)
 from tests.pendulum_model import PendulumDynamics, pendulum_cost, start_states
 
 F64 = torch.float64

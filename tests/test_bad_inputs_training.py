@@ -15,11 +15,17 @@ import numpy as np
 import pytest
 import torch
 
-from agents.cli import main
-from agents.config import load_config
-from agents.datasets import DatasetError, ExpertDataset, collect_dataset, load_dataset
-from agents.guards import RunLock, RunLocked, TrainingDiverged, check_loss, check_parameters
-from agents.pipeline import collect, train
+from mpc_policy.agents.cli import main
+from mpc_policy.agents.config import load_config
+from mpc_policy.agents.datasets import DatasetError, ExpertDataset, collect_dataset, load_dataset
+from mpc_policy.agents.guards import (
+    RunLock,
+    RunLocked,
+    TrainingDiverged,
+    check_loss,
+    check_parameters,
+)
+from mpc_policy.agents.pipeline import collect, train
 from mpc_policy.solution import SolverInfo, Status
 from tests.test_cli import CONFIG, tiny
 

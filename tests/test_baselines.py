@@ -8,13 +8,19 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from agents import pipeline
-from agents.config import DataConfig, EvaluateConfig, ExperimentConfig, ModelConfig, TrainConfig
-from agents.datasets import collect_dataset
-from agents.nn_baseline import SequenceNetwork
-from agents.sysid import transition_loss
-from envs import PendulumDynamics
-from envs.params import PendulumParams
+from mpc_policy.agents import pipeline
+from mpc_policy.agents.config import (
+    DataConfig,
+    EvaluateConfig,
+    ExperimentConfig,
+    ModelConfig,
+    TrainConfig,
+)
+from mpc_policy.agents.datasets import collect_dataset
+from mpc_policy.agents.nn_baseline import SequenceNetwork
+from mpc_policy.agents.sysid import transition_loss
+from mpc_policy.envs import PendulumDynamics
+from mpc_policy.envs.params import PendulumParams
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,18 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from agents import pipeline
-from agents.bc import Batch, ImitationObjective, Trainer
-from agents.checkpoint import capture_rng, restore_rng, save_checkpoint
-from agents.config import DataConfig, EvaluateConfig, ExperimentConfig, ModelConfig, TrainConfig
-from agents.datasets import load_dataset
-from agents.models import build_learner
+from mpc_policy.agents import pipeline
+from mpc_policy.agents.bc import Batch, ImitationObjective, Trainer
+from mpc_policy.agents.checkpoint import capture_rng, restore_rng, save_checkpoint
+from mpc_policy.agents.config import (
+    DataConfig,
+    EvaluateConfig,
+    ExperimentConfig,
+    ModelConfig,
+    TrainConfig,
+)
+from mpc_policy.agents.datasets import load_dataset
+from mpc_policy.agents.models import build_learner
 
 PAPER_INIT = {"gravity": 15.0, "mass": 3.0, "length": 0.5}
 

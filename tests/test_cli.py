@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from agents.cli import main
+from mpc_policy.agents.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "pendulum_dx.yaml")
@@ -54,7 +54,7 @@ def logged_steps(run_dir: Path, tag: str) -> list[int]:
 
 def test_the_console_script_is_declared():
     scripts = entry_points(group="console_scripts")
-    assert [s.value for s in scripts if s.name == "mpc-policy"] == ["agents.cli:main"]
+    assert [s.value for s in scripts if s.name == "mpc-policy"] == ["mpc_policy.agents.cli:main"]
 
 
 def test_run_collects_trains_evaluates_and_renders(tmp_path, capsys):
@@ -93,7 +93,7 @@ def test_a_killed_training_run_resumes_where_it_stopped(tmp_path):
     args = tiny("train", tmp_path, "--set", "train.epochs=30")
     assert main(tiny("collect", tmp_path)) == 0
     process = subprocess.Popen(
-        [sys.executable, "-m", "agents.cli", *args],
+        [sys.executable, "-m", "mpc_policy.agents.cli", *args],
         cwd=ROOT,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
         stdout=subprocess.DEVNULL,

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch.func import functional_call, jacrev, vmap
 
-from envs import (
+from mpc_policy import MPC
+from mpc_policy.envs import (
     CartPoleDynamics,
     CartPoleParams,
     PendulumDynamics,
@@ -21,7 +22,6 @@ from envs import (
     pendulum_cost,
     pendulum_state,
 )
-from mpc_policy import MPC
 
 SYSTEMS = {
     "pendulum": lambda: PendulumDynamics(),

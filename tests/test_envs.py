@@ -13,8 +13,8 @@ import torch
 from gymnasium.envs.classic_control.pendulum import PendulumEnv as GymnasiumPendulum
 from gymnasium.utils.env_checker import check_env
 
-import envs
-from envs import (
+from mpc_policy import envs
+from mpc_policy.envs import (
     CartPoleEnv,
     CartPoleParams,
     PendulumEnv,

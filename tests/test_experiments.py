@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from agents.experiments import imitation, lqr_imitation, windy_pendulum
-from agents.experiments.bc_trials import experiment_config, resolve_trials
-from agents.experiments.runner import load_config
+from mpc_policy.agents.experiments import imitation, lqr_imitation, windy_pendulum
+from mpc_policy.agents.experiments.bc_trials import experiment_config, resolve_trials
+from mpc_policy.agents.experiments.runner import load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

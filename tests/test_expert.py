@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from envs import cartpole_state, pendulum_state
-from envs.expert import (
+from mpc_policy.envs import cartpole_state, pendulum_state
+from mpc_policy.envs.expert import (
     SWING_UP_RESTARTS,
     SYSTEMS,
     ExpertRollouts,

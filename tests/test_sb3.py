@@ -18,8 +18,8 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import configure
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import envs
-from envs import PendulumDynamics, pendulum_cost
+from mpc_policy import envs
+from mpc_policy.envs import PendulumDynamics, pendulum_cost
 from mpc_policy.policy import MPCPolicy
 from mpc_policy.sb3 import (
     MPCActorCriticPolicy,

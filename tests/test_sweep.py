@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from agents.experiments.runner import load_config, markdown_table
-from agents.sweep import SweepError, load_trial, run_sweep, trial_key
+from mpc_policy.agents.experiments.runner import load_config, markdown_table
+from mpc_policy.agents.sweep import SweepError, load_trial, run_sweep, trial_key
 
 
 def square_trial(config: dict[str, Any]) -> dict[str, Any]:

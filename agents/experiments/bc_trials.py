@@ -3,11 +3,11 @@
 A trial config (a flat, JSON-serializable dict written by the experiment's YAML) names a
 system, a method (nn, sysid, mpc.dx, mpc.cost, mpc.cost.dx), a training-set size and a
 seed, plus the dataset, the learner's starting point and the optimizer. ``bc_trial``
-turns it into an ``agents.config.ExperimentConfig`` and trains with
-``agents.pipeline.train`` (checkpointed and resumable), then reads the per-epoch losses
+turns it into an ``mpc_policy.agents.config.ExperimentConfig`` and trains with
+``mpc_policy.agents.pipeline.train`` (checkpointed and resumable), then reads the per-epoch losses
 back from the run's tensorboard log. For learners of the dynamics it also measures, at
 every epoch, the next-state (sysid) loss of the learned model on the test trajectories
-(``agents.sysid.transition_loss`` on the logged parameter values).
+(``mpc_policy.agents.sysid.transition_loss`` on the logged parameter values).
 
 The expert dataset of a system is shared by all trials of an experiment: collect it once,
 before the trials start in parallel, with ``prepare_datasets``. Per-system settings
@@ -25,13 +25,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
-from agents.datasets import load_dataset
-from agents.experiments.runner import ExperimentConfig as SweepConfig
-from agents.models import learner_dynamics
-from agents.pipeline import collect, train
-from agents.sweep import trial_key
-from agents.sysid import transition_loss
+from mpc_policy.agents.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
+from mpc_policy.agents.datasets import load_dataset
+from mpc_policy.agents.experiments.runner import ExperimentConfig as SweepConfig
+from mpc_policy.agents.models import learner_dynamics
+from mpc_policy.agents.pipeline import collect, train
+from mpc_policy.agents.sweep import trial_key
+from mpc_policy.agents.sysid import transition_loss
 
 __all__ = [
     "bc_trial",

@@ -3,10 +3,11 @@
 
 For each system, method (nn, sysid, mpc.dx, mpc.cost, mpc.cost.dx), number of training
 trajectories and seed, one learner is trained on the expert's nominal action sequences
-(``agents.experiments.bc_trials``); the reported number is the test imitation loss at the
+(``mpc_policy.agents.experiments.bc_trials``); the reported number is the test imitation loss at the
 epoch of the best validation loss. The table gives its median and range over seeds.
 
-    python -m agents.experiments.imitation --config configs/exp_imitation.yaml --profile quick
+    python -m mpc_policy.agents.experiments.imitation --config configs/exp_imitation.yaml \
+        --profile quick
 
 Per-system settings (dataset, the learner's starting dynamics and cost) live under
 ``trial.systems.<system>`` in the config and are merged into each trial of that system;
@@ -20,16 +21,16 @@ from typing import Any
 
 import numpy as np
 
-from agents.experiments.bc_trials import bc_trial, prepare_datasets, resolve_trials
-from agents.experiments.plots import plot_sample_complexity
-from agents.experiments.runner import (
+from mpc_policy.agents.experiments.bc_trials import bc_trial, prepare_datasets, resolve_trials
+from mpc_policy.agents.experiments.plots import plot_sample_complexity
+from mpc_policy.agents.experiments.runner import (
     build_parser,
     config_from_args,
     markdown_table,
     run_trials,
     write_summary,
 )
-from agents.sweep import TrialRecord
+from mpc_policy.agents.sweep import TrialRecord
 
 __all__ = ["collect_losses", "loss_table", "main"]
 

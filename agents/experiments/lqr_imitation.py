@@ -11,7 +11,7 @@ minimizes by RMSprop, on mini-batches of fresh start states x ~ N(0, I), the imi
 (the paper's ||tau - tau^||^2, averaged as in its released code) through the implicit
 gradient of ``lqr_solve``. The model loss is mean (A - A^)^2 + mean (B - B^)^2.
 
-    python -m agents.experiments.lqr_imitation --config configs/exp_lqr_imitation.yaml \
+    python -m mpc_policy.agents.experiments.lqr_imitation --config configs/exp_lqr_imitation.yaml \
         --profile quick
 """
 
@@ -25,15 +25,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from agents.experiments.plots import Panel, Series, plot_curves
-from agents.experiments.runner import (
+from mpc_policy import lqr_solve
+from mpc_policy.agents.experiments.plots import Panel, Series, plot_curves
+from mpc_policy.agents.experiments.runner import (
     build_parser,
     markdown_table,
     run_experiment,
     write_summary,
 )
-from agents.sweep import TrialRecord
-from mpc_policy import lqr_solve
+from mpc_policy.agents.sweep import TrialRecord
 
 __all__ = ["lqr_trial", "main", "random_dynamics", "recovered", "summarize"]
 

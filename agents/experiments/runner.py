@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from agents.sweep import BACKENDS, TrialFn, TrialRecord, run_sweep
+from mpc_policy.agents.sweep import BACKENDS, TrialFn, TrialRecord, run_sweep
 
 __all__ = [
     "ExperimentConfig",

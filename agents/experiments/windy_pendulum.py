@@ -7,7 +7,8 @@ loss through the MPC. The paper's finding: sysid fits the transitions slightly b
 mpc.dx imitates better. Reported per method over seeds: the test imitation loss and the
 test next-state (sysid) loss, at the last epoch and along training.
 
-    python -m agents.experiments.windy_pendulum --config configs/exp_windy_pendulum.yaml \
+    python -m mpc_policy.agents.experiments.windy_pendulum \
+        --config configs/exp_windy_pendulum.yaml \
         --profile quick
 """
 
@@ -18,16 +19,16 @@ from typing import Any
 
 import numpy as np
 
-from agents.experiments.bc_trials import bc_trial, prepare_datasets, resolve_trials
-from agents.experiments.plots import Panel, Series, plot_curves
-from agents.experiments.runner import (
+from mpc_policy.agents.experiments.bc_trials import bc_trial, prepare_datasets, resolve_trials
+from mpc_policy.agents.experiments.plots import Panel, Series, plot_curves
+from mpc_policy.agents.experiments.runner import (
     build_parser,
     config_from_args,
     markdown_table,
     run_trials,
     write_summary,
 )
-from agents.sweep import TrialRecord
+from mpc_policy.agents.sweep import TrialRecord
 
 __all__ = ["final_losses", "main", "summarize"]
 

@@ -122,6 +122,7 @@ def main(args: Args) -> list[dict[str, float]]:
         gamma=args.gamma,
         gae_lambda=args.gae_lambda,
         policy_kwargs={
+            "env_id": args.env_id,  # the MPC's model: this environment's dynamics and cost
             "horizon": args.horizon,
             "learn": args.learn,
             "initial_values": args.initial_values,

@@ -1,9 +1,11 @@
-"""SB3 policies with an MPC actor (mpc_policy/sb3.py): PPO and A2C on every environment,
-SAC and TD3, save and load, single vs batched prediction, batch-independent
-log-probabilities, initialization from a trained MPCPolicy, logging, and the example."""
+"""SB3 policies with an MPC actor (mpc_policy/sb3/): PPO and A2C on every environment,
+SAC and TD3, the model from an environment id, save and load, single vs batched
+prediction, batch-independent log-probabilities, initialization from a trained MPCPolicy,
+the phase from set_training_mode, logging, the progress bar, and the example."""
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +28,7 @@ from mpc_policy.sb3 import (
     MPCHealthCallback,
     MPCSACPolicy,
     MPCTD3Policy,
+    TqdmCallback,
     build_mpc,
     learned_values,
     load_mpc_weights,
@@ -47,7 +50,8 @@ def observations(env_id: str, n: int, seed: int = 0) -> np.ndarray:
 
 def ppo(env_id: str = PENDULUM, **policy_kwargs) -> PPO:
     env = make_vec_env(env_id, n_envs=2, seed=0)
-    kwargs = {"horizon": 5, **policy_kwargs}
+    model = {} if "mpc_policy" in policy_kwargs else {"env_id": env_id}
+    kwargs = {"horizon": 5, **model, **policy_kwargs}
     return PPO(
         MPCActorCriticPolicy,
         env,
@@ -79,7 +83,7 @@ def test_on_policy_training_changes_the_learned_parameters_only(algo, env_id):
         env,
         learning_rate=1e-2,
         seed=0,
-        policy_kwargs={"horizon": 4, "learn": ["cost.weights", "dynamics"]},
+        policy_kwargs={"env_id": env_id, "horizon": 4, "learn": ["cost.weights", "dynamics"]},
         **extra,
     )
     before = mpc_state(model.policy)
@@ -91,8 +95,16 @@ def test_on_policy_training_changes_the_learned_parameters_only(algo, env_id):
     assert "mpc.cost.goal" not in moved
 
 
-def test_no_policy_kwargs_takes_the_environments_model_and_learns_the_cost():
-    model = PPO(MPCActorCriticPolicy, PENDULUM, n_steps=16, batch_size=16, n_epochs=1, seed=0)
+def test_env_id_takes_the_environments_model_and_learns_the_cost():
+    model = PPO(
+        MPCActorCriticPolicy,
+        PENDULUM,
+        n_steps=16,
+        batch_size=16,
+        n_epochs=1,
+        seed=0,
+        policy_kwargs={"env_id": PENDULUM},
+    )
     env = model.get_env().envs[0].unwrapped
     mpc = model.policy.mpc
     assert mpc.horizon == 10 and isinstance(mpc.dynamics, type(env.dynamics))
@@ -125,7 +137,7 @@ def test_save_and_load_give_the_same_actions(tmp_path):
     model = ppo(learn=["cost", "dynamics"])
     model.learn(64)
     model.save(tmp_path / "model")
-    loaded = PPO.load(tmp_path / "model")  # no environment: the model is in the kwargs
+    loaded = PPO.load(tmp_path / "model")  # no environment: the kwargs name its id
     obs = observations(PENDULUM, 6)
     expected, _ = model.predict(obs, deterministic=True)
     actions, _ = loaded.predict(obs, deterministic=True)
@@ -180,6 +192,21 @@ def test_log_probabilities_do_not_depend_on_the_minibatch():
     assert policy.mpc.dynamics.mass.grad is not None
 
 
+def test_a_policy_built_by_hand_reports_its_solves_under_sb3s_training_mode():
+    env = gym.make(PENDULUM)
+    policy = MPCActorCriticPolicy(
+        env.observation_space, env.action_space, lambda _: 1e-3, env_id=PENDULUM, horizon=5
+    )
+    obs = torch.as_tensor(observations(PENDULUM, 3))
+    policy.set_training_mode(True)  # SB3, before a gradient step
+    with torch.no_grad():
+        policy.get_distribution(obs)
+    policy.set_training_mode(False)  # SB3, before a rollout or predict
+    policy.get_distribution(obs[:2])  # gradients enabled: the phase is still "rollout"
+    summary = policy.solver_health.summary()
+    assert summary["update_solves"] == 3 and summary["rollout_solves"] == 2
+
+
 def trained_mpc_policy() -> MPCPolicy:
     """An MPCPolicy as behaviour cloning would leave it (other weights, other mass)."""
     dynamics = PendulumDynamics(dtype=torch.float64)
@@ -217,7 +244,12 @@ def test_off_policy_actors(algo, policy_class, tmp_path):
         buffer_size=500,
         learning_rate=1e-2,
         seed=0,
-        policy_kwargs={"horizon": 4, "learn": ["cost.weights"], "net_arch": [32]},
+        policy_kwargs={
+            "env_id": PENDULUM,
+            "horizon": 4,
+            "learn": ["cost.weights"],
+            "net_arch": [32],
+        },
     )
     obs = observations(PENDULUM, 4)
     # the deterministic action is the MPC's control, through the [-1, 1] rescaling
@@ -242,10 +274,13 @@ def test_off_policy_actors(algo, policy_class, tmp_path):
         assert float(mpc.dynamics.mass) == pytest.approx(1.3)
 
 
-def test_health_callback_logs_floats(tmp_path):
+def test_health_callback_logs_floats_and_the_progress_bar_counts_steps(tmp_path):
     model = ppo(learn=["cost.weights"])
     model.set_logger(configure(str(tmp_path), ["csv"]))
-    model.learn(128, callback=MPCHealthCallback())  # the second rollout end sees an update
+    bar = io.StringIO()
+    # the second rollout end sees an update
+    model.learn(128, callback=[MPCHealthCallback(), TqdmCallback("ppo", file=bar)])
+    assert "ppo: 100%" in bar.getvalue() and "128/128" in bar.getvalue()
     header, *rows = (tmp_path / "progress.csv").read_text().splitlines()
     keys = header.split(",")
     for key in (
@@ -285,7 +320,10 @@ def test_without_a_model_or_an_environment_it_says_what_to_pass():
     with pytest.raises(ValueError, match="dynamics and cost"):
         MPCActorCriticPolicy(space, spaces.Box(-2.0, 2.0, (1,), np.float32), lambda _: 1e-3)
     with pytest.raises(ValueError, match="dynamics and cost"):
-        PPO(MPCActorCriticPolicy, "Pendulum-v1")  # Gymnasium's own: no model to take
+        PPO(MPCActorCriticPolicy, PENDULUM)  # the environment is not searched for a model
+    with pytest.raises(ValueError, match=r"env_id: .* 'Pendulum-v1' has no module \['cost', "):
+        # Gymnasium's own pendulum: no model to take
+        PPO(MPCActorCriticPolicy, "Pendulum-v1", policy_kwargs={"env_id": "Pendulum-v1"})
     with pytest.raises(TypeError, match="action_space"):
         build_mpc(spaces.Discrete(3), dynamics=PendulumDynamics(), cost=pendulum_cost())
 
@@ -318,7 +356,7 @@ def test_vectorized_environments_are_one_batched_solve_and_rollout_log_probs_hol
         n_epochs=1,
         learning_rate=0.0,  # the update leaves the parameters of the rollout
         seed=0,
-        policy_kwargs={"horizon": 5, "learn": ["cost"]},
+        policy_kwargs={"env_id": PENDULUM, "horizon": 5, "learn": ["cost"]},
     )
     calls: list[int] = []
     plan = model.policy.mpc.plan

@@ -273,13 +273,15 @@ def restrictable(module: Callable[..., Any], batch: int, index: Tensor) -> Any |
     solver cannot tell that it is right for a part of the batch.
 
     A module with ``select_batch`` gives its own restriction. A module holding a tensor
-    whose first dimension is B (B > 1) may hold per-element data without saying so: None,
-    and the solver keeps evaluating it on the whole batch. Any other module is shared by all
-    elements and serves as it is.
+    whose first dimension is B (B > 1, or any B when ``index`` repeats elements, as the
+    line search's candidates do) may hold per-element data without saying so: None, and the
+    solver keeps evaluating it on the whole batch. Any other module is shared by all elements
+    and serves as it is.
     """
     select = getattr(module, "select_batch", None)
     if callable(select):
         return select(index)
-    if batch > 1 and any(t.dim() > 0 and t.shape[0] == batch for t in _tensors(module, set())):
+    suspect = batch > 1 or index.numel() > batch
+    if suspect and any(t.dim() > 0 and t.shape[0] == batch for t in _tensors(module, set())):
         return None
     return module

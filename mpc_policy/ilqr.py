@@ -54,7 +54,8 @@ class Model(Protocol):
         ...
 
     def step(self, x: Tensor, u: Tensor, t: int) -> Tensor:
-        """Next state (..., B, n) from x (..., B, n) and u (..., B, m) at time index t."""
+        """Next states (R, n) from x (R, n) and u (R, m) at time index t: R = B, or R = L B
+        for L line-search candidates (row r is element r mod B)."""
         ...
 
 
@@ -133,36 +134,54 @@ def rollout(
             upper,
         )
         return (x, u_out) if candidates else (x[0], u_out[0])
+    L = alpha.shape[0] if isinstance(alpha, Tensor) else 1
+    B = x_init.shape[0]
     if feedback:
         assert gains is not None and x_bar is not None
-        # u_bar + alpha k + K (x - x_bar): the open-loop part for all steps at once
+        # u_bar + alpha k + K (x - x_bar): the open-loop part for all steps at once; L
+        # candidates are the rows l B + b of one batch (row r is element r mod B), so that a
+        # step costs the tensor operations of one trajectory
         if isinstance(alpha, Tensor):
-            scaled = alpha.view(-1, 1, 1, 1) * gains.k
-            u_steps = (u + scaled).unbind(1)
+            u_open = u.unsqueeze(0) + alpha.view(-1, 1, 1, 1) * gains.k.unsqueeze(0)
+            u_steps = u_open.transpose(0, 1).reshape(T, L * B, -1).unbind(0)
         else:
             u_steps = (u + alpha * gains.k).unbind(0)
-        K_steps, x_bar_steps = gains.K.unbind(0), x_bar.unbind(0)
+        K_steps = _tile(gains.K, L).unbind(0)
+        x_bar_steps = _tile(x_bar, L).unbind(0)
     else:
-        u_steps = u.unbind(0)
-    lower_steps = (None,) * T if lower is None else lower.unbind(0)
-    upper_steps = (None,) * T if upper is None else upper.unbind(0)
+        u_steps = _tile(u, L).unbind(0)
+    lower_steps = (None,) * T if lower is None else _tile(lower, L).unbind(0)
+    upper_steps = (None,) * T if upper is None else _tile(upper, L).unbind(0)
     xs, us = [], []
-    x = x_init.expand(alpha.shape[0], *x_init.shape) if isinstance(alpha, Tensor) else x_init
+    x = x_init.repeat(L, 1) if candidates else x_init
     for t in range(T):
         u_t = u_steps[t]
         if feedback:
             dx = (x - x_bar_steps[t]).unsqueeze(-1)
-            if candidates:
-                u_t = u_t + (K_steps[t] @ dx).squeeze(-1)
-            else:
-                u_t = torch.baddbmm(u_t.unsqueeze(-1), K_steps[t], dx).squeeze(-1)
+            u_t = torch.baddbmm(u_t.unsqueeze(-1), K_steps[t], dx).squeeze(-1)
         u_t = _clamp(u_t, lower_steps[t], upper_steps[t])
         xs.append(x)
         us.append(u_t)
         if t < T - 1:
             x = model.step(x, u_t, t)
-    dim = 1 if candidates else 0
-    return torch.stack(xs, dim), torch.stack(us, dim)
+    x_out, u_out = torch.stack(xs), torch.stack(us)
+    if not candidates:
+        return x_out, u_out
+    return _untile(x_out, L), _untile(u_out, L)
+
+
+def _tile(z: Tensor, L: int) -> Tensor:
+    """(T, L B, ...) rows l B + b = z[:, b] of a time-major z (T, B, ...); z itself if L = 1."""
+    if L == 1:
+        return z
+    T, B = z.shape[:2]
+    return z.unsqueeze(1).expand(T, L, *z.shape[1:]).reshape(T, L * B, *z.shape[2:])
+
+
+def _untile(z: Tensor, L: int) -> Tensor:
+    """(L, T, B, ...) candidates of a time-major batch of rows z (T, L B, ...)."""
+    T, rows = z.shape[:2]
+    return z.view(T, L, rows // L, *z.shape[2:]).transpose(0, 1)
 
 
 def linear_step(
@@ -250,9 +269,62 @@ def _backward_pass(
     return Gains(*(old.index_copy(1, rows, new) for old, new in zip(gains, fresh)))
 
 
-def _candidate_costs(model: Model, x: Tensor, u: Tensor) -> Tensor:
-    """(L, B) costs of candidate trajectories x (L, T, B, n), u (L, T, B, m)."""
-    return torch.stack([model.total_cost(x[i], u[i]) for i in range(x.shape[0])])
+class _CandidateCosts:
+    """Costs of line-search candidates, in one call of the cost where the model allows.
+
+    The L candidates of B elements are the rows l B + b of one batch of L B problems (the
+    solver's row layout, row r is element r mod B), costed by the model restricted to
+    ``arange(B)`` repeated L times; a model that cannot be restricted is costed once per
+    candidate. Built once per solve, on first use.
+    """
+
+    def __init__(self, model: Model, batch: int) -> None:
+        self.model, self.batch = model, batch
+        self.tiled: dict[int, Model | None] = {}
+
+    def __call__(self, x: Tensor, u: Tensor) -> Tensor:
+        """(L, B) costs of candidate trajectories x (L, T, B, n), u (L, T, B, m)."""
+        L, T, B = x.shape[:3]
+        if L not in self.tiled:
+            restrict = getattr(self.model, "restrict", None)
+            rows = torch.arange(B, device=x.device).repeat(L)
+            self.tiled[L] = restrict(rows, B) if callable(restrict) and B > 0 else None
+        tiled = self.tiled[L]
+        if tiled is None:
+            return torch.stack([self.model.total_cost(x[i], u[i]) for i in range(L)])
+        rows_x = x.transpose(0, 1).reshape(T, L * B, x.shape[-1])
+        rows_u = u.transpose(0, 1).reshape(T, L * B, u.shape[-1])
+        return tiled.total_cost(rows_x, rows_u).view(L, B)
+
+
+def _first_decrease(
+    candidates: tuple[Tensor, Tensor, Tensor],
+    alphas: Tensor,
+    eligible: Tensor,
+    threshold: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The largest step whose cost is below the threshold, per element.
+
+    Args:
+        candidates: x (L, T, B, n), u (L, T, B, m) and costs (L, B) of L step sizes.
+        alphas: (L,) the step sizes, largest first.
+        eligible: (B,) elements that may take a step.
+        threshold: (B,) the cost a step must not exceed.
+
+    Returns:
+        found (B,), and for the found elements the chosen x (T, B, n), u (T, B, m),
+        cost (B,) and step size (B,) (values elsewhere are those of some candidate).
+    """
+    x_try, u_try, costs = candidates
+    B = costs.shape[1]
+    ok = eligible.unsqueeze(0) & (costs.detach() <= threshold.unsqueeze(0))
+    found = ok.any(0)
+    first = torch.argmax(ok.to(torch.uint8), dim=0)
+    index = first.view(1, 1, B, 1)
+    chosen_x = torch.take_along_dim(x_try, index, dim=0).squeeze(0)
+    chosen_u = torch.take_along_dim(u_try, index, dim=0).squeeze(0)
+    chosen_cost = torch.take_along_dim(costs, first.view(1, B), dim=0).squeeze(0)
+    return found, chosen_x, chosen_u, chosen_cost, alphas[first]
 
 
 def box_ddp(
@@ -301,6 +373,7 @@ def box_ddp(
         options.max_line_search, dtype=dtype, device=device
     )
     together = B * (options.max_line_search - 1) <= _CANDIDATE_ROWS
+    candidate_costs = _CandidateCosts(model, B)
 
     converged = torch.zeros(B, dtype=torch.bool, device=device)
     iterations = torch.zeros(B, dtype=torch.long, device=device)
@@ -387,11 +460,28 @@ def box_ddp(
         if not bool(pending.any()):
             break
         iterations = iterations + pending.long()
-        if not affine:
-            x_full, u_full = rollout(model, x_init, u_bar, x_bar, gains, 1.0, lower, upper, kernels)
-
         # a step whose cost change is below the rounding of the cost is not refused
         threshold = cost_bar.detach() + 10.0 * eps * (1.0 + cost_bar.detach().abs())
+        if together and not affine and B > 1:
+            # every step size in one rollout and one cost call: the tensor operations of a
+            # single rollout, and no second rollout when some element refuses the full step
+            # (a lone element mostly takes the full step: it rolls that out alone, below)
+            x_try, u_try = rollout(
+                model, x_init, u_bar, x_bar, gains, alphas, lower, upper, kernels
+            )
+            trial = (x_try, u_try, candidate_costs(x_try, u_try))
+            accepted, x_step, u_step, cost_step, accepted_alpha = _first_decrease(
+                trial, alphas, pending, threshold
+            )
+            pick = accepted.view(1, B, 1)
+            stalled = stalled | (pending & ~accepted)
+            step_size = torch.where(pending, torch.where(accepted, accepted_alpha, 0.0), step_size)
+            x_bar = torch.where(pick, x_step, x_bar)
+            u_bar = torch.where(pick, u_step, u_bar)
+            cost_bar = torch.where(accepted, cost_step, cost_bar)
+            continue
+        if not affine:
+            x_full, u_full = rollout(model, x_init, u_bar, x_bar, gains, 1.0, lower, upper, kernels)
         cost_full = model.total_cost(x_full, u_full)
         accepted = pending & (cost_full.detach() <= threshold)
         pick = accepted.view(1, B, 1)
@@ -405,19 +495,15 @@ def box_ddp(
                 x_try, u_try = rollout(
                     model, x_init, u_bar, x_bar, gains, alphas[1:], lower, upper, kernels
                 )
-                costs = _candidate_costs(model, x_try, u_try)
-                ok = rest.unsqueeze(0) & (costs.detach() <= threshold.unsqueeze(0))
-                found = ok.any(0)
-                first = torch.argmax(ok.to(torch.uint8), dim=0)
-                index = first.view(1, 1, B, 1)
-                chosen_x = torch.take_along_dim(x_try, index, dim=0).squeeze(0)
-                chosen_u = torch.take_along_dim(u_try, index, dim=0).squeeze(0)
-                chosen_cost = torch.take_along_dim(costs, first.view(1, B), dim=0).squeeze(0)
+                trial = (x_try, u_try, candidate_costs(x_try, u_try))
+                found, chosen_x, chosen_u, chosen_cost, chosen_alpha = _first_decrease(
+                    trial, alphas[1:], rest, threshold
+                )
                 pick = found.view(1, B, 1)
                 new_x = torch.where(pick, chosen_x, new_x)
                 new_u = torch.where(pick, chosen_u, new_u)
                 new_cost = torch.where(found, chosen_cost, new_cost)
-                accepted_alpha = torch.where(found, alphas[1:][first], accepted_alpha)
+                accepted_alpha = torch.where(found, chosen_alpha, accepted_alpha)
                 accepted = accepted | found
             else:
                 for j in range(1, options.max_line_search):

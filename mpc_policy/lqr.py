@@ -69,8 +69,10 @@ class QuadraticModel:
         return self.F
 
     def step(self, x: Tensor, u: Tensor, t: int) -> Tensor:
-        tau = torch.cat([x, u], dim=-1)
-        return (self.F[t] @ tau.unsqueeze(-1)).squeeze(-1) + self.f[t]
+        # rows of L candidates (L B, n): row r is element r mod B
+        B, n = self.f.shape[1:]
+        tau = torch.cat([x, u], dim=-1).view(-1, B, x.shape[-1] + u.shape[-1])
+        return ((self.F[t] @ tau.unsqueeze(-1)).squeeze(-1) + self.f[t]).view(x.shape[0], n)
 
     def restrict(self, rows: Tensor, batch: int) -> QuadraticModel:
         """The problems of the batch elements ``rows`` (k,)."""

@@ -351,7 +351,11 @@ def test_solving_the_moving_elements_alone_changes_no_answer(
         solution.u.sum().backward()
         results[compact] = (solution, x_init.grad, dynamics.m.grad.clone())
         dynamics.zero_grad()
-    assert calls and max(calls) <= 32, "the solve should have gone on with a part of the batch"
+    # restrict also tiles the batch for the line-search candidates' costs (L B rows); the
+    # run without it costs them one candidate at a time, so the comparison covers that too
+    parts = [rows for rows in calls if rows < 64]
+    assert parts and max(parts) <= 32, "the solve should have gone on with a part of the batch"
+    assert max(calls) > 64, "the candidates' costs should have been taken in one call"
     (ours, ours_dx, ours_dm), (whole, whole_dx, whole_dm) = results[True], results[False]
     torch.testing.assert_close(ours.u, whole.u, atol=1e-10, rtol=1e-10)
     torch.testing.assert_close(ours.x, whole.x, atol=1e-10, rtol=1e-10)
@@ -373,3 +377,18 @@ def test_a_module_holding_per_element_data_is_not_restricted() -> None:
     assert contract.restrictable(PerElement(), 8, rows) is None
     shared = PendulumDynamics()
     assert contract.restrictable(shared, 8, rows) is shared
+
+
+def test_a_lone_element_with_per_element_data_is_not_tiled() -> None:
+    """The line search tiles a batch for its candidates (rows repeated): a module of B = 1
+    holding a (1, ...) tensor may hold that element's data, and is then not tiled."""
+    contract = importlib.import_module("mpc_policy.contract")
+
+    class PerElement(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gain = torch.nn.Parameter(torch.ones(1, 1))
+
+    tiled = torch.zeros(10, dtype=torch.long)
+    assert contract.restrictable(PerElement(), 1, tiled) is None
+    assert contract.restrictable(PerElement(), 1, torch.zeros(1, dtype=torch.long)) is not None

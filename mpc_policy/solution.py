@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import enum
+import os
+import sys
 import warnings
 from dataclasses import dataclass
+from types import FrameType
 
 import torch
 from torch import Tensor
 
 __all__ = ["SOURCE_COST", "SOURCE_DYNAMICS", "ConvergenceError", "Solution", "SolverInfo", "Status"]
+
+# the frames a warning skips to reach the user's call: those of the solver's own modules
+# (not of mpc_policy.envs, .agents or .sb3, which call it for a user) and of torch's
+# (``nn.Module.__call__`` is two frames of torch/nn/modules/module.py)
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+_SOLVER_DIRS = frozenset({_PACKAGE, os.path.join(_PACKAGE, "compat")})
+_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
 
 # where a NONFINITE element's NaN or Inf came from (``SolverInfo.nonfinite_source``)
 SOURCE_DYNAMICS, SOURCE_COST = 1, 2
@@ -17,6 +27,20 @@ SOURCE_DYNAMICS, SOURCE_COST = 1, 2
 
 class ConvergenceError(RuntimeError):
     """Raised when ``on_unconverged="raise"`` and some batch elements did not converge."""
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that makes a ``warnings.warn`` in the calling function point at
+    the first frame outside the solver's modules and torch: the user's call
+    (``policy(obs)``, ``mpc(x_init, cost, dynamics)``), not torch's ``module.py``."""
+    frame: FrameType | None = sys._getframe(1)
+    level = 1
+    while frame is not None and (
+        os.path.dirname(frame.f_code.co_filename) in _SOLVER_DIRS
+        or frame.f_code.co_filename.startswith(_TORCH_DIR)
+    ):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 class Status(enum.IntEnum):
@@ -210,8 +234,10 @@ class SolverInfo:
         message = self.describe_unconverged() + (f" [{context}]" if context else "")
         if policy == "raise":
             raise ConvergenceError(message)
-        suffix = "; their gradients are zeroed" if policy == "zero_grad" else ""
-        warnings.warn(message + suffix, RuntimeWarning, stacklevel=3)
+        # no graph is built under no_grad (acting, evaluation): there is no gradient to zero
+        zeroed = policy == "zero_grad" and torch.is_grad_enabled()
+        suffix = "; their gradients are zeroed" if zeroed else ""
+        warnings.warn(message + suffix, RuntimeWarning, stacklevel=user_stacklevel())
 
 
 @dataclass

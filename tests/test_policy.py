@@ -194,3 +194,17 @@ def test_warm_start_cache_is_dropped_on_a_new_batch_size_and_on_reset(states):
         cached.reset_warm_start(np.ones(3, dtype=bool))
     with pytest.raises(TypeError, match="warm_start: expected a bool"):
         make_policy(warm_start="yes")
+
+
+def test_a_non_convergence_warning_points_at_the_users_call_and_fits_the_situation(states):
+    policy = make_policy(max_iter=1, on_unconverged="zero_grad")
+    with pytest.warns(RuntimeWarning, match="did not reach a fixed point") as caught:
+        policy(states)  # differentiable: the unconverged rows pass no gradient
+    (warning,) = caught
+    assert warning.filename == __file__  # this line, not torch's module.py
+    assert "their gradients are zeroed" in str(warning.message)
+    with pytest.warns(RuntimeWarning, match="did not reach a fixed point") as caught:
+        with torch.no_grad():  # acting: no gradient to zero, none mentioned
+            policy(states)
+    assert caught[0].filename == __file__
+    assert "gradient" not in str(caught[0].message)

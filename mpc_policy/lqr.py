@@ -25,9 +25,10 @@ from torch import Tensor
 from mpc_policy.backend import Kernels, select
 from mpc_policy.condensed import solve_condensed
 from mpc_policy.health import ddp_info, indefinite_rows, nonfinite_source
-from mpc_policy.ilqr import box_ddp, rollout
+from mpc_policy.ilqr import box_ddp
 from mpc_policy.options import MPCOptions
 from mpc_policy.riccati import Gains
+from mpc_policy.rollout import rollout
 from mpc_policy.solution import Solution, SolverInfo, Status
 from mpc_policy.validation import (
     check_bounds,

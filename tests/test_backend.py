@@ -31,7 +31,7 @@ compiled_rollout = importlib.import_module("mpc_policy.compiled.rollout")
 torch_box_qp = importlib.import_module("mpc_policy.box_qp")
 torch_riccati = importlib.import_module("mpc_policy.riccati")
 torch_adjoint = importlib.import_module("mpc_policy.adjoint")
-ilqr = importlib.import_module("mpc_policy.ilqr")
+rollouts = importlib.import_module("mpc_policy.rollout")
 lqr_module = importlib.import_module("mpc_policy.lqr")
 
 F64 = torch.float64
@@ -164,12 +164,12 @@ def test_affine_rollout_kernel_equals_torch(dtype: torch.dtype) -> None:
     hi = upper.transpose(0, 1).contiguous().expand(6, 16, 2).contiguous()
     model = lqr_module.QuadraticModel(Ct, ct, Ft, ft)
     u_bar = 0.1 * torch.randn(6, 16, 2, dtype=dtype)
-    x_bar, _ = ilqr.rollout(model, x_init, u_bar)
+    x_bar, _ = rollouts.rollout(model, x_init, u_bar)
     gains = torch_riccati.backward_recursion(Ct, ct, Ft, lo - u_bar, hi - u_bar)
     kernels = select("compiled", x_init.device)
     alphas = torch.tensor([1.0, 0.3, 0.09], dtype=dtype)
-    ours = ilqr.rollout(model, x_init, u_bar, x_bar, gains, alphas, lo, hi, kernels)
-    reference = ilqr.rollout(model, x_init, u_bar, x_bar, gains, alphas, lo, hi, TORCH)
+    ours = rollouts.rollout(model, x_init, u_bar, x_bar, gains, alphas, lo, hi, kernels)
+    reference = rollouts.rollout(model, x_init, u_bar, x_bar, gains, alphas, lo, hi, TORCH)
     for a, b in zip(ours, reference):
         _close(a, b, dtype)
 

@@ -27,9 +27,9 @@ from torch import Tensor, nn
 from mpc_policy.compat import util
 from mpc_policy.compat.problem import control_bound, dynamics_terms, quadratic_terms, zero_mask
 from mpc_policy.compat.terms import LinDx, QuadCost
-from mpc_policy.ilqr import rollout
 from mpc_policy.lqr import lqr_solve
 from mpc_policy.riccati import backward_recursion
+from mpc_policy.rollout import rollout
 
 __all__ = ["LQRStep", "LqrBackOut", "LqrForOut"]
 

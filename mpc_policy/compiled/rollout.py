@@ -5,7 +5,7 @@ For line-search step sizes alpha_l and every batch element,
     x_1 = x_init,  u_t = clamp(u_bar_t + alpha_l k_t + K_t (x_t - x_bar_t), lower_t, upper_t),
     x_{t+1} = F_t [x_t; u_t] + f_t,
 
-the rollout that ``mpc_policy.ilqr.rollout`` runs step by step with tensor operations for an
+the rollout that ``mpc_policy.rollout.rollout`` runs step by step with tensor operations for an
 LQR problem, as one compiled loop. CPU tensors only.
 """
 

@@ -1,25 +1,33 @@
 """Checkpoints that survive an interruption: atomic writes and the full training state.
 
 A checkpoint is a dict of tensors and plain Python values (loadable with
-``torch.load(weights_only=True)``). It is written to a temporary file in the same folder,
-flushed to disk and renamed over the old one, so a run killed at any moment leaves either
-the previous checkpoint or the new one, never a torn file. The random number generators
+``torch.load(weights_only=True)``), written atomically (``mpc_policy.agents.atomic``), so a
+run killed at any moment leaves either the previous checkpoint or the new one, never a torn
+file. The random number generators
 (Python, numpy, torch) are saved and restored with it, so a resumed run draws the same
 numbers as an uninterrupted one.
 """
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["capture_rng", "load_checkpoint", "restore_rng", "save_checkpoint"]
+from mpc_policy.agents.atomic import atomic_write
+from mpc_policy.agents.guards import restore_optimizer
+
+__all__ = [
+    "RunCheckpoints",
+    "capture_rng",
+    "load_checkpoint",
+    "restore_rng",
+    "save_checkpoint",
+]
 
 
 def capture_rng() -> dict[str, Any]:
@@ -57,20 +65,8 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` to ``path`` atomically (temporary file, fsync, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            torch.save(state, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    """Write ``state`` to ``path`` atomically (``mpc_policy.agents.atomic``)."""
+    return atomic_write(path, lambda file: torch.save(state, file))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -82,3 +78,67 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle and zip errors alike: an unreadable file
         raise ValueError(f"checkpoint {path}: unreadable ({error})") from error
+
+
+class RunCheckpoints:
+    """The checkpoints of one run: ``last.pt`` (resumable) and ``best.pt`` under a folder,
+    each stamped with the run's identity (its resolved configuration).
+
+    Args:
+        folder: where the files go.
+        identity: the run's resolved configuration as plain values; saved as "config".
+        must_match: the keys of ``identity`` that a resumed checkpoint must share.
+        apply_new_settings: resume even with changed optimizer or scheduler settings.
+    """
+
+    def __init__(
+        self,
+        folder: str | Path,
+        identity: dict[str, Any],
+        must_match: Sequence[str] = (),
+        apply_new_settings: bool = False,
+    ) -> None:
+        self.folder = Path(folder)
+        self.identity = identity
+        self.must_match = tuple(must_match)
+        self.apply_new_settings = apply_new_settings
+
+    @property
+    def last(self) -> Path:
+        return self.folder / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.folder / "best.pt"
+
+    def save_last(self, state: dict[str, Any]) -> Path:
+        return save_checkpoint(self.last, {**state, "config": self.identity})
+
+    def save_best(self, state: dict[str, Any]) -> Path:
+        return save_checkpoint(self.best, {**state, "config": self.identity})
+
+    def load_last(self) -> dict[str, Any] | None:
+        """The latest state, or None if there is none.
+
+        Raises:
+            ValueError: it was saved by a run with different ``must_match`` settings.
+        """
+        if not self.last.is_file():
+            return None
+        state = load_checkpoint(self.last)
+        saved = dict(state["config"])
+        for key in self.must_match:
+            if saved.get(key) != self.identity.get(key):
+                raise ValueError(
+                    f"{self.last}: saved with a different '{key}' config; use a new "
+                    "output_dir or `mpc-policy train --restart`"
+                )
+        return state
+
+    def restore_optimizer(
+        self, optimizer: torch.optim.Optimizer, scheduler: Any, state: dict[str, Any]
+    ) -> None:
+        """Load a state's optimizer and scheduler (``guards.restore_optimizer``)."""
+        restore_optimizer(
+            optimizer, scheduler, state, self.identity, self.apply_new_settings, str(self.last)
+        )

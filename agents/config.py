@@ -1,9 +1,10 @@
 """Experiment configuration: one YAML file per experiment, read into frozen dataclasses.
 
 A file holds the sections ``data``, ``model``, ``train`` and ``evaluate`` (each optional,
-defaults below) plus ``name`` and ``system``, and optionally named ``profiles`` whose
-entries override the top level (e.g. a ``quick`` profile with a tiny budget). Command-line
-overrides ``section.key=value`` (the value read as YAML) apply last. Every key is checked:
+defaults below) plus ``name`` and ``system`` (a registered system's name,
+``mpc_policy.envs.registry``), and optionally named ``profiles`` whose entries override the
+top level (e.g. a ``quick`` profile with a tiny budget); command-line overrides
+``section.key=value`` apply last (``mpc_policy.agents.yaml_profiles``). Every key is checked:
 an unknown key or a value of the wrong type is a ``ValueError`` naming it.
 """
 
@@ -17,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-import yaml
-
+from mpc_policy.agents.yaml_profiles import read_profile
+from mpc_policy.envs.registry import get_system
 from mpc_policy.options import MPCOptions
 
 __all__ = [
@@ -34,7 +35,6 @@ __all__ = [
 # the paper's names (section 5.3): what the learner fits and how
 Method = Literal["mpc.dx", "mpc.cost", "mpc.cost.dx", "sysid", "nn"]
 METHODS: tuple[str, ...] = get_args(Method)
-System = Literal["pendulum", "cartpole", "windy_pendulum"]
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ class ExperimentConfig:
     under a profile)."""
 
     name: str
-    system: System
+    system: str
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -119,6 +119,7 @@ class ExperimentConfig:
     output_dir: str | None = None
 
     def __post_init__(self) -> None:
+        get_system(self.system)  # a registered system (``mpc_policy.envs.registry``)
         positive = {
             "data.n_train": self.data.n_train,
             "data.episode_steps": self.data.episode_steps,
@@ -243,32 +244,6 @@ def _from_dict(prefix: str, cls: Any, values: dict[str, Any]) -> Any:
     return cls(**kwargs)
 
 
-def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def _override(text: str) -> dict[str, Any]:
-    if "=" not in text:
-        raise ValueError(f"--set: expected 'section.key=value', received {text!r}")
-    path, raw = text.split("=", 1)
-    try:
-        value: Any = yaml.safe_load(raw)
-    except yaml.YAMLError as error:
-        reason = getattr(error, "problem", None) or type(error).__name__
-        raise ValueError(
-            f"--set {path.strip()}: the value {raw!r} is not YAML ({reason})"
-        ) from None
-    for part in reversed(path.strip().split(".")):
-        value = {part: value}
-    return value
-
-
 def load_config(
     path: str | Path, profile: str | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> ExperimentConfig:
@@ -282,29 +257,9 @@ def load_config(
     Returns:
         The validated ``ExperimentConfig``.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config: no such file {str(path)!r}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        reason = getattr(error, "problem", None) or type(error).__name__
-        raise ValueError(f"config {path}: YAML syntax error{where}: {reason}") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"config {path}: expected a mapping at the top level")
-    profiles = raw.pop("profiles", None) or {}
-    if profile is not None:
-        if profile not in profiles:
-            raise ValueError(
-                f"profile: {profile!r} is not in {path}; the profiles are {sorted(profiles)}"
-            )
-        raw = _merge(raw, profiles[profile])
-        if "output_dir" not in profiles[profile] and raw.get("output_dir") is None:
-            raw["output_dir"] = f"runs/{raw.get('name', path.stem)}-{profile}"
-    for text in overrides:
-        raw = _merge(raw, _override(text))
+    raw, chosen = read_profile(path, profile, overrides)
+    if chosen is not None and "output_dir" not in chosen and raw.get("output_dir") is None:
+        raw["output_dir"] = f"runs/{raw.get('name', Path(path).stem)}-{profile}"
     try:
         config: ExperimentConfig = _from_dict("", ExperimentConfig, raw)
     except ValueError as error:

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,8 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from mpc_policy.agents.systems import expert_for, system_params
-from mpc_policy.envs.expert import SYSTEMS, MPCExpert, collect_rollouts
+from mpc_policy.agents.atomic import atomic_write
+from mpc_policy.agents.expert import MPCExpert
+from mpc_policy.agents.rollouts import run_episodes
+from mpc_policy.envs.registry import SYSTEMS, System, get_system
 
 __all__ = ["FORMAT_VERSION", "DatasetError", "ExpertDataset", "collect_dataset", "load_dataset"]
 
@@ -91,22 +91,9 @@ class ExpertDataset:
         return {k: torch.from_numpy(np.ascontiguousarray(self.arrays[k])) for k in keys}
 
     def save(self, path: str | Path) -> Path:
-        """Write to ``path`` atomically (a temporary file renamed into place)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp.npz")
-        os.close(fd)
-        try:
-            payload: dict[str, Any] = {
-                "metadata": np.array(json.dumps(self.metadata)),
-                **self.arrays,
-            }
-            np.savez_compressed(tmp, **payload)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-        return path
+        """Write to ``path`` atomically (``mpc_policy.agents.atomic``)."""
+        payload: dict[str, Any] = {"metadata": np.array(json.dumps(self.metadata)), **self.arrays}
+        return atomic_write(path, lambda file: np.savez_compressed(file, **payload))
 
 
 def _rollout_plans(expert: MPCExpert, states: np.ndarray, nominal: np.ndarray) -> np.ndarray:
@@ -121,7 +108,7 @@ def _rollout_plans(expert: MPCExpert, states: np.ndarray, nominal: np.ndarray) -
 
 
 def collect_dataset(
-    system: str,
+    system: str | System,
     splits: dict[str, int],
     *,
     seed: int = 0,
@@ -130,11 +117,12 @@ def collect_dataset(
     env_params: dict[str, float] | None = None,
     expert_restarts: list[float] | tuple[float, ...] = (),
     expert_options: dict[str, Any] | None = None,
+    progress: bool = False,
 ) -> ExpertDataset:
-    """Run the system's MPC expert (``mpc_policy.envs.expert``) and gather its steps.
+    """Run the system's MPC expert (``mpc_policy.agents.expert``) and gather its steps.
 
     Args:
-        system: "pendulum", "cartpole" or "windy_pendulum".
+        system: a registered system (``mpc_policy.envs.registry``), by name or record.
         splits: episodes per split, {"train": ..., "val": ..., "test": ...}.
         seed: episode i is reset with seed + i.
         episode_steps: steps per episode (1: one plan from each start state, the paper's).
@@ -143,22 +131,29 @@ def collect_dataset(
             the expert alike).
         expert_restarts: the expert's multi-start levels (``MPCExpert``'s ``restarts``).
         expert_options: the expert's ``MPCOptions`` fields.
+        progress: show a progress bar over the expert's steps.
     """
     if set(splits) != set(SPLITS) or any(splits[s] < 1 for s in SPLITS):
         raise ValueError(
             f"splits: expected a positive count for each of {SPLITS}, received {splits}"
         )
-    params = system_params(system, env_params)
+    spec = get_system(system)
+    params = spec.true_params(env_params)
     options = dict(expert_options or {})
-    expert = expert_for(system, env_params, horizon, expert_restarts, options)
-    spec = SYSTEMS[system]
-    rollouts = collect_rollouts(
+    expert = MPCExpert.for_system(
+        spec, horizon, env_params=env_params, restarts=tuple(expert_restarts), **options
+    )
+    rollouts = run_episodes(
         expert,
         spec.env_id,
         sum(splits[s] for s in SPLITS),
         seed=seed,
+        inputs="state",
+        n_state=expert.n_state,
         max_episode_steps=episode_steps,
         env_kwargs={"params": params},
+        progress=progress,
+        description=f"collect {spec.name} expert",
     )
     arrays = {
         "observations": rollouts.observations,
@@ -176,7 +171,7 @@ def collect_dataset(
     }
     metadata = {
         "format_version": FORMAT_VERSION,
-        "system": system,
+        "system": spec.name,
         "env_id": spec.env_id,
         "env_params": dataclasses.asdict(params),
         "seed": seed,
@@ -230,11 +225,8 @@ def _check_consistency(path: Path, metadata: dict[str, Any], arrays: dict[str, n
             f"{path}: metadata 'env_id' is {metadata['env_id']!r}, but the system "
             f"{system!r} is {spec.env_id!r}"
         )
-    for key, symbol, size in (
-        ("states", "n", getattr(spec.make_dynamics, "n_state", None)),
-        ("actions", "m", getattr(spec.make_dynamics, "n_ctrl", None)),
-    ):
-        if isinstance(size, int) and arrays[key].shape[-1] != size:
+    for key, symbol, size in (("states", "n", spec.n_state), ("actions", "m", spec.n_ctrl)):
+        if arrays[key].shape[-1] != size:
             raise DatasetError(
                 f"{path}: {key!r} has shape {arrays[key].shape}, but the system {system!r} "
                 f"has {symbol} = {size}"

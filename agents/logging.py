@@ -1,4 +1,5 @@
-"""Training logs: tensorboard scalars per epoch and a tqdm progress bar.
+"""Training metrics: the sink a trainer writes to, tensorboard scalars per epoch with a tqdm
+progress bar, and warnings summarized per epoch.
 
 Every trainer writes, at step = epoch (0 is the model before training):
 
@@ -7,6 +8,8 @@ Every trainer writes, at step = epoch (0 is the model before training):
                                          expert's parameters)
     loss/test_at_best_val                the reported figure, so far
     loss/sysid_train                     next-state MSE (sysid only)
+    loss/test_sysid                      next-state MSE of the learned dynamics on the test
+                                         trajectories (dynamics learners)
     model_error/<name>                   distances to the true parameters (where known)
     params/<group>/<name>                each learned physical parameter and cost entry
     solver/iterations_mean, solver/iterations_max, solver/unconverged_fraction
@@ -24,12 +27,12 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import TracebackType
+from typing import Protocol
 
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-__all__ = ["TrainingLog", "summarize_warnings"]
+__all__ = ["MetricsSink", "TrainingLog", "summarize_warnings"]
 
 
 def _wait_for_a_new_second(log_dir: Path) -> None:
@@ -51,20 +54,37 @@ def _wait_for_a_new_second(log_dir: Path) -> None:
             time.sleep(remaining)
 
 
+class MetricsSink(Protocol):
+    """Where a trainer's per-epoch scalars go."""
+
+    def start(self, first_epoch: int, total_epochs: int) -> None:
+        """Open for epochs ``first_epoch``..``total_epochs`` (> 0 when resuming)."""
+
+    def scalars(self, epoch: int, values: dict[str, float]) -> None:
+        """Record ``{tag: value}`` at step ``epoch``."""
+
+    def epoch_done(self, epoch: int, summary: dict[str, float]) -> None:
+        """The epoch's scalars are complete; ``summary`` for a progress display."""
+
+    def close(self) -> None:
+        """Flush and release."""
+
+
 class TrainingLog:
-    """A tensorboard writer and an epoch progress bar.
+    """A tensorboard writer and an epoch progress bar (a ``MetricsSink``).
 
     Args:
         log_dir: the tensorboard run folder.
-        first_epoch: the first epoch this process logs (> 0 when resuming).
-        total_epochs: the last epoch, for the progress bar.
         progress: show the progress bar.
     """
 
-    def __init__(
-        self, log_dir: str | Path, first_epoch: int, total_epochs: int, progress: bool = True
-    ) -> None:
+    def __init__(self, log_dir: str | Path, progress: bool = True) -> None:
         self.log_dir = Path(log_dir)
+        self.progress = progress
+        self.writer: SummaryWriter | None = None
+        self.bar: tqdm | None = None
+
+    def start(self, first_epoch: int, total_epochs: int) -> None:
         _wait_for_a_new_second(self.log_dir)
         # purge_step: hide events at or after the first epoch we write, left by a run
         # that was killed before it could checkpoint them
@@ -72,38 +92,31 @@ class TrainingLog:
         self.bar = tqdm(
             total=total_epochs,
             initial=max(first_epoch - 1, 0),
-            desc="epochs",
+            desc="train",
             unit="epoch",
-            disable=not progress,
+            disable=not self.progress,
             dynamic_ncols=True,
         )
 
     def scalars(self, epoch: int, values: dict[str, float]) -> None:
         """Write ``{tag: value}`` at step ``epoch``."""
+        assert self.writer is not None, "start() first"
         for tag, value in values.items():
             self.writer.add_scalar(tag, float(value), global_step=epoch)
 
     def epoch_done(self, epoch: int, summary: dict[str, float]) -> None:
         """Flush the epoch's scalars and advance the bar with a short summary."""
+        assert self.writer is not None and self.bar is not None, "start() first"
         self.writer.flush()
         if epoch > 0:
             self.bar.update(1)
         self.bar.set_postfix({k: f"{v:.3g}" for k, v in summary.items()}, refresh=True)
 
     def close(self) -> None:
-        self.writer.close()
-        self.bar.close()
-
-    def __enter__(self) -> TrainingLog:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
+        if self.writer is not None:
+            self.writer.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
 @contextmanager

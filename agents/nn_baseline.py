@@ -13,11 +13,21 @@ for t = 1..T, with H = 256. It is trained on the imitation loss directly (Adam, 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["SequenceNetwork"]
+__all__ = ["SequenceNetwork", "SequencePlan"]
+
+
+@dataclass(frozen=True)
+class SequencePlan:
+    """A network's plan: the action sequences u (B, T, m); no solver, so no ``info``."""
+
+    u: Tensor
+    info: None = None
 
 
 def _mlp(n_in: int, n_hidden: int, n_out: int) -> nn.Sequential:
@@ -70,6 +80,11 @@ class SequenceNetwork(nn.Module):
             controls.append(u)
             y = self.control_embedding(u)
         return torch.stack(controls, dim=1).to(x.dtype)
+
+    def plan(self, x: Tensor | np.ndarray, u_init: Tensor | None = None) -> SequencePlan:
+        """The ``Planner`` interface (``mpc_policy.agents.rollouts``): the sequences (B, T, m)
+        for inputs x (B, n); ``u_init`` is accepted and ignored (nothing to warm-start)."""
+        return SequencePlan(self.sequences(torch.as_tensor(x)))
 
     def forward(self, obs: Tensor | np.ndarray) -> Tensor:
         """The first control (B, m) for observations (B, n) (the state itself)."""

@@ -1,6 +1,8 @@
-"""The steps of an experiment from its config: collect, train, evaluate, and all three.
+"""The steps of an experiment: collect, train, evaluate, and all three.
 
-Everything an experiment writes goes under its run folder (``config.run_dir``):
+Each step takes an ``Experiment`` (``mpc_policy.agents.experiment.resolve``; a config is
+resolved on the way in) and hands the modules below it their own values. Everything an
+experiment writes goes under its run folder (``run_dir``):
 
     dataset.npz           expert data (unless ``data.path`` points elsewhere)
     config.yaml           the resolved configuration
@@ -14,10 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,122 +24,106 @@ import torch
 import yaml
 from torch import nn
 
-from mpc_policy.agents.bc import ImitationObjective, Trainer, TrainResult, WarmStarts
-from mpc_policy.agents.checkpoint import load_checkpoint
+from mpc_policy.agents.atomic import atomic_write, atomic_write_json
+from mpc_policy.agents.bc import Trainer, TrainResult
+from mpc_policy.agents.checkpoint import RunCheckpoints, load_checkpoint
 from mpc_policy.agents.config import ExperimentConfig
 from mpc_policy.agents.datasets import DatasetError, ExpertDataset, collect_dataset, load_dataset
 from mpc_policy.agents.evaluate import evaluate_policy
+from mpc_policy.agents.experiment import Experiment, resolve
+from mpc_policy.agents.expert import MPCExpert
 from mpc_policy.agents.guards import RunLock
-from mpc_policy.agents.models import MODEL_CLASS, build_learner
+from mpc_policy.agents.logging import TrainingLog
+from mpc_policy.agents.models import DYNAMICS_METHODS, ModelReport, build_learner, parameter_groups
+from mpc_policy.agents.objectives import ImitationObjective, WarmStarts
+from mpc_policy.agents.optimization import Optimization
 from mpc_policy.agents.sysid import SysIdObjective
-from mpc_policy.agents.systems import expert_for, system_params
 from mpc_policy.policy import MPCPolicy
 
-__all__ = ["check_config", "collect", "evaluate", "load_policy", "run", "train"]
+__all__ = ["collect", "evaluate", "load_policy", "resolve", "run", "train"]
+
+Config = ExperimentConfig | Experiment
 
 
-def expected_metadata(config: ExperimentConfig) -> dict[str, Any]:
-    """The dataset metadata an experiment needs (checked when a dataset is loaded)."""
-    data = config.data
-    return {
-        "system": config.system,
-        "seed": data.seed,
-        "episode_steps": data.episode_steps,
-        "splits": {"train": data.n_train, "val": data.n_val, "test": data.n_test},
-        "env_params": dataclasses.asdict(system_params(config.system, data.env_params)),
-        "horizon": data.horizon,
-        "restarts": [float(r) for r in data.expert_restarts],
-        "options": dict(data.expert_options),
-    }
-
-
-def check_config(config: ExperimentConfig) -> None:
-    """What the file alone cannot tell: the system's parameters and the learner build.
-
-    Raises:
-        ValueError: naming the key (``data.env_params``, ``model.dynamics_init``,
-            ``model.cost_init``, ...).
-    """
-    try:
-        system_params(config.system, config.data.env_params)
-    except (TypeError, ValueError) as error:
-        text = str(error).removeprefix("env_params: ")
-        where = "data.env_params: " if text != str(error) else "data.env_params."
-        raise ValueError(where + text) from None
-    for name, value in config.model.dynamics_init.items():
-        if not math.isfinite(value):
-            raise ValueError(
-                f"model.dynamics_init.{name}: expected a finite number, received {value}"
-            )
-    build_learner(config)
-
-
-def _update_results(config: ExperimentConfig, section: str, values: dict[str, Any]) -> Path:
+def _update_results(experiment: Experiment, section: str, values: dict[str, Any]) -> Path:
     """Set ``section`` of ``results.json`` (atomic rewrite)."""
-    path = config.run_dir / "results.json"
+    path = experiment.run_dir / "results.json"
     results = json.loads(path.read_text()) if path.is_file() else {}
     results[section] = values
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".results.", suffix=".tmp")
-    with os.fdopen(fd, "w") as file:
-        json.dump(results, file, indent=2)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(path, results, indent=2)
 
 
-def collect(config: ExperimentConfig, overwrite: bool = False) -> tuple[Path, bool]:
-    """Collect the expert dataset, or reuse the file there if it matches the config.
+def collect(config: Config, overwrite: bool = False) -> tuple[Path, bool]:
+    """Collect the expert dataset, or reuse the file there if it matches the experiment.
 
     Returns:
         The dataset path and whether an existing file was reused.
     """
-    path = config.dataset_path
+    experiment = resolve(config)
+    path = experiment.dataset_path
     if path.is_file() and not overwrite:
         try:
-            load_dataset(path, expect=expected_metadata(config))
+            load_dataset(path, expect=experiment.expected_metadata())
             return path, True
         except DatasetError as error:
-            raise DatasetError(f"{error} (pass --overwrite to replace the file)") from error
-    data = config.data
+            raise DatasetError(
+                f"{error} (pass --restart or --overwrite to replace the file)"
+            ) from error
+    data = experiment.data
     dataset = collect_dataset(
-        config.system,
-        {"train": data.n_train, "val": data.n_val, "test": data.n_test},
+        experiment.system,
+        experiment.splits,
         seed=data.seed,
         episode_steps=data.episode_steps,
         horizon=data.horizon,
         env_params=data.env_params,
         expert_restarts=data.expert_restarts,
         expert_options=data.expert_options,
+        progress=experiment.progress,
     )
     return dataset.save(path), False
 
 
-def _objective(
-    config: ExperimentConfig, learner: nn.Module, dataset: ExpertDataset
-) -> ImitationObjective:
-    """The method's objective, with per-sample warm starts for an MPC learner."""
-    warm = None
-    if config.train.warm_start and isinstance(learner, MPCPolicy):
-        sizes = {
-            split: len(dataset.split(split, config.train.n_train if split == "train" else None))
-            for split in ("train", "val", "test")
+def _splits(experiment: Experiment, dataset: ExpertDataset) -> dict[str, dict[str, torch.Tensor]]:
+    splits = {}
+    for name in ("train", "val", "test"):
+        data = dataset.split(name, experiment.n_train if name == "train" else None).tensors()
+        splits[name] = {
+            "x": data["states"],
+            "u": data["nominal_actions"],
+            "x_plan": data["nominal_states"],
         }
-        warm = WarmStarts(sizes, config.data.horizon, MODEL_CLASS[config.system].n_ctrl)
-    if config.model.method == "sysid":
-        return SysIdObjective(learner, warm)
-    return ImitationObjective(learner, warm)
+    return splits
+
+
+def _objective(
+    experiment: Experiment, learner: nn.Module, splits: dict[str, dict[str, torch.Tensor]]
+) -> ImitationObjective:
+    """The method's objective: per-sample warm starts and the test transitions of an MPC
+    learner, and its distances to the truth."""
+    method = experiment.model.method
+    mpc = isinstance(learner, MPCPolicy)
+    warm = None
+    if experiment.warm_start and mpc:
+        sizes = {name: int(split["x"].shape[0]) for name, split in splits.items()}
+        warm = WarmStarts(sizes, experiment.data.horizon, experiment.system.n_ctrl)
+    test = splits["test"]
+    transitions = (test["x_plan"], test["u"]) if mpc and method in DYNAMICS_METHODS else None
+    report = ModelReport(experiment.system, method, experiment.data.env_params)
+    kind = SysIdObjective if method == "sysid" else ImitationObjective
+    return kind(learner, warm, experiment.warm_start_reset, report, transitions)
 
 
 def train(
-    config: ExperimentConfig,
+    config: Config,
     restart: bool = False,
     stop_after: int | None = None,
     apply_new_settings: bool = False,
 ) -> TrainResult:
     """Train the configured learner on the dataset, resuming from the last checkpoint.
 
-    The run folder is locked while training (``mpc_policy.agents.guards.RunLock``): a second run on
-    the same folder is refused.
+    The run folder is locked while training (``mpc_policy.agents.guards.RunLock``): a
+    second run on the same folder is refused.
 
     Args:
         config: the experiment.
@@ -149,62 +132,102 @@ def train(
         apply_new_settings: resume even if the optimizer or scheduler settings changed
             since the checkpoint, applying the new ones (refused otherwise).
     """
-    with RunLock(config.run_dir):
-        return _train(config, restart, stop_after, apply_new_settings)
+    experiment = resolve(config)
+    with RunLock(experiment.run_dir):
+        return _train(experiment, restart, stop_after, apply_new_settings)
 
 
 def _train(
-    config: ExperimentConfig, restart: bool, stop_after: int | None, apply_new_settings: bool
+    experiment: Experiment, restart: bool, stop_after: int | None, apply_new_settings: bool
 ) -> TrainResult:
-    run_dir = config.run_dir
+    run_dir = experiment.run_dir
     if restart:
         for folder in ("checkpoints", "tensorboard"):
             shutil.rmtree(run_dir / folder, ignore_errors=True)
-    dataset = load_dataset(config.dataset_path, expect=expected_metadata(config))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    torch.manual_seed(config.train.seed)
-    learner = build_learner(config)
+    dataset = load_dataset(experiment.dataset_path, expect=experiment.expected_metadata())
+    text = yaml.safe_dump(experiment.identity, sort_keys=False)
+    atomic_write(run_dir / "config.yaml", lambda file: file.write(text.encode()))
+    torch.manual_seed(experiment.loop.seed)
+    learner = build_learner(
+        experiment.system, experiment.model, experiment.data.horizon, experiment.data.env_params
+    )
+    splits = _splits(experiment, dataset)
+    groups = parameter_groups(learner)
+    if not groups:
+        raise ValueError(f"model.method {experiment.model.method}: nothing to learn")
+    n_batches = -(-splits["train"]["x"].shape[0] // experiment.loop.batch_size)
+    objective = _objective(experiment, learner, splits)
     trainer = Trainer(
-        config, _objective(config, learner, dataset), dataset, run_dir, apply_new_settings
+        objective,
+        Optimization(
+            groups,
+            experiment.optimizer,
+            experiment.loop.epochs * n_batches,
+            experiment.model.alternate_every,
+        ),
+        TrainingLog(run_dir / "tensorboard", experiment.progress),
+        splits,
+        experiment.loop,
+        RunCheckpoints(
+            run_dir / "checkpoints",
+            experiment.identity,
+            must_match=("model", "data", "system"),
+            apply_new_settings=apply_new_settings,
+        ),
     )
     result = trainer.fit(stop_after=stop_after)
-    _update_results(config, "train", result.to_dict())
+    identifiable = objective.report.identifiable(learner) if objective.report else {}
+    result = dataclasses.replace(result, identifiable={k: list(v) for k, v in identifiable.items()})
+    _update_results(experiment, "train", result.to_dict())
     return result
 
 
-def load_policy(config: ExperimentConfig, checkpoint: str = "best") -> nn.Module:
-    """The trained learner: ``checkpoint`` is "best", "last" or a file path."""
+def load_policy(
+    config: Config, checkpoint: str = "best", on_unconverged: str | None = None
+) -> nn.Module:
+    """The trained learner: ``checkpoint`` is "best", "last" or a file path;
+    ``on_unconverged`` overrides the solver's (e.g. "ignore" for rollouts)."""
+    experiment = resolve(config)
     path = (
-        config.run_dir / "checkpoints" / f"{checkpoint}.pt"
+        experiment.run_dir / "checkpoints" / f"{checkpoint}.pt"
         if checkpoint in ("best", "last")
         else Path(checkpoint)
     )
-    learner = build_learner(config)
+    learner = build_learner(
+        experiment.system,
+        experiment.model,
+        experiment.data.horizon,
+        experiment.data.env_params,
+        on_unconverged=on_unconverged,
+    )
     learner.load_state_dict(load_checkpoint(path)["model"])
     return learner.eval()
 
 
-def evaluate(
-    config: ExperimentConfig, checkpoint: str = "best", gif: bool | None = None
-) -> dict[str, Any]:
+def evaluate(config: Config, checkpoint: str = "best", gif: bool | None = None) -> dict[str, Any]:
     """Episode returns and success rate of the trained policy (and of the expert when
-    ``evaluate.compare_expert``); writes them to ``results.json``."""
-    settings = config.evaluate
+    ``evaluate.compare_expert``); writes them to ``results.json``.
+
+    Nothing is differentiated here: the policy's unconverged solves are reported (the
+    ``unconverged_fraction`` of each result), not warned about one by one.
+    """
+    experiment = resolve(config)
+    settings, data = experiment.evaluate, experiment.data
     make_gif = settings.gif if gif is None else gif
     common: dict[str, Any] = {
         "seed": settings.seed,
-        "env_params": config.data.env_params,
+        "env_params": data.env_params,
         "max_episode_steps": settings.max_episode_steps,
         "success_angle": settings.success_angle,
+        "progress": experiment.progress,
     }
-    policy = load_policy(config, checkpoint)
-    gif_path = config.run_dir / "rollout.gif" if make_gif else None
+    policy = load_policy(experiment, checkpoint, on_unconverged="ignore")
+    gif_path = experiment.run_dir / "rollout.gif" if make_gif else None
     results = {
         "checkpoint": checkpoint,
         "policy": evaluate_policy(
             policy,
-            config.system,
+            experiment.system,
             settings.episodes,
             gif_path=gif_path,
             gif_every=settings.gif_every,
@@ -212,28 +235,35 @@ def evaluate(
         ).to_dict(),
     }
     if settings.compare_expert:
-        data = config.data
-        expert = expert_for(
-            config.system, data.env_params, data.horizon, data.expert_restarts, data.expert_options
+        expert = MPCExpert.for_system(
+            experiment.system,
+            data.horizon,
+            env_params=data.env_params,
+            restarts=tuple(data.expert_restarts),
+            **data.expert_options,
         )
         results["expert"] = evaluate_policy(
-            expert, config.system, settings.episodes, **common
+            expert, experiment.system, settings.episodes, **common
         ).to_dict()
-    _update_results(config, "evaluation", results)
+    _update_results(experiment, "evaluation", results)
     return results
 
 
 def run(
-    config: ExperimentConfig, restart: bool = False, apply_new_settings: bool = False
+    config: Config,
+    restart: bool = False,
+    apply_new_settings: bool = False,
+    gif: bool | None = None,
 ) -> dict[str, Any]:
     """Collect (or reuse) the data, train, evaluate; return where everything went."""
-    dataset, reused = collect(config)
-    result = train(config, restart=restart, apply_new_settings=apply_new_settings)
-    evaluation = evaluate(config)
+    experiment = resolve(config)
+    dataset, reused = collect(experiment)
+    result = train(experiment, restart=restart, apply_new_settings=apply_new_settings)
+    evaluation = evaluate(experiment, gif=gif)
     return {
         "dataset": str(dataset),
         "dataset_reused": reused,
         "train": result.to_dict(),
         "evaluation": evaluation,
-        "results": str(config.run_dir / "results.json"),
+        "results": str(experiment.run_dir / "results.json"),
     }

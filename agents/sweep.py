@@ -26,7 +26,6 @@ import hashlib
 import json
 import multiprocessing
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
@@ -35,6 +34,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+
+from mpc_policy.agents.atomic import atomic_write_json
 
 __all__ = [
     "Backend",
@@ -97,16 +98,9 @@ def load_trial(out_dir: str | Path, config: Mapping[str, Any]) -> TrialRecord | 
     return TrialRecord(key, data["config"], data["result"], data["seconds"], reused=True)
 
 
-def _write_atomically(path: Path, record: TrialRecord) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _write_record(path: Path, record: TrialRecord) -> None:
     payload = {"config": record.config, "result": record.result, "seconds": record.seconds}
-    with tempfile.NamedTemporaryFile(
-        "w", dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp", delete=False
-    ) as handle:
-        json.dump(payload, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(handle.name, path)
+    atomic_write_json(path, payload)
 
 
 def _single_thread() -> None:
@@ -265,7 +259,7 @@ def run_sweep(
             except Exception as error:
                 errors.append((key, error))
                 continue
-            _write_atomically(trial_path(out_dir, key), record)
+            _write_record(trial_path(out_dir, key), record)
             records[key] = record
             if progress is not None:
                 progress(record)

@@ -6,23 +6,26 @@
 Each environment steps with the torch dynamics module that an MPC differentiates through
 (``PendulumDynamics``, ``CartPoleDynamics``, ``WindyPendulumDynamics``), rewards the negative
 of the task's stage cost (``pendulum_cost()``, ``cartpole_cost()``) and is truncated by
-``gymnasium.make``'s ``TimeLimit`` after ``MAX_EPISODE_STEPS[env_id]`` steps.
+``gymnasium.make``'s ``TimeLimit`` after ``MAX_EPISODE_STEPS[env_id]`` steps. Each system is
+also a ``System`` record (``mpc_policy.envs.registry``): ``get_system("pendulum")`` gives its
+id, dynamics, parameters, cost and bound; ``register_system`` adds one of your own.
 """
 
 from __future__ import annotations
-
-import gymnasium
 
 from mpc_policy.envs.base import DynamicsEnv
 from mpc_policy.envs.cartpole import CartPoleDynamics, CartPoleEnv, cartpole_cost, cartpole_state
 from mpc_policy.envs.model import SystemDynamics
 from mpc_policy.envs.params import CartPoleParams, PendulumParams, WindyPendulumParams
 from mpc_policy.envs.pendulum import PendulumDynamics, PendulumEnv, pendulum_cost, pendulum_state
+from mpc_policy.envs.registry import SYSTEMS, System, get_system, register_system, system_names
+from mpc_policy.envs.systems import CARTPOLE, PENDULUM, WINDY_PENDULUM
 from mpc_policy.envs.windy_pendulum import WindyPendulumDynamics, WindyPendulumEnv
 
 __all__ = [
     "ENTRY_POINTS",
     "MAX_EPISODE_STEPS",
+    "SYSTEMS",
     "CartPoleDynamics",
     "CartPoleEnv",
     "CartPoleParams",
@@ -30,34 +33,35 @@ __all__ = [
     "PendulumDynamics",
     "PendulumEnv",
     "PendulumParams",
+    "System",
     "SystemDynamics",
     "WindyPendulumDynamics",
     "WindyPendulumEnv",
     "WindyPendulumParams",
     "cartpole_cost",
     "cartpole_state",
+    "get_system",
     "pendulum_cost",
     "pendulum_state",
     "register_envs",
+    "register_system",
+    "system_names",
 ]
 
+# the ids of the built-in systems (``mpc_policy.envs.systems``), as Gymnasium registers them
 ENTRY_POINTS = {
-    "mpc_policy/Pendulum-v0": "mpc_policy.envs.pendulum:PendulumEnv",
-    "mpc_policy/CartPole-v0": "mpc_policy.envs.cartpole:CartPoleEnv",
-    "mpc_policy/WindyPendulum-v0": "mpc_policy.envs.windy_pendulum:WindyPendulumEnv",
+    system.env_id: system.entry_point
+    for system in (PENDULUM, CARTPOLE, WINDY_PENDULUM)
+    if isinstance(system.entry_point, str)
 }
-# 200 steps of 0.05 s: Pendulum-v1's limit, and 10 s for the cart-pole swing-up
-MAX_EPISODE_STEPS = dict.fromkeys(ENTRY_POINTS, 200)
+MAX_EPISODE_STEPS = {
+    system.env_id: system.max_episode_steps for system in (PENDULUM, CARTPOLE, WINDY_PENDULUM)
+}
 
 
 def register_envs() -> None:
-    """Register the environments under the ``mpc_policy/`` namespace; idempotent (an id
-    already in the registry is left as it is, so re-importing neither fails nor warns)."""
-    for env_id, entry_point in ENTRY_POINTS.items():
-        if env_id not in gymnasium.registry:
-            gymnasium.register(
-                id=env_id, entry_point=entry_point, max_episode_steps=MAX_EPISODE_STEPS[env_id]
-            )
-
-
-register_envs()
+    """Register the built-in environments under the ``mpc_policy/`` namespace; idempotent
+    (an id already in the registry is left as it is, so re-importing neither fails nor
+    warns). Importing this package does it."""
+    for system in (PENDULUM, CARTPOLE, WINDY_PENDULUM):
+        register_system(system)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
+from mpc_policy.agents.expert import MPCExpert
 from mpc_policy.envs import PendulumDynamics, pendulum_cost
-from mpc_policy.envs.expert import MPCExpert
 from mpc_policy.envs.params import PendulumParams
 from mpc_policy.policy import MPCPolicy
 

@@ -16,8 +16,8 @@ import gymnasium
 import torch
 
 from mpc_policy.agents.evaluate import save_gif
+from mpc_policy.agents.expert import shift_plan
 from mpc_policy.envs import PendulumDynamics, pendulum_cost
-from mpc_policy.envs.expert import shift_plan
 from mpc_policy.policy import MPCPolicy
 
 

@@ -11,7 +11,6 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mpc_policy.agents import pipeline
-from mpc_policy.agents.bc import Batch, ImitationObjective, Trainer
 from mpc_policy.agents.checkpoint import capture_rng, restore_rng, save_checkpoint
 from mpc_policy.agents.config import (
     DataConfig,
@@ -22,6 +21,8 @@ from mpc_policy.agents.config import (
 )
 from mpc_policy.agents.datasets import load_dataset
 from mpc_policy.agents.models import build_learner
+from mpc_policy.agents.objectives import Batch, ImitationObjective
+from mpc_policy.envs.registry import get_system
 
 PAPER_INIT = {"gravity": 15.0, "mass": 3.0, "length": 0.5}
 
@@ -64,7 +65,7 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def imitation_gradient(config: ExperimentConfig, data_path: Path) -> dict[str, torch.Tensor]:
-    learner = build_learner(config)
+    learner = build_learner(get_system(config.system), config.model, config.data.horizon)
     data = load_dataset(data_path).split("train", 10).tensors()
     batch = Batch(
         "train", torch.arange(10), data["states"], data["nominal_actions"], data["nominal_states"]
@@ -212,6 +213,4 @@ def test_a_checkpoint_of_another_experiment_is_refused(data_path, tmp_path):
     pipeline.train(make_config(tmp_path, data_path, train={"epochs": 1}))
     other = make_config(tmp_path, data_path, model={"dynamics_init": {"gravity": 11.0}})
     with pytest.raises(ValueError, match="different 'model' config"):
-        Trainer(
-            other, ImitationObjective(build_learner(other), None), load_dataset(data_path), tmp_path
-        ).fit()
+        pipeline.train(other)

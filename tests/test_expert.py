@@ -1,5 +1,6 @@
-"""The MPC expert of envs/expert.py: planning, warm-started receding-horizon rollouts, and
-swing-up of the pendulum and the cart-pole from hanging."""
+"""The MPC expert (agents/expert.py) and the batched-episode runner (agents/rollouts.py):
+planning, warm-started receding-horizon rollouts, and swing-up of the pendulum and the
+cart-pole from hanging."""
 
 from __future__ import annotations
 
@@ -9,15 +10,17 @@ import numpy as np
 import pytest
 import torch
 
+from mpc_policy.agents.expert import SWING_UP_RESTARTS, MPCExpert, shift_plan
+from mpc_policy.agents.rollouts import Rollouts, run_episodes
 from mpc_policy.envs import cartpole_state, pendulum_state
-from mpc_policy.envs.expert import (
-    SWING_UP_RESTARTS,
-    SYSTEMS,
-    ExpertRollouts,
-    MPCExpert,
-    collect_rollouts,
-    shift_plan,
-)
+from mpc_policy.envs.registry import SYSTEMS
+
+
+def collect_rollouts(expert: MPCExpert, env_id: str, n_episodes: int, **kwargs) -> Rollouts:
+    """The expert's rollouts, planned from the exact MPC states (as datasets collect them)."""
+    return run_episodes(
+        expert, env_id, n_episodes, inputs="state", n_state=expert.n_state, **kwargs
+    )
 
 
 def test_shift_plan_drops_the_first_action_and_repeats_the_last():
@@ -52,7 +55,7 @@ def test_expert_plans_a_batch_within_the_bounds(system):
     )
 
 
-def _check_consistent(rollouts: ExpertRollouts, n_episodes: int, steps: int, expert: MPCExpert):
+def _check_consistent(rollouts: Rollouts, n_episodes: int, steps: int, expert: MPCExpert):
     n = n_episodes * steps
     assert rollouts.nominal_actions.shape == (n, expert.horizon, 1)
     assert rollouts.states.shape == rollouts.next_states.shape == (n, expert.n_state)

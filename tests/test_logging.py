@@ -25,11 +25,15 @@ def test_a_quick_resume_keeps_every_epoch(tmp_path):
     for i in range(target - counter):
         SummaryWriter(str(tmp_path / "other" / str(i))).close()
     run = tmp_path / "run"
-    with TrainingLog(run, first_epoch=0, total_epochs=3, progress=False) as log:
-        for epoch in (0, 1):
-            log.scalars(epoch, {"loss/val": 1.0 / (epoch + 1)})
-    with TrainingLog(run, first_epoch=2, total_epochs=3, progress=False) as log:
-        log.scalars(2, {"loss/val": 0.3})
+    log = TrainingLog(run, progress=False)
+    log.start(first_epoch=0, total_epochs=3)
+    for epoch in (0, 1):
+        log.scalars(epoch, {"loss/val": 1.0 / (epoch + 1)})
+    log.close()
+    log = TrainingLog(run, progress=False)
+    log.start(first_epoch=2, total_epochs=3)
+    log.scalars(2, {"loss/val": 0.3})
+    log.close()
     accumulator = EventAccumulator(str(run), size_guidance={"scalars": 0})
     accumulator.Reload()
     assert [event.step for event in accumulator.Scalars("loss/val")] == [0, 1, 2]

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from mpc_policy.agents.experiments.runner import load_config, markdown_table
+from mpc_policy.agents.experiments.runner import load_sweep_config, markdown_table
 from mpc_policy.agents.sweep import SweepError, load_trial, run_sweep, trial_key
 
 
@@ -128,15 +128,15 @@ profiles:
 def test_config_profiles_merge_deeply_and_expand_the_grid(tmp_path):
     path = tmp_path / "exp.yaml"
     path.write_text(CONFIG)
-    quick = load_config(path, "quick")
+    quick = load_sweep_config(path, "quick")
     assert quick.trials() == [
         {"a": 1, "b": {"c": 5, "d": 3}, "seed": 7, "size": 10},
         {"a": 1, "b": {"c": 5, "d": 3}, "seed": 7, "size": 50},
     ]
-    assert len(load_config(path, "full").trials()) == 4
-    assert str(quick.figures_dir) == "docs/figures"
+    assert len(load_sweep_config(path, "full").trials()) == 4
+    assert quick.figures_dir == quick.output_dir / "figures"  # never a tracked folder
     with pytest.raises(ValueError, match="profile"):
-        load_config(path, "huge")
+        load_sweep_config(path, "huge")
 
 
 def test_markdown_table_formats_floats():

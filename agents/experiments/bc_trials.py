@@ -4,10 +4,10 @@ A trial config (a flat, JSON-serializable dict written by the experiment's YAML)
 system, a method (nn, sysid, mpc.dx, mpc.cost, mpc.cost.dx), a training-set size and a
 seed, plus the dataset, the learner's starting point and the optimizer. ``bc_trial``
 turns it into an ``mpc_policy.agents.config.ExperimentConfig`` and trains with
-``mpc_policy.agents.pipeline.train`` (checkpointed and resumable), then reads the per-epoch losses
-back from the run's tensorboard log. For learners of the dynamics it also measures, at
-every epoch, the next-state (sysid) loss of the learned model on the test trajectories
-(``mpc_policy.agents.sysid.transition_loss`` on the logged parameter values).
+``mpc_policy.agents.pipeline.train`` (checkpointed and resumable), whose result holds the
+per-epoch curves (in memory, float64; tensorboard is an output only). For learners of the
+dynamics the curves include the next-state (sysid) loss of the learned model on the test
+trajectories at every epoch (``loss/test_sysid``).
 
 The expert dataset of a system is shared by all trials of an experiment: collect it once,
 before the trials start in parallel, with ``prepare_datasets``. Per-system settings
@@ -23,26 +23,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from mpc_policy.agents.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
-from mpc_policy.agents.datasets import load_dataset
-from mpc_policy.agents.experiments.runner import ExperimentConfig as SweepConfig
-from mpc_policy.agents.models import learner_dynamics
+from mpc_policy.agents.experiments.runner import SweepConfig
+from mpc_policy.agents.models import COST_METHODS, DYNAMICS_METHODS
 from mpc_policy.agents.pipeline import collect, train
 from mpc_policy.agents.sweep import trial_key
-from mpc_policy.agents.sysid import transition_loss
 
 __all__ = [
     "bc_trial",
     "experiment_config",
     "prepare_datasets",
-    "read_scalars",
     "resolve_trials",
 ]
-
-DYNAMICS_METHODS = ("sysid", "mpc.dx", "mpc.cost.dx")
-COST_METHODS = ("mpc.cost", "mpc.cost.dx")
 
 
 def _data_config(dataset: dict[str, Any]) -> DataConfig:
@@ -146,37 +139,6 @@ def prepare_datasets(configs: Iterable[dict[str, Any]]) -> list[Path]:
     return list(done.values())
 
 
-def read_scalars(log_dir: str | Path) -> dict[str, dict[int, float]]:
-    """Every scalar tag of a tensorboard run folder: {tag: {step: value}} (last write of a
-    step wins, so a resumed run's rewritten epochs replace the old ones)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    accumulator = EventAccumulator(str(log_dir), size_guidance={"scalars": 0}).Reload()
-    return {
-        tag: {event.step: float(event.value) for event in accumulator.Scalars(tag)}
-        for tag in accumulator.Tags()["scalars"]
-    }
-
-
-def _transition_curve(
-    experiment: ExperimentConfig, scalars: dict[str, dict[int, float]], epochs: list[int]
-) -> list[float]:
-    """Test next-state loss of the model at each epoch, from its logged parameters (set on
-    the module directly: a learned value may leave the physical range, e.g. a negative
-    length, which the model still evaluates)."""
-    dataset = load_dataset(experiment.dataset_path).split("test").tensors()
-    x_plan, u = dataset["nominal_states"], dataset["nominal_actions"]
-    dynamics = learner_dynamics(experiment)
-    parameters = dict(dynamics.named_parameters())
-    curve = []
-    with torch.no_grad():
-        for epoch in epochs:
-            for name, parameter in parameters.items():
-                parameter.fill_(scalars[f"params/dynamics/{name}"][epoch])
-            curve.append(float(transition_loss(dynamics, x_plan, u)))
-    return curve
-
-
 def bc_trial(config: dict[str, Any]) -> dict[str, Any]:
     """Train one learner; return the paper's figure and the per-epoch curves.
 
@@ -189,28 +151,24 @@ def bc_trial(config: dict[str, Any]) -> dict[str, Any]:
     """
     experiment = experiment_config(config)
     result = train(experiment)
-    scalars = read_scalars(result.log_dir)
-    epochs = sorted(scalars["loss/val"])
+    curves = result.curves
+    epochs = sorted(curves["loss/val"])
     out: dict[str, Any] = {
         "test_loss_at_best_val": result.test_loss_at_best_val,
         "best_epoch": result.best_epoch,
         "best_val_loss": result.best_val_loss,
         "epoch": epochs,
-        "train_loss": [scalars["loss/train"][e] for e in epochs],
-        "val_loss": [scalars["loss/val"][e] for e in epochs],
-        "test_loss": [scalars["loss/test"][e] for e in epochs],
+        "train_loss": [curves["loss/train"][e] for e in epochs],
+        "val_loss": [curves["loss/val"][e] for e in epochs],
+        "test_loss": [curves["loss/test"][e] for e in epochs],
     }
     if experiment.model.method in DYNAMICS_METHODS:
-        out["test_sysid_loss"] = _transition_curve(experiment, scalars, epochs)
+        out["test_sysid_loss"] = [curves["loss/test_sysid"][e] for e in epochs]
     last = epochs[-1]
-    out["params"] = {
-        tag.split("/", 1)[1]: values[last]
-        for tag, values in scalars.items()
-        if tag.startswith("params/") and last in values
-    }
-    out["model_errors"] = {
-        tag.split("/", 1)[1]: values[last]
-        for tag, values in scalars.items()
-        if tag.startswith("model_error/") and last in values
-    }
+    for prefix, key in (("params/", "params"), ("model_error/", "model_errors")):
+        out[key] = {
+            tag.removeprefix(prefix): values[last]
+            for tag, values in curves.items()
+            if tag.startswith(prefix) and last in values
+        }
     return out

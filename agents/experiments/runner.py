@@ -4,8 +4,7 @@ the sweep over its trials, and the markdown table it writes.
 A config file (``configs/exp_<name>.yaml``) reads
 
     name: lqr_imitation
-    output_dir: results/experiments/lqr_imitation    # trial files and summaries
-    figures_dir: docs/figures
+    output_dir: results/experiments/lqr_imitation    # trial files, summaries, figures
     trial: {...}          # settings shared by every trial
     sweep: {seed: [0, 1]} # the grid: one trial per combination, merged into ``trial``
     report: {...}         # settings of the summary only (not part of a trial's identity)
@@ -13,7 +12,9 @@ A config file (``configs/exp_<name>.yaml``) reads
       quick: {trial: {...}, sweep: {...}}            # deep-merged over the top level
 
 Relative paths are relative to the current directory (run the commands from the
-repository root).
+repository root). Figures go to ``<output_dir>/figures`` unless ``figures_dir`` (or
+``--figures-dir``) says otherwise: ``--figures-dir docs/figures`` refreshes the figures of
+``docs/results.md``.
 """
 
 from __future__ import annotations
@@ -22,20 +23,19 @@ import argparse
 import dataclasses
 import itertools
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from mpc_policy.agents.sweep import BACKENDS, TrialFn, TrialRecord, run_sweep
+from mpc_policy.agents.yaml_profiles import read_profile
 
 __all__ = [
-    "ExperimentConfig",
+    "SweepConfig",
     "build_parser",
     "config_from_args",
-    "load_config",
+    "load_sweep_config",
     "markdown_table",
     "run_experiment",
     "run_trials",
@@ -44,8 +44,8 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class ExperimentConfig:
-    """One profile of an experiment's config file, resolved.
+class SweepConfig:
+    """One profile of a sweep experiment's config file, resolved.
 
     Attributes:
         name: the experiment's name.
@@ -72,29 +72,14 @@ class ExperimentConfig:
         return [{**self.trial, **dict(zip(names, values))} for values in combos]
 
 
-def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def load_config(path: str | Path, profile: str) -> ExperimentConfig:
-    """Read a config file and apply one of its profiles.
+def load_sweep_config(path: str | Path, profile: str) -> SweepConfig:
+    """Read a sweep config file and apply one of its profiles
+    (``mpc_policy.agents.yaml_profiles``).
 
     Raises:
         ValueError: the file lacks a field, or ``profile`` is not one of its profiles.
     """
-    raw = yaml.safe_load(Path(path).read_text())
-    if not isinstance(raw, dict):
-        raise ValueError(f"config: expected a YAML mapping in {path}, received {type(raw)}")
-    profiles = raw.pop("profiles", {}) or {}
-    if profile not in profiles:
-        raise ValueError(f"profile: expected one of {sorted(profiles)}, received {profile!r}")
-    merged = _merge(raw, profiles[profile] or {})
+    merged, _ = read_profile(path, profile)
     missing = {"name", "output_dir", "trial", "sweep"} - set(merged)
     if missing:
         raise ValueError(f"config: {path} lacks the field(s) {sorted(missing)}")
@@ -102,11 +87,12 @@ def load_config(path: str | Path, profile: str) -> ExperimentConfig:
     for key, values in sweep.items():
         if not isinstance(values, list) or not values:
             raise ValueError(f"sweep.{key}: expected a non-empty list, received {values!r}")
-    return ExperimentConfig(
+    output_dir = Path(merged["output_dir"])
+    return SweepConfig(
         name=str(merged["name"]),
         profile=profile,
-        output_dir=Path(merged["output_dir"]),
-        figures_dir=Path(merged.get("figures_dir", "docs/figures")),
+        output_dir=output_dir,
+        figures_dir=Path(merged.get("figures_dir") or output_dir / "figures"),
         trial=dict(merged["trial"] or {}),
         sweep={str(k): list(v) for k, v in sweep.items()},
         report=dict(merged.get("report") or {}),
@@ -122,7 +108,9 @@ def build_parser(description: str, default_config: str) -> argparse.ArgumentPars
     parser.add_argument("--workers", type=int, default=None, help="parallel trials")
     parser.add_argument("--ray-address", default=None, help="Ray cluster (backend ray)")
     parser.add_argument("--output-dir", default=None, help="override the config's output_dir")
-    parser.add_argument("--figures-dir", default=None, help="override the config's figures_dir")
+    parser.add_argument(
+        "--figures-dir", default=None, help="where figures go (default: <output-dir>/figures)"
+    )
     return parser
 
 
@@ -132,11 +120,15 @@ def _print_progress(record: TrialRecord) -> None:
     print(f"trial {record.key} {state}: {settings}", file=sys.stderr, flush=True)
 
 
-def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
+def config_from_args(args: argparse.Namespace) -> SweepConfig:
     """The config and profile the arguments name, with their folder overrides."""
-    config = load_config(args.config, args.profile)
+    config = load_sweep_config(args.config, args.profile)
     if args.output_dir is not None:
-        config = dataclasses.replace(config, output_dir=Path(args.output_dir))
+        output_dir = Path(args.output_dir)
+        figures = config.figures_dir
+        if figures == config.output_dir / "figures":  # the default follows the folder
+            figures = output_dir / "figures"
+        config = dataclasses.replace(config, output_dir=output_dir, figures_dir=figures)
     if args.figures_dir is not None:
         config = dataclasses.replace(config, figures_dir=Path(args.figures_dir))
     return config
@@ -144,7 +136,7 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
 
 def run_trials(
     trial_fn: TrialFn,
-    config: ExperimentConfig,
+    config: SweepConfig,
     trials: Sequence[dict[str, Any]],
     args: argparse.Namespace,
 ) -> list[TrialRecord]:
@@ -163,7 +155,7 @@ def run_trials(
 
 def run_experiment(
     trial_fn: TrialFn, args: argparse.Namespace
-) -> tuple[ExperimentConfig, list[TrialRecord]]:
+) -> tuple[SweepConfig, list[TrialRecord]]:
     """Load the config the arguments name and run (or reuse) all its grid's trials."""
     config = config_from_args(args)
     return config, run_trials(trial_fn, config, config.trials(), args)
@@ -182,7 +174,7 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     return "\n".join(lines) + "\n"
 
 
-def write_summary(config: ExperimentConfig, text: str) -> Path:
+def write_summary(config: SweepConfig, text: str) -> Path:
     """Write a profile's summary (markdown) to ``output_dir/summary_<profile>.md``."""
     path = config.output_dir / f"summary_{config.profile}.md"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,48 @@
+"""Atomic file writes: a run killed at any moment leaves the old file or the new one.
+
+The content goes to a temporary file in the target's folder, is flushed and fsynced, and is
+renamed over the target (``os.replace``, atomic on POSIX within a file system); on any
+error the temporary file is removed and the target is left as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["atomic_write", "atomic_write_json"]
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
+    """Write a file atomically.
+
+    Args:
+        path: the target (its folder is created if needed).
+        write: called with the temporary file, opened for binary writing.
+
+    Returns:
+        The target path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def atomic_write_json(path: str | Path, value: Any, indent: int | None = None) -> Path:
+    """``atomic_write`` of ``value`` as JSON (UTF-8)."""
+    text = json.dumps(value, indent=indent)
+    return atomic_write(path, lambda file: file.write(text.encode()))

@@ -1,0 +1,135 @@
+"""An experiment config resolved once into the typed values the pipeline runs on.
+
+``resolve`` turns an ``ExperimentConfig`` (the validated YAML file) into an ``Experiment``:
+the system's record instead of its name, the run folder and dataset path, the optimizer
+choice with the paper's defaults filled in, the training loop's settings, the dataset
+metadata a run expects, and the run's identity (the resolved configuration as plain
+values, stamped on checkpoints and written to ``config.yaml``). It also checks what the
+file alone cannot tell: the system's parameters and that the learner builds. Below this
+module nothing reads the config: the pipeline hands each step its own values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mpc_policy.agents.bc import Loop
+from mpc_policy.agents.config import DataConfig, EvaluateConfig, ExperimentConfig, ModelConfig
+from mpc_policy.agents.models import build_learner
+from mpc_policy.agents.optimization import OptimizerSettings
+from mpc_policy.envs.registry import System, get_system
+
+__all__ = ["Experiment", "resolve"]
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A resolved experiment.
+
+    Attributes:
+        name: the experiment's name.
+        system: the system's record.
+        run_dir: where everything the experiment writes goes.
+        dataset_path: the expert dataset file.
+        data: expert data settings (splits, seed, horizon, the truth's overrides, the
+            expert's restarts and solver options).
+        model: the learner (method, starting point, solver options).
+        optimizer: the optimizer choice, defaults filled in.
+        loop: epochs, batch size, shuffling seed.
+        n_train: train on the first n training trajectories (None: all).
+        warm_start: per-sample warm starts of an MPC learner's solves.
+        warm_start_reset: they restart from zeros every this many epochs.
+        progress: progress bars on collection, training and evaluation.
+        evaluate: rollout settings of the trained policy.
+        identity: the resolved configuration as plain values.
+    """
+
+    name: str
+    system: System
+    run_dir: Path
+    dataset_path: Path
+    data: DataConfig
+    model: ModelConfig
+    optimizer: OptimizerSettings
+    loop: Loop
+    n_train: int | None
+    warm_start: bool
+    warm_start_reset: int
+    progress: bool
+    evaluate: EvaluateConfig
+    identity: dict[str, Any]
+
+    @property
+    def splits(self) -> dict[str, int]:
+        """Episodes per split of the dataset."""
+        return {"train": self.data.n_train, "val": self.data.n_val, "test": self.data.n_test}
+
+    def expected_metadata(self) -> dict[str, Any]:
+        """The dataset metadata this experiment needs (checked when a dataset is loaded)."""
+        data = self.data
+        return {
+            "system": self.system.name,
+            "seed": data.seed,
+            "episode_steps": data.episode_steps,
+            "splits": self.splits,
+            "env_params": dataclasses.asdict(self.system.true_params(data.env_params)),
+            "horizon": data.horizon,
+            "restarts": [float(r) for r in data.expert_restarts],
+            "options": dict(data.expert_options),
+        }
+
+
+def _check(config: ExperimentConfig, system: System) -> None:
+    """What the file alone cannot tell: the system's parameters and the learner build.
+
+    Raises:
+        ValueError: naming the key (``data.env_params``, ``model.dynamics_init``,
+            ``model.cost_init``, ...).
+    """
+    try:
+        system.true_params(config.data.env_params)
+    except (TypeError, ValueError) as error:
+        text = str(error).removeprefix("env_params: ")
+        where = "data.env_params: " if text != str(error) else "data.env_params."
+        raise ValueError(where + text) from None
+    for name, value in config.model.dynamics_init.items():
+        if not math.isfinite(value):
+            raise ValueError(
+                f"model.dynamics_init.{name}: expected a finite number, received {value}"
+            )
+    build_learner(system, config.model, config.data.horizon, config.data.env_params)
+
+
+def resolve(config: ExperimentConfig | Experiment) -> Experiment:
+    """The ``Experiment`` of a config (an ``Experiment`` is returned as it is).
+
+    Raises:
+        ValueError: a value the file alone could not check (see ``_check``).
+    """
+    if isinstance(config, Experiment):
+        return config
+    system = get_system(config.system)
+    _check(config, system)
+    train = config.train
+    return Experiment(
+        name=config.name,
+        system=system,
+        run_dir=config.run_dir,
+        dataset_path=config.dataset_path,
+        data=config.data,
+        model=config.model,
+        optimizer=OptimizerSettings.paper_default(
+            config.model.method == "nn", train.optimizer, train.lr, train.alpha, train.scheduler
+        ),
+        loop=Loop(train.epochs, train.batch_size, train.seed),
+        n_train=train.n_train,
+        warm_start=train.warm_start,
+        warm_start_reset=train.warm_start_reset,
+        progress=train.progress,
+        evaluate=config.evaluate,
+        identity=config.to_dict(),
+    )

@@ -1,0 +1,96 @@
+"""The command line's account of a run: what was collected, learned and achieved, and a
+final verdict on whether it worked.
+
+The verdict compares the learned identifiable parameters with the truth (where the
+learner's model class contains it) and the policy's rollouts with the expert's: it worked
+when the identifiable parameters are within ``PARAMETER_TOLERANCE`` of the truth and the
+policy succeeds as often as the expert with a return within ``RETURN_TOLERANCE`` of its
+return.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["describe_evaluation", "describe_training", "verdict"]
+
+PARAMETER_TOLERANCE = 0.05  # relative error of each identifiable combination
+RETURN_TOLERANCE = 0.05  # relative gap between the policy's and the expert's mean returns
+
+Print = Callable[[str], None]
+
+
+def describe_training(method: str, result: dict[str, Any], say: Print) -> None:
+    """Training's summary lines: losses, identifiable parameters, where the files are."""
+    say(
+        f"trained {method} for {result['epochs_done']} epochs: best validation loss "
+        f"{result['best_val_loss']:.3g} at epoch {result['best_epoch']}, test loss there "
+        f"{result['test_loss_at_best_val']:.3g}"
+    )
+    identifiable = result.get("identifiable") or {}
+    if identifiable:
+        parts = []
+        for name, (learned, true) in identifiable.items():
+            if true is None:
+                parts.append(f"{name} {learned:.4g}")
+            else:
+                parts.append(
+                    f"{name} {learned:.4g} (true {true:.4g}, "
+                    f"{100 * abs(learned / true - 1):.1f}% off)"
+                )
+        say("  identifiable parameters: " + ", ".join(parts))
+    say(f"  checkpoints: {result['checkpoint']} (latest), {result['best_checkpoint']} (best)")
+
+
+def describe_evaluation(evaluation: dict[str, Any], say: Print) -> None:
+    """Evaluation's summary lines: return and success of the policy (and of the expert)."""
+    for who in ("policy", "expert"):
+        if who in evaluation:
+            result = evaluation[who]
+            unconverged = result.get("unconverged_fraction")
+            solver = (
+                f"   {100 * unconverged:.1f}% of its solves stopped before a fixed point"
+                if unconverged
+                else ""
+            )
+            say(
+                f"  {who:<7} return {result['mean_return']:9.2f} +- {result['std_return']:.2f}"
+                f"   success {100 * result['success_rate']:5.1f}%"
+                f"   ({len(result['returns'])} episodes){solver}"
+            )
+    gif = evaluation["policy"].get("gif")
+    if gif:
+        say(f"  rollout GIF: {gif}")
+
+
+def verdict(train: dict[str, Any] | None, evaluation: dict[str, Any] | None) -> str:
+    """One line: did the learner recover the truth, and does the policy do what the
+    expert does?"""
+    findings = []
+    worked = True
+    identifiable = (train or {}).get("identifiable") or {}
+    known = {k: v for k, v in identifiable.items() if v[1] is not None}
+    if known:
+        worst = max(abs(learned / true - 1) for learned, true in known.values())
+        close = worst <= PARAMETER_TOLERANCE
+        worked &= close
+        findings.append(
+            f"identifiable parameters {'within' if close else 'not within'} "
+            f"{100 * PARAMETER_TOLERANCE:.0f}% of the truth (worst {100 * worst:.1f}%)"
+        )
+    if evaluation and "expert" in evaluation:
+        policy, expert = evaluation["policy"], evaluation["expert"]
+        gap = (expert["mean_return"] - policy["mean_return"]) / max(
+            abs(expert["mean_return"]), 1e-9
+        )
+        matches = gap <= RETURN_TOLERANCE and policy["success_rate"] >= expert["success_rate"]
+        worked &= matches
+        findings.append(
+            f"policy return {policy['mean_return']:.1f} vs expert {expert['mean_return']:.1f}, "
+            f"success {100 * policy['success_rate']:.0f}% vs {100 * expert['success_rate']:.0f}%"
+        )
+    if not findings:
+        return "verdict: nothing to compare against (no known truth, no expert rollouts)"
+    head = "it worked" if worked else "it did not match the expert yet (more data or epochs?)"
+    return f"verdict: {head}: " + "; ".join(findings)

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from mpc_policy.backend import Kernels, select
+from mpc_policy.constrained_mpc import constrained_forward
 from mpc_policy.contract import (
     CheckedCost,
     CheckedDynamics,
@@ -110,19 +111,25 @@ class MPC(nn.Module):
         horizon: number of time steps T (states x_1..x_T, controls u_1..u_T).
         u_lower: control lower bound: a float, (m,), (B, m) or (B, T, m); None = unbounded.
         u_upper: control upper bound, same forms as ``u_lower``.
+        constraints: optional module of inequality constraints beside the box,
+            constraints(x (B, T, n), u (B, T, m)) -> g (B, T, p), feasible where g <= 0
+            (``mpc_policy.constraints``); solved by augmented-Lagrangian box-DDP and
+            differentiated through the constrained KKT conditions (``grad_method="exact"``).
         **options: ``MPCOptions`` fields (``grad_method``, ``max_iter``, ``tol``, ...).
 
-    Call it as ``mpc(x_init, cost, dynamics, u_init=None)``:
+    Call it as ``mpc(x_init, cost, dynamics, u_init=None, multipliers=None)``:
 
         x_init: (B, n) initial states.
         cost: module, cost(x (B, T, n), u (B, T, m)) -> (B, T).
         dynamics: module, dynamics(x (N, n), u (N, m)) -> (N, n) on rows (the solver's
             time, candidate and batch dimensions flattened, batch index fastest).
         u_init: (B, T, m) warm start (zeros if None).
+        multipliers: (B, T, p) warm start of the constraints' multipliers (zeros if None),
+            e.g. ``solution.constraints.multipliers`` of the last solve.
 
-    It returns a ``Solution`` (x (B, T, n), u (B, T, m), cost (B,), info) whose x, u and
-    cost are differentiable with respect to x_init, the bounds and every parameter of the
-    cost and the dynamics.
+    It returns a ``Solution`` (x (B, T, n), u (B, T, m), cost (B,), info, and with
+    constraints their report) whose x, u and cost are differentiable with respect to
+    x_init, the bounds and every parameter of the cost, the dynamics and the constraints.
     """
 
     def __init__(
@@ -132,9 +139,16 @@ class MPC(nn.Module):
         horizon: int,
         u_lower: float | Tensor | None = None,
         u_upper: float | Tensor | None = None,
+        constraints: nn.Module | None = None,
         **options: Any,
     ) -> None:
         super().__init__()
+        if constraints is not None and not callable(constraints):
+            raise TypeError(
+                "constraints: expected a module called as constraints(x, u) -> (B, T, p), "
+                f"received {type(constraints).__name__}"
+            )
+        self.constraints = constraints
         for name, value in (("n_state", n_state), ("n_ctrl", n_ctrl), ("horizon", horizon)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}: expected an integer >= 1, received {value!r}")
@@ -144,7 +158,9 @@ class MPC(nn.Module):
 
     def with_options(self, **options: Any) -> MPC:
         """A copy of this controller with some options changed."""
-        other = MPC(self.n_state, self.n_ctrl, self.horizon, self.u_lower, self.u_upper)
+        other = MPC(
+            self.n_state, self.n_ctrl, self.horizon, self.u_lower, self.u_upper, self.constraints
+        )
         other.options = MPCOptions.from_kwargs(self.options, **options)
         return other
 
@@ -184,6 +200,7 @@ class MPC(nn.Module):
         cost: nn.Module,
         dynamics: nn.Module,
         u_init: Tensor | None = None,
+        multipliers: Tensor | None = None,
     ) -> Solution:
         opts = self.options
         for name, module in (("cost", cost), ("dynamics", dynamics)):
@@ -194,6 +211,15 @@ class MPC(nn.Module):
                 )
         check_declared_sizes(dynamics, self.n_state, self.n_ctrl)
         x_init, lower, upper, u_init = self._inputs(x_init, u_init)
+        if self.constraints is not None:
+            return constrained_forward(
+                self, ModuleModel, x_init, lower, upper, u_init, cost, dynamics, multipliers
+            )
+        if multipliers is not None:
+            raise ValueError(
+                "multipliers: a warm start of the constraints' multipliers needs "
+                "MPC(constraints=...); this controller has none"
+            )
         lower_t = None if lower is None else lower.transpose(0, 1)
         upper_t = None if upper is None else upper.transpose(0, 1)
         u0 = u_init.detach().transpose(0, 1)

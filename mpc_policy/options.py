@@ -52,6 +52,18 @@ class MPCOptions:
             compiled kernels for CPU tensors when numba is installed, torch otherwise),
             "compiled" (numba, CPU) or "torch" (any device; the reference). See
             ``mpc_policy.backend``.
+        constraint_tol: with ``constraints``: an element has converged when its complementarity
+            residual max |min(-g, mu)| (the violation included) is at most this. None picks a
+            default for the dtype (1e-8 in float64, 1e-4 in float32). The box-DDP solves
+            inside run at tolerance min(tol, constraint_tol / 10).
+        max_outer_iter: with ``constraints``: augmented-Lagrangian multiplier updates.
+        penalty_init: with ``constraints``: the initial penalty rho of the augmented cost.
+        penalty_growth: with ``constraints``: the factor (> 1) rho grows by when the residual
+            did not fall below a quarter of its last value.
+        penalty_max: with ``constraints``: the largest rho; an element whose violation does
+            not fall at it is ``Status.INFEASIBLE``. None picks a default for the dtype (1e6
+            in float64, 1e4 in float32): a multiplier update moves mu by rho times the
+            error of the inner solve, so a larger rho needs a tighter ``tol``.
     """
 
     max_iter: int = 50
@@ -65,6 +77,11 @@ class MPCOptions:
     on_unconverged: OnUnconverged = "warn"
     regularization: float = 1e-8
     backend: Backend = "auto"
+    constraint_tol: float | None = None
+    max_outer_iter: int = 30
+    penalty_init: float = 1.0
+    penalty_growth: float = 10.0
+    penalty_max: float | None = None
 
     def __post_init__(self) -> None:
         for name, literal in (
@@ -76,7 +93,7 @@ class MPCOptions:
             value = getattr(self, name)
             if value not in get_args(literal):
                 raise ValueError(f"{name}: expected one of {get_args(literal)}, received {value!r}")
-        for name in ("max_iter", "qp_max_iter", "max_line_search"):
+        for name in ("max_iter", "qp_max_iter", "max_line_search", "max_outer_iter"):
             value = getattr(self, name)
             if isinstance(value, numbers.Integral) and not isinstance(value, bool):
                 object.__setattr__(self, name, int(value))  # numpy integers too
@@ -85,9 +102,18 @@ class MPCOptions:
                 raise ValueError(
                     f"{name}: expected an integer >= 1, received {value!r} ({type(value).__name__})"
                 )
-        for name in ("tol", "line_search_decay", "finite_diff_eps", "regularization"):
+        for name in (
+            "tol",
+            "line_search_decay",
+            "finite_diff_eps",
+            "regularization",
+            "constraint_tol",
+            "penalty_init",
+            "penalty_growth",
+            "penalty_max",
+        ):
             value = getattr(self, name)
-            if value is None and name == "tol":
+            if value is None and name in ("tol", "constraint_tol", "penalty_max"):
                 continue
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise TypeError(
@@ -104,6 +130,14 @@ class MPCOptions:
         if not self.finite_diff_eps > 0:
             raise ValueError(
                 f"finite_diff_eps: expected a positive float, received {self.finite_diff_eps!r}"
+            )
+        for name in ("constraint_tol", "penalty_init", "penalty_max"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name}: expected a positive float, received {value!r}")
+        if not self.penalty_growth > 1:
+            raise ValueError(
+                f"penalty_growth: expected a float > 1, received {self.penalty_growth!r}"
             )
         if not self.regularization > 0:
             raise ValueError(
@@ -126,3 +160,15 @@ class MPCOptions:
         if self.tol is not None:
             return self.tol
         return 1e-7 if dtype == torch.float64 else 1e-4
+
+    def constraint_tolerance(self, dtype: torch.dtype) -> float:
+        """The complementarity tolerance of constrained solves for a dtype."""
+        if self.constraint_tol is not None:
+            return self.constraint_tol
+        return 1e-8 if dtype == torch.float64 else 1e-4
+
+    def penalty_limit(self, dtype: torch.dtype) -> float:
+        """The largest augmented-Lagrangian penalty for a dtype."""
+        if self.penalty_max is not None:
+            return self.penalty_max
+        return 1e6 if dtype == torch.float64 else 1e4

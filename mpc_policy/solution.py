@@ -8,9 +8,13 @@ import sys
 import warnings
 from dataclasses import dataclass
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from mpc_policy.constraints import ConstraintReport
 
 __all__ = ["SOURCE_COST", "SOURCE_DYNAMICS", "ConvergenceError", "Solution", "SolverInfo", "Status"]
 
@@ -58,6 +62,9 @@ class Status(enum.IntEnum):
             still moving) is no minimum: the control Hessian of the Riccati recursion is
             indefinite on the free controls beyond the first regularization shift (a
             saddle, or a cost unbounded below).
+        INFEASIBLE: the inequality constraints (``MPC(constraints=...)``) could not be met:
+            their violation did not fall at the largest penalty; x and u are the least
+            violating point found, and ``Solution.constraints.violation`` says by how much.
     """
 
     CONVERGED = 0
@@ -65,6 +72,7 @@ class Status(enum.IntEnum):
     STALLED = 2
     NONFINITE = 3
     INDEFINITE = 4
+    INFEASIBLE = 5
 
 
 _ADVICE = {
@@ -78,6 +86,9 @@ _ADVICE = {
     Status.INDEFINITE: "have no minimizer at the point found (the control Hessian is "
     "indefinite on the free controls: a saddle, or a cost unbounded below); make the cost "
     "convex in the controls, bound them, or start elsewhere with u_init",
+    Status.INFEASIBLE: "cannot meet their constraints (the violation did not fall at the "
+    "largest penalty, penalty_max); see Solution.constraints.violation, and relax the "
+    "constraints or the control bounds, or check that x_init is feasible",
 }
 
 
@@ -249,9 +260,12 @@ class Solution:
         u: (B, T, m) optimal controls.
         cost: (B,) objective value of the trajectory.
         info: per-element convergence report.
+        constraints: the per-element report of the inequality constraints (values,
+            multipliers, active sets, violation), or None for a solve without them.
     """
 
     x: Tensor
     u: Tensor
     cost: Tensor
     info: SolverInfo
+    constraints: ConstraintReport | None = None

@@ -1,0 +1,145 @@
+"""Inequality constraints beside the control box: the module contract and the per-element report.
+
+A constraint module is called like a cost, on whole trajectories, and gives any number p of
+rows per step, feasible where they are not positive:
+
+    constraints(x (B, T, n), u (B, T, m)) -> g (B, T, p),   g(x_t, u_t) <= 0
+
+Row (b, t, i) must depend on x[b, t] and u[b, t] alone (one step of one batch element, as a
+cost's rows do), so that its derivatives are taken for all rows at once. A module with
+per-batch-element parameters provides ``select_batch(index)`` (``mpc_policy.contract``).
+The control box u_lower <= u <= u_upper stays exact (box-DDP keeps it); constraints that only
+bound the controls belong there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mpc_policy.contract import _call, _check_output, module_name
+from mpc_policy.linearize import dynamics_curvature, dynamics_jacobian
+
+__all__ = [
+    "CheckedConstraints",
+    "ConstraintReport",
+    "complementarity",
+    "constraint_curvature",
+    "constraint_jacobian",
+]
+
+
+class CheckedConstraints:
+    """A constraint module with its returns checked (shape (B, T, p), the inputs' dtype).
+
+    Args:
+        module: the user's constraints, g(x (B, T, n), u (B, T, m)) -> (B, T, p).
+        n_rows: p, the number of rows per step (found by ``probe`` when None).
+    """
+
+    def __init__(self, module: Callable[..., Any], n_rows: int | None = None) -> None:
+        if not callable(module):
+            raise TypeError(
+                "constraints: expected a module called as constraints(x, u), "
+                f"received {type(module).__name__}"
+            )
+        self.module, self.n_rows = module, n_rows
+        self.name = f"constraints ({module_name(module)})"
+
+    def probe(self, x: Tensor, u: Tensor) -> int:
+        """p, from one call on x (B, T, n), u (B, T, m)."""
+        out = _call(self.name, self.module, x, u)
+        call = f"constraints(x {tuple(x.shape)}, u {tuple(u.shape)})"
+        if not isinstance(out, Tensor) or out.dim() != 3 or tuple(out.shape[:2]) != x.shape[:2]:
+            shape = (x.shape[0], x.shape[1], "p")
+            received = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(
+                f"{self.name}: expected {call} to return shape {shape} (p rows per step, "
+                f"feasible where <= 0), received {received}"
+            )
+        if out.shape[-1] < 1:
+            raise ValueError(f"{self.name}: expected p >= 1 rows per step, received p = 0")
+        self.n_rows = int(out.shape[-1])
+        return self.n_rows
+
+    def __call__(self, x: Tensor, u: Tensor) -> Tensor:
+        """Constraint values (B, T, p) for x (B, T, n), u (B, T, m)."""
+        if self.n_rows is None:
+            self.probe(x, u)
+        assert self.n_rows is not None
+        out = _call(self.name, self.module, x, u)
+        shape = (x.shape[0], x.shape[1], self.n_rows)
+        if isinstance(out, Tensor) and out.shape == shape and out.dtype == x.dtype:
+            return out
+        call = f"constraints(x {tuple(x.shape)}, u {tuple(u.shape)})"
+        return _check_output(self.name, out, shape, x.dtype, call, "")
+
+    def time_major(self, x: Tensor, u: Tensor) -> Tensor:
+        """Values (T, B, p) for time-major x (T, B, n), u (T, B, m)."""
+        return self(x.transpose(0, 1), u.transpose(0, 1)).transpose(0, 1)
+
+
+def constraint_jacobian(constraints: CheckedConstraints, x: Tensor, u: Tensor) -> Tensor:
+    """Jacobians G_t = dg / d[x_t; u_t] (T, B, p, n+m) at time-major x (T, B, n), u (T, B, m)."""
+    return dynamics_jacobian(constraints.time_major, x, u, method="autograd")
+
+
+def constraint_curvature(
+    constraints: CheckedConstraints, x: Tensor, u: Tensor, mu: Tensor, create_graph: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The constraints' part of the Lagrangian, mu' g, and its derivatives (time-major).
+
+    Args:
+        x: (T, B, n) states, u: (T, B, m) controls.
+        mu: (T, B, p) multipliers (held constant).
+        create_graph: keep the graph from the values and the gradient to the parameters.
+
+    Returns:
+        values g (T, B, p), gradient G' mu (T, B, n+m) and Hessian sum_i mu_i d2 g_i
+        (T, B, n+m, n+m), the last without graph.
+    """
+    return dynamics_curvature(constraints.time_major, x, u, mu, create_graph=create_graph)
+
+
+@dataclass
+class ConstraintReport:
+    """Per-element report of the constraints at the returned solution (``Solution.constraints``).
+
+    Attributes:
+        values: (B, T, p) g(x_t, u_t) at the solution (feasible where <= 0).
+        multipliers: (B, T, p) their multipliers mu >= 0 (0 on inactive rows); pass them back
+            as ``multipliers=`` to warm-start the next solve.
+        active: (B, T, p) the rows held as equalities by the gradient (mu > 0).
+        bounds_active: (B, T, m) the controls at a bound, held there by the gradient.
+        violation: (B,) the largest max(g, 0) of each element.
+        residual: (B,) the complementarity residual max |min(-g, mu)| (violation included).
+        penalty: (B,) the augmented-Lagrangian penalty each element ended with.
+        outer_iterations: (B,) multiplier updates each element used.
+        feasible: (B,) False where the constraints were found infeasible
+            (``Status.INFEASIBLE``).
+    """
+
+    values: Tensor
+    multipliers: Tensor
+    active: Tensor
+    bounds_active: Tensor
+    violation: Tensor
+    residual: Tensor
+    penalty: Tensor
+    outer_iterations: Tensor
+    feasible: Tensor
+
+    def index(self, rows: Tensor) -> ConstraintReport:
+        """The report of the elements ``rows`` ((k,) indices or a (B,) mask)."""
+        fields = self.__dataclass_fields__
+        return ConstraintReport(**{name: getattr(self, name)[rows] for name in fields})
+
+
+def complementarity(values: Tensor, multipliers: Tensor) -> Tensor:
+    """(B,) max |min(-g, mu)| of values g (B, T, p) and multipliers mu (B, T, p): zero exactly
+    at a feasible point whose multipliers vanish on every inactive row."""
+    return torch.minimum(-values, multipliers).abs().amax(dim=(1, 2))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import gymnasium
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -30,7 +31,18 @@ from mpc_policy.envs.model import SystemDynamics, angle_and_partials, check_inpu
 from mpc_policy.envs.params import CartPoleParams
 from mpc_policy.envs.rendering import Canvas
 
-__all__ = ["CartPoleDynamics", "CartPoleEnv", "cartpole_cost", "cartpole_state"]
+__all__ = [
+    "TRACK_ENV_ID",
+    "CartPoleDynamics",
+    "CartPoleEnv",
+    "CartPoleTrackEnv",
+    "TrackLimit",
+    "cartpole_cost",
+    "cartpole_state",
+]
+
+# the track-limited variant's Gymnasium id (registered below, on import)
+TRACK_ENV_ID = "mpc_policy/CartPoleTrack-v0"
 
 
 def cartpole_state(position: float, velocity: float, theta: float, theta_dot: float) -> np.ndarray:
@@ -240,3 +252,99 @@ class CartPoleEnv(DynamicsEnv):
         tip = (position + pole * sin, pole * cos)
         canvas.rod((position, 0.0), tip, 0.1, (202, 152, 101))
         canvas.circle((position, 0.0), 0.05, (129, 132, 203))
+
+
+class TrackLimit(nn.Module):
+    """The finite track as MPC constraints: |p| <= limit, g (B, T, 2) <= 0.
+
+    ``forward(x (B, T, 5), u (B, T, 1)) -> (B, T, 2)`` = (p - limit, -p - limit), for
+    ``MPC(constraints=TrackLimit(...))``. ``limit`` is an ``nn.Parameter`` (it can be learned).
+
+    Args:
+        limit: half-length of the track (m), > 0.
+        dtype: dtype of the parameter (default: torch's default dtype).
+    """
+
+    def __init__(self, limit: float, *, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        if not limit > 0:
+            raise ValueError(f"limit: expected a positive track half-length, received {limit!r}")
+        self.limit = nn.Parameter(torch.tensor(float(limit), dtype=dtype))
+
+    def forward(self, x: Tensor, u: Tensor) -> Tensor:
+        """(p - limit, -p - limit) (B, T, 2) for x (B, T, 5)."""
+        position = x[..., :1]
+        limit = self.limit.to(x.dtype)
+        return torch.cat([position - limit, -position - limit], dim=-1)
+
+
+class CartPoleTrackEnv(CartPoleEnv):
+    """The cart-pole swing-up on a finite track: the cart must stay within |p| <= limit.
+
+    ## Description
+    ``CartPoleEnv`` (same dynamics, force bound and cost) whose track ends at
+    p = +-``track_limit``. The MPC expert keeps the cart on it with
+    ``MPC(constraints=TrackLimit(track_limit))``.
+
+    ## Action Space
+    ``Box(-max_force, max_force, (1,), float32)``, as ``CartPoleEnv``.
+
+    ## Observation Space
+    As ``CartPoleEnv``: (p, p_dot, cos th, sin th, th_dot).
+
+    ## Rewards
+    As ``CartPoleEnv``: minus ``cartpole_cost()`` at the pre-step state.
+
+    ## Starting State
+    p ~ U(-track_limit / 2, track_limit / 2), p_dot ~ U(-0.5, 0.5), th ~ U(-pi, pi),
+    th_dot ~ U(-1, 1). ``reset(options={"state": x})`` sets x exactly.
+
+    ## Episode End
+    Terminates when the cart leaves the track (|p| > track_limit, ``info["off_track"]``);
+    ``gymnasium.make("mpc_policy/CartPoleTrack-v0")`` truncates after 200 steps (10 s).
+
+    ## Arguments
+    - ``render_mode``: None, "rgb_array" or "human".
+    - ``params``: a ``CartPoleParams`` (true values by default).
+    - ``track_limit``: half-length of the track (m), default 1.0.
+
+    ## Version History
+    - v0: initial version.
+    """
+
+    def __init__(
+        self,
+        render_mode: str | None = None,
+        params: CartPoleParams | None = None,
+        track_limit: float = 1.0,
+    ) -> None:
+        if not track_limit > 0:
+            raise ValueError(f"track_limit: expected a positive float, received {track_limit!r}")
+        self.track_limit = float(track_limit)
+        super().__init__(render_mode, params)
+
+    def _sample_state(self, options: dict[str, Any]) -> np.ndarray:
+        position = self.np_random.uniform(-0.5, 0.5) * self.track_limit
+        velocity = self.np_random.uniform(-0.5, 0.5)
+        theta = self.np_random.uniform(-np.pi, np.pi)
+        theta_dot = self.np_random.uniform(-1.0, 1.0)
+        return cartpole_state(position, velocity, theta, theta_dot)
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """``CartPoleEnv.step``; the episode terminates when the cart leaves the track."""
+        observation, reward, _, truncated, info = super().step(action)
+        off_track = bool(abs(float(self.state[0])) > self.track_limit)
+        return observation, reward, off_track, truncated, {**info, "off_track": off_track}
+
+    def _draw(self, canvas: Canvas) -> None:
+        super()._draw(canvas)
+        for end in (-self.track_limit, self.track_limit):
+            canvas.rod((end, -0.2), (end, 0.2), 0.03, (200, 0, 0))
+
+
+if TRACK_ENV_ID not in gymnasium.registry:
+    gymnasium.register(
+        id=TRACK_ENV_ID,
+        entry_point="mpc_policy.envs.cartpole:CartPoleTrackEnv",
+        max_episode_steps=200,
+    )

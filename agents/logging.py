@@ -21,7 +21,10 @@ events that a killed run wrote after its last checkpoint are discarded, not dupl
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -119,11 +122,28 @@ class TrainingLog:
             self.bar.close()
 
 
+_AGENTS_DIR = os.path.dirname(os.path.abspath(__file__))
+_CONTEXTLIB = os.path.abspath(contextlib.__file__)
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` of a ``warnings.warn`` here that points at the first frame
+    outside the learning code (and contextlib): the user's call, e.g. ``pipeline.train``."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None:
+        path = os.path.abspath(frame.f_code.co_filename)
+        if not (path.startswith(_AGENTS_DIR + os.sep) or path == _CONTEXTLIB):
+            break
+        frame, level = frame.f_back, level + 1  # type: ignore[assignment]
+    return level
+
+
 @contextmanager
 def summarize_warnings(context: str = "") -> Iterator[None]:
     """Collect the warnings raised inside (e.g. one per unconverged solve of an epoch) and
-    re-issue each kind once, with its count and ``context`` as a prefix: nothing is
-    hidden, nothing repeats."""
+    re-issue each kind once, with its count and ``context`` as a prefix, pointing at the
+    user's call: nothing is hidden, nothing repeats."""
     with warnings.catch_warnings(record=True) as records:
         warnings.simplefilter("always")
         try:
@@ -135,6 +155,7 @@ def summarize_warnings(context: str = "") -> Iterator[None]:
         # "3 of 32 batch elements did not ..." and "1 of 32 ..." are one kind
         head = re.sub(r"\d+", "#", str(w.message).split(":")[0])
         kinds.setdefault((w.category, head), []).append(str(w.message))
+    level = _user_stacklevel()
     for (category, _), messages in kinds.items():
         more = f" [the first of {len(messages)} such warnings]" if len(messages) > 1 else ""
-        warnings.warn(context + messages[0] + more, category, stacklevel=3)
+        warnings.warn(context + messages[0] + more, category, stacklevel=level)

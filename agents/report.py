@@ -33,11 +33,11 @@ def describe_training(method: str, result: dict[str, Any], say: Print) -> None:
         parts = []
         for name, (learned, true) in identifiable.items():
             if true is None:
-                parts.append(f"{name} {learned:.4g}")
+                parts.append(f"{name} {learned:.6g}")
             else:
                 parts.append(
-                    f"{name} {learned:.4g} (true {true:.4g}, "
-                    f"{100 * abs(learned / true - 1):.1f}% off)"
+                    f"{name} {learned:.6g} (true {true:.6g}, "
+                    f"{100 * abs(learned / true - 1):.2f}% off)"
                 )
         say("  identifiable parameters: " + ", ".join(parts))
     say(f"  checkpoints: {result['checkpoint']} (latest), {result['best_checkpoint']} (best)")
@@ -77,7 +77,7 @@ def verdict(train: dict[str, Any] | None, evaluation: dict[str, Any] | None) -> 
         worked &= close
         findings.append(
             f"identifiable parameters {'within' if close else 'not within'} "
-            f"{100 * PARAMETER_TOLERANCE:.0f}% of the truth (worst {100 * worst:.1f}%)"
+            f"{100 * PARAMETER_TOLERANCE:.0f}% of the truth (worst {100 * worst:.2f}%)"
         )
     if evaluation and "expert" in evaluation:
         policy, expert = evaluation["policy"], evaluation["expert"]

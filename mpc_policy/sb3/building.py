@@ -152,16 +152,7 @@ def build_mpc(
             raise TypeError(f"mpc_policy: expected an MPCPolicy, received {type(mpc_policy)}")
         mpc = copy.deepcopy(mpc_policy)
     else:
-        if env_id is not None and (dynamics is None or cost is None):
-            model = environment_model(env_id, env_kwargs)
-            dynamics = model["dynamics"] if dynamics is None else dynamics
-            cost = model["cost"] if cost is None else cost
-        if dynamics is None or cost is None:
-            raise ValueError(
-                "dynamics and cost: expected both modules in policy_kwargs, or an env_id "
-                "naming an environment that has them (e.g. env_id='mpc_policy/Pendulum-v0'), "
-                "or an mpc_policy; received none"
-            )
+        dynamics, cost = _model(dynamics, cost, env_id, env_kwargs)
         options = {"on_unconverged": "ignore"}
         if callable(getattr(dynamics, "jacobian", None)):
             options["jacobian"] = "analytic"
@@ -179,6 +170,26 @@ def build_mpc(
     _set_initial_values(mpc, initial_values or {})
     _set_learned(mpc, learn)
     return mpc
+
+
+def _model(
+    dynamics: nn.Module | None,
+    cost: nn.Module | None,
+    env_id: str | None,
+    env_kwargs: Mapping[str, Any] | None,
+) -> tuple[nn.Module, nn.Module]:
+    """The given modules, those the environment ``env_id`` supplies in their place."""
+    if env_id is not None and (dynamics is None or cost is None):
+        model = environment_model(env_id, env_kwargs)
+        dynamics = model["dynamics"] if dynamics is None else dynamics
+        cost = model["cost"] if cost is None else cost
+    if dynamics is None or cost is None:
+        raise ValueError(
+            "dynamics and cost: expected both modules in policy_kwargs, or an env_id "
+            "naming an environment that has them (e.g. env_id='mpc_policy/Pendulum-v0'), "
+            "or an mpc_policy; received none"
+        )
+    return dynamics, cost
 
 
 def _parameter_name(name: str, mpc: MPCPolicy) -> str:

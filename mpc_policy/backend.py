@@ -44,6 +44,8 @@ class Kernels(NamedTuple):
         implicit_gradients: as ``mpc_policy.adjoint.implicit_gradients``.
         affine_rollout: as ``mpc_policy.compiled.rollout.affine_rollout``, or None (torch
             rolls affine dynamics out step by step like any model).
+        box_lqr: as ``mpc_policy.compiled.box_lqr.solve_box_lqr`` (the whole box-DDP loop
+            of a bounded LQR problem), or None (``box_ddp`` runs it).
     """
 
     name: str
@@ -53,6 +55,7 @@ class Kernels(NamedTuple):
     costates_from_gradient: Callable[..., torch.Tensor]
     implicit_gradients: Callable[..., adjoint.ImplicitGradients]
     affine_rollout: Callable[..., Any] | None
+    box_lqr: Callable[..., Any] | None = None
 
 
 TORCH = Kernels(
@@ -72,6 +75,7 @@ def _compiled() -> Kernels | None:
         return None
     try:
         from mpc_policy.compiled import adjoint as compiled_adjoint
+        from mpc_policy.compiled import box_lqr as compiled_box_lqr
         from mpc_policy.compiled import riccati as compiled_riccati
         from mpc_policy.compiled import rollout as compiled_rollout
     except ImportError:  # a numba that does not import (e.g. a numpy it does not support)
@@ -84,6 +88,7 @@ def _compiled() -> Kernels | None:
         compiled_adjoint.costates_from_gradient,
         compiled_adjoint.implicit_gradients,
         compiled_rollout.affine_rollout,
+        compiled_box_lqr.solve_box_lqr,
     )
 
 

@@ -239,6 +239,12 @@ def box_ddp(
                     step_size,
                     kernels.name,
                 )
+                # an element the part-batch solve finds converged at once took its last
+                # step here: keep that step's size
+                untouched = sub.info.iterations == 0
+                sub.info.step_size.copy_(
+                    torch.where(untouched, step_size.index_select(0, rows), sub.info.step_size)
+                )
                 sub.info.iterations += iterations.index_select(0, rows)
                 return DDPResult(
                     x_bar.index_copy(1, rows, sub.x),

@@ -25,9 +25,9 @@ from torch import Tensor
 from mpc_policy.backend import Kernels, select
 from mpc_policy.condensed import solve_condensed
 from mpc_policy.health import ddp_info, indefinite_rows, nonfinite_source
-from mpc_policy.ilqr import box_ddp
+from mpc_policy.ilqr import DDPResult, box_ddp
 from mpc_policy.options import MPCOptions
-from mpc_policy.riccati import Gains
+from mpc_policy.riccati import Gains, warn_regularized
 from mpc_policy.rollout import rollout
 from mpc_policy.solution import Solution, SolverInfo, Status
 from mpc_policy.validation import (
@@ -219,6 +219,42 @@ def _finish_stalled(
     )
 
 
+def _bounded_solve(
+    model: QuadraticModel,
+    x_init: Tensor,
+    u_init: Tensor,
+    lower: Tensor,
+    upper: Tensor,
+    options: MPCOptions,
+    kernels: Kernels,
+) -> DDPResult:
+    """Box-DDP on bounded LQR problems: the whole loop compiled where the backend has it
+    (the same decisions as ``box_ddp``), else ``box_ddp``; shapes as in ``box_ddp``."""
+    if kernels.box_lqr is None:
+        return box_ddp(model, x_init, u_init, lower, upper, options, kernels=kernels)
+    alphas = options.line_search_decay ** torch.arange(options.max_line_search, dtype=x_init.dtype)
+    u_start = torch.clamp(u_init, lower, upper)
+    solved = kernels.box_lqr(
+        model.C, model.c, model.F, model.f, x_init, u_start, lower, upper, alphas, options
+    )
+    if not bool(solved.finite.all()):
+        # box_ddp owns the report of elements that turn non-finite
+        return box_ddp(model, x_init, u_init, lower, upper, options, kernels=kernels)
+    warn_regularized(solved.shift, None)
+    free = ~solved.stalled
+    info = ddp_info(
+        solved.iterations,
+        solved.converged,
+        solved.stalled,
+        torch.zeros(solved.cost.shape, dtype=torch.int8),
+        indefinite_rows(model.C, model.F, solved.gains, free, options.regularization),
+        solved.residual,
+        solved.step_size,
+        kernels.name,
+    )
+    return DDPResult(solved.x, solved.u, solved.cost, solved.gains, info)
+
+
 def _validate(
     x_init: Tensor, C: Tensor, c: Tensor, F: Tensor, f: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -325,7 +361,7 @@ def lqr_solve(
             zeros = torch.zeros(T, B, m, dtype=x0.dtype, device=x0.device)
             lo = None if lo is None else lo.contiguous()
             hi = None if hi is None else hi.contiguous()
-            result = box_ddp(model, x0, zeros, lo, hi, opts, kernels=kernels)
+            result = _bounded_solve(model, x0, zeros, lo, hi, opts, kernels)
             x_sol, u_sol, gains, info = result.x, result.u, result.gains, result.info
             retry = info.codes <= int(Status.STALLED)  # not a non-finite or indefinite one
             if not bool(info.converged[retry].all()) and lo is not None and hi is not None:

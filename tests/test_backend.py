@@ -361,6 +361,7 @@ def test_solving_the_moving_elements_alone_changes_no_answer(
     torch.testing.assert_close(ours.x, whole.x, atol=1e-10, rtol=1e-10)
     assert torch.equal(ours.info.iterations, whole.info.iterations)
     assert torch.equal(ours.info.codes, whole.info.codes)
+    assert torch.equal(ours.info.step_size, whole.info.step_size)
     torch.testing.assert_close(ours_dx, whole_dx, atol=1e-9, rtol=1e-9)
     torch.testing.assert_close(ours_dm, whole_dm, atol=1e-9, rtol=1e-9)
 

@@ -108,6 +108,106 @@ def _feedback_update(Q, K, k, V, v, n) -> None:
 
 
 @njit(cache=True, nogil=True)
+def _recursion_element(
+    C,
+    g,
+    F,
+    lower,
+    upper,
+    bounded,
+    b,
+    regularization,
+    qp_max_iter,
+    qp_tol,
+    K,
+    k,
+    free,
+    chol,
+    Q,
+    shift,
+    V,
+    v,
+    VF,
+    q,
+    work,
+    k_box,
+    grad,
+    work_arrays,
+) -> None:
+    """The recursion of element b (arrays (T, B, ...)); V .. work_arrays are scratch."""
+    T, _, d = g.shape
+    n = F.shape[2]
+    m = d - n
+    for t in range(T - 1, -1, -1):
+        Qt = Q[t, b]
+        Qt[:, :] = C[t, b]
+        q[:] = g[t, b]
+        if t < T - 1:
+            _propagate(Qt, q, F[t, b], V, v, VF)
+        Q_uu = Qt[n:, n:]
+        L = chol[t, b]
+        shift[t, b] = _regularize(Q_uu, L, regularization, work)
+        Kt, kt, ft = K[t, b], k[t, b], free[t, b]
+        # K and k = -Q_uu^{-1} [Q_ux, q_u]
+        ft[:] = True
+        masked_solve_matrix(L, ft, Qt[n:, :n], Kt, -1.0)
+        masked_solve_vector(L, ft, q[n:], kt, -1.0)
+        if bounded:
+            leaving = False
+            for i in range(m):
+                k_box[i] = min(max(kt[i], lower[t, b, i]), upper[t, b, i])
+                leaving = leaving or k_box[i] != kt[i]
+            if leaving:
+                for i in range(m):
+                    s = q[n + i]
+                    for j in range(m):
+                        s += Q_uu[i, j] * k_box[j]
+                    grad[i] = s
+                _free_set(k_box, grad, lower[t, b], upper[t, b], ft)
+                if not ft.any():
+                    # every control at a bound of the projection, pushed outward: the
+                    # projection is the minimizer and there is no feedback
+                    kt[:] = k_box
+                    Kt[:, :] = 0.0
+                    set_identity(L)
+                else:
+                    kt[:] = k_box
+                    box_qp_element(
+                        Q_uu,
+                        q[n:],
+                        lower[t, b],
+                        upper[t, b],
+                        kt,
+                        ft,
+                        L,
+                        qp_max_iter,
+                        qp_tol,
+                        0.5,
+                        20,
+                        work_arrays,
+                    )
+                    masked_solve_matrix(L, ft, Qt[n:, :n], Kt, -1.0)
+        v[:] = q[:n]
+        _feedback_update(Qt, Kt, kt, V, v, n)
+
+
+@njit(cache=True, nogil=True)
+def recursion_scratch(n, m, dtype):
+    """Scratch arrays of ``_recursion_element`` for state size n and control size m."""
+    d = n + m
+    return (
+        np.empty((n, n), dtype=dtype),
+        np.empty(n, dtype=dtype),
+        np.empty((n, d), dtype=dtype),
+        np.empty(d, dtype=dtype),
+        np.empty((m, m), dtype=dtype),
+        np.empty(m, dtype=dtype),
+        np.empty(m, dtype=dtype),
+        scratch(m, dtype),
+    )
+
+
+@njit(cache=True, nogil=True)
 def _recursion(
     C,
     g,
@@ -126,72 +226,37 @@ def _recursion(
     Q,
     shift,
 ) -> None:
-    T, B, d = g.shape
+    B, d = g.shape[1], g.shape[2]
     n = F.shape[2]
-    m = d - n
-    dtype = g.dtype
-    V = np.empty((n, n), dtype=dtype)
-    v = np.empty(n, dtype=dtype)
-    VF = np.empty((n, d), dtype=dtype)
-    q = np.empty(d, dtype=dtype)
-    work = np.empty((m, m), dtype=dtype)
-    k_box = np.empty(m, dtype=dtype)
-    grad = np.empty(m, dtype=dtype)
-    work_arrays = scratch(m, dtype)
+    V, v, VF, q, work, k_box, grad, work_arrays = recursion_scratch(n, d - n, g.dtype)
     for b in range(B):
-        if not active[b]:
-            continue
-        for t in range(T - 1, -1, -1):
-            Qt = Q[t, b]
-            Qt[:, :] = C[t, b]
-            q[:] = g[t, b]
-            if t < T - 1:
-                _propagate(Qt, q, F[t, b], V, v, VF)
-            Q_uu = Qt[n:, n:]
-            L = chol[t, b]
-            shift[t, b] = _regularize(Q_uu, L, regularization, work)
-            Kt, kt, ft = K[t, b], k[t, b], free[t, b]
-            # K and k = -Q_uu^{-1} [Q_ux, q_u]
-            ft[:] = True
-            masked_solve_matrix(L, ft, Qt[n:, :n], Kt, -1.0)
-            masked_solve_vector(L, ft, q[n:], kt, -1.0)
-            if bounded:
-                leaving = False
-                for i in range(m):
-                    k_box[i] = min(max(kt[i], lower[t, b, i]), upper[t, b, i])
-                    leaving = leaving or k_box[i] != kt[i]
-                if leaving:
-                    for i in range(m):
-                        s = q[n + i]
-                        for j in range(m):
-                            s += Q_uu[i, j] * k_box[j]
-                        grad[i] = s
-                    _free_set(k_box, grad, lower[t, b], upper[t, b], ft)
-                    if not ft.any():
-                        # every control at a bound of the projection, pushed outward: the
-                        # projection is the minimizer and there is no feedback
-                        kt[:] = k_box
-                        Kt[:, :] = 0.0
-                        set_identity(L)
-                    else:
-                        kt[:] = k_box
-                        box_qp_element(
-                            Q_uu,
-                            q[n:],
-                            lower[t, b],
-                            upper[t, b],
-                            kt,
-                            ft,
-                            L,
-                            qp_max_iter,
-                            qp_tol,
-                            0.5,
-                            20,
-                            work_arrays,
-                        )
-                        masked_solve_matrix(L, ft, Qt[n:, :n], Kt, -1.0)
-            v[:] = q[:n]
-            _feedback_update(Qt, Kt, kt, V, v, n)
+        if active[b]:
+            _recursion_element(
+                C,
+                g,
+                F,
+                lower,
+                upper,
+                bounded,
+                b,
+                regularization,
+                qp_max_iter,
+                qp_tol,
+                K,
+                k,
+                free,
+                chol,
+                Q,
+                shift,
+                V,
+                v,
+                VF,
+                q,
+                work,
+                k_box,
+                grad,
+                work_arrays,
+            )
 
 
 def backward_recursion(

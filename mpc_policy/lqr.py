@@ -356,15 +356,14 @@ def lqr_solve(
                 kernels.name,
             )
         else:
-            lo = None if lower_t is None else lower_t.detach()
-            hi = None if upper_t is None else upper_t.detach()
+            # complete_bounds: a bounded problem has both sides (infinite where one-sided)
+            assert lower_t is not None and upper_t is not None
+            lo, hi = lower_t.detach().contiguous(), upper_t.detach().contiguous()
             zeros = torch.zeros(T, B, m, dtype=x0.dtype, device=x0.device)
-            lo = None if lo is None else lo.contiguous()
-            hi = None if hi is None else hi.contiguous()
             result = _bounded_solve(model, x0, zeros, lo, hi, opts, kernels)
             x_sol, u_sol, gains, info = result.x, result.u, result.gains, result.info
             retry = info.codes <= int(Status.STALLED)  # not a non-finite or indefinite one
-            if not bool(info.converged[retry].all()) and lo is not None and hi is not None:
+            if not bool(info.converged[retry].all()):
                 x_sol, u_sol, gains, info = _finish_stalled(
                     model, x0, lo, hi, x_sol, u_sol, gains, info, opts, kernels
                 )

@@ -97,16 +97,19 @@ def compiled_available() -> bool:
     return _compiled() is not None
 
 
+_CHOICES = get_args(Backend)
+
+
 def _requested(choice: str) -> str:
-    if choice not in get_args(Backend):
-        raise ValueError(f"backend: expected one of {get_args(Backend)}, received {choice!r}")
+    if choice not in _CHOICES:
+        raise ValueError(f"backend: expected one of {_CHOICES}, received {choice!r}")
     if choice != "auto":
         return choice
     value = os.environ.get(ENVIRONMENT_VARIABLE, "auto").strip().lower() or "auto"
-    if value not in get_args(Backend):
+    if value not in _CHOICES:
         raise ValueError(
             f"environment variable {ENVIRONMENT_VARIABLE}: expected one of "
-            f"{get_args(Backend)}, received {value!r}"
+            f"{_CHOICES}, received {value!r}"
         )
     return value
 

@@ -6,6 +6,7 @@ not deep inside a solve.
 
 from __future__ import annotations
 
+import functools
 import numbers
 from dataclasses import dataclass, fields
 from typing import Any, Literal, get_args
@@ -146,7 +147,21 @@ class MPCOptions:
 
     @classmethod
     def from_kwargs(cls, base: MPCOptions | None = None, **kwargs: Any) -> MPCOptions:
-        """Options from keyword arguments; an unknown name is a ``TypeError`` naming it."""
+        """Options from keyword arguments; an unknown name is a ``TypeError`` naming it.
+
+        A functional solve (``lqr_solve``) builds its options on every call: the options of
+        hashable arguments are validated once and reused (they are frozen).
+        """
+        if cls is MPCOptions:
+            try:
+                return _cached_options(base, tuple(sorted(kwargs.items())))
+            except TypeError as error:
+                if "unhashable" not in str(error):
+                    raise
+        return cls._build(base, kwargs)
+
+    @classmethod
+    def _build(cls, base: MPCOptions | None, kwargs: dict[str, Any]) -> MPCOptions:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(kwargs) - names)
         if unknown:
@@ -172,3 +187,8 @@ class MPCOptions:
         if self.penalty_max is not None:
             return self.penalty_max
         return 1e6 if dtype == torch.float64 else 1e4
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_options(base: MPCOptions | None, items: tuple[tuple[str, Any], ...]) -> MPCOptions:
+    return MPCOptions._build(base, dict(items))

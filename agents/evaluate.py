@@ -79,15 +79,14 @@ def evaluate_policy(
         progress: show a progress bar over the steps.
     """
     spec = get_system(system)
-    if not callable(getattr(policy, "plan", None)):
+    if not isinstance(policy, Planner):
         raise TypeError(
             "policy: expected a planner with plan(x, u_init) (an MPCPolicy, MPCExpert or "
             f"SequenceNetwork), received {type(policy).__name__}"
         )
-    planner: Planner = policy  # type: ignore[assignment]
     env_kwargs = {"params": spec.true_params(env_params)} if env_params else None
     rollouts = run_episodes(
-        planner,
+        policy,
         spec.env_id,
         n_episodes,
         seed=seed,

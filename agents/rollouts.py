@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import gymnasium
 import numpy as np
@@ -40,6 +40,7 @@ class PlanResult(Protocol):
         """Per-row convergence report, or None (no solver)."""
 
 
+@runtime_checkable
 class Planner(Protocol):
     """``plan(x (B, n), u_init (B, T, m) or None) -> PlanResult``."""
 

@@ -10,10 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+from mpc_policy.agents.evaluate import evaluate_policy
 from mpc_policy.agents.expert import SWING_UP_RESTARTS, MPCExpert, shift_plan
-from mpc_policy.agents.rollouts import Rollouts, run_episodes
+from mpc_policy.agents.nn_baseline import SequenceNetwork
+from mpc_policy.agents.rollouts import Planner, Rollouts, run_episodes
 from mpc_policy.envs import cartpole_state, pendulum_state
 from mpc_policy.envs.registry import SYSTEMS
+from mpc_policy.policy import MPCPolicy
 
 
 def collect_rollouts(expert: MPCExpert, env_id: str, n_episodes: int, **kwargs) -> Rollouts:
@@ -182,3 +185,22 @@ def test_windy_expert_holds_the_pendulum_up_from_the_papers_starts():
     assert max(_upright_from(row) for row in cos) <= 45
     final_torque = rollouts.actions.reshape(4, 60)[:, -1]
     np.testing.assert_allclose(final_torque, 1.0, atol=0.1)
+
+
+def test_one_planner_interface_serves_the_expert_the_policy_and_the_network():
+    expert = MPCExpert.for_system("pendulum")
+    policy = MPCPolicy(expert.dynamics, expert.cost, 20, -2.0, 2.0, solve_dtype=torch.float64)
+    network = SequenceNetwork(3, 1, horizon=20, hidden_size=8)
+    for planner in (expert, policy, network):
+        assert isinstance(planner, Planner)
+        plan = planner.plan(torch.zeros(2, 3, dtype=torch.float64), None)
+        assert plan.u.shape == (2, 20, 1)
+    # the policy at the expert's model plans what the expert plans, step after step
+    common = {"seed": 3, "max_episode_steps": 4}
+    by_expert = evaluate_policy(expert, "pendulum", 2, **common)
+    by_policy = evaluate_policy(policy, "pendulum", 2, **common)
+    np.testing.assert_allclose(by_policy.returns, by_expert.returns, rtol=1e-5)
+    by_network = evaluate_policy(network, "pendulum", 2, **common)
+    assert by_network.unconverged_fraction is None and len(by_network.returns) == 2
+    with pytest.raises(TypeError, match="policy: expected a planner"):
+        evaluate_policy(torch.nn.Linear(3, 1), "pendulum", 1)

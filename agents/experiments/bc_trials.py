@@ -18,23 +18,29 @@ in an experiment's config and per-method ones under ``trial.method_overrides.<me
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mpc_policy.agents.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
-from mpc_policy.agents.experiments.runner import SweepConfig
+from mpc_policy.agents.experiments.runner import (
+    SweepConfig,
+    build_parser,
+    config_from_args,
+    run_trials,
+)
 from mpc_policy.agents.models import COST_METHODS, DYNAMICS_METHODS
 from mpc_policy.agents.pipeline import collect, train
-from mpc_policy.agents.sweep import trial_key
+from mpc_policy.agents.sweep import TrialRecord, trial_key
 
 __all__ = [
     "bc_trial",
     "experiment_config",
     "prepare_datasets",
     "resolve_trials",
+    "run_bc_sweep",
 ]
 
 
@@ -172,3 +178,15 @@ def bc_trial(config: dict[str, Any]) -> dict[str, Any]:
             if tag.startswith(prefix) and last in values
         }
     return out
+
+
+def run_bc_sweep(
+    description: str, default_config: str, argv: Sequence[str] | None
+) -> tuple[SweepConfig, list[TrialRecord]]:
+    """The command line of a behaviour-cloning sweep: parse it, resolve the trials, collect
+    their datasets, run (or reuse) the trials."""
+    args = build_parser(description, default_config).parse_args(argv)
+    config = config_from_args(args)
+    trials = resolve_trials(config)
+    prepare_datasets(trials)
+    return config, run_trials(bc_trial, config, trials, args)

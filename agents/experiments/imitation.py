@@ -21,15 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from mpc_policy.agents.experiments.bc_trials import bc_trial, prepare_datasets, resolve_trials
+from mpc_policy.agents.experiments.bc_trials import run_bc_sweep
 from mpc_policy.agents.experiments.plots import plot_sample_complexity
-from mpc_policy.agents.experiments.runner import (
-    build_parser,
-    config_from_args,
-    markdown_table,
-    run_trials,
-    write_summary,
-)
+from mpc_policy.agents.experiments.runner import markdown_table, write_summary
 from mpc_policy.agents.sweep import TrialRecord
 
 __all__ = ["collect_losses", "loss_table", "main"]
@@ -78,12 +72,7 @@ def loss_table(records: Sequence[TrialRecord], methods: Sequence[str]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Collect the datasets, run the sweep, write the table and Figure 4."""
-    parser = build_parser(__doc__.splitlines()[0], "configs/exp_imitation.yaml")
-    args = parser.parse_args(argv)
-    config = config_from_args(args)
-    trials = resolve_trials(config)
-    prepare_datasets(trials)
-    records = run_trials(bc_trial, config, trials, args)
+    config, records = run_bc_sweep(__doc__.splitlines()[0], "configs/exp_imitation.yaml", argv)
     methods = list(config.sweep["method"])
     summary = loss_table(records, methods)
     path = write_summary(config, summary)

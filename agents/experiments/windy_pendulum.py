@@ -19,15 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from mpc_policy.agents.experiments.bc_trials import bc_trial, prepare_datasets, resolve_trials
+from mpc_policy.agents.experiments.bc_trials import run_bc_sweep
 from mpc_policy.agents.experiments.plots import Panel, Series, plot_curves
-from mpc_policy.agents.experiments.runner import (
-    build_parser,
-    config_from_args,
-    markdown_table,
-    run_trials,
-    write_summary,
-)
+from mpc_policy.agents.experiments.runner import markdown_table, write_summary
 from mpc_policy.agents.sweep import TrialRecord
 
 __all__ = ["final_losses", "main", "summarize"]
@@ -95,12 +89,7 @@ def summarize(records: Sequence[TrialRecord]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Collect the dataset, run the sweep, write the table and Figure 5."""
-    parser = build_parser(__doc__.splitlines()[0], "configs/exp_windy_pendulum.yaml")
-    args = parser.parse_args(argv)
-    config = config_from_args(args)
-    trials = resolve_trials(config)
-    prepare_datasets(trials)
-    records = run_trials(bc_trial, config, trials, args)
+    config, records = run_bc_sweep(__doc__.splitlines()[0], "configs/exp_windy_pendulum.yaml", argv)
     summary = summarize(records)
     path = write_summary(config, summary)
     methods = list(config.sweep["method"])

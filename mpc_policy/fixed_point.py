@@ -18,8 +18,8 @@ from torch import Tensor
 from mpc_policy.backend import Kernels
 from mpc_policy.contract import CheckedCost, CheckedDynamics
 from mpc_policy.ilqr import DDPResult
+from mpc_policy.implicit_lqr import implicit_lqr
 from mpc_policy.linearize import cost_derivatives, dynamics_curvature, dynamics_jacobian
-from mpc_policy.lqr import implicit_lqr
 from mpc_policy.options import MPCOptions
 
 __all__ = ["implicit_solution", "lqr_data_at"]

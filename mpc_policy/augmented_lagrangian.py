@@ -152,9 +152,16 @@ def augmented_lagrangian(
     T, n = u_init.shape[0], x_init.shape[1]
     tol = options.constraint_tolerance(dtype)
     rho_max = options.penalty_limit(dtype)
-    # the inner solves stop when the full step is below their tolerance, without taking it:
-    # a multiplier update whose step is smaller would never move them
-    inner = dataclasses.replace(options, tol=min(options.tolerance(dtype), 0.1 * tol))
+    # box-DDP stops when its full step is below its tolerance, without taking it: after the
+    # first solve, whose multiplier update may be all there is to do, the solves run at a
+    # tolerance that the updates' steps exceed (a solve that reaches only the user's own
+    # tolerance, chattering across the kink of max(0, .)^2, still counts as converged)
+    user_tol = options.tolerance(dtype)
+    final = min(user_tol, 0.1 * tol)
+
+    def tighter(k: int) -> MPCOptions:
+        return dataclasses.replace(options, tol=max(final, user_tol * 0.1 ** (k - 1)))
+
     lam = multipliers.detach().clone()
     rho = torch.full((B,), min(options.penalty_init, rho_max), dtype=dtype, device=device)
     x = torch.zeros(T, B, n, dtype=dtype, device=device)
@@ -171,7 +178,7 @@ def augmented_lagrangian(
     last_violation = torch.full((B,), float("inf"), dtype=dtype, device=device)
     at_limit = torch.zeros(B, dtype=torch.long, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
-    for _ in range(options.max_outer_iter):
+    for outer_iteration in range(options.max_outer_iter):
         rows = torch.nonzero(~done).flatten()
         if rows.numel() == 0:
             break
@@ -188,7 +195,7 @@ def augmented_lagrangian(
                 _take(u, solved, 1).contiguous(),
                 _take(lower, solved, 1),
                 _take(upper, solved, 1),
-                inner,
+                options if outer_iteration == 0 else tighter(outer_iteration),
                 warn_regularization=False,
                 kernels=kernels,
             )
@@ -209,16 +216,17 @@ def augmented_lagrangian(
         violation = torch.relu(g).amax(dim=(1, 2))
         codes = report.codes
         nonfinite = codes == _NONFINITE
-        converged = (codes == _CONVERGED) & (residual <= tol)
+        solved = (codes == _CONVERGED) | ((codes == _MAX_ITER) & (report.residual <= user_tol))
+        converged = solved & (residual <= tol)
         # a second solve at the largest penalty that did not halve the violation: the
         # constraints cannot be met
         limit_r = torch.where(rho_r >= rho_max, at_limit.index_select(0, rows) + 1, 0)
         stuck = (limit_r >= 2) & (violation > tol)
         stuck &= violation > 0.5 * last_violation.index_select(0, rows)
         infeasible = ~converged & ~nonfinite & stuck
-        code = torch.where(codes == _CONVERGED, _MAX_ITER, codes.long())
+        code = torch.where(solved, _MAX_ITER, codes.long())
         code = torch.where(converged, _CONVERGED, torch.where(infeasible, _INFEASIBLE, code))
-        grow = (residual > 0.25 * last_residual.index_select(0, rows)) & ~converged
+        grow = ~converged & (residual > 0.25 * last_residual.index_select(0, rows))
         new_rho = torch.where(grow, (rho_r * options.penalty_growth).clamp(max=rho_max), rho_r)
         lam = lam.index_copy(0, rows, torch.where(nonfinite.view(-1, 1, 1), lam_r, mu))
         rho = rho.index_copy(0, rows, new_rho)

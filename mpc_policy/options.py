@@ -80,7 +80,7 @@ class MPCOptions:
     backend: Backend = "auto"
     constraint_tol: float | None = None
     max_outer_iter: int = 30
-    penalty_init: float = 1.0
+    penalty_init: float = 10.0
     penalty_growth: float = 10.0
     penalty_max: float | None = None
 

@@ -9,18 +9,42 @@ of the task's stage cost (``pendulum_cost()``, ``cartpole_cost()``) and is trunc
 ``gymnasium.make``'s ``TimeLimit`` after ``MAX_EPISODE_STEPS[env_id]`` steps. Each system is
 also a ``System`` record (``mpc_policy.envs.registry``): ``get_system("pendulum")`` gives its
 id, dynamics, parameters, cost and bound; ``register_system`` adds one of your own.
+
+Importing this package registers the ids (by their entry-point strings) and nothing more:
+the classes below are imported when first used, so registering costs no torch import.
 """
 
 from __future__ import annotations
 
-from mpc_policy.envs.base import DynamicsEnv
-from mpc_policy.envs.cartpole import CartPoleDynamics, CartPoleEnv, cartpole_cost, cartpole_state
-from mpc_policy.envs.model import SystemDynamics
-from mpc_policy.envs.params import CartPoleParams, PendulumParams, WindyPendulumParams
-from mpc_policy.envs.pendulum import PendulumDynamics, PendulumEnv, pendulum_cost, pendulum_state
-from mpc_policy.envs.registry import SYSTEMS, System, get_system, register_system, system_names
-from mpc_policy.envs.systems import CARTPOLE, PENDULUM, WINDY_PENDULUM
-from mpc_policy.envs.windy_pendulum import WindyPendulumDynamics, WindyPendulumEnv
+import importlib
+from typing import TYPE_CHECKING, Any
+
+import gymnasium
+
+if TYPE_CHECKING:
+    from mpc_policy.envs.base import DynamicsEnv
+    from mpc_policy.envs.cartpole import (
+        CartPoleDynamics,
+        CartPoleEnv,
+        cartpole_cost,
+        cartpole_state,
+    )
+    from mpc_policy.envs.model import SystemDynamics
+    from mpc_policy.envs.params import CartPoleParams, PendulumParams, WindyPendulumParams
+    from mpc_policy.envs.pendulum import (
+        PendulumDynamics,
+        PendulumEnv,
+        pendulum_cost,
+        pendulum_state,
+    )
+    from mpc_policy.envs.registry import (
+        SYSTEMS,
+        System,
+        get_system,
+        register_system,
+        system_names,
+    )
+    from mpc_policy.envs.windy_pendulum import WindyPendulumDynamics, WindyPendulumEnv
 
 __all__ = [
     "ENTRY_POINTS",
@@ -48,20 +72,61 @@ __all__ = [
     "system_names",
 ]
 
-# the ids of the built-in systems (``mpc_policy.envs.systems``), as Gymnasium registers them
+# the built-in systems' ids; their ``System`` records (``mpc_policy.envs.systems``) use these
 ENTRY_POINTS = {
-    system.env_id: system.entry_point
-    for system in (PENDULUM, CARTPOLE, WINDY_PENDULUM)
-    if isinstance(system.entry_point, str)
+    "mpc_policy/Pendulum-v0": "mpc_policy.envs.pendulum:PendulumEnv",
+    "mpc_policy/CartPole-v0": "mpc_policy.envs.cartpole:CartPoleEnv",
+    "mpc_policy/WindyPendulum-v0": "mpc_policy.envs.windy_pendulum:WindyPendulumEnv",
 }
-MAX_EPISODE_STEPS = {
-    system.env_id: system.max_episode_steps for system in (PENDULUM, CARTPOLE, WINDY_PENDULUM)
+# 200 steps of 0.05 s: Pendulum-v1's limit, and 10 s for the cart-pole swing-up
+MAX_EPISODE_STEPS = dict.fromkeys(ENTRY_POINTS, 200)
+
+_LAZY = {
+    "DynamicsEnv": "base",
+    "CartPoleDynamics": "cartpole",
+    "CartPoleEnv": "cartpole",
+    "cartpole_cost": "cartpole",
+    "cartpole_state": "cartpole",
+    "SystemDynamics": "model",
+    "CartPoleParams": "params",
+    "PendulumParams": "params",
+    "WindyPendulumParams": "params",
+    "PendulumDynamics": "pendulum",
+    "PendulumEnv": "pendulum",
+    "pendulum_cost": "pendulum",
+    "pendulum_state": "pendulum",
+    "SYSTEMS": "registry",
+    "System": "registry",
+    "get_system": "registry",
+    "register_system": "registry",
+    "system_names": "registry",
+    "WindyPendulumDynamics": "windy_pendulum",
+    "WindyPendulumEnv": "windy_pendulum",
 }
+
+
+def __getattr__(name: str) -> Any:
+    """The classes and functions of ``__all__``, imported on first use (PEP 562)."""
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 def register_envs() -> None:
     """Register the built-in environments under the ``mpc_policy/`` namespace; idempotent
     (an id already in the registry is left as it is, so re-importing neither fails nor
     warns). Importing this package does it."""
-    for system in (PENDULUM, CARTPOLE, WINDY_PENDULUM):
-        register_system(system)
+    for env_id, entry_point in ENTRY_POINTS.items():
+        if env_id not in gymnasium.registry:
+            gymnasium.register(
+                id=env_id, entry_point=entry_point, max_episode_steps=MAX_EPISODE_STEPS[env_id]
+            )
+
+
+register_envs()

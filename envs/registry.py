@@ -20,6 +20,7 @@ This module needs no solver: the expert that plans with these records lives in
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -168,19 +169,27 @@ class System:
 
 
 class _Registry(Mapping[str, System]):
-    """The registered systems by name (read-only; add with ``register_system``)."""
+    """The registered systems by name (read-only; add with ``register_system``). The
+    built-in ones (``mpc_policy.envs.systems``) are loaded on first use."""
 
     def __init__(self) -> None:
         self._systems: dict[str, System] = {}
+        self._builtins_loaded = False
+
+    def _all(self) -> dict[str, System]:
+        if not self._builtins_loaded:
+            self._builtins_loaded = True
+            importlib.import_module("mpc_policy.envs.systems")  # registers them
+        return self._systems
 
     def __getitem__(self, name: str) -> System:
-        return self._systems[name]
+        return self._all()[name]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._systems)
+        return iter(self._all())
 
     def __len__(self) -> int:
-        return len(self._systems)
+        return len(self._all())
 
 
 SYSTEMS = _Registry()
@@ -198,11 +207,12 @@ def register_system(system: System, *, replace: bool = False) -> System:
     """
     if not isinstance(system, System):
         raise TypeError(f"system: expected a System, received {type(system).__name__}")
-    if system.name in SYSTEMS and not replace and SYSTEMS[system.name] != system:
+    known = SYSTEMS._all()
+    if system.name in known and not replace and known[system.name] != system:
         raise ValueError(
             f"system: {system.name!r} is registered already; pass replace=True to replace it"
         )
-    SYSTEMS._systems[system.name] = system
+    known[system.name] = system
     if system.entry_point is not None and (replace or system.env_id not in gymnasium.registry):
         gymnasium.register(
             id=system.env_id,

@@ -14,6 +14,7 @@ import math
 import numpy as np
 from torch import Tensor, nn
 
+from mpc_policy.envs import ENTRY_POINTS, MAX_EPISODE_STEPS
 from mpc_policy.envs.cartpole import CartPoleDynamics, cartpole_cost
 from mpc_policy.envs.params import CartPoleParams, PendulumParams, WindyPendulumParams
 from mpc_policy.envs.pendulum import PendulumDynamics, pendulum_cost
@@ -21,6 +22,9 @@ from mpc_policy.envs.registry import System, register_system
 from mpc_policy.envs.windy_pendulum import WindyPendulumDynamics
 
 __all__ = ["CARTPOLE", "PENDULUM", "WINDY_PENDULUM", "pendulum_identifiable"]
+
+
+PENDULUM_ID, CARTPOLE_ID, WINDY_PENDULUM_ID = ENTRY_POINTS  # the ids, in this order
 
 
 def pendulum_identifiable(dynamics: nn.Module) -> dict[str, Tensor]:
@@ -43,33 +47,34 @@ def cartpole_angle(state: np.ndarray) -> float:
 PENDULUM = register_system(
     System(
         name="pendulum",
-        env_id="mpc_policy/Pendulum-v0",
+        env_id=PENDULUM_ID,
         dynamics=PendulumDynamics,
         params=PendulumParams,
         cost=pendulum_cost,
         control_bound=PendulumParams().max_torque,
         identifiable=pendulum_identifiable,
         goal_error=pendulum_angle,
-        entry_point="mpc_policy.envs.pendulum:PendulumEnv",
+        entry_point=ENTRY_POINTS[PENDULUM_ID],
+        max_episode_steps=MAX_EPISODE_STEPS[PENDULUM_ID],
     )
 )
 CARTPOLE = register_system(
     System(
         name="cartpole",
-        env_id="mpc_policy/CartPole-v0",
+        env_id=CARTPOLE_ID,
         dynamics=CartPoleDynamics,
         params=CartPoleParams,
         cost=cartpole_cost,
         control_bound=CartPoleParams().max_force,
         goal_error=cartpole_angle,
-        # 200 steps of 0.05 s: 10 s for the swing-up
-        entry_point="mpc_policy.envs.cartpole:CartPoleEnv",
+        entry_point=ENTRY_POINTS[CARTPOLE_ID],
+        max_episode_steps=MAX_EPISODE_STEPS[CARTPOLE_ID],
     )
 )
 WINDY_PENDULUM = register_system(
     System(
         name="windy_pendulum",
-        env_id="mpc_policy/WindyPendulum-v0",
+        env_id=WINDY_PENDULUM_ID,
         dynamics=WindyPendulumDynamics,
         params=WindyPendulumParams,
         cost=pendulum_cost,
@@ -78,6 +83,7 @@ WINDY_PENDULUM = register_system(
         model_params=PendulumParams,
         identifiable=pendulum_identifiable,
         goal_error=pendulum_angle,
-        entry_point="mpc_policy.envs.windy_pendulum:WindyPendulumEnv",
+        entry_point=ENTRY_POINTS[WINDY_PENDULUM_ID],
+        max_episode_steps=MAX_EPISODE_STEPS[WINDY_PENDULUM_ID],
     )
 )

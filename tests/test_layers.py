@@ -4,6 +4,8 @@ learning code builds on both (STYLE.md, "Imports point one way")."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,3 +46,24 @@ def test_the_solver_imports_no_environment_and_no_learning_code():
             if name.startswith(("mpc_policy.envs", "mpc_policy.agents"))
         )
         assert not wrong, f"{path} imports {wrong}"
+
+
+def test_registering_the_environments_imports_none_of_them():
+    """``import mpc_policy`` registers the gym ids by their entry-point strings; the
+    environment modules load when an environment or a ``System`` record is first used."""
+    code = (
+        "import sys, mpc_policy, gymnasium\n"
+        "before = sorted(m for m in sys.modules if m.startswith('mpc_policy.envs'))\n"
+        "spec = gymnasium.spec('mpc_policy/Pendulum-v0')\n"
+        "env = gymnasium.make('mpc_policy/Pendulum-v0')\n"
+        "from mpc_policy.envs.registry import get_system\n"
+        "print(before, spec.entry_point, get_system('cartpole').env_id)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == [
+        "['mpc_policy.envs']",
+        "mpc_policy.envs.pendulum:PendulumEnv",
+        "mpc_policy/CartPole-v0",
+    ]

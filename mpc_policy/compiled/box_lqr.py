@@ -139,24 +139,9 @@ def _solve(
                     du_lower[t, b, i] = lower[t, b, i] - u_bar[t, b, i]
                     du_upper[t, b, i] = upper[t, b, i] - u_bar[t, b, i]
             _recursion_element(
-                C,
-                g,
-                F,
-                du_lower,
-                du_upper,
-                True,
-                b,
-                regularization,
-                qp_max_iter,
-                qp_tol,
-                K,
-                k,
-                free,
-                chol,
-                Q,
-                pass_shift,
-                *scratch,
-            )
+                C, g, F, du_lower, du_upper, True, b, regularization, qp_max_iter, qp_tol,
+                K, k, free, chol, Q, pass_shift, scratch,
+            )  # fmt: skip
             for t in range(T):
                 shift[t, b] = max(shift[t, b], pass_shift[t, b])
             # the full step decides the fixed point (eq. (11))

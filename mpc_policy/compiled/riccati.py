@@ -125,16 +125,11 @@ def _recursion_element(
     chol,
     Q,
     shift,
-    V,
-    v,
-    VF,
-    q,
-    work,
-    k_box,
-    grad,
-    work_arrays,
+    scratch_arrays,
 ) -> None:
-    """The recursion of element b (arrays (T, B, ...)); V .. work_arrays are scratch."""
+    """The recursion of element b (arrays (T, B, ...)); ``scratch_arrays`` from
+    ``recursion_scratch``."""
+    V, v, VF, q, work, k_box, grad, work_arrays = scratch_arrays
     T, _, d = g.shape
     n = F.shape[2]
     m = d - n
@@ -228,35 +223,14 @@ def _recursion(
 ) -> None:
     B, d = g.shape[1], g.shape[2]
     n = F.shape[2]
-    V, v, VF, q, work, k_box, grad, work_arrays = recursion_scratch(n, d - n, g.dtype)
+    scratch_arrays = recursion_scratch(n, d - n, g.dtype)
+    settings = (regularization, qp_max_iter, qp_tol)
     for b in range(B):
         if active[b]:
             _recursion_element(
-                C,
-                g,
-                F,
-                lower,
-                upper,
-                bounded,
-                b,
-                regularization,
-                qp_max_iter,
-                qp_tol,
-                K,
-                k,
-                free,
-                chol,
-                Q,
-                shift,
-                V,
-                v,
-                VF,
-                q,
-                work,
-                k_box,
-                grad,
-                work_arrays,
-            )
+                C, g, F, lower, upper, bounded, b, *settings, K, k, free, chol, Q, shift,
+                scratch_arrays,
+            )  # fmt: skip
 
 
 def backward_recursion(

@@ -11,6 +11,7 @@ an unknown key or a value of the wrong type is a ``ValueError`` naming it.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 import types
 import typing
@@ -108,7 +109,8 @@ class EvaluateConfig:
 @dataclass(frozen=True)
 class ExperimentConfig:
     """A whole experiment. ``output_dir`` None: ``runs/<name>`` (``runs/<name>-<profile>``
-    under a profile)."""
+    under a profile). ``imports``: modules imported before ``system`` is looked up, e.g.
+    one that registers a system of your own (``mpc_policy.envs.registry``)."""
 
     name: str
     system: str
@@ -117,6 +119,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     output_dir: str | None = None
+    imports: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         get_system(self.system)  # a registered system (``mpc_policy.envs.registry``)
@@ -244,6 +247,20 @@ def _from_dict(prefix: str, cls: Any, values: dict[str, Any]) -> Any:
     return cls(**kwargs)
 
 
+def _import(path: str | Path, modules: Any) -> None:
+    """Import the config's ``imports`` (the modules that register its system)."""
+    if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
+        raise ValueError(f"config {path}: imports: expected a list of module names")
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise ValueError(
+                f"config {path}: imports: cannot import {module!r} ({error}); it must be "
+                "installed or on PYTHONPATH"
+            ) from None
+
+
 def load_config(
     path: str | Path, profile: str | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> ExperimentConfig:
@@ -258,6 +275,7 @@ def load_config(
         The validated ``ExperimentConfig``.
     """
     raw, chosen = read_profile(path, profile, overrides)
+    _import(path, raw.get("imports") or [])
     if chosen is not None and "output_dir" not in chosen and raw.get("output_dir") is None:
         raw["output_dir"] = f"runs/{raw.get('name', Path(path).stem)}-{profile}"
     try:

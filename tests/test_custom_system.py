@@ -1,5 +1,6 @@
 """A system we did not write, registered by a user as one ``System`` record, runs end to
-end through collect, train (mpc.dx recovers its mass) and evaluate."""
+end through collect, train (mpc.dx recovers its mass) and evaluate, from Python and from a
+config file that imports the module registering it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from mpc_policy.agents import pipeline
+from mpc_policy.agents.cli import main
 from mpc_policy.agents.config import (
     DataConfig,
     EvaluateConfig,
@@ -121,3 +123,30 @@ def test_a_custom_system_runs_through_collect_train_and_evaluate(point, tmp_path
     assert len(policy["returns"]) == len(expert["returns"]) == 2
     assert policy["success_rate"] == expert["success_rate"] == 1.0  # |position| <= 0.5 at the end
     assert policy["mean_return"] == pytest.approx(expert["mean_return"], rel=0.01)
+
+
+def test_a_config_file_imports_the_module_that_registers_its_system(tmp_path, monkeypatch, capsys):
+    (tmp_path / "my_point.py").write_text(
+        "from mpc_policy.envs.registry import register_system\n"
+        "from tests.test_custom_system import POINT\n"
+        "register_system(POINT)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = tmp_path / "point.yaml"
+    config.write_text(
+        "name: point\n"
+        "system: test_point\n"
+        "imports: [my_point]\n"
+        "data: {n_train: 4, n_val: 2, n_test: 2, horizon: 10}\n"
+        "model: {method: mpc.dx, dynamics_init: {mass: 3.0}}\n"
+        "train: {epochs: 2, batch_size: 4, lr: 0.1, progress: false}\n"
+        "evaluate: {episodes: 1, max_episode_steps: 5}\n"
+        f"output_dir: {tmp_path / 'run'}\n"
+    )
+    assert main(["run", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "(test_point, mpc.dx)" in out and "identifiable parameters: mass" in out
+    assert "verdict: " in out
+    config.write_text(config.read_text().replace("[my_point]", "[no_such_module]"))
+    assert main(["run", str(config)]) == 2
+    assert "imports: cannot import 'no_such_module'" in capsys.readouterr().err

@@ -9,13 +9,15 @@ parameters from ``MPCHealthCallback`` (``mpc/...``, ``mpc_param/...``). At the e
 the evaluation curve (deterministic return vs steps, with the learned parameters) and writes
 it to ``<log_dir>/curve.csv``.
 
-    python examples/ppo_pendulum.py                                   # tiny budget, < 1 min
-    python examples/ppo_pendulum.py --config configs/ppo_pendulum.yaml  # the full run
+    python examples/ppo_pendulum.py                                   # 1024 steps: 10 s
+    python examples/ppo_pendulum.py --config configs/ppo_pendulum.yaml  # full run: 12 min
     python examples/ppo_pendulum.py --learn "[cost.weights, dynamics]" --total-timesteps 2048
     tensorboard --logdir runs/ppo_pendulum
 
 Every option is a field of ``Args``; ``--config`` reads a YAML file of them and the other
-flags (values read as YAML) override it.
+flags (values read as YAML) override it. Times: one thread of a 2-core machine shared with
+other jobs (the full run: 20 480 steps with 10 evaluations, 6.6 CPU-minutes); a progress bar
+shows the steps and the mean episode return.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 
-from mpc_policy.sb3 import MPCActorCriticPolicy, MPCHealthCallback, learned_values
+from mpc_policy.sb3 import MPCActorCriticPolicy, MPCHealthCallback, TqdmCallback, learned_values
 
 
 @dataclass
@@ -143,7 +145,9 @@ def main(args: Args) -> list[dict[str, float]]:
         callback_after_eval=curve,
         verbose=0,
     )
-    model.learn(args.total_timesteps, callback=[MPCHealthCallback(), evaluation])
+    model.learn(
+        args.total_timesteps, callback=[MPCHealthCallback(), evaluation, TqdmCallback("PPO")]
+    )
 
     path = Path(args.log_dir) / "curve.csv"
     with path.open("w", newline="") as file:

@@ -5,6 +5,9 @@ first, and the next plan starts from the previous one shifted by one step. The p
 parameters come from examples/bc_pendulum.py (or are the true ones if that file is absent).
 
     python examples/rollout_pendulum.py --gif runs/examples/pendulum.gif
+
+About 4 s for the 200 steps, 8 s with the GIF, on one thread of a 2-core machine (twice that
+while other jobs run).
 """
 
 import argparse
@@ -14,6 +17,7 @@ from pathlib import Path
 
 import gymnasium
 import torch
+from tqdm.auto import tqdm
 
 from mpc_policy.agents.evaluate import save_gif
 from mpc_policy.agents.expert import shift_plan
@@ -50,6 +54,7 @@ policy = MPCPolicy(
     u_upper=2.0,
     solve_dtype=torch.float64,
     jacobian="analytic",
+    on_unconverged="ignore",  # acting with the best plan found; unconverged solves are counted
 )
 if Path(args.policy).is_file():
     policy.load_state_dict(torch.load(args.policy, weights_only=True))
@@ -63,7 +68,8 @@ env = gymnasium.make(
     render_mode="rgb_array" if args.gif else None,
 )
 obs, _ = env.reset(seed=args.seed)
-frames, total, plan, done = [], 0.0, None, False
+frames, total, plan, done, unconverged = [], 0.0, None, False, 0
+bar = tqdm(total=args.max_steps, desc="rollout", unit="step")
 while not done:
     if args.gif:
         frames.append(env.render())
@@ -72,15 +78,18 @@ while not done:
             torch.as_tensor(obs), u_init=None if plan is None else shift_plan(plan)
         )
     plan = solution.u  # (1, T, 1): next step's warm start
+    unconverged += int((~solution.info.converged).sum())
     obs, reward, terminated, truncated, _ = env.step(solution.u[0, 0].numpy())
     total += float(reward)
     done = terminated or truncated
+    bar.update()
+bar.close()
 env.close()
 
 angle = math.degrees(math.atan2(obs[1], obs[0]))
 print(
     f"return {total:.2f} over {args.max_steps} steps; final angle {angle:.1f} deg from upright; "
-    f"last solve converged: {bool(policy.last_info.all_converged)}"
+    f"{unconverged} solves stopped before a fixed point (raise max_iter if many)"
 )
 if args.gif:
     print(f"GIF: {save_gif(frames, args.gif, fps=20.0)}")

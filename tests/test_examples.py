@@ -1,4 +1,4 @@
-"""The examples run as scripts (subprocesses) on tiny budgets."""
+"""The examples run as scripts (subprocesses) on tiny budgets, without warnings."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ def run(script: str, *args: str) -> str:
         timeout=300,
     )
     assert completed.returncode == 0, completed.stderr
+    assert "Warning" not in completed.stderr, completed.stderr  # nothing is wrong here
     return completed.stdout
 
 

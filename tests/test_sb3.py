@@ -384,3 +384,15 @@ def test_nan_observation_is_named_not_planned_from():
     obs[1, 2] = np.nan
     with pytest.raises(ValueError, match=r"obs: rows \[1\] of 3 contain NaN or Inf"):
         model.predict(obs, deterministic=True)
+
+
+def test_only_the_sb3_package_imports_sb3_and_the_package_import_does_not():
+    sources = [*(ROOT / "mpc_policy").glob("*.py"), *(ROOT / "mpc_policy").glob("*/**/*.py")]
+    importing = {
+        path.relative_to(ROOT).as_posix()
+        for path in sources
+        if "stable_baselines3" in path.read_text() and "sb3" not in path.parent.name
+    }
+    assert not importing, importing
+    check = "import sys, mpc_policy; assert 'stable_baselines3' not in sys.modules"
+    subprocess.run([sys.executable, "-c", check], check=True, cwd=ROOT, timeout=120)

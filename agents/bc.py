@@ -174,10 +174,12 @@ class Trainer:
         self.best = dict(state["best"])
         self.epoch = int(state["epoch"])
         self.last_train_loss = float(state["last_train_loss"])
-        self.objective.load_state_dict(state["objective"])
+        # a checkpoint of an earlier version kept the warm starts alone and no curves
+        objective = state.get("objective", {"warm_starts": state.get("warm_starts")})
+        self.objective.load_state_dict(objective)
         self.curves = {
             tag: {e: v for e, v in values.items() if e <= self.epoch}
-            for tag, values in state["curves"].items()
+            for tag, values in state.get("curves", {}).items()
         }
         return True
 

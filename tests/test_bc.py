@@ -161,6 +161,9 @@ def test_a_resumed_run_equals_an_uninterrupted_one(data_path, tmp_path):
     straight = pipeline.train(config_b)
     assert resumed.epochs_done == straight.epochs_done == 3
     assert resumed.test_loss_at_best_val == straight.test_loss_at_best_val
+    # the curves in memory span both calls of the interrupted run
+    assert sorted(resumed.curves["loss/val"]) == [0, 1, 2, 3]
+    assert resumed.curves == straight.curves
     a = pipeline.load_policy(config_a, "last").state_dict()
     b = pipeline.load_policy(config_b, "last").state_dict()
     for name in b:
@@ -214,3 +217,18 @@ def test_a_checkpoint_of_another_experiment_is_refused(data_path, tmp_path):
     other = make_config(tmp_path, data_path, model={"dynamics_init": {"gravity": 11.0}})
     with pytest.raises(ValueError, match="different 'model' config"):
         pipeline.train(other)
+
+
+def test_a_checkpoint_of_the_earlier_layout_resumes(data_path, tmp_path):
+    """Checkpoints written before the objective's state and the curves were saved (the
+    warm starts alone, under "warm_starts") still resume."""
+    config = make_config(tmp_path, data_path, train={"epochs": 2})
+    pipeline.train(config, stop_after=1)
+    path = tmp_path / "checkpoints" / "last.pt"
+    state = torch.load(path, weights_only=True)
+    state["warm_starts"] = state.pop("objective")["warm_starts"]
+    del state["curves"]
+    save_checkpoint(path, state)
+    result = pipeline.train(config)
+    assert result.epochs_done == 2
+    assert sorted(result.curves["loss/val"]) == [2]  # the earlier epochs: in tensorboard only

@@ -50,6 +50,7 @@ __all__ = [
     "ENTRY_POINTS",
     "MAX_EPISODE_STEPS",
     "SYSTEMS",
+    "VARIANTS",
     "CartPoleDynamics",
     "CartPoleEnv",
     "CartPoleParams",
@@ -80,6 +81,9 @@ ENTRY_POINTS = {
 }
 # 200 steps of 0.05 s: Pendulum-v1's limit, and 10 s for the cart-pole swing-up
 MAX_EPISODE_STEPS = dict.fromkeys(ENTRY_POINTS, 200)
+# variants of the built-in systems, registered here too so that one import of the package
+# is enough for gymnasium.make (the cart-pole on a finite track, ``CartPoleTrackEnv``)
+VARIANTS = {"mpc_policy/CartPoleTrack-v0": "mpc_policy.envs.cartpole:CartPoleTrackEnv"}
 
 _LAZY = {
     "DynamicsEnv": "base",
@@ -122,10 +126,12 @@ def register_envs() -> None:
     """Register the built-in environments under the ``mpc_policy/`` namespace; idempotent
     (an id already in the registry is left as it is, so re-importing neither fails nor
     warns). Importing this package does it."""
-    for env_id, entry_point in ENTRY_POINTS.items():
+    for env_id, entry_point in {**ENTRY_POINTS, **VARIANTS}.items():
         if env_id not in gymnasium.registry:
             gymnasium.register(
-                id=env_id, entry_point=entry_point, max_episode_steps=MAX_EPISODE_STEPS[env_id]
+                id=env_id,
+                entry_point=entry_point,
+                max_episode_steps=MAX_EPISODE_STEPS.get(env_id, 200),
             )
 
 

@@ -55,6 +55,7 @@ def test_registering_the_environments_imports_none_of_them():
         "import sys, mpc_policy, gymnasium\n"
         "before = sorted(m for m in sys.modules if m.startswith('mpc_policy.envs'))\n"
         "spec = gymnasium.spec('mpc_policy/Pendulum-v0')\n"
+        "gymnasium.spec('mpc_policy/CartPoleTrack-v0')\n"
         "env = gymnasium.make('mpc_policy/Pendulum-v0')\n"
         "from mpc_policy.envs.registry import get_system\n"
         "print(before, spec.entry_point, get_system('cartpole').env_id)\n"

@@ -110,10 +110,14 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
-    """The classes and functions of ``__all__``, imported on first use (PEP 562)."""
-    if name not in _LAZY:
+    """The classes and functions of ``__all__`` and the submodules, imported on first use
+    (PEP 562)."""
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    elif name in set(_LAZY.values()) | {"systems"}:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
     globals()[name] = value
     return value
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,6 +27,7 @@ def run(script: str, *args: str) -> str:
     return completed.stdout
 
 
+@pytest.mark.slow
 def test_behaviour_cloning_then_rollout(tmp_path):
     saved = tmp_path / "policy.pt"
     out = run(

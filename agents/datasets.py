@@ -242,6 +242,32 @@ def _check_consistency(path: Path, metadata: dict[str, Any], arrays: dict[str, n
                 )
 
 
+def _check_schema(path: Path, contents: dict[str, np.ndarray], horizon: int) -> None:
+    """Each array of ``SCHEMA`` has its dtype and shape, the sizes agree across arrays
+    (N steps, T = the expert's horizon, n, m, o) and the floats are finite."""
+    n_steps = contents["episodes"].shape[0] if contents["episodes"].ndim == 1 else -1
+    sizes: dict[str, int] = {"N": n_steps, "T": horizon}
+    for key, (dtype, symbols) in SCHEMA.items():
+        array = contents[key]
+        if array.dtype != dtype:
+            raise DatasetError(
+                f"{path}: {key!r} has dtype {array.dtype}, expected {np.dtype(dtype)}"
+            )
+        if array.ndim != len(symbols):
+            raise DatasetError(
+                f"{path}: {key!r} has shape {array.shape}, expected ({', '.join(symbols)})"
+            )
+        for axis, symbol in enumerate(symbols):
+            size = sizes.setdefault(symbol, array.shape[axis])
+            if array.shape[axis] != size:
+                raise DatasetError(
+                    f"{path}: {key!r} has shape {array.shape}, but axis {axis} ({symbol}) "
+                    f"should be {size} like the other arrays"
+                )
+        if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+            raise DatasetError(f"{path}: {key!r} contains NaN or Inf")
+
+
 def load_dataset(path: str | Path, expect: dict[str, Any] | None = None) -> ExpertDataset:
     """Read and validate a dataset file.
 
@@ -280,27 +306,7 @@ def load_dataset(path: str | Path, expect: dict[str, Any] | None = None) -> Expe
             f"{path}: unknown array(s) {unknown}; a dataset holds exactly {sorted(SCHEMA)} "
             "and 'metadata' (remove the others)"
         )
-    n_steps = contents["episodes"].shape[0] if contents["episodes"].ndim == 1 else -1
-    sizes: dict[str, int] = {"N": n_steps, "T": metadata["expert"]["horizon"]}
-    for key, (dtype, symbols) in SCHEMA.items():
-        array = contents[key]
-        if array.dtype != dtype:
-            raise DatasetError(
-                f"{path}: {key!r} has dtype {array.dtype}, expected {np.dtype(dtype)}"
-            )
-        if array.ndim != len(symbols):
-            raise DatasetError(
-                f"{path}: {key!r} has shape {array.shape}, expected ({', '.join(symbols)})"
-            )
-        for axis, symbol in enumerate(symbols):
-            size = sizes.setdefault(symbol, array.shape[axis])
-            if array.shape[axis] != size:
-                raise DatasetError(
-                    f"{path}: {key!r} has shape {array.shape}, but axis {axis} ({symbol}) "
-                    f"should be {size} like the other arrays"
-                )
-        if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
-            raise DatasetError(f"{path}: {key!r} contains NaN or Inf")
+    _check_schema(path, contents, metadata["expert"]["horizon"])
     _check_consistency(path, metadata, contents)
     n_episodes = sum(metadata["splits"][s] for s in SPLITS)
     episodes = contents["episodes"]

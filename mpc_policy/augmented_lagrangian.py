@@ -37,6 +37,10 @@ from mpc_policy.solution import SolverInfo, Status
 
 __all__ = ["ALResult", "AugmentedCost", "RestrictableModel", "augmented_lagrangian"]
 
+# box-DDP iterations of each solve after the first: the multipliers are updated from inexact
+# minimizers (iLQR converges linearly on a penalized problem; its last digits are worth
+# less than an update), and the final test asks the solve to reach the user's tol
+_LATER_MAX_ITER = 10
 _CONVERGED, _MAX_ITER = int(Status.CONVERGED), int(Status.MAX_ITER)
 _NONFINITE, _INFEASIBLE = int(Status.NONFINITE), int(Status.INFEASIBLE)
 
@@ -160,7 +164,11 @@ def augmented_lagrangian(
     final = min(user_tol, 0.1 * tol)
 
     def tighter(k: int) -> MPCOptions:
-        return dataclasses.replace(options, tol=max(final, user_tol * 0.1 ** (k - 1)))
+        return dataclasses.replace(
+            options,
+            tol=max(final, user_tol * 0.1 ** (k - 1)),
+            max_iter=min(options.max_iter, _LATER_MAX_ITER),
+        )
 
     lam = multipliers.detach().clone()
     rho = torch.full((B,), min(options.penalty_init, rho_max), dtype=dtype, device=device)
@@ -218,10 +226,10 @@ def augmented_lagrangian(
         nonfinite = codes == _NONFINITE
         solved = (codes == _CONVERGED) | ((codes == _MAX_ITER) & (report.residual <= user_tol))
         converged = solved & (residual <= tol)
-        # a second solve at the largest penalty that did not halve the violation: the
-        # constraints cannot be met
+        # a second solve at the largest penalty, solved to the user's tol, that did not halve
+        # the violation: the constraints cannot be met
         limit_r = torch.where(rho_r >= rho_max, at_limit.index_select(0, rows) + 1, 0)
-        stuck = (limit_r >= 2) & (violation > tol)
+        stuck = solved & (limit_r >= 2) & (violation > tol)
         stuck &= violation > 0.5 * last_violation.index_select(0, rows)
         infeasible = ~converged & ~nonfinite & stuck
         code = torch.where(solved, _MAX_ITER, codes.long())

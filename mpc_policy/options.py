@@ -57,7 +57,8 @@ class MPCOptions:
             residual max |min(-g, mu)| (the violation included) is at most this. None picks a
             default for the dtype (1e-8 in float64, 1e-4 in float32). The box-DDP solves
             inside run at tolerance min(tol, constraint_tol / 10).
-        max_outer_iter: with ``constraints``: augmented-Lagrangian multiplier updates.
+        max_outer_iter: with ``constraints``: augmented-Lagrangian multiplier updates (the
+            box-DDP solve after each runs at most 10 iterations, the first ``max_iter``).
         penalty_init: with ``constraints``: the initial penalty rho of the augmented cost.
         penalty_growth: with ``constraints``: the factor (> 1) rho grows by when the residual
             did not fall below a quarter of its last value.
@@ -79,7 +80,7 @@ class MPCOptions:
     regularization: float = 1e-8
     backend: Backend = "auto"
     constraint_tol: float | None = None
-    max_outer_iter: int = 30
+    max_outer_iter: int = 50
     penalty_init: float = 10.0
     penalty_growth: float = 10.0
     penalty_max: float | None = None

@@ -148,13 +148,7 @@ def constrained_forward(
             )
             x = x_sub if rows is None else x.index_copy(1, rows, x_sub)
             u = u_sub if rows is None else u.index_copy(1, rows, u_sub)
-    if opts.on_unconverged == "zero_grad" and not info.all_converged:
-        keep = info.converged.view(1, -1, 1)
-        x = torch.where(keep, x, x.detach())
-        u = torch.where(keep, u, u.detach())
-    x, u = x.transpose(0, 1), u.transpose(0, 1)
-    with on_rows(rows, B):
-        value = mpc._cost_value(cost, checked_cost, x, u, rows)
+    x, u, value = mpc._finish(x, u, info, rows, cost, checked_cost)
     report = ConstraintReport(
         values=result.values,
         multipliers=result.multipliers,

@@ -43,7 +43,7 @@ from mpc_policy.fixed_point import implicit_solution
 from mpc_policy.ilqr import DDPResult, box_ddp
 from mpc_policy.linearize import cost_derivatives, dynamics_jacobian
 from mpc_policy.options import MPCOptions
-from mpc_policy.solution import Solution
+from mpc_policy.solution import Solution, SolverInfo
 from mpc_policy.validation import (
     check_bounds,
     check_finite,
@@ -301,14 +301,29 @@ class MPC(nn.Module):
                     )
                 x = x_sub if rows is None else x.index_copy(1, rows, x_sub)
                 u = u_sub if rows is None else u.index_copy(1, rows, u_sub)
-        if opts.on_unconverged == "zero_grad" and not info.all_converged:
+        x, u, value = self._finish(x, u, info, rows, cost, checked_cost)
+        return Solution(x, u, value, info)
+
+    def _finish(
+        self,
+        x: Tensor,
+        u: Tensor,
+        info: SolverInfo,
+        rows: Tensor | None,
+        cost: nn.Module,
+        checked: CheckedCost,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Batch-first x (B, T, n), u (B, T, m) and their cost (B,) from the time-major
+        solution x (T, B, n), u (T, B, m), with ``on_unconverged="zero_grad"`` applied;
+        ``rows`` (k,) are the finite elements (all if None)."""
+        if self.options.on_unconverged == "zero_grad" and not info.all_converged:
             keep = info.converged.view(1, -1, 1)
             x = torch.where(keep, x, x.detach())
             u = torch.where(keep, u, u.detach())
         x, u = x.transpose(0, 1), u.transpose(0, 1)
-        with on_rows(rows, x_init.shape[0]):
-            value = self._cost_value(cost, checked_cost, x, u, rows)
-        return Solution(x, u, value, info)
+        with on_rows(rows, x.shape[0]):
+            value = self._cost_value(cost, checked, x, u, rows)
+        return x, u, value
 
     def _restricted(
         self, cost: nn.Module, dynamics: nn.Module, rows: Tensor

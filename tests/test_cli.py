@@ -129,12 +129,10 @@ def _seconds(*args: str) -> float:
 
 
 def test_help_is_quick():
-    """``--help`` imports nothing of the learning stack: it costs what importing the
-    package costs (measured here: 1.5 s idle, 3.5 s on a loaded 2-core machine, nearly all
-    of it torch, which ``import mpc_policy`` loads) plus well under a second."""
-    package = _seconds("-c", "import mpc_policy")
-    help_time = _seconds("-m", "mpc_policy.agents.cli", "--help")
-    assert help_time < package + 1.0
+    """``--help`` imports neither torch nor the learning stack (``import mpc_policy`` loads
+    its names lazily): 0.5 s here idle. The bound is generous, for loaded machines; what
+    is loaded is the exact check."""
+    assert _seconds("-m", "mpc_policy.agents.cli", "--help") < 3.0
     loaded = subprocess.run(
         [
             sys.executable,
@@ -142,14 +140,16 @@ def test_help_is_quick():
             "import sys\n"
             "from mpc_policy.agents import cli\n"
             "cli._parser().format_help()\n"
-            "print(sorted(m for m in sys.modules if m.startswith('mpc_policy.agents')))",
+            "print(sorted(m for m in sys.modules if m.startswith('mpc_policy.agents')))\n"
+            "print('torch' in sys.modules)",
         ],
         cwd=ROOT,
         capture_output=True,
         text=True,
         check=True,
-    ).stdout
-    assert loaded.strip() == "['mpc_policy.agents', 'mpc_policy.agents.cli']"
+    ).stdout.split("\n")
+    assert loaded[0] == "['mpc_policy.agents', 'mpc_policy.agents.cli']"
+    assert loaded[1] == "False"
 
 
 def test_the_usage_advertises_only_options_that_parse(capsys):

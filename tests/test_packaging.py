@@ -49,3 +49,20 @@ def test_one_import_registers_the_environments(tmp_path):
         [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_the_package_loads_its_names_lazily(tmp_path):
+    """``import mpc_policy`` costs no torch; each public name loads on first use, and the
+    function box_qp keeps its name when its module of the same name is imported."""
+    script = (
+        "import importlib, sys, mpc_policy\n"
+        "print('torch' in sys.modules)\n"
+        "importlib.import_module('mpc_policy.box_qp')\n"
+        "from mpc_policy import MPC, box_qp, lqr_solve\n"
+        "print(callable(box_qp) and not isinstance(box_qp, type(sys)), 'torch' in sys.modules)\n"
+        "print(set(mpc_policy.__all__) <= set(dir(mpc_policy)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["False", "True", "True", "True"]

@@ -320,3 +320,77 @@ def test_bad_inputs_name_the_argument(build: dict, call: dict, error: type, matc
     with pytest.raises(error, match=match):
         mpc = MPC(3, 1, T, -2.0, 2.0, **build)
         mpc(_starts(2, seed=0), pendulum_cost(), PendulumDynamics(g=2.0), **call)
+
+
+class SharedLookingLimit(PerElementLimit):
+    """The per-element limit without ``select_batch``: the solver cannot restrict it, so
+    every outer step solves the whole batch and keeps the rows still running."""
+
+    select_batch = None  # type: ignore[assignment]
+
+
+def test_a_module_that_cannot_be_restricted_gives_the_same_answer() -> None:
+    B = 6
+    x_init = _starts(B, seed=10)
+    limit = 0.3 + 0.5 * torch.rand(B, generator=torch.Generator().manual_seed(11), dtype=F64)
+    solutions = []
+    for module in (PerElementLimit(limit), SharedLookingLimit(limit)):
+        with torch.no_grad():
+            solutions.append(_solve(x_init, module))
+    restricted, whole = solutions
+    assert restricted.constraints is not None and whole.constraints is not None
+    outer = restricted.constraints.outer_iterations
+    assert int(outer.min()) < int(outer.max()) and restricted.info.all_converged
+    torch.testing.assert_close(whole.u, restricted.u, rtol=0, atol=1e-10)
+    torch.testing.assert_close(
+        whole.constraints.multipliers, restricted.constraints.multipliers, rtol=0, atol=1e-9
+    )
+    assert torch.equal(whole.constraints.outer_iterations, outer)
+
+
+class NaNBeyond(nn.Module):
+    """Pendulum dynamics that return NaN once the velocity exceeds 5 (one poisoned row)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pendulum = PendulumDynamics(g=2.0)
+
+    def forward(self, x: Tensor, u: Tensor) -> Tensor:
+        out = self.pendulum(x, u)
+        return torch.where(x[..., 2:3].abs() > 5, torch.full_like(out, float("nan")), out)
+
+
+def test_a_nonfinite_element_is_nan_and_out_of_the_gradient() -> None:
+    x_init = _starts(4, seed=12)
+    x_init[1, 2] = 9.0
+    x_init.requires_grad_(True)
+    dynamics = NaNBeyond()
+    constraints = VelocityLimit(20.0)
+    mpc = MPC(3, 1, T, -2.0, 2.0, constraints=constraints)
+    with pytest.warns(RuntimeWarning, match=r"NONFINITE at indices \[1\]"):
+        solution = mpc(x_init, pendulum_cost(), dynamics)
+    assert solution.info.status_names[1] == "NONFINITE"
+    assert bool(solution.u[1].isnan().all()) and not bool(solution.u[[0, 2, 3]].isnan().any())
+    solution.u[[0, 2, 3]].sum().backward()
+    params = [x_init.grad, *(p.grad for p in dynamics.parameters())]
+    assert all(g is not None and bool(torch.isfinite(g).all()) for g in params)
+
+
+def test_a_horizon_of_one_step() -> None:
+    # one step, no dynamics: u_1 minimizes 0.001 u^2 subject to u >= e (g = D tau + e)
+    x_init = _starts(2, seed=13).requires_grad_(True)
+    floor = AffineConstraints(
+        torch.tensor([[0.0, 0.0, 0.0, -1.0]], dtype=F64), torch.tensor([0.5], dtype=F64)
+    )
+    mpc = MPC(3, 1, 1, -2.0, 2.0, constraints=floor, **TIGHT)
+    solution = mpc(x_init, pendulum_cost(), PendulumDynamics(g=2.0))
+    report = solution.constraints
+    assert report is not None and solution.info.all_converged
+    torch.testing.assert_close(solution.u, torch.full((2, 1, 1), 0.5, dtype=F64))
+    torch.testing.assert_close(report.multipliers, torch.full((2, 1, 1), 1e-3, dtype=F64))
+    solution.u.sum().backward()
+    torch.testing.assert_close(floor.e.grad, torch.tensor([2.0], dtype=F64))
+    # u = (D_x x_1 + e) / (-D_u): du/dD_x = x_1, du/dD_u = u = 0.5, du/dx_1 = D_x = 0
+    expected = torch.cat([x_init.detach().sum(0), torch.tensor([1.0], dtype=F64)])
+    torch.testing.assert_close(floor.D.grad, expected.view(1, -1))
+    torch.testing.assert_close(x_init.grad, torch.zeros_like(x_init))

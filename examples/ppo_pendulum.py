@@ -32,11 +32,10 @@ from typing import Any
 import torch
 import yaml
 from stable_baselines3 import PPO
-from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
+from stable_baselines3.common.callbacks import EvalCallback
 from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.evaluation import evaluate_policy
 
-from mpc_policy.sb3 import MPCActorCriticPolicy, MPCHealthCallback, TqdmCallback, learned_values
+from mpc_policy.sb3 import EvaluationCurve, MPCActorCriticPolicy, MPCHealthCallback, TqdmCallback
 
 
 @dataclass
@@ -80,31 +79,6 @@ def parse_args() -> Args:
     return Args(**values)
 
 
-class CurveRecorder(BaseCallback):
-    """After each evaluation (as EvalCallback's ``callback_after_eval``): one curve row,
-    then reseed the evaluation environments so that every evaluation starts from the same
-    states (the curve then compares policies, not start states)."""
-
-    def __init__(self, eval_seed: int) -> None:
-        super().__init__()
-        self.eval_seed = eval_seed
-        self.rows: list[dict[str, float]] = []
-
-    def record(self, steps: int, returns: list[float]) -> None:
-        row = {"steps": float(steps), "mean_return": sum(returns) / len(returns)}
-        row["std_return"] = float(torch.tensor(returns, dtype=torch.float64).std(correction=0))
-        for name, value in learned_values(self.model.policy.mpc).items():
-            for i, entry in enumerate(value.flatten().tolist()):
-                row[f"{name}[{i}]" if value.numel() > 1 else name] = entry
-        self.rows.append(row)
-
-    def _on_step(self) -> bool:
-        assert isinstance(self.parent, EvalCallback)
-        self.record(self.num_timesteps, list(self.parent.evaluations_results[-1]))
-        self.parent.eval_env.seed(self.eval_seed)
-        return True
-
-
 def main(args: Args) -> list[dict[str, float]]:
     torch.set_num_threads(args.torch_threads)
     limit = {} if args.episode_steps is None else {"max_episode_steps": args.episode_steps}
@@ -133,10 +107,9 @@ def main(args: Args) -> list[dict[str, float]]:
         tensorboard_log=args.log_dir,
         seed=args.seed,
     )
-    curve = CurveRecorder(eval_seed)
+    curve = EvaluationCurve(eval_seed)
     curve.init_callback(model)
-    returns, _ = evaluate_policy(model, eval_env, args.eval_episodes, return_episode_rewards=True)
-    curve.record(0, [float(r) for r in returns])
+    curve.evaluate(eval_env, args.eval_episodes)
     evaluation = EvalCallback(
         eval_env,
         n_eval_episodes=args.eval_episodes,

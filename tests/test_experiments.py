@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mpc_policy.agents.experiments import imitation, lqr_imitation, windy_pendulum
+from mpc_policy.agents.experiments import imitation, lqr_imitation, ppo_pendulum, windy_pendulum
 from mpc_policy.agents.experiments.bc_trials import experiment_config, resolve_trials
 from mpc_policy.agents.experiments.runner import load_sweep_config
 
@@ -126,3 +126,24 @@ def test_windy_pendulum_mpc_dx_imitates_better_than_sysid(tmp_path):
         curve = record.result["test_sysid_loss"]
         assert len(curve) == len(record.result["epoch"]) and all(v > 0 for v in curve)
     assert (tmp_path / "figures" / "fig5_windy_pendulum_test.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_ppo_sweep_runs_every_method_and_reuses_trials(tmp_path):
+    """The RL curve's test profile: the three methods, their curves on the same evaluation
+    steps, the summary and the figure; a rerun reuses the trials."""
+    finals = ppo_pendulum.main(_args("ppo_pendulum", tmp_path))
+    assert set(finals) == {*ppo_pendulum.METHODS, "records"}
+    records = finals["records"]
+    assert {r.config["method"] for r in records} == set(ppo_pendulum.METHODS)
+    steps = [r.result["steps"] for r in records]
+    assert all(s == [0, 128, 256] for s in steps), steps
+    true_cost = next(r for r in records if r.config["method"] == "mpc_true")
+    assert len(set(true_cost.result["mean_return"])) == 1  # a fixed policy: one evaluation
+    learned = next(r for r in records if r.config["method"] == "mpc")
+    assert learned.result["weights"] != [1.0, 1.0, 0.1, 10.0]  # PPO moved the weights
+    summary = (tmp_path / "out" / "summary_test.md").read_text()
+    assert "| steps | mpc | mpc_true | mlp |" in summary
+    assert (tmp_path / "figures" / "ppo_pendulum_test.png").stat().st_size > 0
+    again = ppo_pendulum.main(_args("ppo_pendulum", tmp_path))
+    assert all(r.reused for r in again["records"])

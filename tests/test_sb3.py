@@ -387,12 +387,37 @@ def test_nan_observation_is_named_not_planned_from():
 
 
 def test_only_the_sb3_package_imports_sb3_and_the_package_import_does_not():
+    """In the solver package and the environments; the learning layer (agents/, whose RL
+    experiment trains SB3 models) imports it inside the functions that use it."""
     sources = [*(ROOT / "mpc_policy").glob("*.py"), *(ROOT / "mpc_policy").glob("*/**/*.py")]
     importing = {
         path.relative_to(ROOT).as_posix()
         for path in sources
-        if "stable_baselines3" in path.read_text() and "sb3" not in path.parent.name
+        if "stable_baselines3" in path.read_text()
+        and "sb3" not in path.parent.name
+        and not path.relative_to(ROOT).as_posix().startswith("mpc_policy/agents/")
     }
     assert not importing, importing
     check = "import sys, mpc_policy; assert 'stable_baselines3' not in sys.modules"
     subprocess.run([sys.executable, "-c", check], check=True, cwd=ROOT, timeout=120)
+
+
+def test_evaluation_curve_says_what_it_needs_of_its_eval_callback():
+    """EvaluationCurve reads the episode returns an EvalCallback keeps with a log path."""
+    from stable_baselines3.common.callbacks import EvalCallback
+
+    from mpc_policy.sb3 import EvaluationCurve
+
+    limit = {"max_episode_steps": 5}
+    env = make_vec_env(PENDULUM, n_envs=2, seed=0, env_kwargs=limit)
+    eval_env = make_vec_env(PENDULUM, n_envs=2, seed=7, env_kwargs=limit)
+    kwargs = {"env_id": PENDULUM, "horizon": 3, "learn": ["cost.weights"]}
+    model = PPO(MPCActorCriticPolicy, env, n_steps=8, batch_size=16, n_epochs=1,
+                policy_kwargs=kwargs, seed=0)  # fmt: skip
+    curve = EvaluationCurve(eval_seed=7)
+    curve.init_callback(model)
+    curve.evaluate(eval_env, 2)
+    assert curve.rows[0]["steps"] == 0.0 and "cost.weights[3]" in curve.rows[0]
+    evaluation = EvalCallback(eval_env, n_eval_episodes=2, eval_freq=4, callback_after_eval=curve)
+    with pytest.raises(ValueError, match="log_path"):
+        model.learn(16, callback=evaluation)

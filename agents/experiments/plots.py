@@ -33,11 +33,13 @@ class Series:
 
 @dataclass(frozen=True)
 class Panel:
-    """One subplot: a title, a y label and its series (log-scale y)."""
+    """One subplot: a title, a y label and its series (log-scale y unless ``log_y`` is
+    False)."""
 
     title: str
     ylabel: str
     series: Sequence[Series]
+    log_y: bool = True
 
 
 def _draw_series(axis: plt.Axes, series: Series, color: str | None) -> None:
@@ -58,7 +60,8 @@ def plot_curves(path: str | Path, panels: Sequence[Panel], xlabel: str) -> Path:
     for axis, panel in zip(axes[0], panels):
         for series in panel.series:
             _draw_series(axis, series, None)
-        axis.set_yscale("log")
+        if panel.log_y:
+            axis.set_yscale("log")
         axis.set_title(panel.title)
         axis.set_xlabel(xlabel)
         axis.set_ylabel(panel.ylabel)

@@ -27,7 +27,7 @@ and its per-phase report), ``on_policy`` (PPO, A2C), ``off_policy`` (SAC, TD3),
 
 from mpc_policy.sb3.actor import MPCActor, SolverHealth
 from mpc_policy.sb3.building import build_mpc, environment_model, learned_values, load_mpc_weights
-from mpc_policy.sb3.callbacks import MPCHealthCallback, TqdmCallback
+from mpc_policy.sb3.callbacks import EvaluationCurve, MPCHealthCallback, TqdmCallback
 from mpc_policy.sb3.off_policy import (
     MPCDeterministicActor,
     MPCSACPolicy,
@@ -37,6 +37,7 @@ from mpc_policy.sb3.off_policy import (
 from mpc_policy.sb3.on_policy import MPCActorCriticPolicy
 
 __all__ = [
+    "EvaluationCurve",
     "MPCActor",
     "MPCActorCriticPolicy",
     "MPCDeterministicActor",

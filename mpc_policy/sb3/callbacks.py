@@ -3,21 +3,25 @@
 ``MPCHealthCallback`` records, at the end of every rollout, what the actors' solves reported
 since the previous one (``SolverHealth``) and the learned parameters. ``TqdmCallback`` is a
 progress bar on plain tqdm (SB3's ``progress_bar=True`` needs the extra ``rich`` package)
-that also shows the mean episode return.
+that also shows the mean episode return. ``EvaluationCurve`` keeps the learning curve of
+an ``EvalCallback`` in memory, every evaluation from the same start states.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from stable_baselines3.common.callbacks import BaseCallback
+import torch
+from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.vec_env import VecEnv
 from tqdm.auto import tqdm
 
 from mpc_policy.policy import MPCPolicy
 from mpc_policy.sb3.actor import MPCActor, SolverHealth
 from mpc_policy.sb3.building import learned_values
 
-__all__ = ["MPCHealthCallback", "TqdmCallback"]
+__all__ = ["EvaluationCurve", "MPCHealthCallback", "TqdmCallback"]
 
 
 class MPCHealthCallback(BaseCallback):
@@ -96,3 +100,60 @@ class TqdmCallback(BaseCallback):
     def _on_training_end(self) -> None:
         assert self.bar is not None
         self.bar.close()
+
+
+class EvaluationCurve(BaseCallback):
+    """The evaluation curve of a run: one row per evaluation, the environments reseeded
+    after each, so that every evaluation starts from the same states (the curve then
+    compares policies, not start states).
+
+    Pass it as ``EvalCallback(..., log_path=..., callback_after_eval=curve)`` (the episode
+    returns are kept by an EvalCallback with a log path), and call ``evaluate`` for an
+    evaluation outside it (e.g. before learning; ``init_callback(model)`` first). A row
+    holds ``steps``, ``mean_return``, ``std_return`` over the evaluation's episodes and,
+    for an MPC policy, every entry of its learned parameters (``learned_values``).
+
+    Args:
+        eval_seed: the seed the evaluation environments are reset to after each evaluation.
+    """
+
+    def __init__(self, eval_seed: int) -> None:
+        super().__init__()
+        self.eval_seed = eval_seed
+        self.rows: list[dict[str, float]] = []
+
+    def evaluate(self, eval_env: VecEnv, n_episodes: int) -> None:
+        """Evaluate the model now (deterministic actions), record the row and reseed."""
+        returns, _ = evaluate_policy(self.model, eval_env, n_episodes, return_episode_rewards=True)
+        assert isinstance(returns, list)  # return_episode_rewards: one return per episode
+        self.record(self.model.num_timesteps, [float(r) for r in returns])
+        eval_env.seed(self.eval_seed)
+
+    def record(self, steps: int, returns: list[float]) -> None:
+        """Append the row of an evaluation at ``steps`` with episode ``returns``."""
+        episodes = torch.tensor(returns, dtype=torch.float64)
+        row = {
+            "steps": float(steps),
+            "mean_return": float(episodes.mean()),
+            "std_return": float(episodes.std(correction=0)),
+        }
+        mpcs = [m for m in self.model.policy.modules() if isinstance(m, MPCPolicy)]
+        for name, value in learned_values(mpcs[0]).items() if mpcs else ():
+            for i, entry in enumerate(value.flatten().tolist()):
+                row[f"{name}[{i}]" if value.numel() > 1 else name] = entry
+        self.rows.append(row)
+
+    def _on_step(self) -> bool:
+        if not isinstance(self.parent, EvalCallback):
+            raise TypeError(
+                "EvaluationCurve: expected to run as an EvalCallback's callback_after_eval, "
+                f"received parent {type(self.parent).__name__}"
+            )
+        if not self.parent.evaluations_results:
+            raise ValueError(
+                "EvaluationCurve: expected an EvalCallback with log_path set (it keeps the "
+                "episode returns), received log_path=None"
+            )
+        self.record(self.num_timesteps, [float(r) for r in self.parent.evaluations_results[-1]])
+        self.parent.eval_env.seed(self.eval_seed)
+        return True

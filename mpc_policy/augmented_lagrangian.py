@@ -158,8 +158,9 @@ def augmented_lagrangian(
     rho_max = options.penalty_limit(dtype)
     # box-DDP stops when its full step is below its tolerance, without taking it: after the
     # first solve, whose multiplier update may be all there is to do, the solves run at a
-    # tolerance that the updates' steps exceed (a solve that reaches only the user's own
-    # tolerance, chattering across the kink of max(0, .)^2, still counts as converged)
+    # tolerance tightening towards one that the updates' steps exceed, for at most
+    # _LATER_MAX_ITER iterations; a solve stopped there that reached the user's own
+    # tolerance counts as solved
     user_tol = options.tolerance(dtype)
     final = min(user_tol, 0.1 * tol)
 
@@ -193,16 +194,16 @@ def augmented_lagrangian(
         model = make_model(AugmentedCost(cost, constraints, lam, rho))
         restricted = model if rows.numel() == B else model.restrict(rows, B)
         # modules that cannot be restricted: the whole batch is solved, ``rows`` kept
-        solved = None if restricted is None or rows.numel() == B else rows
+        subset = None if restricted is None or rows.numel() == B else rows
         pick = rows if restricted is None else None
         sub = model if restricted is None else restricted
         with torch.inference_mode():
             result = box_ddp(
                 sub,
-                _take(x_init.detach(), solved, 0),
-                _take(u, solved, 1).contiguous(),
-                _take(lower, solved, 1),
-                _take(upper, solved, 1),
+                _take(x_init.detach(), subset, 0),
+                _take(u, subset, 1).contiguous(),
+                _take(lower, subset, 1),
+                _take(upper, subset, 1),
                 options if outer_iteration == 0 else tighter(outer_iteration),
                 warn_regularization=False,
                 kernels=kernels,

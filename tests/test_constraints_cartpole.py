@@ -88,7 +88,7 @@ def test_the_constrained_expert_keeps_plans_on_the_track() -> None:
 def test_the_example_learns_the_track_limit(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "constrained_cartpole.py"),
-         "--steps", "12", "--lr", "0.06", "--rollout-steps", "3"],
+         "--steps", "8", "--lr", "0.06", "--rollout-steps", "3"],
         capture_output=True, text=True, cwd=tmp_path, timeout=600, check=True,
     )  # fmt: skip
     learned = float(result.stdout.split("learned limit ")[1].split()[0])

@@ -12,7 +12,7 @@ step) and keeps the cart on the track.
 
     python examples/constrained_cartpole.py
 
-About 40 s (one thread of a 2-core machine).
+About 30 s (one thread of a 2-core machine).
 """
 
 import argparse

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mpc_policy.box_qp import BoxQPResult, box_qp
+    from mpc_policy.constraints import ConstraintReport
     from mpc_policy.costs import GoalWeightedCost, QuadraticCost
     from mpc_policy.dynamics import AffineDynamics
     from mpc_policy.lqr import lqr_solve
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 _LAZY = {
     "BoxQPResult": "box_qp",
     "box_qp": "box_qp",
+    "ConstraintReport": "constraints",
     "GoalWeightedCost": "costs",
     "QuadraticCost": "costs",
     "AffineDynamics": "dynamics",
@@ -65,6 +67,7 @@ __all__ = [
     "MPC",
     "AffineDynamics",
     "BoxQPResult",
+    "ConstraintReport",
     "ConvergenceError",
     "GoalWeightedCost",
     "MPCOptions",

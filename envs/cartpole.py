@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import gymnasium
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -41,7 +40,7 @@ __all__ = [
     "cartpole_state",
 ]
 
-# the track-limited variant's Gymnasium id (registered below, on import)
+# the track-limited variant's Gymnasium id (registered by ``mpc_policy.envs``, VARIANTS)
 TRACK_ENV_ID = "mpc_policy/CartPoleTrack-v0"
 
 
@@ -340,11 +339,3 @@ class CartPoleTrackEnv(CartPoleEnv):
         super()._draw(canvas)
         for end in (-self.track_limit, self.track_limit):
             canvas.rod((end, -0.2), (end, 0.2), 0.03, (200, 0, 0))
-
-
-if TRACK_ENV_ID not in gymnasium.registry:
-    gymnasium.register(
-        id=TRACK_ENV_ID,
-        entry_point="mpc_policy.envs.cartpole:CartPoleTrackEnv",
-        max_episode_steps=200,
-    )

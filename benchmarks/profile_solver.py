@@ -28,13 +28,13 @@ from torch.profiler import ProfilerActivity, profile
 from mpc_policy import MPC, QuadraticCost
 
 ilqr = importlib.import_module("mpc_policy.ilqr")
-mpc_module = importlib.import_module("mpc_policy.mpc")
+module_model = importlib.import_module("mpc_policy.module_model")
 PARTS = {
     "backward recursion": (ilqr, "_backward_pass"),
     "rollouts": (ilqr, "rollout"),
-    "costs": (mpc_module.ModuleModel, "total_cost"),
-    "linearization": (mpc_module.ModuleModel, "linearize"),
-    "quadratization": (mpc_module.ModuleModel, "quadratize"),
+    "costs": (module_model.ModuleModel, "total_cost"),
+    "linearization": (module_model.ModuleModel, "linearize"),
+    "quadratization": (module_model.ModuleModel, "quadratize"),
 }
 
 

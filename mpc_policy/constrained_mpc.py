@@ -13,7 +13,6 @@ every gradient, as in the unconstrained solve; one that cannot meet its constrai
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -24,6 +23,7 @@ from mpc_policy.backend import select
 from mpc_policy.constraints import CheckedConstraints, ConstraintReport, complementarity
 from mpc_policy.contract import CheckedCost, CheckedDynamics, on_rows, restrict
 from mpc_policy.kkt import kkt_solution
+from mpc_policy.module_model import ModuleModel
 from mpc_policy.solution import Solution, Status
 from mpc_policy.validation import check_finite, check_tensor
 
@@ -55,7 +55,6 @@ def _multipliers(value: Tensor | None, shape: tuple[int, int, int], like: Tensor
 
 def constrained_forward(
     mpc: MPC,
-    model_class: Callable[..., Any],
     x_init: Tensor,
     lower: Tensor | None,
     upper: Tensor | None,
@@ -68,7 +67,6 @@ def constrained_forward(
 
     Args:
         mpc: the controller (options, sizes, constraints, its helpers for restricted rows).
-        model_class: ``mpc.ModuleModel``, the box-DDP model of a cost and the dynamics.
         x_init: (B, n) initial states (checked).
         lower, upper: (B, T, m) control bounds or None (checked, completed).
         u_init: (B, T, m) warm start of the controls.
@@ -94,7 +92,7 @@ def constrained_forward(
     kernels = select(opts.backend, x_init.device)
 
     def make_model(augmented: Any) -> Any:
-        return model_class(CheckedCost(augmented), checked_dynamics, opts, create_graph=False)
+        return ModuleModel(CheckedCost(augmented), checked_dynamics, opts, create_graph=False)
 
     result = augmented_lagrangian(
         make_model,

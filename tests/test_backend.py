@@ -330,9 +330,9 @@ def test_solving_the_moving_elements_alone_changes_no_answer(
 ) -> None:
     """Once half the batch has stopped, box-DDP goes on with the moving elements alone
     (``Model.restrict``): values, iteration counts and gradients equal the whole-batch loop."""
-    mpc_module = importlib.import_module("mpc_policy.mpc")
+    module_model = importlib.import_module("mpc_policy.module_model")
     dynamics = PendulumDynamics()
-    restrict = mpc_module.ModuleModel.restrict
+    restrict = module_model.ModuleModel.restrict
     calls: list[int] = []
 
     def counting(self, rows, batch):
@@ -342,7 +342,7 @@ def test_solving_the_moving_elements_alone_changes_no_answer(
     results = {}
     for compact in (True, False):
         monkeypatch.setattr(
-            mpc_module.ModuleModel, "restrict", counting if compact else lambda *a: None
+            module_model.ModuleModel, "restrict", counting if compact else lambda *a: None
         )
         mpc = MPC(3, 1, 10, u_lower=-2.0, u_upper=2.0, backend=backend)
         cost = pendulum_cost()

@@ -96,8 +96,8 @@ class _CandidateCosts:
     candidate. Built once per solve, on first use.
     """
 
-    def __init__(self, model: Model, batch: int) -> None:
-        self.model, self.batch = model, batch
+    def __init__(self, model: Model) -> None:
+        self.model = model
         self.tiled: dict[int, Model | None] = {}
 
     def __call__(self, x: Tensor, u: Tensor) -> Tensor:
@@ -106,7 +106,7 @@ class _CandidateCosts:
         if L not in self.tiled:
             restrict = getattr(self.model, "restrict", None)
             rows = torch.arange(B, device=x.device).repeat(L)
-            self.tiled[L] = restrict(rows, B) if callable(restrict) and B > 0 else None
+            self.tiled[L] = restrict(rows, B) if callable(restrict) else None
         tiled = self.tiled[L]
         if tiled is None:
             return torch.stack([self.model.total_cost(x[i], u[i]) for i in range(L)])
@@ -191,7 +191,7 @@ def box_ddp(
         options.max_line_search, dtype=dtype, device=device
     )
     together = B * (options.max_line_search - 1) <= _CANDIDATE_ROWS
-    candidate_costs = _CandidateCosts(model, B)
+    candidate_costs = _CandidateCosts(model)
 
     converged = torch.zeros(B, dtype=torch.bool, device=device)
     iterations = torch.zeros(B, dtype=torch.long, device=device)

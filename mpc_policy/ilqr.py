@@ -37,6 +37,9 @@ __all__ = ["DDPResult", "Model", "box_ddp", "rollout"]
 # Line-search candidates are rolled out together while the batch of all of them has at most
 # this many rows (beyond it, arithmetic outweighs the tensor operations saved).
 _CANDIDATE_ROWS = 1024
+# Every step size is rolled out at once (full step included) while its batch of candidates
+# has at most this many rows; beyond it the full step goes first, alone.
+_ALL_CANDIDATES_ROWS = 320
 
 
 class DDPResult(NamedTuple):
@@ -286,7 +289,7 @@ def box_ddp(
         iterations = iterations + pending.long()
         # a step whose cost change is below the rounding of the cost is not refused
         threshold = cost_bar.detach() + 10.0 * eps * (1.0 + cost_bar.detach().abs())
-        if together and not affine and B > 1:
+        if B * options.max_line_search <= _ALL_CANDIDATES_ROWS and not affine and B > 1:
             # every step size in one rollout and one cost call: the tensor operations of a
             # single rollout, and no second rollout when some element refuses the full step
             # (a lone element mostly takes the full step: it rolls that out alone, below)

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from mpc_policy.box_qp import box_qp, clamped_set, masked_cholesky, masked_solve
+from mpc_policy.solution import user_stacklevel
 
 _MAX_SHIFTS = 40
 
@@ -107,7 +108,7 @@ def warn_regularized(shift: Tensor, mask: Tensor | None) -> None:
                 f"{reported[:10]}; regularized by adding up to "
                 f"{float(shift[t].max()):.2e} * I",
                 RuntimeWarning,
-                stacklevel=4,
+                stacklevel=user_stacklevel(),
             )
 
 

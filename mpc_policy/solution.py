@@ -22,7 +22,9 @@ __all__ = ["SOURCE_COST", "SOURCE_DYNAMICS", "ConvergenceError", "Solution", "So
 # (not of mpc_policy.envs, .agents or .sb3, which call it for a user) and of torch's
 # (``nn.Module.__call__`` is two frames of torch/nn/modules/module.py)
 _PACKAGE = os.path.dirname(os.path.abspath(__file__))
-_SOLVER_DIRS = frozenset({_PACKAGE, os.path.join(_PACKAGE, "compat")})
+_SOLVER_DIRS = frozenset(
+    {_PACKAGE, os.path.join(_PACKAGE, "compat"), os.path.join(_PACKAGE, "compiled")}
+)
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
 
 # where a NONFINITE element's NaN or Inf came from (``SolverInfo.nonfinite_source``)

@@ -393,3 +393,16 @@ def test_a_lone_element_with_per_element_data_is_not_tiled() -> None:
     tiled = torch.zeros(10, dtype=torch.long)
     assert contract.restrictable(PerElement(), 1, tiled) is None
     assert contract.restrictable(PerElement(), 1, torch.zeros(1, dtype=torch.long)) is not None
+
+
+@pytest.mark.parametrize("backend", ["compiled", "torch"])
+def test_a_regularization_warning_points_at_the_users_call(backend: str) -> None:
+    """The warning of an indefinite Q_uu names the caller's line, not a solver module."""
+    C, g, F, _, _ = _riccati_data(5, 4, 3, 2, seed=3, dtype=F64, indefinite=True)
+    x_init = torch.randn(4, 3, dtype=F64, generator=torch.Generator().manual_seed(0))
+    C, c, F = C.transpose(0, 1), g.transpose(0, 1), F.transpose(0, 1)
+    f = torch.zeros(4, 4, 3, dtype=F64)
+    with pytest.warns(RuntimeWarning, match="not positive definite") as caught:
+        lqr_solve(x_init, C, c, F, f, -1.0, 1.0, backend=backend, on_unconverged="ignore")
+    regularized = [w for w in caught if "not positive definite" in str(w.message)]
+    assert {w.filename for w in regularized} == {__file__}

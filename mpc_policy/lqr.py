@@ -151,13 +151,13 @@ def _bounded_solve(
         # box_ddp owns the report of elements that turn non-finite
         return box_ddp(model, x_init, u_init, lower, upper, options, kernels=kernels)
     warn_regularized(solved.shift, None)
-    free = ~solved.stalled
     info = ddp_info(
         solved.iterations,
         solved.converged,
         solved.stalled,
         torch.zeros(solved.cost.shape, dtype=torch.int8),
-        indefinite_rows(model.C, model.F, solved.gains, free, options.regularization),
+        # curvature is checked where box_ddp checks it: on the elements that did not stall
+        indefinite_rows(model.C, model.F, solved.gains, ~solved.stalled, options.regularization),
         solved.residual,
         solved.step_size,
         kernels.name,

@@ -28,36 +28,11 @@ from torch import Tensor
 
 from mpc_policy.compiled._arrays import as_array
 from mpc_policy.compiled.riccati import _recursion_element, recursion_scratch
+from mpc_policy.compiled.rollout import rollout_element
 from mpc_policy.options import MPCOptions
 from mpc_policy.riccati import Gains
 
 __all__ = ["BoxLQRResult", "solve_box_lqr"]
-
-
-@njit(cache=True, nogil=True)
-def _rollout(b, F, f, x_init, u_bar, x_bar, K, k, alpha, feedback, lower, upper, x, u) -> None:
-    """Element b's rollout under u_t = clamp(u_bar_t + alpha k_t + K_t (x_t - x_bar_t))
-    into x (T, n), u (T, m); without ``feedback``, u_bar clamped."""
-    T, m = u.shape
-    n = x.shape[1]
-    for i in range(n):
-        x[0, i] = x_init[b, i]
-    for t in range(T):
-        for i in range(m):
-            value = u_bar[t, b, i]
-            if feedback:
-                value += alpha * k[t, b, i]
-                for j in range(n):
-                    value += K[t, b, i, j] * (x[t, j] - x_bar[t, b, j])
-            u[t, i] = min(max(value, lower[t, b, i]), upper[t, b, i])
-        if t < T - 1:
-            for i in range(n):
-                s = f[t, b, i]
-                for j in range(n):
-                    s += F[t, b, i, j] * x[t, j]
-                for j in range(m):
-                    s += F[t, b, i, n + j] * u[t, j]
-                x[t + 1, i] = s
 
 
 @njit(cache=True, nogil=True)
@@ -122,7 +97,9 @@ def _solve(
     u_try = np.empty((T, m), dtype=dtype)
     for b in range(B):
         # the initial trajectory: u_bar (clamped by the caller) rolled out
-        _rollout(b, F, f, x_init, u_bar, x_bar, K, k, one, False, lower, upper, x_try, u_try)
+        rollout_element(
+            b, F, f, x_init, u_bar, x_bar, K, k, one, False, True, lower, upper, x_try, u_try
+        )
         x_bar[:, b] = x_try
         cost_bar[b] = _cost(b, C, c, x_try, u_try, half)
         finite[b] = np.isfinite(x_try).all() and math.isfinite(cost_bar[b])
@@ -145,7 +122,9 @@ def _solve(
             for t in range(T):
                 shift[t, b] = max(shift[t, b], pass_shift[t, b])
             # the full step decides the fixed point (eq. (11))
-            _rollout(b, F, f, x_init, u_bar, x_bar, K, k, one, True, lower, upper, x_try, u_try)
+            rollout_element(
+                b, F, f, x_init, u_bar, x_bar, K, k, one, True, True, lower, upper, x_try, u_try
+            )
             change = u_bar[0, b, 0] * 0
             size = u_bar[0, b, 0] * 0
             for t in range(T):
@@ -161,22 +140,10 @@ def _solve(
             taken = False
             for a in range(alphas.shape[0]):
                 if a > 0:
-                    _rollout(
-                        b,
-                        F,
-                        f,
-                        x_init,
-                        u_bar,
-                        x_bar,
-                        K,
-                        k,
-                        alphas[a],
-                        True,
-                        lower,
-                        upper,
-                        x_try,
-                        u_try,
-                    )
+                    rollout_element(
+                        b, F, f, x_init, u_bar, x_bar, K, k, alphas[a], True, True, lower,
+                        upper, x_try, u_try,
+                    )  # fmt: skip
                 cost = _cost(b, C, c, x_try, u_try, half)
                 if cost <= threshold:
                     x_bar[:, b] = x_try

@@ -18,43 +18,51 @@ from torch import Tensor
 
 from mpc_policy.compiled._arrays import as_array
 
-__all__ = ["affine_rollout"]
+__all__ = ["affine_rollout", "rollout_element"]
+
+
+@njit(cache=True, nogil=True)
+def rollout_element(
+    b, F, f, x_init, u_bar, x_bar, K, k, alpha, feedback, bounded, lower, upper, x, u
+) -> None:
+    """Element b's rollout into x (T, n), u (T, m): u_t = u_bar_t (+ alpha k_t +
+    K_t (x_t - x_bar_t) with ``feedback``), clamped to [lower_t, upper_t] if ``bounded``."""
+    T, m = u.shape
+    n = x.shape[1]
+    for i in range(n):
+        x[0, i] = x_init[b, i]
+    for t in range(T):
+        for i in range(m):
+            value = u_bar[t, b, i]
+            if feedback:
+                value += alpha * k[t, b, i]
+                for j in range(n):
+                    value += K[t, b, i, j] * (x[t, j] - x_bar[t, b, j])
+            if bounded:
+                value = min(max(value, lower[t, b, i]), upper[t, b, i])
+            u[t, i] = value
+        if t < T - 1:
+            Ft = F[t, b]
+            for i in range(n):
+                s = f[t, b, i]
+                for j in range(n):
+                    s += Ft[i, j] * x[t, j]
+                for j in range(m):
+                    s += Ft[i, n + j] * u[t, j]
+                x[t + 1, i] = s
 
 
 @njit(cache=True, nogil=True)
 def _rollout(
     F, f, x_init, u_bar, x_bar, K, k, alphas, lower, upper, feedback, bounded, x_out, u_out
 ) -> None:
-    T, B, m = u_bar.shape
-    n = x_init.shape[1]
+    B = u_bar.shape[1]
     for a in range(alphas.shape[0]):
-        alpha = alphas[a]
         for b in range(B):
-            x = x_out[a, 0, b]
-            for i in range(n):
-                x[i] = x_init[b, i]
-            for t in range(T):
-                x = x_out[a, t, b]
-                u = u_out[a, t, b]
-                for i in range(m):
-                    value = u_bar[t, b, i]
-                    if feedback:
-                        value += alpha * k[t, b, i]
-                        for j in range(n):
-                            value += K[t, b, i, j] * (x[j] - x_bar[t, b, j])
-                    if bounded:
-                        value = min(max(value, lower[t, b, i]), upper[t, b, i])
-                    u[i] = value
-                if t < T - 1:
-                    Ft = F[t, b]
-                    x_next = x_out[a, t + 1, b]
-                    for i in range(n):
-                        s = f[t, b, i]
-                        for j in range(n):
-                            s += Ft[i, j] * x[j]
-                        for j in range(m):
-                            s += Ft[i, n + j] * u[j]
-                        x_next[i] = s
+            rollout_element(
+                b, F, f, x_init, u_bar, x_bar, K, k, alphas[a], feedback, bounded, lower,
+                upper, x_out[a, :, b], u_out[a, :, b],
+            )  # fmt: skip
 
 
 def affine_rollout(

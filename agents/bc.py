@@ -9,10 +9,11 @@ minibatches, for any subset of its parameters. Each epoch it evaluates the loss 
 validation and test trajectories; the reported figure is the test loss at the epoch of the
 best validation loss. The ``Trainer`` is given an objective (what is predicted and
 minimized), an ``Optimization`` (optimizer, schedule, parameter groups) and a metrics sink;
-the curves come back in memory in the ``TrainResult``. With ``RunCheckpoints`` every epoch
-ends with an atomic checkpoint (model, optimizer, scheduler, epoch, random generators, the
-objective's state, best so far, curves), from which an interrupted run resumes as if it had
-not stopped.
+the curves come back in memory in the ``TrainResult``. With ``RunCheckpoints`` every
+evaluated epoch (``Loop.eval_every``) and the last of a call end with an atomic checkpoint
+(model, optimizer, scheduler, epoch, random generators, the objective's state, best so far,
+curves), from which an interrupted run resumes as if it had not stopped. ``Loop.patience``
+ends a run early once the validation loss has stopped improving.
 """
 
 from __future__ import annotations
@@ -39,11 +40,39 @@ SPLITS = ("train", "val", "test")
 
 @dataclass(frozen=True)
 class Loop:
-    """The training loop's own settings: epochs in all, minibatch size, shuffling seed."""
+    """The training loop's own settings.
+
+    Attributes:
+        epochs: the most epochs in all.
+        batch_size: minibatch size.
+        seed: the shuffling seed.
+        eval_every: evaluate (validation and test loss, best checkpoint, curves) every this
+            many epochs, and after the last one.
+        patience: stop early once this many epochs have passed since the validation loss
+            of the objective (``Objective.monitor``: the imitation loss, or the transition
+            loss of sysid) last improved by more than ``min_delta`` (relative) on its best
+            value; None trains all ``epochs``.
+        min_delta: the relative improvement that counts for ``patience`` (0.01: 1 %).
+    """
 
     epochs: int
     batch_size: int
     seed: int = 0
+    eval_every: int = 1
+    patience: int | None = None
+    min_delta: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "eval_every"):
+            value = getattr(self, name)
+            if value < 1:
+                raise ValueError(f"{name}: expected an integer >= 1, received {value}")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(
+                f"patience: expected None or an integer >= 1, received {self.patience}"
+            )
+        if not 0 <= self.min_delta < 1:
+            raise ValueError(f"min_delta: expected a float in [0, 1), received {self.min_delta}")
 
 
 @dataclass
@@ -62,6 +91,7 @@ class TrainResult:
     last_train_loss: float
     checkpoint: str | None
     best_checkpoint: str | None
+    stopped_early: bool = False
     curves: dict[str, dict[int, float]] = field(default_factory=dict, repr=False)
     identifiable: dict[str, list[float | None]] = field(default_factory=dict)
 
@@ -102,6 +132,8 @@ class Trainer:
         self.shuffle = torch.Generator().manual_seed(loop.seed)
         self.epoch = 0
         self.best = {"epoch": -1, "val": float("inf"), "test": float("inf")}
+        # the last improvement by more than loop.min_delta, for loop.patience
+        self.improved = {"epoch": -1, "val": float("inf")}
         self.last_train_loss = float("nan")
         self.curves: dict[str, dict[int, float]] = {}
 
@@ -156,6 +188,7 @@ class Trainer:
             "shuffle": self.shuffle.get_state(),
             "rng": capture_rng(),
             "best": dict(self.best),
+            "improved": dict(self.improved),
             "last_train_loss": self.last_train_loss,
             "objective": self.objective.state_dict(),
             "curves": {tag: dict(values) for tag, values in self.curves.items()},
@@ -172,6 +205,9 @@ class Trainer:
         self.shuffle.set_state(state["shuffle"])
         restore_rng(state["rng"])
         self.best = dict(state["best"])
+        self.improved = dict(
+            state.get("improved", {"epoch": self.best["epoch"], "val": self.best["val"]})
+        )
         self.epoch = int(state["epoch"])
         self.last_train_loss = float(state["last_train_loss"])
         # a checkpoint of an earlier version kept the warm starts alone and no curves
@@ -183,7 +219,38 @@ class Trainer:
         }
         return True
 
-    def _end_epoch(self, scalars: dict[str, float]) -> None:
+    def _evaluates(self) -> bool:
+        """Whether this epoch is evaluated: epoch 0, every ``eval_every``-th, and one that
+        would be the last (``epochs`` reached or ``patience`` over)."""
+        return (
+            self.epoch % self.loop.eval_every == 0
+            or self.epoch >= self.loop.epochs
+            or self._patience_over()
+        )
+
+    def _patience_over(self) -> bool:
+        patience = self.loop.patience
+        return patience is not None and self.epoch - self.improved["epoch"] >= patience
+
+    def _end_epoch(self, scalars: dict[str, float], checkpoint: bool = False) -> None:
+        """Log the epoch; evaluate it (``_evaluates``) and then checkpoint it, or
+        checkpoint it anyway when ``checkpoint`` (the last epoch of a call)."""
+        summary = {}
+        evaluated = self._evaluates()
+        if evaluated:
+            self._evaluate_epoch(scalars)
+            summary["val"] = scalars["loss/val"]
+        self.last_train_loss = scalars.get("loss/train", self.last_train_loss)
+        for tag, value in scalars.items():
+            self.curves.setdefault(tag, {})[self.epoch] = float(value)
+        self.sink.scalars(self.epoch, scalars)
+        if self.checkpoints is not None and (evaluated or checkpoint):
+            self.checkpoints.save_last(self._state())
+        self.sink.epoch_done(self.epoch, {"train": self.last_train_loss, **summary})
+
+    def _evaluate_epoch(self, scalars: dict[str, float]) -> None:
+        """Add the validation and test losses (and the objective's diagnostics) to the
+        epoch's scalars; keep the best model and the last improvement."""
         for split in ("val", "test"):
             scalars[f"loss/{split}"] = self.evaluate(split)
             check_loss(self.epoch, scalars[f"loss/{split}"], f"{split} loss")
@@ -199,18 +266,13 @@ class Trainer:
                 )
         scalars["loss/test_at_best_val"] = self.best["test"]
         scalars.update(self.objective.diagnostics())
-        self.last_train_loss = scalars.get("loss/train", self.last_train_loss)
-        for tag, value in scalars.items():
-            self.curves.setdefault(tag, {})[self.epoch] = float(value)
-        self.sink.scalars(self.epoch, scalars)
-        if self.checkpoints is not None:
-            self.checkpoints.save_last(self._state())
-        self.sink.epoch_done(
-            self.epoch, {"train": self.last_train_loss, "val": scalars["loss/val"]}
-        )
+        monitored = scalars[self.objective.monitor]
+        if monitored < self.improved["val"] * (1.0 - self.loop.min_delta):
+            self.improved = {"epoch": self.epoch, "val": monitored}
 
     def fit(self, stop_after: int | None = None) -> TrainResult:
-        """Train up to ``loop.epochs`` epochs (resuming first if a checkpoint exists).
+        """Train up to ``loop.epochs`` epochs (resuming first if a checkpoint exists), or
+        until ``loop.patience`` ends the run.
 
         Args:
             stop_after: stop after this many epochs in this call (an interruption that
@@ -224,12 +286,16 @@ class Trainer:
                 with summarize_warnings("epoch 0 (before training): "):
                     self._end_epoch({"loss/train": self.evaluate("train")})
             done_here = 0
-            while self.epoch < total and (stop_after is None or done_here < stop_after):
+            while (
+                self.epoch < total
+                and not self._patience_over()
+                and (stop_after is None or done_here < stop_after)
+            ):
                 self.epoch += 1
                 with summarize_warnings(f"epoch {self.epoch}: "):
                     scalars = self._train_epoch(self.epoch)
-                    self._end_epoch(scalars)
-                done_here += 1
+                    done_here += 1
+                    self._end_epoch(scalars, checkpoint=done_here == stop_after)
         finally:
             self.sink.close()
         checkpoints = self.checkpoints
@@ -241,5 +307,6 @@ class Trainer:
             last_train_loss=self.last_train_loss,
             checkpoint=None if checkpoints is None else str(checkpoints.last),
             best_checkpoint=None if checkpoints is None else str(checkpoints.best),
+            stopped_early=self.epoch < total and self._patience_over(),
             curves={tag: dict(values) for tag, values in self.curves.items()},
         )

@@ -77,7 +77,10 @@ class TrainConfig:
     RMSprop (lr 1e-2, alpha 0.5) for the MPC methods and sysid, Adam (lr 1e-4) for nn.
     ``warm_start``: each sample's solve starts from its previous solution, reset to zeros
     every ``warm_start_reset`` epochs (the paper's code: 50). ``n_train`` uses only the
-    first n training trajectories."""
+    first n training trajectories. ``eval_every``: the validation and test losses are
+    computed every this many epochs (and after the last); ``patience``: stop once this many
+    epochs have passed since the validation loss last fell by more than ``min_delta``
+    (relative) below its best (None: train all ``epochs``)."""
 
     epochs: int = 20
     batch_size: int = 32
@@ -89,6 +92,9 @@ class TrainConfig:
     warm_start: bool = True
     warm_start_reset: int = 50
     n_train: int | None = None
+    eval_every: int = 1
+    patience: int | None = None
+    min_delta: float = 0.0
     progress: bool = True
 
 
@@ -130,6 +136,7 @@ class ExperimentConfig:
             "train.epochs": self.train.epochs,
             "train.batch_size": self.train.batch_size,
             "train.warm_start_reset": self.train.warm_start_reset,
+            "train.eval_every": self.train.eval_every,
             "evaluate.episodes": self.evaluate.episodes,
             "evaluate.gif_every": self.evaluate.gif_every,
         }
@@ -142,6 +149,14 @@ class ExperimentConfig:
         if self.train.lr is not None and not 0 < self.train.lr < math.inf:
             raise ValueError(
                 f"train.lr: expected a finite positive float, received {self.train.lr}"
+            )
+        if self.train.patience is not None and self.train.patience < 1:
+            raise ValueError(
+                f"train.patience: expected None or an integer >= 1, received {self.train.patience}"
+            )
+        if not 0 <= self.train.min_delta < 1:
+            raise ValueError(
+                f"train.min_delta: expected a float in [0, 1), received {self.train.min_delta}"
             )
         if not 0 < self.train.alpha < 1:
             raise ValueError(

@@ -125,7 +125,14 @@ def resolve(config: ExperimentConfig | Experiment) -> Experiment:
         optimizer=OptimizerSettings.paper_default(
             config.model.method == "nn", train.optimizer, train.lr, train.alpha, train.scheduler
         ),
-        loop=Loop(train.epochs, train.batch_size, train.seed),
+        loop=Loop(
+            train.epochs,
+            train.batch_size,
+            train.seed,
+            eval_every=train.eval_every,
+            patience=train.patience,
+            min_delta=train.min_delta,
+        ),
         n_train=train.n_train,
         warm_start=train.warm_start,
         warm_start_reset=train.warm_start_reset,

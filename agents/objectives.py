@@ -51,6 +51,11 @@ class Objective(Protocol):
     def learner(self) -> nn.Module:
         """The module whose parameters are learned."""
 
+    @property
+    def monitor(self) -> str:
+        """The scalar tag whose decrease ``Loop.patience`` waits for: the validation value
+        of the loss being minimized."""
+
     def predict(self, batch: Batch) -> tuple[Tensor, SolverInfo | None]:
         """Predicted nominal actions (B, T, m) and the solver's report (None: no solver)."""
 
@@ -120,6 +125,7 @@ class ImitationObjective:
         report: distances to the truth, logged as ``model_error/<name>``.
         transitions: test (x_plan (N, T, n), u (N, T, m)): their next-state loss under the
             learner's dynamics is logged as ``loss/test_sysid``.
+        val_transitions: the same of the validation split, logged as ``loss/val_sysid``.
     """
 
     def __init__(
@@ -129,6 +135,7 @@ class ImitationObjective:
         warm_start_reset: int = 50,
         report: ModelReport | None = None,
         transitions: tuple[Tensor, Tensor] | None = None,
+        val_transitions: tuple[Tensor, Tensor] | None = None,
     ) -> None:
         if not isinstance(learner, MPCPolicy | SequenceNetwork):
             raise TypeError(
@@ -140,6 +147,12 @@ class ImitationObjective:
         self.warm_start_reset = warm_start_reset
         self.report = report
         self.transitions = transitions
+        self.val_transitions = val_transitions
+
+    @property
+    def monitor(self) -> str:
+        """The validation imitation loss."""
+        return "loss/val"
 
     def predict(self, batch: Batch) -> tuple[Tensor, SolverInfo | None]:
         if isinstance(self.learner, SequenceNetwork):
@@ -165,10 +178,12 @@ class ImitationObjective:
             errors = self.report.errors(self.learner)
             scalars.update({f"model_error/{k}": v for k, v in errors.items()})
         scalars.update({f"params/{k}": v for k, v in parameter_values(self.learner).items()})
-        if self.transitions is not None and isinstance(self.learner, MPCPolicy):
-            with torch.no_grad():
-                loss = transition_loss(self.learner.dynamics, *self.transitions)
-            scalars["loss/test_sysid"] = float(loss)
+        if isinstance(self.learner, MPCPolicy):
+            for split, data in (("test", self.transitions), ("val", self.val_transitions)):
+                if data is not None:
+                    with torch.no_grad():
+                        loss = transition_loss(self.learner.dynamics, *data)
+                    scalars[f"loss/{split}_sysid"] = float(loss)
         return scalars
 
     def state_dict(self) -> dict[str, Any]:

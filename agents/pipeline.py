@@ -107,11 +107,14 @@ def _objective(
     if experiment.warm_start and mpc:
         sizes = {name: int(split["x"].shape[0]) for name, split in splits.items()}
         warm = WarmStarts(sizes, experiment.data.horizon, experiment.system.n_ctrl)
-    test = splits["test"]
-    transitions = (test["x_plan"], test["u"]) if mpc and method in DYNAMICS_METHODS else None
+    test, val = splits["test"], splits["val"]
+    transitions = val_transitions = None
+    if mpc and method in DYNAMICS_METHODS:
+        transitions = (test["x_plan"], test["u"])
+        val_transitions = (val["x_plan"], val["u"])
     report = ModelReport(experiment.system, method, experiment.data.env_params)
     kind = SysIdObjective if method == "sysid" else ImitationObjective
-    return kind(learner, warm, experiment.warm_start_reset, report, transitions)
+    return kind(learner, warm, experiment.warm_start_reset, report, transitions, val_transitions)
 
 
 def train(

@@ -34,6 +34,12 @@ class SysIdObjective(ImitationObjective):
         super().__init__(learner, *args, **kwargs)  # type: ignore[arg-type]
         self.policy: MPCPolicy = learner
 
+    @property
+    def monitor(self) -> str:
+        """The validation transition loss (the loss minimized), when the validation
+        transitions were given; else the validation imitation loss."""
+        return "loss/val_sysid" if self.val_transitions is not None else "loss/val"
+
     def train_loss(self, batch: Batch) -> tuple[Tensor, dict[str, float], SolverInfo | None]:
         dynamics = self.policy.dynamics
         loss = transition_loss(dynamics, batch.x_plan.to(torch.float64), batch.u)

@@ -131,6 +131,21 @@ CONFIG_CASES = [
         "name: x\nsystem: pendulum\ntrain: {alpha: 1.5}\n",
         r"train.alpha: expected a float in \(0, 1\)",
     ),
+    (
+        "patience",
+        "name: x\nsystem: pendulum\ntrain: {patience: 0}\n",
+        r"train.patience: expected None or an integer >= 1, received 0",
+    ),
+    (
+        "min_delta",
+        "name: x\nsystem: pendulum\ntrain: {min_delta: 1.0}\n",
+        r"train.min_delta: expected a float in \[0, 1\), received 1.0",
+    ),
+    (
+        "eval_every",
+        "name: x\nsystem: pendulum\ntrain: {eval_every: 0}\n",
+        r"train.eval_every: expected an integer >= 1, received 0",
+    ),
     ("system", "name: x\nsystem: acrobot\n", r"system: expected one of"),
     ("top level list", "- 1\n- 2\n", r"expected a mapping at the top level"),
 ]

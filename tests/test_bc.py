@@ -174,6 +174,47 @@ def test_a_resumed_run_equals_an_uninterrupted_one(data_path, tmp_path):
         assert logged_a[tag] == logged_b[tag]
 
 
+def test_patience_ends_the_run_once_the_validation_loss_stops_improving(data_path, tmp_path):
+    # min_delta 0.999: only a 1000-fold drop of the validation loss counts as progress, which
+    # two RMSprop steps at lr 1e-2 from the paper's start cannot make
+    config = make_config(
+        tmp_path, data_path, train={"epochs": 5, "patience": 2, "min_delta": 0.999}
+    )
+    result = pipeline.train(config)
+    assert result.stopped_early and result.epochs_done == 2
+    assert sorted(result.curves["loss/val"]) == [0, 1, 2]
+    # from a start nearer the truth the validation loss falls every epoch: the run goes on
+    near = make_config(
+        tmp_path / "near",
+        data_path,
+        model={"dynamics_init": {"gravity": 13.0, "mass": 1.5, "length": 0.8}},
+        train={"epochs": 3, "patience": 1, "lr": 0.05},
+    )
+    result = pipeline.train(near)
+    assert not result.stopped_early and result.epochs_done == 3 and result.best_epoch == 3
+
+
+def test_evaluation_every_few_epochs_and_resumption_between_evaluations(data_path, tmp_path):
+    settings = {"epochs": 5, "eval_every": 2}
+    config_a = make_config(tmp_path / "a", data_path, train=settings)
+    config_b = make_config(tmp_path / "b", data_path, train=settings)
+    assert pipeline.train(config_a, stop_after=1).epochs_done == 1  # not an evaluated epoch
+    resumed = pipeline.train(config_a)
+    straight = pipeline.train(config_b)
+    assert sorted(straight.curves["loss/val"]) == [0, 2, 4, 5]  # and the last epoch
+    assert sorted(straight.curves["loss/train"]) == [0, 1, 2, 3, 4, 5]
+    assert resumed.curves == straight.curves
+    assert resumed.best_epoch == straight.best_epoch in (0, 2, 4, 5)
+
+
+def test_sysid_patience_watches_its_validation_transition_loss(data_path, tmp_path):
+    config = make_config(tmp_path, data_path, model={"method": "sysid"}, train={"patience": 5})
+    result = pipeline.train(config)
+    val, test = result.curves["loss/val_sysid"], result.curves["loss/test_sysid"]
+    assert sorted(val) == sorted(test) == [0, 1, 2]
+    assert val[2] < val[0]  # the transition fit improves from the paper's start
+
+
 def test_tensorboard_scalars_hold_the_expected_tags_and_values(data_path, tmp_path):
     pipeline.train(make_config(tmp_path, data_path))
     logged = scalars(tmp_path)

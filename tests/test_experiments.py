@@ -11,7 +11,11 @@ import pytest
 import torch
 
 from mpc_policy.agents.experiments import imitation, lqr_imitation, ppo_pendulum, windy_pendulum
-from mpc_policy.agents.experiments.bc_trials import experiment_config, resolve_trials
+from mpc_policy.agents.experiments.bc_trials import (
+    experiment_config,
+    resolve_trials,
+    step_budget,
+)
 from mpc_policy.agents.experiments.runner import load_sweep_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -147,3 +151,14 @@ def test_ppo_sweep_runs_every_method_and_reuses_trials(tmp_path):
     assert (tmp_path / "figures" / "ppo_pendulum_test.png").stat().st_size > 0
     again = ppo_pendulum.main(_args("ppo_pendulum", tmp_path))
     assert all(r.reused for r in again["records"])
+
+
+def test_a_step_budget_is_the_same_for_every_training_set_size():
+    base = {"batch_size": 32, "max_steps": 100, "eval_steps": 10, "patience_steps": 25}
+    small = step_budget({**base, "n_train": 10})  # one step per epoch
+    large = step_budget({**base, "n_train": 100, "min_delta": 0.01})  # four steps per epoch
+    assert small == {"epochs": 100, "eval_every": 10, "patience": 25, "min_delta": 0.0}
+    assert large == {"epochs": 25, "eval_every": 3, "patience": 7, "min_delta": 0.01}
+    assert step_budget({"epochs": 8, "n_train": 10, "batch_size": 32}) == {"epochs": 8}
+    with pytest.raises(ValueError, match="max_steps: expected an integer >= 1, received 0"):
+        step_budget({**base, "n_train": 10, "max_steps": 0})

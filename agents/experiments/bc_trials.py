@@ -41,6 +41,7 @@ __all__ = [
     "prepare_datasets",
     "resolve_trials",
     "run_bc_sweep",
+    "step_budget",
 ]
 
 
@@ -67,13 +68,44 @@ def dynamics_init(config: dict[str, Any]) -> dict[str, float]:
     return {k: v + float(width.get(k, 0.0)) * (rng.random() - 0.5) for k, v in center.items()}
 
 
+def step_budget(config: dict[str, Any]) -> dict[str, Any]:
+    """The trial's epochs and early stopping, as ``TrainConfig`` fields.
+
+    With ``max_steps`` the budget is counted in optimizer steps, so that every training-set
+    size gets the same number of updates: an epoch is ceil(n_train / batch_size) steps,
+    ``max_steps``, ``eval_steps`` (how often the validation loss is computed) and
+    ``patience_steps`` (stop once the validation loss has not fallen by ``min_delta``,
+    relative, below its best for that many steps) are rounded up to whole epochs. Without
+    it, ``epochs`` epochs and no early stopping.
+    """
+    if "max_steps" not in config:
+        return {"epochs": int(config["epochs"])}
+    per_epoch = -(-int(config["n_train"]) // int(config["batch_size"]))
+
+    def epochs(key: str) -> int:
+        steps = int(config[key])
+        if steps < 1:
+            raise ValueError(f"{key}: expected an integer >= 1, received {steps}")
+        return -(-steps // per_epoch)
+
+    budget: dict[str, Any] = {"epochs": epochs("max_steps")}
+    if config.get("eval_steps") is not None:
+        budget["eval_every"] = epochs("eval_steps")
+    if config.get("patience_steps") is not None:
+        budget["patience"] = epochs("patience_steps")
+        budget["min_delta"] = float(config.get("min_delta", 0.0))
+    return budget
+
+
 def experiment_config(config: dict[str, Any]) -> ExperimentConfig:
     """The ``agents`` experiment of one trial config.
 
     Keys read: system, method, n_train, seed, dataset (n_train, n_val, n_test, seed,
     horizon, env_params, path), dynamics_init, dynamics_init_width, cost_init (weights,
-    goal), alternate_every, solver, hidden_size, epochs, batch_size, optimizer, lr, alpha,
-    scheduler, run_dir.
+    goal), alternate_every, solver, hidden_size, epochs, batch_size, optimizer (per kind:
+    optimizer, lr, alpha, scheduler), run_dir; optionally a budget in optimizer steps,
+    the same for every training-set size: max_steps (instead of epochs), eval_steps,
+    patience_steps and min_delta (see ``step_budget``).
     """
     method = config["method"]
     model = ModelConfig(
@@ -87,7 +119,7 @@ def experiment_config(config: dict[str, Any]) -> ExperimentConfig:
     optimizer = config.get("optimizer") or {}
     settings = optimizer.get("nn" if method == "nn" else "mpc", {})
     training = TrainConfig(
-        epochs=int(config["epochs"]),
+        **step_budget(config),
         batch_size=int(config["batch_size"]),
         optimizer=settings.get("optimizer"),
         lr=settings.get("lr"),
@@ -150,10 +182,12 @@ def bc_trial(config: dict[str, Any]) -> dict[str, Any]:
 
     Returns:
         ``test_loss_at_best_val`` (the test imitation loss at the epoch of the best
-        validation loss, Figure 4's number), ``best_epoch``, ``best_val_loss``, ``epoch``
-        and the curves ``train_loss``, ``val_loss``, ``test_loss`` (imitation losses, epoch 0
-        is the starting point), for dynamics learners ``test_sysid_loss`` (next-state MSE on
-        the test trajectories), and the final ``params`` and ``model_errors``.
+        validation loss, Figure 4's number), ``best_epoch``, ``best_val_loss``,
+        ``epochs_done``, ``stopped_early`` (patience ended the run), ``epoch`` (the
+        evaluated epochs) and on them the curves ``train_loss``, ``val_loss``,
+        ``test_loss`` (imitation losses, epoch 0 is the starting point), for dynamics
+        learners ``test_sysid_loss`` (next-state MSE on the test trajectories), and the
+        final ``params`` and ``model_errors``.
     """
     experiment = experiment_config(config)
     result = train(experiment)
@@ -162,6 +196,8 @@ def bc_trial(config: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "test_loss_at_best_val": result.test_loss_at_best_val,
         "best_epoch": result.best_epoch,
+        "epochs_done": result.epochs_done,
+        "stopped_early": result.stopped_early,
         "best_val_loss": result.best_val_loss,
         "epoch": epochs,
         "train_loss": [curves["loss/train"][e] for e in epochs],

@@ -16,6 +16,7 @@ from mpc_policy.agents.experiments.bc_trials import (
     resolve_trials,
     step_budget,
 )
+from mpc_policy.agents.experiments.plots import Panel, Series, plot_curves
 from mpc_policy.agents.experiments.runner import load_sweep_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -162,3 +163,14 @@ def test_a_step_budget_is_the_same_for_every_training_set_size():
     assert step_budget({"epochs": 8, "n_train": 10, "batch_size": 32}) == {"epochs": 8}
     with pytest.raises(ValueError, match="max_steps: expected an integer >= 1, received 0"):
         step_budget({**base, "n_train": 10, "max_steps": 0})
+
+
+def test_curves_of_runs_stopped_at_different_epochs_are_drawn_run_by_run(tmp_path):
+    ragged = Series("mpc.dx", [[0, 10, 20], [0, 10]], [[1.0, 0.5, 0.4], [1.0, 0.7]])
+    assert [list(x) for x in ragged.per_run_x()] == [[0, 10, 20], [0, 10]]
+    shared = Series("sysid", [0, 10], [[1.0, 0.5], [0.9, 0.6]])
+    assert shared.per_run_x() is None
+    path = plot_curves(tmp_path / "f.png", [Panel("loss", "loss", [ragged, shared])], "steps")
+    assert path.stat().st_size > 0
+    with pytest.raises(ValueError, match="series 'bad': expected one x per run"):
+        Series("bad", [[0, 10, 20], [0]], [[1.0, 0.5, 0.4], [1.0, 0.7]]).per_run_x()

@@ -26,7 +26,7 @@ from mpc_policy.agents.experiments.plots import plot_sample_complexity
 from mpc_policy.agents.experiments.runner import markdown_table, write_summary
 from mpc_policy.agents.sweep import TrialRecord
 
-__all__ = ["collect_losses", "loss_table", "main"]
+__all__ = ["collect_losses", "loss_table", "main", "training_table"]
 
 
 def _median_range(values: Sequence[float]) -> str:
@@ -66,6 +66,39 @@ def loss_table(records: Sequence[TrialRecord], methods: Sequence[str]) -> str:
     note = (
         f"\nTest imitation loss at the epoch of the best validation loss: median "
         f"[min, max] over {len(seeds)} seed(s) {seeds}.\n"
+    )
+    return markdown_table(headers, rows) + note + "\n" + training_table(records, methods)
+
+
+def training_table(records: Sequence[TrialRecord], methods: Sequence[str]) -> str:
+    """Markdown: per system, method and training-set size, the median optimizer steps
+    trained and the best validation epoch's step, and how many seeds stopped early."""
+    cells: dict[tuple[str, str, int], list[TrialRecord]] = {}
+    for record in records:
+        c = record.config
+        cells.setdefault((c["system"], c["method"], int(c["n_train"])), []).append(record)
+    sizes = sorted({key[2] for key in cells})
+    rows = []
+    for system in dict.fromkeys(key[0] for key in cells):
+        for method in methods:
+            row = [system, method]
+            for size in sizes:
+                runs = cells.get((system, method, size), [])
+                if not runs:
+                    row.append("")
+                    continue
+                per_epoch = -(-size // int(runs[0].config["batch_size"]))
+                done = np.median([r.result.get("epochs_done", r.result["epoch"][-1]) for r in runs])
+                best = np.median([r.result["best_epoch"] for r in runs])
+                early = sum(bool(r.result.get("stopped_early")) for r in runs)
+                row.append(
+                    f"{per_epoch * done:.0f} / {per_epoch * best:.0f}; {early} of {len(runs)}"
+                )
+            rows.append(row)
+    headers = ["system", "method"] + [f"n_train = {size}" for size in sizes]
+    note = (
+        "\nOptimizer steps trained / step of the best validation loss (medians over "
+        "seeds); seeds stopped early by patience.\n"
     )
     return markdown_table(headers, rows) + note
 

@@ -1,8 +1,9 @@
 """The figures of the experiments (matplotlib, Agg backend, written as PNG files).
 
 - ``plot_curves``: side-by-side panels of loss curves against iterations or epochs; a
-  series with several runs is drawn as its median with the range of the runs shaded
-  (Figures 3 and 5).
+  series with several runs of the same length is drawn as its median with the range of
+  the runs shaded (Figures 3 and 5), runs of their own lengths (stopped early) each as a
+  thin line ending in a dot.
 - ``plot_sample_complexity``: one panel per environment, the test loss against the number
   of training trajectories for each method, median and range over seeds (Figure 4).
 """
@@ -24,11 +25,25 @@ __all__ = ["Panel", "Series", "plot_curves", "plot_sample_complexity"]
 
 @dataclass(frozen=True)
 class Series:
-    """One labelled curve: shared x values and one y sequence per run (same length)."""
+    """One labelled curve: x values and one y sequence per run.
+
+    ``x`` is shared by all runs (then of its length) or, a sequence of sequences, one per
+    run (runs of different lengths)."""
 
     label: str
-    x: Sequence[float]
+    x: Sequence[float] | Sequence[Sequence[float]]
     runs: Sequence[Sequence[float]]
+
+    def per_run_x(self) -> list[np.ndarray] | None:
+        """One x array per run when the runs have their own x values, else None."""
+        if len(self.x) and isinstance(self.x[0], Sequence | np.ndarray):
+            xs = [np.asarray(x, dtype=float) for x in self.x]
+            if len(xs) != len(self.runs) or any(
+                x.shape != (len(y),) for x, y in zip(xs, self.runs)
+            ):
+                raise ValueError(f"series {self.label!r}: expected one x per run, of its length")
+            return xs
+        return None
 
 
 @dataclass(frozen=True)
@@ -43,6 +58,20 @@ class Panel:
 
 
 def _draw_series(axis: plt.Axes, series: Series, color: str | None) -> None:
+    xs = series.per_run_x()
+    if xs is not None:
+        line = None
+        for k, (x, y) in enumerate(zip(xs, series.runs)):
+            (line,) = axis.plot(
+                x,
+                y,
+                label=series.label if k == 0 else None,
+                color=color if line is None else line.get_color(),
+                linewidth=0.9,
+                alpha=0.8,
+            )
+            axis.plot(x[-1:], np.asarray(y, dtype=float)[-1:], "o", color=line.get_color(), ms=3)
+        return
     x = np.asarray(series.x, dtype=float)
     runs = np.asarray(series.runs, dtype=float)
     if runs.shape[0] == 1:

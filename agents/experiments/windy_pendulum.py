@@ -24,7 +24,7 @@ from mpc_policy.agents.experiments.plots import Panel, Series, plot_curves
 from mpc_policy.agents.experiments.runner import markdown_table, write_summary
 from mpc_policy.agents.sweep import TrialRecord
 
-__all__ = ["final_losses", "main", "summarize"]
+__all__ = ["final_losses", "main", "optimizer_steps", "summarize"]
 
 CURVES = (("Imitation loss (test)", "test_loss"), ("SysId loss (test)", "test_sysid_loss"))
 
@@ -43,6 +43,13 @@ def final_losses(records: Sequence[TrialRecord]) -> dict[str, dict[str, list[flo
     return losses
 
 
+def optimizer_steps(record: TrialRecord) -> list[int]:
+    """The optimizer steps done at each evaluated epoch of a trial."""
+    c = record.config
+    per_epoch = -(-int(c["n_train"]) // int(c["batch_size"]))
+    return [per_epoch * int(e) for e in record.result["epoch"]]
+
+
 def summarize(records: Sequence[TrialRecord]) -> str:
     """Markdown: median [min, max] over seeds of each method's final test losses, and how
     many seeds each method wins (paired by seed)."""
@@ -52,12 +59,19 @@ def summarize(records: Sequence[TrialRecord]) -> str:
         array = np.asarray(values)
         return f"{np.median(array):.4g} [{array.min():.4g}, {array.max():.4g}]"
 
+    def trained(method: str) -> str:
+        runs = [r for r in records if r.config["method"] == method]
+        steps = np.asarray([optimizer_steps(r)[-1] for r in runs])
+        early = sum(bool(r.result.get("stopped_early")) for r in runs)
+        return f"{np.median(steps):.0f} [{steps.min()}, {steps.max()}]; {early} of {len(runs)}"
+
     rows = [
         [
             method,
             cell(by_curve["test_loss"]),
             cell(by_curve["test_loss_at_best_val"]),
             cell(by_curve["test_sysid_loss"]),
+            trained(method),
         ]
         for method, by_curve in losses.items()
     ]
@@ -67,6 +81,7 @@ def summarize(records: Sequence[TrialRecord]) -> str:
             "imitation loss (last epoch)",
             "imitation loss (best val epoch)",
             "sysid loss (last epoch)",
+            "optimizer steps; stopped early",
         ],
         rows,
     )
@@ -98,10 +113,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         series = []
         for method in methods:
             runs = [r for r in records if r.config["method"] == method]
-            series.append(Series(method, runs[0].result["epoch"], [r.result[key] for r in runs]))
+            steps = [optimizer_steps(r) for r in runs]
+            same = all(s == steps[0] for s in steps)
+            series.append(
+                Series(method, steps[0] if same else steps, [r.result[key] for r in runs])
+            )
         panels.append(Panel(title, "loss", series))
     figure = plot_curves(
-        config.figures_dir / f"fig5_windy_pendulum_{config.profile}.png", panels, "epoch"
+        config.figures_dir / f"fig5_windy_pendulum_{config.profile}.png",
+        panels,
+        "optimizer steps",
     )
     print(summary)
     print(f"summary: {path}\nfigure: {figure}")

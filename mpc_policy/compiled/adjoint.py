@@ -15,64 +15,115 @@ from torch import Tensor
 
 from mpc_policy.adjoint import ImplicitGradients
 from mpc_policy.compiled._arrays import as_array
-from mpc_policy.compiled._linalg import masked_solve_vector
 from mpc_policy.riccati import Gains
 
 __all__ = ["adjoint_solve", "costates_from_gradient", "implicit_gradients"]
 
 
-@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
-def _adjoint_element(K, chol, free, F, grad_tau, dtau, b, q, v, k) -> None:
-    """Eq. (9) for element b into dtau[:, b]; q (d,), v (n,), k (T, m) are scratch."""
+# elements are solved in groups of _LANES, their independent recursions interleaved step by
+# step: one element's recursion is a chain of dependent small products (latency bound), a
+# group's keep the core busy
+_LANES = 8
+_FASTMATH = {"reassoc", "contract"}
+
+
+@njit(cache=True, nogil=True, fastmath=_FASTMATH, inline="always")
+def _back_step(K, chol, free, F, grad_tau, t, b, q, v, k) -> None:
+    """Step t of eq. (9)'s backward recursion for element b: k[t] (m,) from v (n,) of
+    step t + 1, then v of step t; q (d,) is scratch. Sums stay in the arrays' dtype and
+    products with a transposed matrix run along its rows."""
     T, _, d = grad_tau.shape
     n = K.shape[3]
     m = d - n
-    for t in range(T - 1, -1, -1):
-        q[:] = grad_tau[t, b]
-        if t < T - 1:
-            Ft = F[t, b]
+    for i in range(d):
+        q[i] = grad_tau[t, b, i]
+    if t < T - 1:  # q += F_t' v
+        for p in range(n):
+            vp = v[p]
             for i in range(d):
-                s = 0.0
-                for p in range(n):
-                    s += Ft[p, i] * v[p]
-                q[i] += s
-        masked_solve_vector(chol[t, b], free[t, b], q[n:], k[t], -1.0)
-        # clamped rows of K and k vanish, so v = q_x + K' q_u
-        Kt = K[t, b]
-        for i in range(n):
-            s = q[i]
-            for p in range(m):
-                s += Kt[p, i] * q[n + p]
-            v[i] = s
-    out = dtau[:, b]
+                q[i] += F[t, b, p, i] * vp
+    # k_t = -Q_ff^{-1} q_u on the free set (the forward factor), 0 on the clamped set
+    for i in range(m):
+        s = q[n + i] if free[t, b, i] else q[n + i] * 0
+        for p in range(i):
+            s -= chol[t, b, i, p] * k[t, p]
+        k[t, i] = s / chol[t, b, i, i]
+    for i in range(m - 1, -1, -1):
+        s = k[t, i]
+        for p in range(i + 1, m):
+            s -= chol[t, b, p, i] * k[t, p]
+        k[t, i] = s / chol[t, b, i, i]
+    for i in range(m):
+        k[t, i] = -k[t, i] if free[t, b, i] else k[t, i] * 0
+    # clamped rows of K and k vanish, so v = q_x + K' q_u
     for i in range(n):
-        out[0, i] = 0.0
-    for t in range(T):
-        Kt = K[t, b]
-        for i in range(m):
-            s = k[t, i]
-            for j in range(n):
-                s += Kt[i, j] * out[t, j]
-            out[t, n + i] = s
-        if t < T - 1:
-            Ft = F[t, b]
+        v[i] = q[i]
+    for p in range(m):
+        qp = q[n + p]
+        for i in range(n):
+            v[i] += K[t, b, p, i] * qp
+
+
+@njit(cache=True, nogil=True, fastmath=_FASTMATH, inline="always")
+def _forward_step(K, F, t, b, k, out) -> None:
+    """Step t of eq. (9)'s forward pass for element b: u_t = k_t + K_t x_t and
+    x_{t+1} = F_t tau_t into out (T, d) (x_1 = 0 set by the caller)."""
+    T, _, m, n = K.shape
+    d = n + m
+    for i in range(m):
+        s = k[t, i]
+        for j in range(n):
+            s += K[t, b, i, j] * out[t, j]
+        out[t, n + i] = s
+    if t < T - 1:
+        for i in range(n):
+            s = F[t, b, i, 0] * out[t, 0]
+            for j in range(1, d):
+                s += F[t, b, i, j] * out[t, j]
+            out[t + 1, i] = s
+
+
+@njit(cache=True, nogil=True, fastmath=_FASTMATH, inline="always")
+def _costate_step(C, offset, F, t, b, point, lam, stationarity) -> None:
+    """Step t of the costates (eq. (7)) of element b for the gradient C_t point_t +
+    offset_t: stationarity[t] (d,) receives that gradient, lam[t] (n,) the costate
+    (lam[t + 1] already set)."""
+    T, d = point.shape
+    n = lam.shape[1]
+    for i in range(d):
+        s = offset[t, b, i]
+        for j in range(d):
+            s += C[t, b, i, j] * point[t, j]
+        stationarity[t, i] = s
+    for i in range(n):
+        lam[t, i] = stationarity[t, i]
+    if t < T - 1:  # lam_t += F_t' lam_{t+1}, on the state rows
+        for p in range(n):
+            lp = lam[t + 1, p]
             for i in range(n):
-                s = 0.0
-                for j in range(d):
-                    s += Ft[i, j] * out[t, j]
-                out[t + 1, i] = s
+                lam[t, i] += F[t, b, p, i] * lp
 
 
-@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def _adjoint(K, chol, free, F, grad_tau, dtau) -> None:
     T, B, d = grad_tau.shape
     n = K.shape[3]
     dtype = grad_tau.dtype
-    q = np.empty(d, dtype=dtype)
-    v = np.empty(n, dtype=dtype)
-    k = np.empty((T, d - n), dtype=dtype)
-    for b in range(B):
-        _adjoint_element(K, chol, free, F, grad_tau, dtau, b, q, v, k)
+    out = np.empty((_LANES, T, d), dtype=dtype)
+    q = np.empty((_LANES, d), dtype=dtype)
+    v = np.empty((_LANES, n), dtype=dtype)
+    k = np.empty((_LANES, T, d - n), dtype=dtype)
+    for b0 in range(0, B, _LANES):
+        lanes = min(_LANES, B - b0)
+        for t in range(T - 1, -1, -1):
+            for w in range(lanes):
+                _back_step(K, chol, free, F, grad_tau, t, b0 + w, q[w], v[w], k[w])
+        out[:, 0, :n] = 0.0
+        for t in range(T):
+            for w in range(lanes):
+                _forward_step(K, F, t, b0 + w, k[w], out[w])
+        for w in range(lanes):
+            dtau[:, b0 + w] = out[w]
 
 
 def adjoint_solve(gains: Gains, F: Tensor, grad_tau: Tensor) -> Tensor:
@@ -127,31 +178,7 @@ def costates_from_gradient(grad: Tensor, F: Tensor) -> Tensor:
     return lam
 
 
-@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
-def _costates_of(C, offset, F, point, lam, stationarity, b) -> None:
-    """Costates lam (T, n) of element b for the gradient C_t point_t + offset_t (eq. (7)).
-
-    ``stationarity`` (T, d) receives that gradient.
-    """
-    T, d = point.shape
-    n = lam.shape[1]
-    for t in range(T - 1, -1, -1):
-        Ct = C[t, b]
-        for i in range(d):
-            s = offset[t, b, i]
-            for j in range(d):
-                s += Ct[i, j] * point[t, j]
-            stationarity[t, i] = s
-        for i in range(n):
-            s = stationarity[t, i]
-            if t < T - 1:
-                Ft = F[t, b]
-                for p in range(n):
-                    s += Ft[p, i] * lam[t + 1, p]
-            lam[t, i] = s
-
-
-@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def _implicit(
     K,
     chol,
@@ -170,47 +197,68 @@ def _implicit(
     dF,
     residual_u,
 ) -> None:
+    """Eqs. (7)-(9), a group of elements at a time; dC (B, T, d, d) and dF
+    (B, T-1, n, d) are batch first."""
     T, B, d = tau.shape
     n = dlam.shape[2]
     m = d - n
     dtype = tau.dtype
-    lam = np.empty((T, n), dtype=dtype)
-    dlam_b = np.empty((T, n), dtype=dtype)
-    stationarity = np.empty((T, d), dtype=dtype)
-    point = np.empty((T, d), dtype=dtype)
-    q = np.empty(d, dtype=dtype)
-    v = np.empty(n, dtype=dtype)
-    k = np.empty((T, m), dtype=dtype)
-    for b in range(B):  # one element at a time, while its data are in cache
-        _adjoint_element(K, chol, free, F, grad_tau, dtau, b, q, v, k)  # eq. (9)
-        point[:, :] = dtau[:, b]
-        _costates_of(C, grad_tau, F, point, dlam_b, stationarity, b)
-        dlam[:, b] = dlam_b
-        if need_bounds:
-            for t in range(T):
-                for i in range(m):
-                    s = stationarity[t, n + i]
+    W = _LANES
+    lam = np.empty((W, T, n), dtype=dtype)
+    dlam_b = np.empty((W, T, n), dtype=dtype)
+    stationarity = np.empty((W, T, d), dtype=dtype)
+    scratch = np.empty((W, T, d), dtype=dtype)
+    dtau_b = np.empty((W, T, d), dtype=dtype)
+    tau_b = np.empty((W, T, d), dtype=dtype)
+    q = np.empty((W, d), dtype=dtype)
+    v = np.empty((W, n), dtype=dtype)
+    k = np.empty((W, T, m), dtype=dtype)
+    for b0 in range(0, B, W):
+        lanes = min(W, B - b0)
+        for t in range(T - 1, -1, -1):  # eq. (9)
+            for w in range(lanes):
+                _back_step(K, chol, free, F, grad_tau, t, b0 + w, q[w], v[w], k[w])
+        dtau_b[:, 0, :n] = 0.0
+        for t in range(T):
+            for w in range(lanes):
+                _forward_step(K, F, t, b0 + w, k[w], dtau_b[w])
+        for t in range(T - 1, -1, -1):  # the costates of dL/dtau (eq. (7))
+            for w in range(lanes):
+                _costate_step(C, grad_tau, F, t, b0 + w, dtau_b[w], dlam_b[w], stationarity[w])
+        if need_C or need_F:
+            for w in range(lanes):
+                tau_b[w] = tau[:, b0 + w]
+        if need_F:  # the costates of the solution (eq. (7))
+            for t in range(T - 1, -1, -1):
+                for w in range(lanes):
+                    _costate_step(C, c, F, t, b0 + w, tau_b[w], lam[w], scratch[w])
+        for w in range(lanes):
+            b = b0 + w
+            dtau[:, b] = dtau_b[w]
+            dlam[:, b] = dlam_b[w]
+            if need_bounds:
+                for t in range(T):
+                    for i in range(m):
+                        residual_u[t, b, i] = stationarity[w, t, n + i]
                     if t < T - 1:
-                        Ft = F[t, b]
                         for p in range(n):
-                            s += Ft[p, n + i] * dlam_b[t + 1, p]
-                    residual_u[t, b, i] = s
-        if need_C:  # eq. (8)
-            for t in range(T):
-                for i in range(d):
-                    for j in range(d):
-                        dC[t, b, i, j] = 0.5 * (
-                            dtau[t, b, i] * tau[t, b, j] + tau[t, b, i] * dtau[t, b, j]
-                        )
-        if need_F:
-            point[:, :] = tau[:, b]
-            _costates_of(C, c, F, point, lam, stationarity, b)  # eq. (7)
-            for t in range(T - 1):
-                for i in range(n):
-                    for j in range(d):
-                        dF[t, b, i, j] = (
-                            dlam_b[t + 1, i] * tau[t, b, j] + lam[t + 1, i] * dtau[t, b, j]
-                        )
+                            lp = dlam_b[w, t + 1, p]
+                            for i in range(m):
+                                residual_u[t, b, i] += F[t, b, p, n + i] * lp
+            if need_C:  # eq. (8)
+                for t in range(T):
+                    for i in range(d):
+                        a = 0.5 * dtau_b[w, t, i]
+                        e = 0.5 * tau_b[w, t, i]
+                        for j in range(d):
+                            dC[b, t, i, j] = a * tau_b[w, t, j] + e * dtau_b[w, t, j]
+            if need_F:
+                for t in range(T - 1):
+                    for i in range(n):
+                        a = dlam_b[w, t + 1, i]
+                        e = lam[w, t + 1, i]
+                        for j in range(d):
+                            dF[b, t, i, j] = a * tau_b[w, t, j] + e * dtau_b[w, t, j]
 
 
 def implicit_gradients(
@@ -244,8 +292,8 @@ def implicit_gradients(
     # what is not asked for is an empty array of the same rank (numba types by rank); dC
     # and dF are laid out batch first, the layout of the user's C and F, so that autograd
     # hands them on without copies
-    dC = torch.empty((B, T, d, d) if need_C else (0, 0, 0, 0), dtype=dtype).transpose(0, 1)
-    dF = torch.empty((B, T - 1, n, d) if need_F else (0, 0, 0, 0), dtype=dtype).transpose(0, 1)
+    dC = torch.empty((B, T, d, d) if need_C else (0, 0, 0, 0), dtype=dtype)
+    dF = torch.empty((B, T - 1, n, d) if need_F else (0, 0, 0, 0), dtype=dtype)
     residual_u = torch.empty((T, B, m) if need_bounds else (0, 0, 0), dtype=dtype)
     arrays = [as_array(z) for z in (gains.K, gains.chol, gains.free, C, c, F, tau, grad_tau)]
     _implicit(
@@ -262,7 +310,7 @@ def implicit_gradients(
     return ImplicitGradients(
         dtau,
         dlam,
-        dC if need_C else None,
-        dF if need_F else None,
+        dC.transpose(0, 1) if need_C else None,
+        dF.transpose(0, 1) if need_F else None,
         residual_u if need_bounds else None,
     )

@@ -120,6 +120,13 @@ def test_imitation_sweep_reports_the_best_validation_test_loss(tmp_path):
     # far better than the network does
     assert losses["mpc.dx"][10][0] < losses["nn"][10][0]
     assert (tmp_path / "figures" / "fig4_imitation_test.png").stat().st_size > 0
+    text = (tmp_path / "out" / "summary_test.md").read_text()
+    # the steps trained (6 epochs of 5 batches, no patience) and the model error of mpc.dx
+    assert "| pendulum | mpc.dx | 30 / " in text and "; 0 of 1 |" in text
+    (mpc_dx,) = [r for r in summary["records"] if r.config["method"] == "mpc.dx"]
+    errors = mpc_dx.result["model_errors"]
+    largest = max(errors["dynamics_g_over_l_relative"], errors["dynamics_m_l2_relative"])
+    assert f"| pendulum | mpc.dx | {largest:.3g} |" in text
 
 
 @pytest.mark.slow

@@ -26,7 +26,7 @@ from mpc_policy.agents.experiments.plots import plot_sample_complexity
 from mpc_policy.agents.experiments.runner import markdown_table, write_summary
 from mpc_policy.agents.sweep import TrialRecord
 
-__all__ = ["collect_losses", "loss_table", "main", "training_table"]
+__all__ = ["collect_losses", "loss_table", "main", "recovery_table", "training_table"]
 
 
 def _median_range(values: Sequence[float]) -> str:
@@ -67,7 +67,41 @@ def loss_table(records: Sequence[TrialRecord], methods: Sequence[str]) -> str:
         f"\nTest imitation loss at the epoch of the best validation loss: median "
         f"[min, max] over {len(seeds)} seed(s) {seeds}.\n"
     )
-    return markdown_table(headers, rows) + note + "\n" + training_table(records, methods)
+    tables = [markdown_table(headers, rows) + note, training_table(records, methods)]
+    recovery = recovery_table(records, methods)
+    return "\n".join(tables + ([recovery] if recovery else []))
+
+
+def recovery_table(records: Sequence[TrialRecord], methods: Sequence[str]) -> str:
+    """Markdown: how near the truth the learned models end (last epoch), median [min, max]
+    over seeds: for learners of the dynamics the largest relative error of its
+    identifiable combinations (pendulum g/l and m l^2; those of the cart-pole), for learners
+    of the cost the MSE of the goal. Empty when no trial learned a model."""
+    cells: dict[tuple[str, str, int], list[float]] = {}
+    for record in records:
+        c, errors = record.config, record.result.get("model_errors") or {}
+        relative = [v for k, v in errors.items() if k.startswith("dynamics_") and "_relative" in k]
+        value = max(relative) if relative else errors.get("cost_goal_mse")
+        if value is not None:
+            cells.setdefault((c["system"], c["method"], int(c["n_train"])), []).append(value)
+    if not cells:
+        return ""
+    sizes = sorted({key[2] for key in cells})
+    rows = []
+    for system in dict.fromkeys(key[0] for key in cells):
+        for method in methods:
+            if any((system, method, size) in cells for size in sizes):
+                rows.append(
+                    [system, method]
+                    + [_median_range(cells.get((system, method, size), [np.nan])) for size in sizes]
+                )
+    headers = ["system", "method"] + [f"n_train = {size}" for size in sizes]
+    note = (
+        "\nModel error at the last epoch: the largest relative error of the identifiable "
+        "dynamics combinations (sysid, mpc.dx, mpc.cost.dx), else the cost goal's MSE "
+        "(mpc.cost); median [min, max] over seeds.\n"
+    )
+    return markdown_table(headers, rows) + note
 
 
 def training_table(records: Sequence[TrialRecord], methods: Sequence[str]) -> str:
@@ -81,6 +115,8 @@ def training_table(records: Sequence[TrialRecord], methods: Sequence[str]) -> st
     rows = []
     for system in dict.fromkeys(key[0] for key in cells):
         for method in methods:
+            if not any((system, method, size) in cells for size in sizes):
+                continue
             row = [system, method]
             for size in sizes:
                 runs = cells.get((system, method, size), [])

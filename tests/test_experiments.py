@@ -102,6 +102,12 @@ def test_imitation_trials_merge_system_and_method_settings(tmp_path):
     assert experiment.model.dynamics_init["cart_mass"] == 3.0
     assert experiment.model.cost_init is not None
     assert experiment.train.optimizer == "rmsprop" and experiment.train.lr == 0.1
+    # a trial is identified by its own kind's optimizer settings only: changing the MPC
+    # methods' learning rate leaves the network's trials (and their stored results) alone
+    assert set(pendulum_nn["optimizer"]) == {"nn"}
+    assert {frozenset(t["optimizer"]) for t in trials if t["method"] != "nn"} == {
+        frozenset({"mpc"})
+    }
 
 
 @pytest.mark.slow

@@ -152,6 +152,10 @@ def resolve_trials(config: SweepConfig) -> list[dict[str, Any]]:
                 f"trial.systems: no settings for system {system!r}; found {sorted(systems)}"
             )
         trial = {**trial, **systems[system], **overrides.get(trial["method"], {})}
+        # a trial's identity holds the optimizer settings of its own kind only
+        kind = "nn" if trial["method"] == "nn" else "mpc"
+        optimizer = trial.get("optimizer") or {}
+        trial["optimizer"] = {kind: optimizer[kind]} if kind in optimizer else {}
         dataset = dict(trial["dataset"])
         dataset["path"] = str(config.output_dir / "data" / f"{system}-{trial_key(dataset)}.npz")
         trial["dataset"] = dataset

@@ -53,6 +53,10 @@ class Loop:
             loss of sysid) last improved by more than ``min_delta`` (relative) on its best
             value; None trains all ``epochs``.
         min_delta: the relative improvement that counts for ``patience`` (0.01: 1 %).
+        lr_drops: the first this many times ``patience`` runs out, the learning rate is
+            multiplied by ``lr_drop_factor`` and the run goes on (patience restarts); the
+            next time it stops the run.
+        lr_drop_factor: the factor of each drop, in (0, 1).
     """
 
     epochs: int
@@ -61,6 +65,8 @@ class Loop:
     eval_every: int = 1
     patience: int | None = None
     min_delta: float = 0.0
+    lr_drops: int = 0
+    lr_drop_factor: float = 0.1
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_every"):
@@ -73,6 +79,12 @@ class Loop:
             )
         if not 0 <= self.min_delta < 1:
             raise ValueError(f"min_delta: expected a float in [0, 1), received {self.min_delta}")
+        if self.lr_drops < 0:
+            raise ValueError(f"lr_drops: expected an integer >= 0, received {self.lr_drops}")
+        if not 0 < self.lr_drop_factor < 1:
+            raise ValueError(
+                f"lr_drop_factor: expected a float in (0, 1), received {self.lr_drop_factor}"
+            )
 
 
 @dataclass
@@ -134,6 +146,7 @@ class Trainer:
         self.best = {"epoch": -1, "val": float("inf"), "test": float("inf")}
         # the last improvement by more than loop.min_delta, for loop.patience
         self.improved = {"epoch": -1, "val": float("inf")}
+        self.lr_drops = 0  # drops of the learning rate on patience so far
         self.last_train_loss = float("nan")
         self.curves: dict[str, dict[int, float]] = {}
 
@@ -189,6 +202,7 @@ class Trainer:
             "rng": capture_rng(),
             "best": dict(self.best),
             "improved": dict(self.improved),
+            "lr_drops": self.lr_drops,
             "last_train_loss": self.last_train_loss,
             "objective": self.objective.state_dict(),
             "curves": {tag: dict(values) for tag, values in self.curves.items()},
@@ -208,6 +222,7 @@ class Trainer:
         self.improved = dict(
             state.get("improved", {"epoch": self.best["epoch"], "val": self.best["val"]})
         )
+        self.lr_drops = int(state.get("lr_drops", 0))
         self.epoch = int(state["epoch"])
         self.last_train_loss = float(state["last_train_loss"])
         # a checkpoint of an earlier version kept the warm starts alone and no curves
@@ -269,6 +284,11 @@ class Trainer:
         monitored = scalars[self.objective.monitor]
         if monitored < self.improved["val"] * (1.0 - self.loop.min_delta):
             self.improved = {"epoch": self.epoch, "val": monitored}
+        if self._patience_over() and self.lr_drops < self.loop.lr_drops:
+            # a plateau at this learning rate: go on at a smaller one, with patience anew
+            self.optimization.scale_lr(self.loop.lr_drop_factor)
+            self.lr_drops += 1
+            self.improved = {"epoch": self.epoch, "val": self.improved["val"]}
 
     def fit(self, stop_after: int | None = None) -> TrainResult:
         """Train up to ``loop.epochs`` epochs (resuming first if a checkpoint exists), or

@@ -80,7 +80,9 @@ class TrainConfig:
     first n training trajectories. ``eval_every``: the validation and test losses are
     computed every this many epochs (and after the last); ``patience``: stop once this many
     epochs have passed since the validation loss last fell by more than ``min_delta``
-    (relative) below its best (None: train all ``epochs``)."""
+    (relative) below its best (None: train all ``epochs``), except that the first
+    ``lr_drops`` times the learning rate is divided by 10 instead and training goes on
+    (needs ``scheduler: none``)."""
 
     epochs: int = 20
     batch_size: int = 32
@@ -95,6 +97,7 @@ class TrainConfig:
     eval_every: int = 1
     patience: int | None = None
     min_delta: float = 0.0
+    lr_drops: int = 0
     progress: bool = True
 
 
@@ -157,6 +160,16 @@ class ExperimentConfig:
         if not 0 <= self.train.min_delta < 1:
             raise ValueError(
                 f"train.min_delta: expected a float in [0, 1), received {self.train.min_delta}"
+            )
+        if self.train.lr_drops < 0:
+            raise ValueError(
+                f"train.lr_drops: expected an integer >= 0, received {self.train.lr_drops}"
+            )
+        if self.train.lr_drops and (self.train.patience is None or self.train.scheduler != "none"):
+            raise ValueError(
+                "train.lr_drops: expected train.patience set and train.scheduler 'none' "
+                f"(the drops happen on patience), received patience {self.train.patience} "
+                f"and scheduler {self.train.scheduler!r}"
             )
         if not 0 < self.train.alpha < 1:
             raise ValueError(

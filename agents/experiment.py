@@ -132,6 +132,7 @@ def resolve(config: ExperimentConfig | Experiment) -> Experiment:
             eval_every=train.eval_every,
             patience=train.patience,
             min_delta=train.min_delta,
+            lr_drops=train.lr_drops,
         ),
         n_train=train.n_train,
         warm_start=train.warm_start,

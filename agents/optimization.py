@@ -107,6 +107,14 @@ class Optimization:
         if self.scheduler is not None:
             self.scheduler.step()
 
+    def scale_lr(self, factor: float) -> None:
+        """Multiply the learning rate by ``factor`` (a drop on a plateau; without a
+        schedule, which would set the rate itself)."""
+        if self.scheduler is not None:
+            raise ValueError("scale_lr: the learning rate follows a schedule here")
+        for group in self.optimizer.param_groups:
+            group["lr"] *= factor
+
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
 

@@ -194,6 +194,17 @@ def test_patience_ends_the_run_once_the_validation_loss_stops_improving(data_pat
     assert not result.stopped_early and result.epochs_done == 3 and result.best_epoch == 3
 
 
+def test_a_plateau_first_divides_the_learning_rate_then_ends_the_run(data_path, tmp_path):
+    settings = {"epochs": 6, "patience": 1, "min_delta": 0.999, "lr_drops": 1}
+    result = pipeline.train(make_config(tmp_path, data_path, train=settings))
+    # epoch 1 makes no 1000-fold progress: the rate drops 10x; epoch 2 neither: the run ends
+    assert result.stopped_early and result.epochs_done == 2
+    lr = result.curves["train/lr"]
+    assert lr[1] == pytest.approx(1e-2) and lr[2] == pytest.approx(1e-3)
+    with pytest.raises(ValueError, match=r"train\.lr_drops: expected train\.patience set"):
+        make_config(tmp_path, data_path, train={"lr_drops": 1})
+
+
 def test_evaluation_every_few_epochs_and_resumption_between_evaluations(data_path, tmp_path):
     settings = {"epochs": 5, "eval_every": 2}
     config_a = make_config(tmp_path / "a", data_path, train=settings)

@@ -75,8 +75,9 @@ def step_budget(config: dict[str, Any]) -> dict[str, Any]:
     size gets the same number of updates: an epoch is ceil(n_train / batch_size) steps,
     ``max_steps``, ``eval_steps`` (how often the validation loss is computed) and
     ``patience_steps`` (stop once the validation loss has not fallen by ``min_delta``,
-    relative, below its best for that many steps) are rounded up to whole epochs. Without
-    it, ``epochs`` epochs and no early stopping.
+    relative, below its best for that many steps; the first ``lr_drops`` times the
+    learning rate is divided by 10 instead) are rounded up to whole epochs. Without it,
+    ``epochs`` epochs and no early stopping.
     """
     if "max_steps" not in config:
         return {"epochs": int(config["epochs"])}
@@ -94,6 +95,8 @@ def step_budget(config: dict[str, Any]) -> dict[str, Any]:
     if config.get("patience_steps") is not None:
         budget["patience"] = epochs("patience_steps")
         budget["min_delta"] = float(config.get("min_delta", 0.0))
+        if config.get("lr_drops"):
+            budget["lr_drops"] = int(config["lr_drops"])
     return budget
 
 
@@ -105,7 +108,7 @@ def experiment_config(config: dict[str, Any]) -> ExperimentConfig:
     goal), alternate_every, solver, hidden_size, epochs, batch_size, optimizer (per kind:
     optimizer, lr, alpha, scheduler), run_dir; optionally a budget in optimizer steps,
     the same for every training-set size: max_steps (instead of epochs), eval_steps,
-    patience_steps and min_delta (see ``step_budget``).
+    patience_steps, min_delta and lr_drops (see ``step_budget``).
     """
     method = config["method"]
     model = ModelConfig(

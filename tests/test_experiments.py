@@ -133,6 +133,19 @@ def test_imitation_sweep_reports_the_best_validation_test_loss(tmp_path):
     errors = mpc_dx.result["model_errors"]
     largest = max(errors["dynamics_g_over_l_relative"], errors["dynamics_m_l2_relative"])
     assert f"| pendulum | mpc.dx | {largest:.3g} |" in text
+    # between sittings: the stored trials alone, nothing run (one of them removed)
+    nn_file = (
+        tmp_path
+        / "out"
+        / "trials"
+        / f"{next(r.key for r in summary['records'] if r.config['method'] == 'nn')}.json"
+    )
+    nn_file.unlink()
+    partial = imitation.main([*_args("imitation", tmp_path), "--finished-only"])
+    assert [r.config["method"] for r in partial["records"]] == ["mpc.dx"]
+    assert all(r.reused for r in partial["records"]) and not nn_file.exists()
+    with pytest.raises(ValueError, match="--finished-only: no trial of imitation"):
+        imitation.main([*_args("imitation", tmp_path / "empty"), "--finished-only"])
 
 
 @pytest.mark.slow

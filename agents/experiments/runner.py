@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mpc_policy.agents.sweep import BACKENDS, TrialFn, TrialRecord, run_sweep
+from mpc_policy.agents.sweep import BACKENDS, TrialFn, TrialRecord, load_trial, run_sweep
 from mpc_policy.agents.yaml_profiles import read_profile
 
 __all__ = [
@@ -111,6 +111,11 @@ def build_parser(description: str, default_config: str) -> argparse.ArgumentPars
     parser.add_argument(
         "--figures-dir", default=None, help="where figures go (default: <output-dir>/figures)"
     )
+    parser.add_argument(
+        "--finished-only",
+        action="store_true",
+        help="run nothing: summarize the trials already stored (a sweep between sittings)",
+    )
     return parser
 
 
@@ -141,7 +146,26 @@ def run_trials(
     args: argparse.Namespace,
 ) -> list[TrialRecord]:
     """Run (or reuse) the trials under the config's output folder, with the arguments'
-    backend, workers and Ray address; progress goes to stderr."""
+    backend, workers and Ray address; progress goes to stderr. With ``--finished-only``
+    only the stored trials come back, and how many are missing goes to stderr.
+
+    Raises:
+        ValueError: ``--finished-only`` and no trial of the grid has finished.
+    """
+    if getattr(args, "finished_only", False):
+        records = [load_trial(config.output_dir, trial) for trial in trials]
+        finished = [record for record in records if record is not None]
+        print(
+            f"{config.name} ({config.profile}): {len(finished)} of {len(trials)} trials "
+            f"finished; summarizing those",
+            file=sys.stderr,
+        )
+        if not finished:
+            raise ValueError(
+                f"--finished-only: no trial of {config.name} ({config.profile}) is stored "
+                f"under {config.output_dir / 'trials'}"
+            )
+        return finished
     return run_sweep(
         trial_fn,
         trials,

@@ -31,6 +31,8 @@ __all__ = ["collect_losses", "loss_table", "main", "recovery_table", "training_t
 
 def _median_range(values: Sequence[float]) -> str:
     array = np.asarray(values, dtype=float)
+    if array.size == 0:
+        return "-"
     if array.size == 1:
         return f"{array[0]:.3g}"
     return f"{np.median(array):.3g} [{array.min():.3g}, {array.max():.3g}]"
@@ -60,12 +62,13 @@ def loss_table(records: Sequence[TrialRecord], methods: Sequence[str]) -> str:
             if method in by_method:
                 rows.append(
                     [system, method]
-                    + [_median_range(by_method[method].get(size, [np.nan])) for size in sizes]
+                    + [_median_range(by_method[method].get(size, [])) for size in sizes]
                 )
     headers = ["system", "method"] + [f"n_train = {size}" for size in sizes]
     note = (
         f"\nTest imitation loss at the epoch of the best validation loss: median "
-        f"[min, max] over {len(seeds)} seed(s) {seeds}.\n"
+        f"[min, max] over the seeds run, of {seeds} (the next table counts them; - : "
+        f"not run yet).\n"
     )
     tables = [markdown_table(headers, rows) + note, training_table(records, methods)]
     recovery = recovery_table(records, methods)
@@ -93,7 +96,7 @@ def recovery_table(records: Sequence[TrialRecord], methods: Sequence[str]) -> st
             if any((system, method, size) in cells for size in sizes):
                 rows.append(
                     [system, method]
-                    + [_median_range(cells.get((system, method, size), [np.nan])) for size in sizes]
+                    + [_median_range(cells.get((system, method, size), [])) for size in sizes]
                 )
     headers = ["system", "method"] + [f"n_train = {size}" for size in sizes]
     note = (

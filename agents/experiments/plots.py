@@ -17,7 +17,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.lines
 import matplotlib.pyplot as plt
+import matplotlib.ticker
 import numpy as np
 
 __all__ = ["Panel", "Series", "plot_curves", "plot_sample_complexity"]
@@ -115,10 +117,13 @@ def plot_sample_complexity(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     envs = list(losses)
+    # one colour and offset per method across all panels
+    methods = list(dict.fromkeys(m for env in envs for m in losses[env]))
+    colors = {m: f"C{k}" for k, m in enumerate(methods)}
     figure, axes = plt.subplots(1, len(envs), figsize=(5.0 * len(envs), 3.6), squeeze=False)
     for axis, env in zip(axes[0], envs):
-        methods = list(losses[env])
-        for k, method in enumerate(methods):
+        for method in losses[env]:
+            k = methods.index(method)
             sizes = sorted(losses[env][method])
             values = [np.asarray(losses[env][method][s], dtype=float) for s in sizes]
             median = np.array([np.median(v) for v in values])
@@ -132,17 +137,22 @@ def plot_sample_complexity(
                 yerr=np.stack([low, high]),
                 marker="o",
                 capsize=3,
+                color=colors[method],
                 label=method,
             )
         axis.set_xscale("log")
         axis.set_yscale("log")
         axis.set_xticks(sorted({s for m in losses[env].values() for s in m}))
         axis.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        axis.get_xaxis().set_minor_formatter(matplotlib.ticker.NullFormatter())
         axis.set_title(env)
         axis.set_xlabel("number of training trajectories")
         axis.set_ylabel(ylabel)
         axis.grid(True, which="major", alpha=0.3)
-    axes[0][-1].legend(fontsize="small", loc="best")
+    handles = [
+        matplotlib.lines.Line2D([], [], color=colors[m], marker="o", label=m) for m in methods
+    ]
+    axes[0][-1].legend(handles=handles, fontsize="small", loc="best")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

@@ -42,6 +42,7 @@ __all__ = [
     "resolve_trials",
     "run_bc_sweep",
     "step_budget",
+    "steps_per_epoch",
 ]
 
 
@@ -68,6 +69,11 @@ def dynamics_init(config: dict[str, Any]) -> dict[str, float]:
     return {k: v + float(width.get(k, 0.0)) * (rng.random() - 0.5) for k, v in center.items()}
 
 
+def steps_per_epoch(config: dict[str, Any]) -> int:
+    """Optimizer steps in one epoch of a trial: ceil(n_train / batch_size)."""
+    return -(-int(config["n_train"]) // int(config["batch_size"]))
+
+
 def step_budget(config: dict[str, Any]) -> dict[str, Any]:
     """The trial's epochs and early stopping, as ``TrainConfig`` fields.
 
@@ -81,7 +87,7 @@ def step_budget(config: dict[str, Any]) -> dict[str, Any]:
     """
     if "max_steps" not in config:
         return {"epochs": int(config["epochs"])}
-    per_epoch = -(-int(config["n_train"]) // int(config["batch_size"]))
+    per_epoch = steps_per_epoch(config)
 
     def epochs(key: str) -> int:
         steps = int(config[key])

@@ -16,12 +16,12 @@ Per-system settings (dataset, the learner's starting dynamics and cost) live und
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from mpc_policy.agents.experiments.bc_trials import run_bc_sweep
+from mpc_policy.agents.experiments.bc_trials import run_bc_sweep, steps_per_epoch
 from mpc_policy.agents.experiments.plots import plot_sample_complexity
 from mpc_policy.agents.experiments.runner import markdown_table, write_summary
 from mpc_policy.agents.sweep import TrialRecord
@@ -50,29 +50,59 @@ def collect_losses(
     return losses
 
 
+def _cells(
+    records: Sequence[TrialRecord], value: Callable[[TrialRecord], Any]
+) -> dict[tuple[str, str, int], list[Any]]:
+    """cells[(system, method, n_train)] = value(record) of each of its trials (None
+    values left out), in the records' order."""
+    cells: dict[tuple[str, str, int], list[Any]] = {}
+    for record in records:
+        item = value(record)
+        if item is not None:
+            c = record.config
+            cells.setdefault((c["system"], c["method"], int(c["n_train"])), []).append(item)
+    return cells
+
+
+def _grid_table(
+    cells: dict[tuple[str, str, int], list[Any]],
+    methods: Sequence[str],
+    cell: Callable[[list[Any]], str],
+    note: str,
+) -> str:
+    """Markdown: one row per system and method that has cells, one column per training-set
+    size, each cell ``cell(values)`` (an empty list where nothing ran); then ``note``."""
+    sizes = sorted({key[2] for key in cells})
+    rows = [
+        [system, method] + [cell(cells.get((system, method, size), [])) for size in sizes]
+        for system in dict.fromkeys(key[0] for key in cells)
+        for method in methods
+        if any((system, method, size) in cells for size in sizes)
+    ]
+    headers = ["system", "method"] + [f"n_train = {size}" for size in sizes]
+    return markdown_table(headers, rows) + note
+
+
 def loss_table(records: Sequence[TrialRecord], methods: Sequence[str]) -> str:
     """Markdown: one row per system and method, one column per training-set size, cells
-    "median [min, max]" over seeds of the test loss at the best validation epoch."""
-    losses = collect_losses(records)
-    sizes = sorted({int(r.config["n_train"]) for r in records})
+    "median [min, max]" over seeds of the test loss at the best validation epoch; then
+    the steps trained (``training_table``) and the model errors (``recovery_table``)."""
     seeds = sorted({int(r.config["seed"]) for r in records})
-    rows = []
-    for system, by_method in losses.items():
-        for method in methods:
-            if method in by_method:
-                rows.append(
-                    [system, method]
-                    + [_median_range(by_method[method].get(size, [])) for size in sizes]
-                )
-    headers = ["system", "method"] + [f"n_train = {size}" for size in sizes]
     note = (
         f"\nTest imitation loss at the epoch of the best validation loss: median "
         f"[min, max] over the seeds run, of {seeds} (the next table counts them; - : "
         f"not run yet).\n"
     )
-    tables = [markdown_table(headers, rows) + note, training_table(records, methods)]
+    losses = _cells(records, lambda r: r.result["test_loss_at_best_val"])
+    tables = [_grid_table(losses, methods, _median_range, note), training_table(records, methods)]
     recovery = recovery_table(records, methods)
     return "\n".join(tables + ([recovery] if recovery else []))
+
+
+def _model_error(record: TrialRecord) -> float | None:
+    errors = record.result.get("model_errors") or {}
+    relative = [v for k, v in errors.items() if k.startswith("dynamics_") and "_relative" in k]
+    return max(relative) if relative else errors.get("cost_goal_mse")
 
 
 def recovery_table(records: Sequence[TrialRecord], methods: Sequence[str]) -> str:
@@ -80,66 +110,35 @@ def recovery_table(records: Sequence[TrialRecord], methods: Sequence[str]) -> st
     over seeds: for learners of the dynamics the largest relative error of its
     identifiable combinations (pendulum g/l and m l^2; those of the cart-pole), for learners
     of the cost the MSE of the goal. Empty when no trial learned a model."""
-    cells: dict[tuple[str, str, int], list[float]] = {}
-    for record in records:
-        c, errors = record.config, record.result.get("model_errors") or {}
-        relative = [v for k, v in errors.items() if k.startswith("dynamics_") and "_relative" in k]
-        value = max(relative) if relative else errors.get("cost_goal_mse")
-        if value is not None:
-            cells.setdefault((c["system"], c["method"], int(c["n_train"])), []).append(value)
+    cells = _cells(records, _model_error)
     if not cells:
         return ""
-    sizes = sorted({key[2] for key in cells})
-    rows = []
-    for system in dict.fromkeys(key[0] for key in cells):
-        for method in methods:
-            if any((system, method, size) in cells for size in sizes):
-                rows.append(
-                    [system, method]
-                    + [_median_range(cells.get((system, method, size), [])) for size in sizes]
-                )
-    headers = ["system", "method"] + [f"n_train = {size}" for size in sizes]
     note = (
         "\nModel error at the last epoch: the largest relative error of the identifiable "
         "dynamics combinations (sysid, mpc.dx, mpc.cost.dx), else the cost goal's MSE "
         "(mpc.cost); median [min, max] over seeds.\n"
     )
-    return markdown_table(headers, rows) + note
+    return _grid_table(cells, methods, _median_range, note)
+
+
+def _steps_cell(runs: list[TrialRecord]) -> str:
+    if not runs:
+        return ""
+    per_epoch = steps_per_epoch(runs[0].config)
+    done = np.median([r.result.get("epochs_done", r.result["epoch"][-1]) for r in runs])
+    best = np.median([r.result["best_epoch"] for r in runs])
+    early = sum(bool(r.result.get("stopped_early")) for r in runs)
+    return f"{per_epoch * done:.0f} / {per_epoch * best:.0f}; {early} of {len(runs)}"
 
 
 def training_table(records: Sequence[TrialRecord], methods: Sequence[str]) -> str:
     """Markdown: per system, method and training-set size, the median optimizer steps
     trained and the best validation epoch's step, and how many seeds stopped early."""
-    cells: dict[tuple[str, str, int], list[TrialRecord]] = {}
-    for record in records:
-        c = record.config
-        cells.setdefault((c["system"], c["method"], int(c["n_train"])), []).append(record)
-    sizes = sorted({key[2] for key in cells})
-    rows = []
-    for system in dict.fromkeys(key[0] for key in cells):
-        for method in methods:
-            if not any((system, method, size) in cells for size in sizes):
-                continue
-            row = [system, method]
-            for size in sizes:
-                runs = cells.get((system, method, size), [])
-                if not runs:
-                    row.append("")
-                    continue
-                per_epoch = -(-size // int(runs[0].config["batch_size"]))
-                done = np.median([r.result.get("epochs_done", r.result["epoch"][-1]) for r in runs])
-                best = np.median([r.result["best_epoch"] for r in runs])
-                early = sum(bool(r.result.get("stopped_early")) for r in runs)
-                row.append(
-                    f"{per_epoch * done:.0f} / {per_epoch * best:.0f}; {early} of {len(runs)}"
-                )
-            rows.append(row)
-    headers = ["system", "method"] + [f"n_train = {size}" for size in sizes]
     note = (
         "\nOptimizer steps trained / step of the best validation loss (medians over "
         "seeds); seeds stopped early by patience.\n"
     )
-    return markdown_table(headers, rows) + note
+    return _grid_table(_cells(records, lambda r: r), methods, _steps_cell, note)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

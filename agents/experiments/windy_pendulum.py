@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from mpc_policy.agents.experiments.bc_trials import run_bc_sweep
+from mpc_policy.agents.experiments.bc_trials import run_bc_sweep, steps_per_epoch
 from mpc_policy.agents.experiments.plots import Panel, Series, plot_curves
 from mpc_policy.agents.experiments.runner import markdown_table, write_summary
 from mpc_policy.agents.sweep import TrialRecord
@@ -45,8 +45,7 @@ def final_losses(records: Sequence[TrialRecord]) -> dict[str, dict[str, list[flo
 
 def optimizer_steps(record: TrialRecord) -> list[int]:
     """The optimizer steps done at each evaluated epoch of a trial."""
-    c = record.config
-    per_epoch = -(-int(c["n_train"]) // int(c["batch_size"]))
+    per_epoch = steps_per_epoch(record.config)
     return [per_epoch * int(e) for e in record.result["epoch"]]
 
 

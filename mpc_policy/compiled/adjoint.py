@@ -105,6 +105,21 @@ def _costate_step(C, offset, F, t, b, point, lam, stationarity) -> None:
 
 
 @njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _adjoint_group(K, chol, free, F, grad_tau, b0, lanes, q, v, k, out) -> None:
+    """Eq. (9) for the elements b0 .. b0 + lanes - 1 into out (lanes, T, d), their
+    recursions interleaved step by step; q (W, d), v (W, n), k (W, T, m) are scratch."""
+    T = grad_tau.shape[0]
+    n = K.shape[3]
+    for t in range(T - 1, -1, -1):
+        for w in range(lanes):
+            _back_step(K, chol, free, F, grad_tau, t, b0 + w, q[w], v[w], k[w])
+    out[:, 0, :n] = 0.0
+    for t in range(T):
+        for w in range(lanes):
+            _forward_step(K, F, t, b0 + w, k[w], out[w])
+
+
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def _adjoint(K, chol, free, F, grad_tau, dtau) -> None:
     T, B, d = grad_tau.shape
     n = K.shape[3]
@@ -115,13 +130,7 @@ def _adjoint(K, chol, free, F, grad_tau, dtau) -> None:
     k = np.empty((_LANES, T, d - n), dtype=dtype)
     for b0 in range(0, B, _LANES):
         lanes = min(_LANES, B - b0)
-        for t in range(T - 1, -1, -1):
-            for w in range(lanes):
-                _back_step(K, chol, free, F, grad_tau, t, b0 + w, q[w], v[w], k[w])
-        out[:, 0, :n] = 0.0
-        for t in range(T):
-            for w in range(lanes):
-                _forward_step(K, F, t, b0 + w, k[w], out[w])
+        _adjoint_group(K, chol, free, F, grad_tau, b0, lanes, q, v, k, out)
         for w in range(lanes):
             dtau[:, b0 + w] = out[w]
 
@@ -215,13 +224,7 @@ def _implicit(
     k = np.empty((W, T, m), dtype=dtype)
     for b0 in range(0, B, W):
         lanes = min(W, B - b0)
-        for t in range(T - 1, -1, -1):  # eq. (9)
-            for w in range(lanes):
-                _back_step(K, chol, free, F, grad_tau, t, b0 + w, q[w], v[w], k[w])
-        dtau_b[:, 0, :n] = 0.0
-        for t in range(T):
-            for w in range(lanes):
-                _forward_step(K, F, t, b0 + w, k[w], dtau_b[w])
+        _adjoint_group(K, chol, free, F, grad_tau, b0, lanes, q, v, k, dtau_b)  # eq. (9)
         for t in range(T - 1, -1, -1):  # the costates of dL/dtau (eq. (7))
             for w in range(lanes):
                 _costate_step(C, grad_tau, F, t, b0 + w, dtau_b[w], dlam_b[w], stationarity[w])

@@ -96,19 +96,33 @@ class CartPoleDynamics(SystemDynamics):
 
     def _constants(self, like: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(g, m_c, m_p, l) in the dtype of ``like``."""
-        g, m_c, m_p, l = (self.gravity, self.cart_mass, self.pole_mass, self.half_length)
-        return g.to(like.dtype), m_c.to(like.dtype), m_p.to(like.dtype), l.to(like.dtype)
+        dtype = like.dtype
+        params = (self.gravity, self.cart_mass, self.pole_mass, self.half_length)
+        g, m_c, m_p, l = (p if p.dtype == dtype else p.to(dtype) for p in params)
+        return g, m_c, m_p, l
 
     def accelerations(
         self, theta: Tensor, theta_dot: Tensor, force: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """(p_ddot, th_ddot), each (...), at angle, angular velocity and force (...)."""
+        """(p_ddot, th_ddot), each (...), at angle, angular velocity and force (...).
+
+        With M = m_c + m_p and k = m_p l / M:
+
+            a     = u / M + k th_dot^2 sin th
+            th_dd = (g sin th - a cos th) / (4 l / 3 - k cos^2 th)
+            p_dd  = a - k th_dd cos th
+
+        the scalars formed once per call, so that each step costs few operations on the
+        rows (the solver calls the model hundreds of times a solve).
+        """
         g, m_c, m_p, l = self._constants(theta)
         total = m_c + m_p
+        k = m_p * l / total
         sin, cos = theta.sin(), theta.cos()
-        a = (force + m_p * l * theta_dot**2 * sin) / total
-        theta_acc = (g * sin - cos * a) / (l * (4.0 / 3.0 - m_p * cos**2 / total))
-        return a - m_p * l * theta_acc * cos / total, theta_acc
+        a = torch.addcmul(force / total, k * theta_dot.square(), sin)
+        denominator = torch.addcmul(4.0 / 3.0 * l, k, cos.square(), value=-1.0)
+        theta_acc = torch.addcmul(g * sin, cos, a, value=-1.0) / denominator
+        return torch.addcmul(a, k * theta_acc, cos, value=-1.0), theta_acc
 
     def forward(self, x: Tensor, u: Tensor) -> Tensor:
         """Next state (..., 5) for x (..., 5) = (p, p_dot, cos th, sin th, th_dot), u (..., 1)."""
@@ -117,14 +131,14 @@ class CartPoleDynamics(SystemDynamics):
         theta = torch.atan2(sin, cos)
         cart_acc, theta_acc = self.accelerations(theta, theta_dot, u[..., 0])
         dt = self.dt
-        theta_next = theta + dt * theta_dot
+        theta_next = torch.add(theta, theta_dot, alpha=dt)
         return torch.stack(
             (
-                position + dt * velocity,
-                velocity + dt * cart_acc,
+                torch.add(position, velocity, alpha=dt),
+                torch.add(velocity, cart_acc, alpha=dt),
                 theta_next.cos(),
                 theta_next.sin(),
-                theta_dot + dt * theta_acc,
+                torch.add(theta_dot, theta_acc, alpha=dt),
             ),
             dim=-1,
         )

@@ -210,6 +210,7 @@ def box_ddp(
         if (
             local_model is not None
             and gains is not None
+            and B > 1
             and callable(restrict)
             and (sweep < options.max_iter)
         ):

@@ -114,23 +114,24 @@ def rollout(
         # step costs the tensor operations of one trajectory
         if isinstance(alpha, Tensor):
             u_open = u.unsqueeze(0) + alpha.view(-1, 1, 1, 1) * gains.k.unsqueeze(0)
-            u_steps = u_open.transpose(0, 1).reshape(T, L * B, -1).unbind(0)
+            u_open = u_open.transpose(0, 1).reshape(T, L * B, -1)
         else:
-            u_steps = (u + alpha * gains.k).unbind(0)
+            u_open = u + alpha * gains.k
+        # the feedback law on (R, m, 1) columns: the unsqueezes made once for all steps
+        u_steps = u_open.unsqueeze(-1).unbind(0)
         K_steps = _tile(gains.K, L).unbind(0)
         x_bar_steps = _tile(x_bar, L).unbind(0)
     else:
-        u_steps = _tile(u, L).unbind(0)
-    lower_steps = (None,) * T if lower is None else _tile(lower, L).unbind(0)
-    upper_steps = (None,) * T if upper is None else _tile(upper, L).unbind(0)
+        u_steps = _tile(u, L).unsqueeze(-1).unbind(0)
+    lower_steps = (None,) * T if lower is None else _tile(lower, L).unsqueeze(-1).unbind(0)
+    upper_steps = (None,) * T if upper is None else _tile(upper, L).unsqueeze(-1).unbind(0)
     xs, us = [], []
     x = x_init.repeat(L, 1) if candidates else x_init
     for t in range(T):
         u_t = u_steps[t]
         if feedback:
-            dx = (x - x_bar_steps[t]).unsqueeze(-1)
-            u_t = torch.baddbmm(u_t.unsqueeze(-1), K_steps[t], dx).squeeze(-1)
-        u_t = clamp(u_t, lower_steps[t], upper_steps[t])
+            u_t = torch.baddbmm(u_t, K_steps[t], (x - x_bar_steps[t]).unsqueeze(-1))
+        u_t = clamp(u_t, lower_steps[t], upper_steps[t]).squeeze(-1)
         xs.append(x)
         us.append(u_t)
         if t < T - 1:

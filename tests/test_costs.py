@@ -56,6 +56,29 @@ def test_quadratize_matches_autograd(kind: str) -> None:
     torch.testing.assert_close(g, g_ref, atol=1e-12, rtol=0)
 
 
+@pytest.mark.parametrize("shape", ["shared", "per_step", "per_element"])
+def test_quadratic_cost_value_with_an_unsymmetric_C(shape: str) -> None:
+    """The value 1/2 tau' C tau + c' tau, from C as given (no symmetrization needed), for
+    each layout of C and c; the derivatives are those of its symmetric part."""
+    x, u = _trajectory()
+    B, T, d = x.shape[0], x.shape[1], 4
+    lead = {"shared": (), "per_step": (T,), "per_element": (B, T)}[shape]
+    g = torch.Generator().manual_seed(2)
+    C = torch.randn(*lead, d, d, generator=g, dtype=F64)
+    c = torch.randn(*lead, d, generator=g, dtype=F64)
+    cost = QuadraticCost(C, c)
+    tau = torch.cat([x, u], -1)
+    C_full, c_full = C.expand(B, T, d, d), c.expand(B, T, d)
+    expected = 0.5 * torch.einsum("bti,btij,btj->bt", tau, C_full, tau)
+    expected = expected + (c_full * tau).sum(-1)
+    torch.testing.assert_close(cost(x, u), expected, atol=1e-12, rtol=0)
+    H, gradient = cost.quadratize(x, u)
+    H_ref, g_ref = _autograd_derivatives(cost, x, u)
+    assert H.shape == (B, T, d, d) and gradient.shape == (B, T, d)
+    torch.testing.assert_close(H, H_ref, atol=1e-12, rtol=0)
+    torch.testing.assert_close(gradient, g_ref, atol=1e-12, rtol=0)
+
+
 def test_vectorized_autograd_derivatives_match_the_loop() -> None:
     class Smooth(torch.nn.Module):
         def forward(self, x, u):

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import Tensor, nn
 
-from mpc_policy import AffineDynamics
+from mpc_policy import AffineDynamics, linearize
 from mpc_policy.linearize import dynamics_curvature, dynamics_jacobian
 from tests.pendulum_model import PendulumDynamics, start_states
 
@@ -33,6 +34,45 @@ def test_jacobian_keeps_graph_to_parameters_when_asked() -> None:
     (expected,) = torch.autograd.grad(dynamics.jacobian(x, u).sum(), dynamics.g)
     torch.testing.assert_close(grad_g, expected, atol=1e-12, rtol=0)
     assert not dynamics_jacobian(dynamics, x, u).requires_grad
+
+
+class PerElementGain(nn.Module):
+    """x' = tanh(a_b * x) + u with a parameter per batch element (rows read as (-1, B, n))."""
+
+    def __init__(self, gains: Tensor) -> None:
+        super().__init__()
+        self.gains = nn.Parameter(gains)
+
+    def forward(self, x: Tensor, u: Tensor) -> Tensor:
+        B, n = self.gains.shape[0], x.shape[-1]
+        rows = torch.tanh(self.gains.view(1, B, 1) * x.reshape(-1, B, n))
+        return rows.reshape(x.shape) + u.expand_as(x)
+
+
+@pytest.mark.parametrize("create_graph", [False, True])
+def test_jacobian_from_copied_rows_equals_the_vectorized_one(
+    create_graph: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Few rows run the model on n copies of them (one reverse pass), many rows vectorize
+    the reverse passes: the same Jacobians, element by element, and the same gradient to
+    per-element parameters (a copy keeps row r on batch element r mod B)."""
+    g = torch.Generator().manual_seed(4)
+    T, B, n = 3, 5, 2
+    x = torch.randn(T, B, n, generator=g, dtype=F64)
+    u = torch.randn(T, B, 1, generator=g, dtype=F64)
+    dynamics = PerElementGain(torch.linspace(0.5, 2.0, B, dtype=F64))
+    results = {}
+    for rows_limit in (10**9, 0):  # copies, then the vectorized reverse pass
+        monkeypatch.setattr(linearize, "_COPIED_ROWS", rows_limit)
+        F = dynamics_jacobian(dynamics, x, u, create_graph=create_graph)
+        grad = torch.autograd.grad(F.sum(), dynamics.gains)[0] if create_graph else None
+        results[rows_limit] = (F, grad)
+    (F_copies, grad_copies), (F_vmap, grad_vmap) = results[10**9], results[0]
+    assert torch.equal(F_copies, F_vmap)
+    if create_graph:
+        torch.testing.assert_close(grad_copies, grad_vmap, atol=1e-14, rtol=0)
+    reference = dynamics_jacobian(dynamics, x, u, method="finite_diff")
+    torch.testing.assert_close(F_copies.detach(), reference, atol=1e-8, rtol=0)
 
 
 def test_lagrangian_curvature_matches_a_loop() -> None:

@@ -53,6 +53,7 @@ def lqr_data_at(
         method=options.jacobian,
         eps=options.finite_diff_eps,
         create_graph=options.grad_method == "paper",
+        row_copies=True,
     )
     if options.grad_method == "paper":
         # differentiate the last convex approximation, eqs. (12), (13), (19)
@@ -64,7 +65,7 @@ def lqr_data_at(
     # f(tau) = x_next, differentiated at the solution with the Lagrangian's Hessian
     lam = kernels.costates_from_gradient(g.detach(), F)
     f_next, weighted, curvature = dynamics_curvature(
-        dynamics, x[:-1], u[:-1], lam[1:], create_graph=True
+        dynamics, x[:-1], u[:-1], lam[1:], create_graph=True, row_copies=True
     )
     H_lagrangian = H.detach().clone()
     H_lagrangian[:-1] += curvature

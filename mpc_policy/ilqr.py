@@ -40,6 +40,12 @@ _CANDIDATE_ROWS = 1024
 # Every step size is rolled out at once (full step included) while its batch of candidates
 # has at most this many rows; beyond it the full step goes first, alone.
 _ALL_CANDIDATES_ROWS = 320
+# Newton steps (one more call of the model's curvature per step) pay where Gauss-Newton
+# would take many more steps: for an element still this many times its tolerance away (in
+# float64, 1e-7, from the switch at 0.1 on), or one whose last step cut its residual by less
+# than _SLOW_CONTRACTION (a swing-up pendulum's 0.5; not the 0.1 of an easier problem).
+_FAR_FROM_TOLERANCE = 1e4
+_SLOW_CONTRACTION = 0.25
 
 
 class DDPResult(NamedTuple):
@@ -157,6 +163,7 @@ def box_ddp(
     options: MPCOptions,
     warn_regularization: bool = True,
     kernels: Kernels = TORCH,
+    newton_state: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> DDPResult:
     """Solve a box-constrained control problem by box-DDP, each element on its own.
 
@@ -176,6 +183,9 @@ def box_ddp(
         options: solver options (iterations, tolerance, line search).
         warn_regularization: warn when a Q_uu block needs regularizing.
         kernels: the numerics' backend (``mpc_policy.backend.select``).
+        newton_state: (B,) the elements taking Newton steps, (B,) those that fell back to
+            Gauss-Newton and (B,) the last residuals (a part-batch solve continues the whole
+            batch's); None for a fresh solve.
 
     Returns:
         The final trajectory, its cost, the gains of the last backward pass (at the final
@@ -205,6 +215,18 @@ def box_ddp(
     restrict = getattr(model, "restrict", None)
     affine = getattr(model, "affine", None) is not None
     local_model: tuple[Tensor, Tensor] | None = None  # the last pass's C and F
+    # Newton steps near a solution: the Hessian of the Lagrangian in the backward pass
+    curvature = getattr(model, "curvature", None)
+    if affine or options.newton_residual <= 0 or not callable(curvature):
+        curvature = None
+    if newton_state is None:
+        no_rows = torch.zeros(B, dtype=torch.bool, device=device)
+        newton_state = (
+            no_rows,
+            no_rows,
+            torch.full((B,), float("inf"), dtype=dtype, device=device),
+        )
+    newton, gauss_newton, last_residual = newton_state
     for sweep in range(options.max_iter + 1):
         moving = ~(converged | stalled | nonfinite)
         if (
@@ -229,6 +251,11 @@ def box_ddp(
                     dataclasses.replace(options, max_iter=options.max_iter - sweep),
                     warn_regularization,
                     kernels,
+                    (
+                        newton.index_select(0, rows),
+                        gauss_newton.index_select(0, rows),
+                        residual.index_select(0, rows),
+                    ),
                 )
                 indefinite = indefinite_rows(
                     *local_model, gains, ~stalled & ~nonfinite & ~moving, options.regularization
@@ -271,6 +298,14 @@ def box_ddp(
         # converged, stalled and non-finite elements are frozen: their last gains are
         # still exact (or of no use)
         moved = ~(converged | stalled | nonfinite)
+        stepping = newton & moved & ~gauss_newton
+        if curvature is not None and bool(stepping.any()):
+            H = curvature(x_bar, u_bar, kernels.costates_from_gradient(g, F))
+            if H is None:  # the model takes no Newton steps
+                curvature, stepping = None, stepping & False
+            else:
+                C = C.clone()
+                C[:-1] += torch.where(stepping.view(1, -1, 1, 1), H, 0.0)
         gains = _backward_pass(
             kernels, C, g, F, du_lower, du_upper, gains, moved, options, warn_regularization
         )
@@ -284,6 +319,14 @@ def box_ddp(
         scale = 1.0 + u_bar.detach().abs().amax(dim=(0, 2))
         residual = (u_model - u_bar).detach().abs().amax(dim=(0, 2)) / scale
         converged = converged | ((residual <= tol) & ~nonfinite)
+        if curvature is not None:
+            # Newton steps for an element near the solution that is far from its tolerance
+            # or converging slowly, and from then on while it stays near
+            slow = residual > _SLOW_CONTRACTION * last_residual
+            far = residual > _FAR_FROM_TOLERANCE * tol
+            near = residual <= options.newton_residual
+            newton = near & ~gauss_newton & (newton | slow | far)
+            last_residual = residual
         pending = ~converged & ~stalled & ~nonfinite & (iterations < options.max_iter)
         if not bool(pending.any()):
             break
@@ -302,7 +345,11 @@ def box_ddp(
                 trial, alphas, pending, threshold
             )
             pick = accepted.view(1, B, 1)
-            stalled = stalled | (pending & ~accepted)
+            refused = pending & ~accepted
+            # a refused Newton step is retried as a Gauss-Newton step; a refused
+            # Gauss-Newton step leaves the element stuck where it is
+            gauss_newton = gauss_newton | (refused & stepping)
+            stalled = stalled | (refused & ~stepping)
             step_size = torch.where(pending, torch.where(accepted, accepted_alpha, 0.0), step_size)
             x_bar = torch.where(pick, x_step, x_bar)
             u_bar = torch.where(pick, u_step, u_bar)
@@ -349,8 +396,11 @@ def box_ddp(
                     accepted = accepted | ok
                     if bool(accepted[pending].all()):
                         break
-        # no step size decreases the cost: this element is stuck where it is
-        stalled = stalled | (pending & ~accepted)
+        # no step size decreases the cost: a Newton step is retried as a Gauss-Newton step,
+        # and a Gauss-Newton element is stuck where it is
+        refused = pending & ~accepted
+        gauss_newton = gauss_newton | (refused & stepping)
+        stalled = stalled | (refused & ~stepping)
         step_size = torch.where(pending, accepted_alpha, step_size)
         x_bar, u_bar, cost_bar = new_x, new_u, new_cost
 

@@ -161,12 +161,17 @@ def kkt_solution(
     F = x.new_zeros(0, B, n, H.shape[-1])
     if T > 1:
         F = dynamics_jacobian(
-            dynamics, x[:-1], u[:-1], method=options.jacobian, eps=options.finite_diff_eps
+            dynamics,
+            x[:-1],
+            u[:-1],
+            method=options.jacobian,
+            eps=options.finite_diff_eps,
+            row_copies=True,
         )
         # costates of the constrained problem, eq. (7) with the Lagrangian's gradient
         lam = costates_from_gradient(grad_cost.detach() + weighted_g.detach(), F)
         next_state, weighted_f, H_f = dynamics_curvature(
-            dynamics, x[:-1], u[:-1], lam[1:], create_graph=True
+            dynamics, x[:-1], u[:-1], lam[1:], create_graph=True, row_copies=True
         )
         H = torch.cat([H[:-1] + H_f, H[-1:]])
         stationarity = stationarity + torch.cat([weighted_f, torch.zeros_like(weighted_f[:1])])

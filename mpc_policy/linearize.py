@@ -131,16 +131,21 @@ def dynamics_jacobian(
     method: str = "autograd",
     eps: float = 1e-6,
     create_graph: bool = False,
+    row_copies: bool = False,
 ) -> Tensor:
     """Jacobian F = d f / d [x; u] of a dynamics model on every row.
 
     Args:
-        dynamics: module with dynamics(x (..., n), u (..., m)) -> (..., n).
+        dynamics: module with dynamics(x (..., n), u (..., m)) -> (..., k) (k = n for
+            dynamics; any k, e.g. constraint rows, without ``row_copies``).
         x: (..., n) states.
         u: (..., m) controls.
         method: "autograd", "analytic" (``dynamics.jacobian``) or "finite_diff".
         eps: relative step of the central differences.
         create_graph: keep the graph to the model's parameters.
+        row_copies: the model takes any leading shape and gives k = n values per row
+            (``contract.CheckedDynamics``): on few rows, autograd runs it on n copies of
+            them in front, one reverse pass for all of F.
 
     Returns:
         F: (..., n, n+m).
@@ -168,7 +173,7 @@ def dynamics_jacobian(
         return F if create_graph else F.detach()
     with _autograd_on():
         tau = _leaf(torch.cat([x, u], dim=-1), create_graph)
-        copies = n * tau[..., 0].numel() <= _COPIED_ROWS
+        copies = row_copies and n * tau[..., 0].numel() <= _COPIED_ROWS
         if copies:
             # k copies of the rows in front: row r is still batch element r mod B
             tau = tau.expand(n, *tau.shape)
@@ -184,6 +189,7 @@ def dynamics_curvature(
     lam: Tensor,
     *,
     create_graph: bool = False,
+    row_copies: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Costate-weighted derivatives of the dynamics: the dynamics part of the Lagrangian.
 
@@ -194,6 +200,9 @@ def dynamics_curvature(
         lam: (..., n) costates of the next states (held constant).
         create_graph: keep the graph from the gradient and the next state to the model's
             parameters (the Hessian is always returned without graph).
+        row_copies: the model takes any leading shape (``contract.CheckedDynamics``): on
+            few rows, autograd runs it on d copies of them, one second reverse pass for
+            all of the Hessian.
 
     Returns:
         next_state: (..., n) f(x, u);
@@ -203,14 +212,22 @@ def dynamics_curvature(
     n = x.shape[-1]
     with _autograd_on():
         tau = _leaf(torch.cat([x, u], dim=-1))
-        out = dynamics(tau[..., :n], tau[..., n:])
-        weighted = (out * lam.detach()).sum()
-        (gradient,) = torch.autograd.grad(weighted, tau, create_graph=True)
+        d = tau.shape[-1]
+        copies = row_copies and d * tau[..., 0].numel() <= _COPIED_ROWS
+        # d copies of the rows in front (as for the Jacobian): copy i gives Hessian row i
+        points = tau.expand(d, *tau.shape) if copies else tau
+        out = dynamics(points[..., :n], points[..., n:])
+        # costates from an inference-mode solve are copied out of it to enter the graph
+        weights = lam.detach().clone() if lam.is_inference() else lam.detach()
+        weighted = (out * weights).sum()
+        (gradient,) = torch.autograd.grad(weighted, points, create_graph=True)
         hessian = (
-            _rows_jacobian(gradient, tau, False, retain_graph=create_graph)
+            _rows_jacobian(gradient, points, False, retain_graph=create_graph, copies=copies)
             if gradient.requires_grad
             else None
         )
+    if copies:
+        out, gradient = out[0], gradient[0]
     if hessian is None:  # affine dynamics: no curvature
         hessian = torch.zeros(*tau.shape, tau.shape[-1], dtype=tau.dtype, device=tau.device)
     if not create_graph:

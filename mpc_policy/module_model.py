@@ -11,7 +11,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from mpc_policy.contract import CheckedCost, CheckedDynamics, restrictable
-from mpc_policy.linearize import cost_derivatives, dynamics_jacobian
+from mpc_policy.linearize import cost_derivatives, dynamics_curvature, dynamics_jacobian
 from mpc_policy.options import MPCOptions
 
 __all__ = ["ModuleModel"]
@@ -48,7 +48,19 @@ class ModuleModel:
             method=self.options.jacobian,
             eps=self.options.finite_diff_eps,
             create_graph=self.create_graph,
+            row_copies=True,
         )
+
+    def curvature(self, x: Tensor, u: Tensor, lam: Tensor) -> Tensor | None:
+        """(T-1, B, d, d) sum_i lam_{t+1,i} d2 f_i / d tau_t2 at the trajectory, for costates
+        lam (T, B, n): the dynamics' part of the Lagrangian's Hessian (Newton steps).
+
+        None where Newton steps are off: with finite-difference Jacobians (the model need
+        not be differentiable) and in an unrolled solve (its graph would run through them).
+        """
+        if self.create_graph or self.options.jacobian == "finite_diff":
+            return None
+        return dynamics_curvature(self.dynamics, x[:-1], u[:-1], lam[1:], row_copies=True)[2]
 
     def step(self, x: Tensor, u: Tensor, t: int) -> Tensor:
         return self.dynamics(x, u)

@@ -48,6 +48,18 @@ class MPCOptions:
             in ``info`` only).
         regularization: initial diagonal added to a Q_uu block that is not positive
             definite (it grows by 10x until the Cholesky factorization succeeds).
+        newton_residual: an element whose fixed-point residual is at most this takes
+            Newton steps: the Hessian of the Lagrangian (the cost's plus the dynamics'
+            curvature weighted by the costates) in place of the cost's alone (iLQR's
+            Gauss-Newton model). Near a solution they converge quadratically where iLQR
+            converges linearly, at a rate the dynamics' curvature sets (0.5 per step for a
+            pendulum swing-up with a heavy torque weight). They cost one more call of the
+            dynamics' second derivatives per step, so they are taken where they pay: by an
+            element still 10^4 times its tolerance away (float64 from 0.1 on) or whose
+            last step cut its residual by less than 4x. The same fixed point; a Newton step
+            that no step size accepts falls back to Gauss-Newton for the rest of the solve.
+            0 turns them off (they are off for the finite-difference Jacobian and for
+            ``grad_method="unroll"``).
         backend: the implementation of the numerics that call no user code: "auto"
             (default: the environment variable ``MPC_POLICY_BACKEND`` if set, else the
             compiled kernels for CPU tensors when numba is installed, torch otherwise),
@@ -78,6 +90,7 @@ class MPCOptions:
     finite_diff_eps: float = 1e-6
     on_unconverged: OnUnconverged = "warn"
     regularization: float = 1e-8
+    newton_residual: float = 0.1
     backend: Backend = "auto"
     constraint_tol: float | None = None
     max_outer_iter: int = 50
@@ -109,6 +122,7 @@ class MPCOptions:
             "line_search_decay",
             "finite_diff_eps",
             "regularization",
+            "newton_residual",
             "constraint_tol",
             "penalty_init",
             "penalty_growth",
@@ -140,6 +154,10 @@ class MPCOptions:
         if not self.penalty_growth > 1:
             raise ValueError(
                 f"penalty_growth: expected a float > 1, received {self.penalty_growth!r}"
+            )
+        if not self.newton_residual >= 0:
+            raise ValueError(
+                f"newton_residual: expected a float >= 0, received {self.newton_residual!r}"
             )
         if not self.regularization > 0:
             raise ValueError(

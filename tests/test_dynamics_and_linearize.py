@@ -64,7 +64,7 @@ def test_jacobian_from_copied_rows_equals_the_vectorized_one(
     results = {}
     for rows_limit in (10**9, 0):  # copies, then the vectorized reverse pass
         monkeypatch.setattr(linearize, "_COPIED_ROWS", rows_limit)
-        F = dynamics_jacobian(dynamics, x, u, create_graph=create_graph)
+        F = dynamics_jacobian(dynamics, x, u, create_graph=create_graph, row_copies=True)
         grad = torch.autograd.grad(F.sum(), dynamics.gains)[0] if create_graph else None
         results[rows_limit] = (F, grad)
     (F_copies, grad_copies), (F_vmap, grad_vmap) = results[10**9], results[0]
@@ -75,11 +75,13 @@ def test_jacobian_from_copied_rows_equals_the_vectorized_one(
     torch.testing.assert_close(F_copies.detach(), reference, atol=1e-8, rtol=0)
 
 
-def test_lagrangian_curvature_matches_a_loop() -> None:
+@pytest.mark.parametrize("row_copies", [False, True])
+def test_lagrangian_curvature_matches_a_loop(row_copies: bool) -> None:
     dynamics = PendulumDynamics()
     x, u = start_states(3, seed=3), torch.randn(3, 1, dtype=F64)
     lam = torch.randn(3, 3, dtype=F64)
-    _, gradient, hessian = dynamics_curvature(dynamics, x, u, lam)
+    next_state, gradient, hessian = dynamics_curvature(dynamics, x, u, lam, row_copies=row_copies)
+    torch.testing.assert_close(next_state, dynamics(x, u).detach(), atol=1e-14, rtol=0)
     for b in range(3):
         tau = torch.cat([x[b], u[b]])
 

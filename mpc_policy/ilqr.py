@@ -227,6 +227,8 @@ def box_ddp(
             torch.full((B,), float("inf"), dtype=dtype, device=device),
         )
     newton, gauss_newton, last_residual = newton_state
+    # whether the next backward pass has Newton elements (decided with the loop's one sync)
+    newton_next = curvature is not None and bool((newton & ~gauss_newton).any())
     for sweep in range(options.max_iter + 1):
         moving = ~(converged | stalled | nonfinite)
         if (
@@ -299,7 +301,7 @@ def box_ddp(
         # still exact (or of no use)
         moved = ~(converged | stalled | nonfinite)
         stepping = newton & moved & ~gauss_newton
-        if curvature is not None and bool(stepping.any()):
+        if curvature is not None and newton_next:
             H = curvature(x_bar, u_bar, kernels.costates_from_gradient(g, F))
             if H is None:  # the model takes no Newton steps
                 curvature, stepping = None, stepping & False
@@ -328,7 +330,13 @@ def box_ddp(
             newton = near & ~gauss_newton & (newton | slow | far)
             last_residual = residual
         pending = ~converged & ~stalled & ~nonfinite & (iterations < options.max_iter)
-        if not bool(pending.any()):
+        if curvature is None:
+            any_pending = bool(pending.any())
+        else:
+            any_pending, newton_next = torch.stack(
+                [pending.any(), (newton & pending).any()]
+            ).tolist()
+        if not any_pending:
             break
         iterations = iterations + pending.long()
         # a step whose cost change is below the rounding of the cost is not refused

@@ -41,11 +41,12 @@ _CANDIDATE_ROWS = 1024
 # has at most this many rows; beyond it the full step goes first, alone.
 _ALL_CANDIDATES_ROWS = 320
 # Newton steps (one more call of the model's curvature per step) pay where Gauss-Newton
-# would take many more steps: for an element still this many times its tolerance away (in
-# float64, 1e-7, from the switch at 0.1 on), or one whose last step cut its residual by less
-# than _SLOW_CONTRACTION (a swing-up pendulum's 0.5; not the 0.1 of an easier problem).
-_FAR_FROM_TOLERANCE = 1e4
-_SLOW_CONTRACTION = 0.25
+# would take many more steps: an element takes them once its last step's contraction of the
+# residual, kept up, would need more than this many steps to reach the tolerance (a
+# swing-up pendulum with a heavy torque weight: rate 0.5, 15 steps in float64; the paper's
+# pendulum in float32: rate 0.1 to 0.2, 2 to 4 steps; a Newton step costs about 1.4
+# Gauss-Newton steps there).
+_NEWTON_STEPS_LEFT = 5.0
 
 
 class DDPResult(NamedTuple):
@@ -322,12 +323,13 @@ def box_ddp(
         residual = (u_model - u_bar).detach().abs().amax(dim=(0, 2)) / scale
         converged = converged | ((residual <= tol) & ~nonfinite)
         if curvature is not None:
-            # Newton steps for an element near the solution that is far from its tolerance
-            # or converging slowly, and from then on while it stays near
-            slow = residual > _SLOW_CONTRACTION * last_residual
-            far = residual > _FAR_FROM_TOLERANCE * tol
+            # Newton steps for an element near the solution that Gauss-Newton brings in
+            # slowly, and from then on while it stays near
+            rate = residual / last_residual
+            steps_left = torch.log(tol / residual) / torch.log(rate)
+            slow = (rate >= 1.0) | (steps_left > _NEWTON_STEPS_LEFT)
             near = residual <= options.newton_residual
-            newton = near & ~gauss_newton & (newton | slow | far)
+            newton = near & ~gauss_newton & (newton | slow)
             last_residual = residual
         pending = ~converged & ~stalled & ~nonfinite & (iterations < options.max_iter)
         if curvature is None:

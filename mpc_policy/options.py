@@ -54,10 +54,10 @@ class MPCOptions:
             Gauss-Newton model). Near a solution they converge quadratically where iLQR
             converges linearly, at a rate the dynamics' curvature sets (0.5 per step for a
             pendulum swing-up with a heavy torque weight). They cost one more call of the
-            dynamics' second derivatives per step, so they are taken where they pay: by an
-            element still 10^4 times its tolerance away (float64 from 0.1 on) or whose
-            last step cut its residual by less than 4x. The same fixed point; a Newton step
-            that no step size accepts falls back to Gauss-Newton for the rest of the solve.
+            dynamics' second derivatives per step, so they are taken where they pay: once
+            an element's last Gauss-Newton contraction, kept up, would need more than 5
+            steps to reach the tolerance. The same fixed point; a Newton step that no step
+            size accepts falls back to Gauss-Newton for the rest of the solve.
             0 turns them off (they are off for the finite-difference Jacobian and for
             ``grad_method="unroll"``).
         backend: the implementation of the numerics that call no user code: "auto"

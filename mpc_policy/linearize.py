@@ -49,8 +49,8 @@ def _leaf(tau: Tensor, create_graph: bool = False) -> Tensor:
 
 
 # A dynamics Jacobian of k outputs on N rows runs the model on k copies of its rows while
-# k N is at most this (one forward and one reverse pass on k N rows: about 30 % faster than
-# the vectorized reverse pass for the pendulum at B = 1 to 32, slower beyond about 5000).
+# k N is at most this (one forward and one reverse pass on k N rows: 10-30 % faster than the
+# vectorized reverse pass for the pendulum at B = 1 to 32, slower beyond about 5000 rows).
 _COPIED_ROWS = 4096
 
 
@@ -175,7 +175,7 @@ def dynamics_jacobian(
         tau = _leaf(torch.cat([x, u], dim=-1), create_graph)
         copies = row_copies and n * tau[..., 0].numel() <= _COPIED_ROWS
         if copies:
-            # k copies of the rows in front: row r is still batch element r mod B
+            # n copies of the rows in front: row r is still batch element r mod B
             tau = tau.expand(n, *tau.shape)
         out = dynamics(tau[..., :n], tau[..., n:])
         F = _rows_jacobian(out, tau, create_graph, copies=copies)

@@ -10,13 +10,13 @@ the evaluation curve (deterministic return vs steps, with the learned parameters
 it to ``<log_dir>/curve.csv``.
 
     python examples/ppo_pendulum.py                                   # 1024 steps: 10 s
-    python examples/ppo_pendulum.py --config configs/ppo_pendulum.yaml  # full run: 7 min
+    python examples/ppo_pendulum.py --config configs/ppo_pendulum.yaml  # full run: 3.6 min
     python examples/ppo_pendulum.py --learn "[cost.weights, dynamics]" --total-timesteps 2048
     tensorboard --logdir runs/ppo_pendulum
 
 Every option is a field of ``Args``; ``--config`` reads a YAML file of them and the other
 flags (values read as YAML) override it. Times: one thread of a 2-core machine (the full
-run: 20 480 steps with 10 evaluations, 6 min 49 s on an idle machine, 6.8 CPU-minutes); a
+run: 20 480 steps with 10 evaluations, 3 min 36 s on an idle machine, 3.6 CPU-minutes); a
 progress bar shows the steps and the mean episode return.
 """
 

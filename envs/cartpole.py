@@ -26,7 +26,13 @@ from torch import Tensor, nn
 
 from mpc_policy.costs import GoalWeightedCost
 from mpc_policy.envs.base import UNBOUNDED, DynamicsEnv
-from mpc_policy.envs.model import SystemDynamics, angle_and_partials, check_inputs, stack_jacobian
+from mpc_policy.envs.model import (
+    SystemDynamics,
+    angle_and_partials,
+    check_inputs,
+    in_dtype,
+    stack_jacobian,
+)
 from mpc_policy.envs.params import CartPoleParams
 from mpc_policy.envs.rendering import Canvas
 
@@ -96,9 +102,8 @@ class CartPoleDynamics(SystemDynamics):
 
     def _constants(self, like: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(g, m_c, m_p, l) in the dtype of ``like``."""
-        dtype = like.dtype
         params = (self.gravity, self.cart_mass, self.pole_mass, self.half_length)
-        g, m_c, m_p, l = (p if p.dtype == dtype else p.to(dtype) for p in params)
+        g, m_c, m_p, l = in_dtype(like.dtype, params)
         return g, m_c, m_p, l
 
     def accelerations(

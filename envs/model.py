@@ -35,6 +35,11 @@ class SystemDynamics(nn.Module, ABC):
         """Analytic Jacobian (..., n, n+m) of the next state with respect to [x; u]."""
 
 
+def in_dtype(dtype: torch.dtype, params: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """The scalar parameters in ``dtype`` (those already in it as they are, with no call)."""
+    return tuple(p if p.dtype == dtype else p.to(dtype) for p in params)
+
+
 def check_inputs(name: str, x: Tensor, u: Tensor, n_state: int, n_ctrl: int) -> torch.Size:
     """Validate x (..., n_state), u (..., n_ctrl) and return their broadcast batch shape."""
     for arg, tensor, size in (("x", x, n_state), ("u", u, n_ctrl)):

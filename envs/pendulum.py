@@ -28,7 +28,13 @@ from torch import Tensor, nn
 
 from mpc_policy.costs import GoalWeightedCost
 from mpc_policy.envs.base import UNBOUNDED, DynamicsEnv
-from mpc_policy.envs.model import SystemDynamics, angle_and_partials, check_inputs, stack_jacobian
+from mpc_policy.envs.model import (
+    SystemDynamics,
+    angle_and_partials,
+    check_inputs,
+    in_dtype,
+    stack_jacobian,
+)
 from mpc_policy.envs.params import PendulumParams
 from mpc_policy.envs.rendering import Canvas
 
@@ -91,8 +97,7 @@ class PendulumDynamics(SystemDynamics):
         Formed once per call on the scalar parameters, so that each step costs few
         operations on the rows (the solver calls the model hundreds of times a solve).
         """
-        params = (self.gravity, self.mass, self.length)
-        g, m, l = (p if p.dtype == dtype else p.to(dtype) for p in params)
+        g, m, l = in_dtype(dtype, (self.gravity, self.mass, self.length))
         return 1.5 * g / l, 3.0 / (m * l * l)
 
     def angular_acceleration(self, theta: Tensor, theta_dot: Tensor, torque: Tensor) -> Tensor:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from mpc_policy.envs.model import in_dtype
 from mpc_policy.envs.params import PendulumParams, WindyPendulumParams
 from mpc_policy.envs.pendulum import PendulumDynamics, PendulumEnv
 from mpc_policy.envs.rendering import Canvas
@@ -52,7 +53,7 @@ class WindyPendulumDynamics(PendulumDynamics):
 
     def _constants(self, like: Tensor) -> tuple[Tensor, ...]:
         params = (self.gravity, self.mass, self.length, self.damping, self.wind)
-        return tuple(p.to(like.dtype) for p in params)
+        return in_dtype(like.dtype, params)
 
     def angular_acceleration(self, theta: Tensor, theta_dot: Tensor, torque: Tensor) -> Tensor:
         """th_ddot (...) at angle, velocity and torque (...)."""

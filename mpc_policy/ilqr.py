@@ -125,6 +125,15 @@ class _CandidateCosts:
         return tiled.total_cost(rows_x, rows_u).view(L, B)
 
 
+def _refuse(
+    refused: Tensor, stepping: Tensor, gauss_newton: Tensor, stalled: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The elements ``refused`` (B,) by every step size: a Newton step (``stepping``) is
+    retried as Gauss-Newton, a Gauss-Newton element is stuck where it is. Returns the new
+    (gauss_newton, stalled) masks."""
+    return gauss_newton | (refused & stepping), stalled | (refused & ~stepping)
+
+
 def _first_decrease(
     candidates: tuple[Tensor, Tensor, Tensor],
     alphas: Tensor,
@@ -355,11 +364,7 @@ def box_ddp(
                 trial, alphas, pending, threshold
             )
             pick = accepted.view(1, B, 1)
-            refused = pending & ~accepted
-            # a refused Newton step is retried as a Gauss-Newton step; a refused
-            # Gauss-Newton step leaves the element stuck where it is
-            gauss_newton = gauss_newton | (refused & stepping)
-            stalled = stalled | (refused & ~stepping)
+            gauss_newton, stalled = _refuse(pending & ~accepted, stepping, gauss_newton, stalled)
             step_size = torch.where(pending, torch.where(accepted, accepted_alpha, 0.0), step_size)
             x_bar = torch.where(pick, x_step, x_bar)
             u_bar = torch.where(pick, u_step, u_bar)
@@ -406,11 +411,7 @@ def box_ddp(
                     accepted = accepted | ok
                     if bool(accepted[pending].all()):
                         break
-        # no step size decreases the cost: a Newton step is retried as a Gauss-Newton step,
-        # and a Gauss-Newton element is stuck where it is
-        refused = pending & ~accepted
-        gauss_newton = gauss_newton | (refused & stepping)
-        stalled = stalled | (refused & ~stepping)
+        gauss_newton, stalled = _refuse(pending & ~accepted, stepping, gauss_newton, stalled)
         step_size = torch.where(pending, accepted_alpha, step_size)
         x_bar, u_bar, cost_bar = new_x, new_u, new_cost
 

@@ -54,6 +54,14 @@ def _leaf(tau: Tensor, create_graph: bool = False) -> Tensor:
 _COPIED_ROWS = 4096
 
 
+def _copies(tau: Tensor, k: int, row_copies: bool) -> tuple[Tensor, bool]:
+    """tau (..., d) as k copies (k, ..., d) in front when ``row_copies`` allows it and the k
+    copied rows are few enough, else tau itself; and whether it was copied. Row r of a copy
+    is still batch element r mod B."""
+    copies = row_copies and k * tau[..., 0].numel() <= _COPIED_ROWS
+    return (tau.expand(k, *tau.shape) if copies else tau), copies
+
+
 def _basis(size: int, like: Tensor) -> Tensor:
     """(size, *like.shape) with e_i in the last dimension of every row."""
     eye = torch.eye(size, dtype=like.dtype, device=like.device)
@@ -172,11 +180,7 @@ def dynamics_jacobian(
         F = diff.movedim(0, -1)
         return F if create_graph else F.detach()
     with _autograd_on():
-        tau = _leaf(torch.cat([x, u], dim=-1), create_graph)
-        copies = row_copies and n * tau[..., 0].numel() <= _COPIED_ROWS
-        if copies:
-            # n copies of the rows in front: row r is still batch element r mod B
-            tau = tau.expand(n, *tau.shape)
+        tau, copies = _copies(_leaf(torch.cat([x, u], dim=-1), create_graph), n, row_copies)
         out = dynamics(tau[..., :n], tau[..., n:])
         F = _rows_jacobian(out, tau, create_graph, copies=copies)
     return F if create_graph else F.detach()
@@ -212,10 +216,8 @@ def dynamics_curvature(
     n = x.shape[-1]
     with _autograd_on():
         tau = _leaf(torch.cat([x, u], dim=-1))
-        d = tau.shape[-1]
-        copies = row_copies and d * tau[..., 0].numel() <= _COPIED_ROWS
-        # d copies of the rows in front (as for the Jacobian): copy i gives Hessian row i
-        points = tau.expand(d, *tau.shape) if copies else tau
+        # copy i of the rows gives row i of the Hessian
+        points, copies = _copies(tau, tau.shape[-1], row_copies)
         out = dynamics(points[..., :n], points[..., n:])
         # costates from an inference-mode solve are copied out of it to enter the graph
         weights = lam.detach().clone() if lam.is_inference() else lam.detach()

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from mpc_policy.agents.atomic import atomic_write
 from mpc_policy.agents.guards import restore_optimizer
 

@@ -21,6 +21,7 @@ from typing import Any, Literal, get_args, get_origin
 
 from mpc_policy.agents.yaml_profiles import read_profile
 from mpc_policy.envs.registry import get_system
+
 from mpc_policy.options import MPCOptions
 
 __all__ = [

@@ -18,12 +18,10 @@ import dataclasses
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import torch
 import yaml
-from torch import nn
-
 from mpc_policy.agents.atomic import atomic_write, atomic_write_json
 from mpc_policy.agents.bc import Trainer, TrainResult
 from mpc_policy.agents.checkpoint import RunCheckpoints, load_checkpoint
@@ -38,11 +36,13 @@ from mpc_policy.agents.models import DYNAMICS_METHODS, ModelReport, build_learne
 from mpc_policy.agents.objectives import ImitationObjective, WarmStarts
 from mpc_policy.agents.optimization import Optimization
 from mpc_policy.agents.sysid import SysIdObjective
+from torch import nn
+
 from mpc_policy.policy import MPCPolicy
 
 __all__ = ["collect", "evaluate", "load_policy", "resolve", "run", "train"]
 
-Config = ExperimentConfig | Experiment
+Config: TypeAlias = ExperimentConfig | Experiment
 
 
 def _update_results(experiment: Experiment, section: str, values: dict[str, Any]) -> Path:

@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-
 from mpc_policy.agents.atomic import atomic_write_json
 
 __all__ = [

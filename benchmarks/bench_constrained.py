@@ -30,11 +30,11 @@ from typing import Any
 
 import torch
 from _timing import markdown_table, median_seconds, set_single_thread, time_calls, write_results
+from mpc_policy.envs.cartpole import CartPoleDynamics, CartPoleTrackEnv, TrackLimit, cartpole_cost
 from torch import Tensor, nn
 
 from mpc_policy import MPC
-from mpc_policy.constraints import complementarity
-from mpc_policy.envs.cartpole import CartPoleDynamics, CartPoleTrackEnv, TrackLimit, cartpole_cost
+from mpc_policy.problem.constraints import complementarity
 
 LIMIT, T, FORCE = 0.5, 20, 100.0
 F64 = torch.float64

@@ -38,7 +38,7 @@ from _timing import (
 from torch import Tensor
 
 from mpc_policy import lqr_solve
-from mpc_policy.backend import compiled_available
+from mpc_policy.solve.backend import compiled_available
 
 SIZES = [(3, 3, 5), (10, 4, 20)]
 BATCHES = [1, 32, 256]

@@ -48,7 +48,7 @@ from _timing import (
 from torch import Tensor
 
 from mpc_policy import MPC, QuadraticCost
-from mpc_policy.backend import compiled_available
+from mpc_policy.solve.backend import compiled_available
 
 T = 20
 U_BOUND = 2.0

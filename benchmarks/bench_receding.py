@@ -23,12 +23,12 @@ import gymnasium as gym
 import numpy as np
 import torch
 from _timing import markdown_table, set_single_thread, write_results
+from mpc_policy.envs import PendulumDynamics, pendulum_cost
 
 from mpc_policy import (
     MPCPolicy,
     envs,  # noqa: F401  (registers the environments)
 )
-from mpc_policy.envs import PendulumDynamics, pendulum_cost
 
 ENV_ID = "mpc_policy/Pendulum-v0"
 HORIZON = 20

@@ -27,8 +27,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from mpc_policy import MPC, QuadraticCost
 
-ilqr = importlib.import_module("mpc_policy.ilqr")
-module_model = importlib.import_module("mpc_policy.module_model")
+ilqr = importlib.import_module("mpc_policy.solve.ddp")
+module_model = importlib.import_module("mpc_policy.problem.module_model")
 PARTS = {
     "backward recursion": (ilqr, "_backward_pass"),
     "rollouts": (ilqr, "rollout"),

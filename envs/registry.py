@@ -28,9 +28,8 @@ from typing import Any
 import gymnasium
 import numpy as np
 import torch
-from torch import Tensor, nn
-
 from mpc_policy.envs.model import SystemDynamics
+from torch import Tensor, nn
 
 __all__ = [
     "SYSTEMS",

@@ -4,27 +4,30 @@ Implements "Differentiable MPC for End-to-end Planning and Control" (Amos et al.
 """
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from mpc_policy.box_qp import BoxQPResult, box_qp
-    from mpc_policy.constraints import ConstraintReport
     from mpc_policy.costs import GoalWeightedCost, QuadraticCost
     from mpc_policy.dynamics import AffineDynamics
     from mpc_policy.lqr import lqr_solve
     from mpc_policy.mpc import MPC
+    from mpc_policy.numerics.box_qp import BoxQPResult, box_qp
     from mpc_policy.options import MPCOptions
     from mpc_policy.policy import MPCPolicy
-    from mpc_policy.solution import ConvergenceError, Solution, SolverInfo, Status
+    from mpc_policy.solution import (
+        ConstraintReport,
+        ConvergenceError,
+        Solution,
+        SolverInfo,
+        Status,
+    )
 
 # The public names load their module (and torch) on first use, so that `import mpc_policy`
 # (the gym ids, the command line's --help) costs no torch import.
 _LAZY = {
-    "BoxQPResult": "box_qp",
-    "box_qp": "box_qp",
-    "ConstraintReport": "constraints",
+    "BoxQPResult": "numerics.box_qp",
+    "box_qp": "numerics.box_qp",
+    "ConstraintReport": "solution",
     "GoalWeightedCost": "costs",
     "QuadraticCost": "costs",
     "AffineDynamics": "dynamics",
@@ -50,18 +53,6 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
-
-class _Package(types.ModuleType):
-    """The package whose function ``box_qp`` keeps its name when the submodule of the same
-    name is imported (the import system binds a submodule as an attribute of its package)."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name == "box_qp" and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 __all__ = [
     "MPC",

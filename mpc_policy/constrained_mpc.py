@@ -13,22 +13,20 @@ every gradient, as in the unconstrained solve; one that cannot meet its constrai
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from mpc_policy.augmented_lagrangian import augmented_lagrangian
-from mpc_policy.backend import select
-from mpc_policy.constraints import CheckedConstraints, ConstraintReport, complementarity
-from mpc_policy.contract import CheckedCost, CheckedDynamics, on_rows, restrict
-from mpc_policy.kkt import kkt_solution
-from mpc_policy.module_model import ModuleModel
-from mpc_policy.solution import Solution, Status
-from mpc_policy.validation import check_finite, check_tensor
-
-if TYPE_CHECKING:
-    from mpc_policy.mpc import MPC
+from mpc_policy.grad.attach import GradientProblem, attach, finish, rule_for
+from mpc_policy.options import MPCOptions
+from mpc_policy.problem.constraints import CheckedConstraints, complementarity
+from mpc_policy.problem.contract import CheckedCost, CheckedDynamics
+from mpc_policy.problem.module_model import ModuleModel
+from mpc_policy.problem.validation import check_finite, check_tensor
+from mpc_policy.solution import ConstraintReport, Solution, Status
+from mpc_policy.solve.augmented_lagrangian import augmented_lagrangian
+from mpc_policy.solve.backend import select
 
 __all__ = ["constrained_forward"]
 
@@ -54,7 +52,9 @@ def _multipliers(value: Tensor | None, shape: tuple[int, int, int], like: Tensor
 
 
 def constrained_forward(
-    mpc: MPC,
+    options: MPCOptions,
+    sizes: tuple[int, int, int],
+    constraints: nn.Module,
     x_init: Tensor,
     lower: Tensor | None,
     upper: Tensor | None,
@@ -66,30 +66,33 @@ def constrained_forward(
     """The body of ``MPC.forward`` when the controller has constraints.
 
     Args:
-        mpc: the controller (options, sizes, constraints, its helpers for restricted rows).
+        options: the controller's options.
+        sizes: the state size n, the control size m and the horizon T.
+        constraints: the user's constraint module.
         x_init: (B, n) initial states (checked).
         lower, upper: (B, T, m) control bounds or None (checked, completed).
         u_init: (B, T, m) warm start of the controls.
         cost, dynamics: the user's modules.
         multipliers: (B, T, p) warm start of the multipliers or None.
     """
-    opts = mpc.options
+    opts = options
     if opts.grad_method != "exact":
         raise ValueError(
             f'grad_method: expected "exact" with constraints (the implicit gradient of the '
             f"constrained KKT conditions), received {opts.grad_method!r}"
         )
-    assert mpc.constraints is not None
-    B, T = x_init.shape[0], mpc.horizon
+    n_state, n_ctrl, T = sizes
+    B = x_init.shape[0]
     checked_cost = CheckedCost(cost)
-    checked_dynamics = CheckedDynamics(dynamics, mpc.n_state, mpc.n_ctrl)
-    checked = CheckedConstraints(mpc.constraints)
+    checked_dynamics = CheckedDynamics(dynamics, n_state, n_ctrl)
+    checked = CheckedConstraints(constraints)
     with torch.no_grad():
         p = checked.probe(x_init.detach().unsqueeze(1).expand(B, T, -1), u_init.detach())
     lam0 = _multipliers(multipliers, (B, T, p), x_init)
     lower_t = None if lower is None else lower.transpose(0, 1)
     upper_t = None if upper is None else upper.transpose(0, 1)
     kernels = select(opts.backend, x_init.device)
+    u0 = u_init.detach().transpose(0, 1)
 
     def make_model(augmented: Any) -> Any:
         return ModuleModel(CheckedCost(augmented), checked_dynamics, opts, create_graph=False)
@@ -99,7 +102,7 @@ def constrained_forward(
         checked_cost,
         checked,
         x_init.detach(),
-        u_init.detach().transpose(0, 1),
+        u0,
         None if lower_t is None else lower_t.detach().contiguous(),
         None if upper_t is None else upper_t.detach().contiguous(),
         lam0,
@@ -110,43 +113,26 @@ def constrained_forward(
     info.enforce(
         opts.on_unconverged, f"{checked_cost.name}, {checked_dynamics.name}, {checked.name}"
     )
-
-    bad = info.nonfinite
-    rows = torch.nonzero(~bad).flatten() if bool(bad.any()) else None
-    nan = torch.tensor(float("nan"), dtype=x_init.dtype, device=x_init.device)
-    keep = ~bad.view(1, -1, 1)
-    x = torch.where(keep, result.x, nan)
-    u = torch.where(keep, result.u, nan)
-    mu = result.multipliers.transpose(0, 1)
     clamped = ~result.free
-    with on_rows(rows, B):
-        if torch.is_grad_enabled() and (rows is None or rows.numel() > 0):
-            sub = slice(None) if rows is None else rows
-            cost_r, dynamics_r = (
-                (checked_cost, checked_dynamics)
-                if rows is None
-                else mpc._restricted(cost, dynamics, rows)
-            )
-            constraints_r = (
-                checked if rows is None else CheckedConstraints(restrict(mpc.constraints, rows), p)
-            )
-            x_sub, u_sub = kkt_solution(
-                cost_r,
-                dynamics_r,
-                constraints_r,
-                x_init[sub],
-                None if lower_t is None else lower_t[:, sub],
-                None if upper_t is None else upper_t[:, sub],
-                result.x[:, sub],
-                result.u[:, sub],
-                mu[:, sub],
-                clamped[:, sub],
-                opts,
-                info.converged[sub],
-            )
-            x = x_sub if rows is None else x.index_copy(1, rows, x_sub)
-            u = u_sub if rows is None else u.index_copy(1, rows, u_sub)
-    x, u, value = mpc._finish(x, u, info, rows, cost, checked_cost)
+    problem = GradientProblem(
+        checked_cost,
+        checked_dynamics,
+        x_init,
+        u0,
+        lower_t,
+        upper_t,
+        result,
+        info.converged,
+        opts,
+        kernels,
+        constraints=checked,
+        multipliers=result.multipliers.transpose(0, 1),
+        clamped=clamped,
+    )
+    x, u, rows = attach(
+        rule_for(opts.grad_method, constrained=True), problem, info, (cost, dynamics, constraints)
+    )
+    x, u, value = finish(x, u, info, rows, cost, checked_cost, opts.on_unconverged)
     report = ConstraintReport(
         values=result.values,
         multipliers=result.multipliers,

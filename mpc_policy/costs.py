@@ -4,7 +4,7 @@ A cost is an ``nn.Module`` called as ``cost(x, u)`` with x (B, T, n) and u (B, T
 returns the per-step cost (B, T). The solver needs, at a trajectory tau = [x; u], the
 per-step gradient and Hessian with respect to tau_t; a cost may supply them exactly through
 ``quadratize(x, u) -> (hessian (B, T, n+m, n+m), gradient (B, T, n+m))``, otherwise
-``mpc_policy.linearize`` computes them with vectorized autograd.
+``mpc_policy.problem.linearize`` computes them with vectorized autograd.
 
 Two costs are provided:
 

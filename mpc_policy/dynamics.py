@@ -1,12 +1,12 @@
 """Dynamics modules for the MPC solver.
 
 A dynamics model is an ``nn.Module`` called as ``dynamics(x, u)`` returning the next state;
-the solver calls it on rows x (N, n), u (N, m) -> (N, n) (``mpc_policy.contract``), and a
+the solver calls it on rows x (N, n), u (N, m) -> (N, n) (``mpc_policy.problem.contract``), and a
 model written with ``...`` indexing also works on any leading shape:
 
     x_{t+1} = f(x_t, u_t)
 
-The solver linearizes it around a trajectory (``mpc_policy.linearize``): with vectorized
+The solver linearizes it around a trajectory (``mpc_policy.problem.linearize``): with vectorized
 autograd by default, with ``jacobian(x, u) -> (..., n, n+m)`` if the model defines it
 (``jacobian="analytic"``), or with central finite differences.
 """
@@ -28,7 +28,7 @@ class AffineDynamics(nn.Module):
 
     With per-element matrices the inputs are rows (N, n), (N, m) in blocks of B, row r
     belonging to batch element r mod B (how the solver flattens its leading dimensions,
-    ``mpc_policy.contract``), or equivalently (..., B, n), (..., B, m).
+    ``mpc_policy.problem.contract``), or equivalently (..., B, n), (..., B, m).
     """
 
     def __init__(self, F: Tensor, f: Tensor | None = None) -> None:

@@ -22,16 +22,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mpc_policy.backend import Kernels, select
-from mpc_policy.condensed import solve_condensed
-from mpc_policy.health import ddp_info, indefinite_rows, nonfinite_source
-from mpc_policy.ilqr import DDPResult, box_ddp
-from mpc_policy.implicit_lqr import implicit_lqr
+from mpc_policy.grad.implicit_lqr import implicit_lqr
+from mpc_policy.numerics.condensed import solve_condensed
+from mpc_policy.numerics.riccati import Gains, warn_regularized
 from mpc_policy.options import MPCOptions
-from mpc_policy.riccati import Gains, warn_regularized
-from mpc_policy.rollout import rollout
-from mpc_policy.solution import Solution, SolverInfo, Status
-from mpc_policy.validation import (
+from mpc_policy.problem.validation import (
     check_bounds,
     check_finite,
     check_same_kind,
@@ -40,6 +35,11 @@ from mpc_policy.validation import (
     expand_batched,
     expand_bound,
 )
+from mpc_policy.solution import Solution, SolverInfo, Status
+from mpc_policy.solve.backend import Kernels, select
+from mpc_policy.solve.ddp import DDPResult, box_ddp
+from mpc_policy.solve.health import ddp_info, indefinite_rows, nonfinite_source
+from mpc_policy.solve.rollout import rollout
 
 __all__ = ["lqr_solve"]
 

@@ -17,9 +17,9 @@ point with one LQR solve (no graph of the iterations is kept):
 - "unroll": autograd through every iteration (section 4.3's alternative), the local models
   differentiated along the iterates too, so that it tends to "exact" as they converge.
 
-The user's modules are called through ``mpc_policy.contract`` (dynamics on flattened rows,
+The user's modules are called through ``mpc_policy.problem.contract`` (dynamics on flattened rows,
 every return checked), and an element that turns non-finite is reported, NaN, and left out of
-every gradient (``mpc_policy.health``).
+every gradient (``mpc_policy.solve.health``).
 """
 
 from __future__ import annotations
@@ -29,27 +29,25 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mpc_policy.backend import Kernels, select
 from mpc_policy.constrained_mpc import constrained_forward
-from mpc_policy.contract import (
+from mpc_policy.grad.attach import GradientProblem, attach, finish, rule_for
+from mpc_policy.options import MPCOptions
+from mpc_policy.problem.contract import (
     CheckedCost,
     CheckedDynamics,
     check_declared_sizes,
-    on_rows,
-    restrict,
 )
-from mpc_policy.fixed_point import implicit_solution
-from mpc_policy.ilqr import DDPResult, box_ddp
-from mpc_policy.module_model import ModuleModel
-from mpc_policy.options import MPCOptions
-from mpc_policy.solution import Solution, SolverInfo
-from mpc_policy.validation import (
+from mpc_policy.problem.module_model import ModuleModel
+from mpc_policy.problem.validation import (
     check_bounds,
     check_finite,
     check_tensor,
     complete_bounds,
     expand_bound,
 )
+from mpc_policy.solution import Solution
+from mpc_policy.solve.backend import Kernels, select
+from mpc_policy.solve.ddp import DDPResult, box_ddp
 
 __all__ = ["MPC"]
 
@@ -65,7 +63,7 @@ class MPC(nn.Module):
         u_upper: control upper bound, same forms as ``u_lower``.
         constraints: optional module of inequality constraints beside the box,
             constraints(x (B, T, n), u (B, T, m)) -> g (B, T, p), feasible where g <= 0
-            (``mpc_policy.constraints``); solved by augmented-Lagrangian box-DDP and
+            (``mpc_policy.problem.constraints``); solved by augmented-Lagrangian box-DDP and
             differentiated through the constrained KKT conditions (``grad_method="exact"``).
         **options: ``MPCOptions`` fields (``grad_method``, ``max_iter``, ``tol``, ...).
 
@@ -165,7 +163,16 @@ class MPC(nn.Module):
         x_init, lower, upper, u_init = self._inputs(x_init, u_init)
         if self.constraints is not None:
             return constrained_forward(
-                self, x_init, lower, upper, u_init, cost, dynamics, multipliers
+                opts,
+                (self.n_state, self.n_ctrl, self.horizon),
+                self.constraints,
+                x_init,
+                lower,
+                upper,
+                u_init,
+                cost,
+                dynamics,
+                multipliers,
             )
         if multipliers is not None:
             raise ValueError(
@@ -177,12 +184,45 @@ class MPC(nn.Module):
         u0 = u_init.detach().transpose(0, 1)
         checked_cost = CheckedCost(cost)
         checked_dynamics = CheckedDynamics(dynamics, self.n_state, self.n_ctrl)
-        context = f"{checked_cost.name}, {checked_dynamics.name}"
-        graph = torch.is_grad_enabled()
+        result, kernels = self._solve(checked_cost, checked_dynamics, x_init, u0, lower_t, upper_t)
+        info = result.info if opts.grad_method == "unroll" else result.info.clone()
+        info.enforce(opts.on_unconverged, f"{checked_cost.name}, {checked_dynamics.name}")
+        problem = GradientProblem(
+            checked_cost,
+            checked_dynamics,
+            x_init,
+            u0,
+            lower_t,
+            upper_t,
+            result,
+            info.converged,
+            opts,
+            kernels,
+        )
+        x, u, rows = attach(
+            rule_for(opts.grad_method, constrained=False), problem, info, (cost, dynamics, None)
+        )
+        x, u, value = finish(x, u, info, rows, cost, checked_cost, opts.on_unconverged)
+        return Solution(x, u, value, info)
 
+    def _solve(
+        self,
+        cost: CheckedCost,
+        dynamics: CheckedDynamics,
+        x_init: Tensor,
+        u0: Tensor,
+        lower_t: Tensor | None,
+        upper_t: Tensor | None,
+    ) -> tuple[DDPResult, Kernels]:
+        """The box-DDP solve of x_init (B, n) from u0 (T, B, m) within the time-major bounds
+        (T, B, m): with the graph of its iterations for ``grad_method="unroll"``, in
+        inference mode otherwise (the solve needs no graph, and every op is cheaper; the
+        model's local models switch it off where they differentiate)."""
+        opts = self.options
         if opts.grad_method == "unroll":
+            graph = torch.is_grad_enabled()
             kernels = select(opts.backend, x_init.device, needs_graph=graph)
-            model = ModuleModel(checked_cost, checked_dynamics, opts, create_graph=graph)
+            model = ModuleModel(cost, dynamics, opts, create_graph=graph)
             result = box_ddp(
                 model,
                 x_init,
@@ -193,132 +233,20 @@ class MPC(nn.Module):
                 warn_regularization=False,
                 kernels=kernels,
             )
-            info = result.info
-        else:
-            kernels = select(opts.backend, x_init.device)
-            model = ModuleModel(checked_cost, checked_dynamics, opts, create_graph=False)
-            # inference mode: the solve needs no graph, and every op is cheaper (the model's
-            # local models switch it off where they differentiate)
-            with torch.inference_mode():
-                lo = None if lower_t is None else lower_t.detach().contiguous()
-                hi = None if upper_t is None else upper_t.detach().contiguous()
-                result = box_ddp(
-                    model,
-                    x_init.detach(),
-                    u0.contiguous(),
-                    lo,
-                    hi,
-                    opts,
-                    warn_regularization=False,
-                    kernels=kernels,
-                )
-            info = result.info.clone()
-        info.enforce(opts.on_unconverged, context)
-
-        # a non-finite element is no answer: NaN out, and no part in any gradient (its rows
-        # of the local model are left out, so not even 0 * NaN reaches a shared parameter)
-        bad = info.nonfinite
-        rows = torch.nonzero(~bad).flatten() if bool(bad.any()) else None
-        nan = torch.tensor(float("nan"), dtype=x_init.dtype, device=x_init.device)
-        keep = ~bad.view(1, -1, 1)
-        x = torch.where(keep, result.x.detach(), nan)
-        u = torch.where(keep, result.u.detach(), nan)
-        with on_rows(rows, x_init.shape[0]):
-            if graph and (rows is None or rows.numel() > 0):
-                if rows is None:
-                    sub_cost, sub_dynamics = checked_cost, checked_dynamics
-                else:
-                    sub_cost, sub_dynamics = self._restricted(cost, dynamics, rows)
-                if opts.grad_method == "unroll":
-                    sub = (
-                        result
-                        if rows is None
-                        else self._solve_rows(
-                            sub_cost, sub_dynamics, x_init, u0, lower_t, upper_t, rows, kernels
-                        )
-                    )
-                    x_sub, u_sub = sub.x, sub.u
-                else:
-                    x_sub, u_sub = implicit_solution(
-                        sub_cost,
-                        sub_dynamics,
-                        x_init,
-                        lower_t,
-                        upper_t,
-                        result,
-                        info.converged,
-                        rows,
-                        opts,
-                        kernels,
-                    )
-                x = x_sub if rows is None else x.index_copy(1, rows, x_sub)
-                u = u_sub if rows is None else u.index_copy(1, rows, u_sub)
-        x, u, value = self._finish(x, u, info, rows, cost, checked_cost)
-        return Solution(x, u, value, info)
-
-    def _finish(
-        self,
-        x: Tensor,
-        u: Tensor,
-        info: SolverInfo,
-        rows: Tensor | None,
-        cost: nn.Module,
-        checked: CheckedCost,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Batch-first x (B, T, n), u (B, T, m) and their cost (B,) from the time-major
-        solution x (T, B, n), u (T, B, m), with ``on_unconverged="zero_grad"`` applied;
-        ``rows`` (k,) are the finite elements (all if None)."""
-        if self.options.on_unconverged == "zero_grad" and not info.all_converged:
-            keep = info.converged.view(1, -1, 1)
-            x = torch.where(keep, x, x.detach())
-            u = torch.where(keep, u, u.detach())
-        x, u = x.transpose(0, 1), u.transpose(0, 1)
-        with on_rows(rows, x.shape[0]):
-            value = self._cost_value(cost, checked, x, u, rows)
-        return x, u, value
-
-    def _restricted(
-        self, cost: nn.Module, dynamics: nn.Module, rows: Tensor
-    ) -> tuple[CheckedCost, CheckedDynamics]:
-        """The modules restricted to the batch elements ``rows`` (``contract.restrict``)."""
-        return (
-            CheckedCost(restrict(cost, rows)),
-            CheckedDynamics(restrict(dynamics, rows), self.n_state, self.n_ctrl),
-        )
-
-    def _solve_rows(
-        self,
-        cost: CheckedCost,
-        dynamics: CheckedDynamics,
-        x_init: Tensor,
-        u0: Tensor,
-        lower_t: Tensor | None,
-        upper_t: Tensor | None,
-        rows: Tensor,
-        kernels: Kernels,
-    ) -> DDPResult:
-        """Unrolled solve of the elements ``rows`` alone (time-major u0 (T, B, m))."""
-        model = ModuleModel(cost, dynamics, self.options, create_graph=True)
-        return box_ddp(
-            model,
-            x_init[rows],
-            u0[:, rows],
-            None if lower_t is None else lower_t[:, rows],
-            None if upper_t is None else upper_t[:, rows],
-            self.options,
-            warn_regularization=False,
-            kernels=kernels,
-        )
-
-    def _cost_value(
-        self, cost: nn.Module, checked: CheckedCost, x: Tensor, u: Tensor, rows: Tensor | None
-    ) -> Tensor:
-        """(B,) objective of x (B, T, n), u (B, T, m); NaN outside ``rows`` (all if None)."""
-        if rows is None:
-            return checked(x, u).sum(-1)
-        value = torch.full(x.shape[:1], float("nan"), dtype=x.dtype, device=x.device)
-        if rows.numel() == 0:
-            return value
-        return value.index_copy(
-            0, rows, CheckedCost(restrict(cost, rows))(x[rows], u[rows]).sum(-1)
-        )
+            return result, kernels
+        kernels = select(opts.backend, x_init.device)
+        model = ModuleModel(cost, dynamics, opts, create_graph=False)
+        with torch.inference_mode():
+            lo = None if lower_t is None else lower_t.detach().contiguous()
+            hi = None if upper_t is None else upper_t.detach().contiguous()
+            result = box_ddp(
+                model,
+                x_init.detach(),
+                u0.contiguous(),
+                lo,
+                hi,
+                opts,
+                warn_regularization=False,
+                kernels=kernels,
+            )
+        return result, kernels

@@ -64,7 +64,7 @@ class MPCOptions:
             (default: the environment variable ``MPC_POLICY_BACKEND`` if set, else the
             compiled kernels for CPU tensors when numba is installed, torch otherwise),
             "compiled" (numba, CPU) or "torch" (any device; the reference). See
-            ``mpc_policy.backend``.
+            ``mpc_policy.solve.backend``.
         constraint_tol: with ``constraints``: an element has converged when its complementarity
             residual max |min(-g, mu)| (the violation included) is at most this. None picks a
             default for the dtype (1e-8 in float64, 1e-4 in float32). The box-DDP solves

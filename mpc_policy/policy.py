@@ -50,7 +50,7 @@ class MPCPolicy(nn.Module):
 
     Args:
         dynamics: module ``dynamics(x (N, n), u (N, m)) -> (N, n)`` (the solver calls it
-            on rows, ``mpc_policy.contract``); its parameters are learnable through the
+            on rows, ``mpc_policy.problem.contract``); its parameters are learnable through the
             policy. An ``n_ctrl`` attribute gives m.
         cost: module ``cost(x (B, T, n), u (B, T, m)) -> (B, T)``, e.g. ``GoalWeightedCost``.
         horizon: planning horizon T (states x_1..x_T, controls u_1..u_T).

@@ -3,29 +3,23 @@
 from __future__ import annotations
 
 import enum
-import os
-import sys
 import warnings
 from dataclasses import dataclass
-from types import FrameType
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from mpc_policy.constraints import ConstraintReport
+from mpc_policy._warnings import user_stacklevel
 
-__all__ = ["SOURCE_COST", "SOURCE_DYNAMICS", "ConvergenceError", "Solution", "SolverInfo", "Status"]
-
-# the frames a warning skips to reach the user's call: those of the solver's own modules
-# (not of mpc_policy.envs, .agents or .sb3, which call it for a user) and of torch's
-# (``nn.Module.__call__`` is two frames of torch/nn/modules/module.py)
-_PACKAGE = os.path.dirname(os.path.abspath(__file__))
-_SOLVER_DIRS = frozenset(
-    {_PACKAGE, os.path.join(_PACKAGE, "compat"), os.path.join(_PACKAGE, "compiled")}
-)
-_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
+__all__ = [
+    "SOURCE_COST",
+    "SOURCE_DYNAMICS",
+    "ConstraintReport",
+    "ConvergenceError",
+    "Solution",
+    "SolverInfo",
+    "Status",
+]
 
 # where a NONFINITE element's NaN or Inf came from (``SolverInfo.nonfinite_source``)
 SOURCE_DYNAMICS, SOURCE_COST = 1, 2
@@ -33,20 +27,6 @@ SOURCE_DYNAMICS, SOURCE_COST = 1, 2
 
 class ConvergenceError(RuntimeError):
     """Raised when ``on_unconverged="raise"`` and some batch elements did not converge."""
-
-
-def user_stacklevel() -> int:
-    """The ``stacklevel`` that makes a ``warnings.warn`` in the calling function point at
-    the first frame outside the solver's modules and torch: the user's call
-    (``policy(obs)``, ``mpc(x_init, cost, dynamics)``), not torch's ``module.py``."""
-    frame: FrameType | None = sys._getframe(1)
-    level = 1
-    while frame is not None and (
-        os.path.dirname(frame.f_code.co_filename) in _SOLVER_DIRS
-        or frame.f_code.co_filename.startswith(_TORCH_DIR)
-    ):
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 class Status(enum.IntEnum):
@@ -107,7 +87,7 @@ class SolverInfo:
             make, relative to 1 + max |u|.
         step_size: (B,) the last line-search step accepted (0 if none was).
         backend: which implementation ran the numerics, "compiled" or "torch"
-            (``mpc_policy.backend``).
+            (``mpc_policy.solve.backend``).
         status: (B,) int8 ``Status`` code of each element; derived from ``converged``
             (CONVERGED or MAX_ITER) when not given.
         nonfinite_source: (B,) int8, where a NONFINITE element's NaN or Inf came from:
@@ -251,6 +231,40 @@ class SolverInfo:
         zeroed = policy == "zero_grad" and torch.is_grad_enabled()
         suffix = "; their gradients are zeroed" if zeroed else ""
         warnings.warn(message + suffix, RuntimeWarning, stacklevel=user_stacklevel())
+
+
+@dataclass
+class ConstraintReport:
+    """Per-element report of the constraints at the returned solution (``Solution.constraints``).
+
+    Attributes:
+        values: (B, T, p) g(x_t, u_t) at the solution (feasible where <= 0).
+        multipliers: (B, T, p) their multipliers mu >= 0 (0 on inactive rows); pass them back
+            as ``multipliers=`` to warm-start the next solve.
+        active: (B, T, p) the rows held as equalities by the gradient (mu > 0).
+        bounds_active: (B, T, m) the controls at a bound, held there by the gradient.
+        violation: (B,) the largest max(g, 0) of each element.
+        residual: (B,) the complementarity residual max |min(-g, mu)| (violation included).
+        penalty: (B,) the augmented-Lagrangian penalty each element ended with.
+        outer_iterations: (B,) multiplier updates each element used.
+        feasible: (B,) False where the constraints were found infeasible
+            (``Status.INFEASIBLE``).
+    """
+
+    values: Tensor
+    multipliers: Tensor
+    active: Tensor
+    bounds_active: Tensor
+    violation: Tensor
+    residual: Tensor
+    penalty: Tensor
+    outer_iterations: Tensor
+    feasible: Tensor
+
+    def index(self, rows: Tensor) -> ConstraintReport:
+        """The report of the elements ``rows`` ((k,) indices or a (B,) mask)."""
+        fields = self.__dataclass_fields__
+        return ConstraintReport(**{name: getattr(self, name)[rows] for name in fields})
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The compiled backend against the torch reference, layer by layer and end to end.
 
-Each compiled kernel (``mpc_policy.compiled``) is checked against the torch function it
+Each compiled kernel (``mpc_policy.numerics.compiled``) is checked against the torch function it
 replaces on the problem families of the LQR and MPC tests: bounded and unbounded, m = 1 and
 m > 1, indefinite Q_uu, one-sided bounds, elements that box-DDP leaves stalled, B = 1 and
 B = 256; float64 to 1e-10 with identical iteration counts and free sets, float32 to 1e-5
@@ -18,20 +18,20 @@ import torch
 from torch import Tensor
 
 from mpc_policy import MPC, GoalWeightedCost, lqr_solve
-from mpc_policy import backend as backend_module
-from mpc_policy.backend import TORCH, select
+from mpc_policy.solve import backend as backend_module
+from mpc_policy.solve.backend import TORCH, select
 from tests.oracles import BoxLQRProblem, random_box_lqr, random_box_qp
 from tests.pendulum_model import PendulumDynamics, pendulum_cost, start_states
 
 pytest.importorskip("numba")
-compiled_box_qp = importlib.import_module("mpc_policy.compiled.box_qp")
-compiled_riccati = importlib.import_module("mpc_policy.compiled.riccati")
-compiled_adjoint = importlib.import_module("mpc_policy.compiled.adjoint")
-compiled_rollout = importlib.import_module("mpc_policy.compiled.rollout")
-torch_box_qp = importlib.import_module("mpc_policy.box_qp")
-torch_riccati = importlib.import_module("mpc_policy.riccati")
-torch_adjoint = importlib.import_module("mpc_policy.adjoint")
-rollouts = importlib.import_module("mpc_policy.rollout")
+compiled_box_qp = importlib.import_module("mpc_policy.numerics.compiled.box_qp")
+compiled_riccati = importlib.import_module("mpc_policy.numerics.compiled.riccati")
+compiled_adjoint = importlib.import_module("mpc_policy.numerics.compiled.adjoint")
+compiled_rollout = importlib.import_module("mpc_policy.numerics.compiled.rollout")
+torch_box_qp = importlib.import_module("mpc_policy.numerics.box_qp")
+torch_riccati = importlib.import_module("mpc_policy.numerics.riccati")
+torch_adjoint = importlib.import_module("mpc_policy.numerics.adjoint")
+rollouts = importlib.import_module("mpc_policy.solve.rollout")
 lqr_module = importlib.import_module("mpc_policy.lqr")
 
 F64 = torch.float64
@@ -330,7 +330,7 @@ def test_solving_the_moving_elements_alone_changes_no_answer(
 ) -> None:
     """Once half the batch has stopped, box-DDP goes on with the moving elements alone
     (``Model.restrict``): values, iteration counts and gradients equal the whole-batch loop."""
-    module_model = importlib.import_module("mpc_policy.module_model")
+    module_model = importlib.import_module("mpc_policy.problem.module_model")
     dynamics = PendulumDynamics()
     restrict = module_model.ModuleModel.restrict
     calls: list[int] = []
@@ -367,7 +367,7 @@ def test_solving_the_moving_elements_alone_changes_no_answer(
 
 
 def test_a_module_holding_per_element_data_is_not_restricted() -> None:
-    contract = importlib.import_module("mpc_policy.contract")
+    contract = importlib.import_module("mpc_policy.problem.contract")
 
     class PerElement(torch.nn.Module):
         def __init__(self) -> None:
@@ -383,7 +383,7 @@ def test_a_module_holding_per_element_data_is_not_restricted() -> None:
 def test_a_lone_element_with_per_element_data_is_not_tiled() -> None:
     """The line search tiles a batch for its candidates (rows repeated): a module of B = 1
     holding a (1, ...) tensor may hold that element's data, and is then not tiled."""
-    contract = importlib.import_module("mpc_policy.contract")
+    contract = importlib.import_module("mpc_policy.problem.contract")
 
     class PerElement(torch.nn.Module):
         def __init__(self) -> None:

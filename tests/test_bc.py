@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
 from mpc_policy.agents import pipeline
 from mpc_policy.agents.checkpoint import capture_rng, restore_rng, save_checkpoint
 from mpc_policy.agents.config import (
@@ -23,6 +21,7 @@ from mpc_policy.agents.datasets import load_dataset
 from mpc_policy.agents.models import build_learner
 from mpc_policy.agents.objectives import Batch, ImitationObjective
 from mpc_policy.envs.registry import get_system
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 PAPER_INIT = {"gravity": 15.0, "mass": 3.0, "length": 0.5}
 

@@ -1,4 +1,4 @@
-"""The compiled box-LQR solve (``mpc_policy.compiled.box_lqr``) against the DDP loop it
+"""The compiled box-LQR solve (``mpc_policy.numerics.compiled.box_lqr``) against the DDP loop it
 replaces: ``box_ddp`` on the same backend's kernels must take the same decisions (iterations,
 convergence, stalls, step sizes) and return the same trajectory, gains and gradients."""
 
@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from mpc_policy import lqr_solve
-from mpc_policy.backend import select
 from mpc_policy.options import MPCOptions
+from mpc_policy.solve.backend import select
 from tests.oracles import BoxLQRProblem, random_box_lqr
 
 pytest.importorskip("numba")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mpc_policy import GoalWeightedCost, QuadraticCost
-from mpc_policy.linearize import cost_derivatives
+from mpc_policy.problem.linearize import cost_derivatives
 
 F64 = torch.float64
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from mpc_policy.agents.datasets import DatasetError, ExpertDataset, collect_dataset, load_dataset
 from mpc_policy.envs import PendulumDynamics
 

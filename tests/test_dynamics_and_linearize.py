@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from mpc_policy import AffineDynamics, linearize
-from mpc_policy.linearize import dynamics_curvature, dynamics_jacobian
+from mpc_policy import AffineDynamics
+from mpc_policy.problem import linearize
+from mpc_policy.problem.linearize import dynamics_curvature, dynamics_jacobian
 from tests.pendulum_model import PendulumDynamics, start_states
 
 F64 = torch.float64

@@ -7,9 +7,6 @@ import math
 
 import pytest
 import torch
-from torch.func import functional_call, jacrev, vmap
-
-from mpc_policy import MPC
 from mpc_policy.envs import (
     CartPoleDynamics,
     CartPoleParams,
@@ -22,6 +19,9 @@ from mpc_policy.envs import (
     pendulum_cost,
     pendulum_state,
 )
+from torch.func import functional_call, jacrev, vmap
+
+from mpc_policy import MPC
 
 SYSTEMS = {
     "pendulum": lambda: PendulumDynamics(),

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from mpc_policy.agents.experiments import imitation, lqr_imitation, ppo_pendulum, windy_pendulum
 from mpc_policy.agents.experiments.bc_trials import (
     experiment_config,

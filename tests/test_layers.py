@@ -1,5 +1,6 @@
-"""Imports point one way: the environments need no solver and no learning code; the
-learning code builds on both (STYLE.md, "Imports point one way")."""
+"""Imports point one way: the solver's folders stack numerics < problem < solve < grad < the
+public layers < policy < sb3 and compat; the environments need no solver and no learning code;
+the learning code builds on both (STYLE.md, "Imports point one way")."""
 
 from __future__ import annotations
 
@@ -33,13 +34,93 @@ def test_environments_import_no_solver_and_no_learning_code(path):
     assert not wrong, f"{path.name} imports {wrong}"
 
 
+# The solver's layers, lowest first: a module may import the modules of its own layer and of
+# the layers below, never above. The leaves (options, reports, warnings, the cost and dynamics
+# modules a user builds on) import no other layer.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("_warnings", "options", "solution", "costs", "dynamics"),
+    ("numerics",),
+    ("problem",),
+    ("solve",),
+    ("grad",),
+    ("lqr", "mpc", "constrained_mpc"),
+    ("policy",),
+    ("sb3", "compat"),
+)
+
+
+def _layer(module: str) -> int:
+    """The layer of ``mpc_policy.<part>...`` (its first part names a folder or a module)."""
+    part = module.split(".")[1]
+    for level, names in enumerate(LAYERS):
+        if part in names:
+            return level
+    raise AssertionError(f"mpc_policy.{part} is in no layer: add it to LAYERS")
+
+
+def _solver_modules() -> list[Path]:
+    return [
+        path
+        for path in sorted((ROOT / "mpc_policy").rglob("*.py"))
+        if path.relative_to(ROOT / "mpc_policy").parts != ("__init__.py",)
+    ]
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_the_solver_folders_import_downward_only():
+    wrong = []
+    for path in _solver_modules():
+        own = _layer(_module_name(path))
+        for name in _imports(path):
+            if name.startswith("mpc_policy.") and name.split(".")[1] not in ("envs", "agents"):
+                if _layer(name) > own:
+                    wrong.append(f"{_module_name(path)} -> {name}")
+    assert wrong == []
+
+
+def _imported_modules(path: Path, modules: set[str]) -> set[str]:
+    """The project modules ``path`` imports; ``from package import module`` counts as an
+    import of the module, not of the package's ``__init__``."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names if alias.name in modules)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                inner = f"{node.module}.{alias.name}"
+                if inner in modules:
+                    names.add(inner)
+                elif node.module in modules:
+                    names.add(node.module)
+    return names
+
+
+def test_the_solver_has_no_import_circle():
+    graph = {_module_name(path): set[str]() for path in _solver_modules()}
+    for path in _solver_modules():
+        graph[_module_name(path)] = _imported_modules(path, set(graph))
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> list[str] | None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return [*trail, node, nxt]
+            if nxt not in state and (cycle := visit(nxt, [*trail, node])):
+                return cycle
+        state[node] = 2
+        return None
+
+    cycles = [cycle for node in sorted(graph) if node not in state and (cycle := visit(node, []))]
+    assert cycles == []
+
+
 def test_the_solver_imports_no_environment_and_no_learning_code():
-    for path in sorted((ROOT / "mpc_policy").rglob("*.py")):
-        if path.name == "__init__.py" and path.parent.name == "mpc_policy":
-            continue  # the package registers the environments' gym ids
-        relative = path.relative_to(ROOT / "mpc_policy").parts
-        if relative[0] in ("envs", "agents"):
-            continue
+    for path in _solver_modules():
         wrong = sorted(
             name
             for name in _imports(path)

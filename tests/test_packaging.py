@@ -1,5 +1,6 @@
 """Import names: the folders envs/ and agents/ are the packages mpc_policy.envs and
-mpc_policy.agents (through links in mpc_policy/), so nothing generic lands on a user's path."""
+mpc_policy.agents (setuptools' package-dir, no links), so nothing generic lands on a user's
+path."""
 
 from __future__ import annotations
 
@@ -8,23 +9,39 @@ import subprocess
 import sys
 from pathlib import Path
 
-import setuptools
-
 ROOT = Path(__file__).resolve().parents[1]
 TOP_LEVEL_IMPORT = re.compile(r"^\s*(from|import)\s+(envs|agents)\b", re.MULTILINE)
 
 
-def test_the_folders_are_subpackages_of_mpc_policy():
-    for name in ("envs", "agents"):
-        link = ROOT / "mpc_policy" / name
-        assert link.is_symlink() and link.resolve() == ROOT / name
+def _declared() -> tuple[dict[str, str], list[str]]:
+    import tomllib
+
+    settings = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    return settings["package-dir"], settings["packages"]
 
 
-def test_the_wheel_holds_only_mpc_policy():
-    found = setuptools.find_packages(where=str(ROOT), include=["mpc_policy*"])
-    for name in ("mpc_policy.envs", "mpc_policy.agents", "mpc_policy.agents.experiments"):
-        assert name in found
-    assert not [p for p in found if not p.startswith("mpc_policy")]
+def test_the_folders_are_subpackages_of_mpc_policy_without_links():
+    package_dir, _ = _declared()
+    assert package_dir == {
+        "mpc_policy": "mpc_policy",
+        "mpc_policy.envs": "envs",
+        "mpc_policy.agents": "agents",
+    }
+    links = [p for p in ROOT.rglob("*") if p.is_symlink() and ".git" not in p.parts]
+    assert links == []
+
+
+def test_the_wheel_holds_every_package_folder_and_only_mpc_policy():
+    package_dir, packages = _declared()
+    found = []
+    for name, folder in package_dir.items():
+        for init in sorted((ROOT / folder).rglob("__init__.py")):
+            inner = init.parent.relative_to(ROOT / folder).parts
+            if name == "mpc_policy" and inner[:1] in (("envs",), ("agents",)):
+                continue
+            found.append(".".join((name, *inner)))
+    assert sorted(packages) == sorted(found)
+    assert all(p.startswith("mpc_policy") for p in packages)
 
 
 def test_no_code_imports_the_old_top_level_names():
@@ -57,7 +74,7 @@ def test_the_package_loads_its_names_lazily(tmp_path):
     script = (
         "import importlib, sys, mpc_policy\n"
         "print('torch' in sys.modules)\n"
-        "importlib.import_module('mpc_policy.box_qp')\n"
+        "importlib.import_module('mpc_policy.numerics.box_qp')\n"
         "from mpc_policy import MPC, box_qp, lqr_solve\n"
         "print(callable(box_qp) and not isinstance(box_qp, type(sys)), 'torch' in sys.modules)\n"
         "print(set(mpc_policy.__all__) <= set(dir(mpc_policy)))\n"

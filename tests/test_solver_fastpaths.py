@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mpc_policy.box_qp import box_qp
-from mpc_policy.riccati import backward_recursion
+from mpc_policy.numerics.box_qp import box_qp
+from mpc_policy.numerics.riccati import backward_recursion
 
 F64 = torch.float64
 

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from mpc_policy.agents.experiments.runner import load_sweep_config, markdown_table
 from mpc_policy.agents.sweep import SweepError, load_trial, run_sweep, trial_key
 

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from mpc_policy.agents.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
 from mpc_policy.agents.experiments.runner import (
     SweepConfig,

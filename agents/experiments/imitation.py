@@ -20,7 +20,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-
 from mpc_policy.agents.experiments.bc_trials import run_bc_sweep, steps_per_epoch
 from mpc_policy.agents.experiments.plots import plot_sample_complexity
 from mpc_policy.agents.experiments.runner import markdown_table, write_summary

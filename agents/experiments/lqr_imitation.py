@@ -23,9 +23,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
-
-from mpc_policy import lqr_solve
 from mpc_policy.agents.experiments.plots import Panel, Series, plot_curves
 from mpc_policy.agents.experiments.runner import (
     build_parser,
@@ -34,6 +31,9 @@ from mpc_policy.agents.experiments.runner import (
     write_summary,
 )
 from mpc_policy.agents.sweep import TrialRecord
+from torch import Tensor
+
+from mpc_policy import lqr_solve
 
 __all__ = ["lqr_trial", "main", "random_dynamics", "recovered", "summarize"]
 

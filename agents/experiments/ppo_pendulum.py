@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from mpc_policy.agents.experiments.plots import Panel, Series, plot_curves
 from mpc_policy.agents.experiments.runner import (
     build_parser,

@@ -8,7 +8,7 @@ Around a trajectory x [T, B, n], u [T, B, m], tau_t = [x_t; u_t]:
                                                                 (``linearize_dynamics``)
 
 These are what mpc.pytorch's ``MPC.approximate_cost`` and ``MPC.linearize_dynamics``
-return; the derivatives come from ``mpc_policy.linearize`` (vectorized, in one call).
+return; the derivatives come from ``mpc_policy.problem.linearize`` (vectorized, in one call).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from mpc_policy.compat.modules import RowDynamics
-from mpc_policy.linearize import cost_derivatives, dynamics_jacobian
+from mpc_policy.problem.linearize import cost_derivatives, dynamics_jacobian
 
 __all__ = ["approximate_cost", "linearize_dynamics"]
 

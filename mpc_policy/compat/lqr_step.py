@@ -4,7 +4,7 @@
 quadratic model (C, c) and affine model (F, f) of a problem around the nominal trajectory
 (current_x [T, B, n], current_u [T, B, m]) and returns the next iterate of box-DDP:
 
-    backward:  the box-LQR recursion (``mpc_policy.riccati``) on the model in the delta
+    backward:  the box-LQR recursion (``mpc_policy.numerics.riccati``) on the model in the delta
                space, g_t = C_t tau_t + c_t, with du in [lower - u, upper - u] (and in
                [-delta_u, delta_u]);
     forward:   u = u_bar + alpha k + K (x - x_bar), clamped to the box (and to u_bar +-
@@ -28,8 +28,8 @@ from mpc_policy.compat import util
 from mpc_policy.compat.problem import control_bound, dynamics_terms, quadratic_terms, zero_mask
 from mpc_policy.compat.terms import LinDx, QuadCost
 from mpc_policy.lqr import lqr_solve
-from mpc_policy.riccati import backward_recursion
-from mpc_policy.rollout import rollout
+from mpc_policy.numerics.riccati import backward_recursion
+from mpc_policy.solve.rollout import rollout
 
 __all__ = ["LQRStep", "LqrBackOut", "LqrForOut"]
 

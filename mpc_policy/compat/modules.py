@@ -8,7 +8,7 @@ and, with ``GradMethods.ANALYTIC``, asks it for the Jacobian blocks
 
 right after calling it on the same rows (its ``NNDynamics`` caches activations in the call).
 A non-quadratic cost module maps rows tau = [x; u] (N, n+m) to costs (N,). ``mpc_policy``
-calls dynamics on rows (N, n) and costs on (B, T, n) (``mpc_policy.contract``), and reads
+calls dynamics on rows (N, n) and costs on (B, T, n) (``mpc_policy.problem.contract``), and reads
 Jacobians from ``jacobian(x, u) -> (N, n, n+m)``: the wrappers below also take any leading
 shape and flatten it into rows and back, so a module written for mpc.pytorch runs unchanged.
 """

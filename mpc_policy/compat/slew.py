@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as nnf
 from torch import Tensor, nn
 
-from mpc_policy.contract import restrict
+from mpc_policy.problem.contract import restrict
 
 __all__ = ["SlewCost", "SlewDynamics", "SlewRateCost", "slew_linear", "slew_quadratic"]
 
@@ -93,7 +93,7 @@ class SlewDynamics(nn.Module):
         self.n_ctrl = n_ctrl
 
     def select_batch(self, index: Tensor) -> SlewDynamics:
-        """The dynamics of the batch elements ``index`` (``mpc_policy.contract``)."""
+        """The dynamics of the batch elements ``index`` (``mpc_policy.problem.contract``)."""
         return SlewDynamics(restrict(self.dynamics, index), self.n_ctrl)
 
     def forward(self, z: Tensor, u: Tensor) -> Tensor:
@@ -128,7 +128,7 @@ class SlewCost(nn.Module):
         self.n_ctrl = n_ctrl
 
     def select_batch(self, index: Tensor) -> SlewCost:
-        """The cost of the batch elements ``index`` (``mpc_policy.contract``)."""
+        """The cost of the batch elements ``index`` (``mpc_policy.problem.contract``)."""
         return SlewCost(restrict(self.cost, index), self.gamma, self.n_ctrl)
 
     def forward(self, z: Tensor, u: Tensor) -> Tensor:

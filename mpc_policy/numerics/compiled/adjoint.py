@@ -1,4 +1,4 @@
-"""The implicit backward pass of box LQR, compiled: the kernels of ``mpc_policy.adjoint``.
+"""The implicit backward pass of box LQR, compiled: the kernels of ``mpc_policy.numerics.adjoint``.
 
 ``adjoint_solve`` is the backward LQR of eq. (9) (c = dL/dtau, f = 0, x_init = 0, clamped
 controls fixed at 0) with the forward pass's gains and Cholesky factors, and
@@ -13,9 +13,9 @@ import torch
 from numba import njit
 from torch import Tensor
 
-from mpc_policy.adjoint import ImplicitGradients
-from mpc_policy.compiled._arrays import as_array
-from mpc_policy.riccati import Gains
+from mpc_policy.numerics.adjoint import ImplicitGradients
+from mpc_policy.numerics.compiled._arrays import as_array
+from mpc_policy.numerics.riccati import Gains
 
 __all__ = ["adjoint_solve", "costates_from_gradient", "implicit_gradients"]
 
@@ -136,7 +136,7 @@ def _adjoint(K, chol, free, F, grad_tau, dtau) -> None:
 
 
 def adjoint_solve(gains: Gains, F: Tensor, grad_tau: Tensor) -> Tensor:
-    """Compiled ``mpc_policy.adjoint.adjoint_solve``.
+    """Compiled ``mpc_policy.numerics.adjoint.adjoint_solve``.
 
     Args:
         gains: factorization at the solution (its free set fixes the clamped controls).
@@ -171,7 +171,7 @@ def _costates(grad, F, lam) -> None:
 
 
 def costates_from_gradient(grad: Tensor, F: Tensor) -> Tensor:
-    """Compiled ``mpc_policy.adjoint.costates_from_gradient``.
+    """Compiled ``mpc_policy.numerics.adjoint.costates_from_gradient``.
 
     Args:
         grad: (T, B, d) gradient of the objective with respect to tau_t.
@@ -275,7 +275,7 @@ def implicit_gradients(
     need_F: bool,
     need_bounds: bool,
 ) -> ImplicitGradients:
-    """Compiled ``mpc_policy.adjoint.implicit_gradients``: eqs. (7)-(9) in one loop.
+    """Compiled ``mpc_policy.numerics.adjoint.implicit_gradients``: eqs. (7)-(9) in one loop.
 
     Args:
         gains: factorization at the solution.

@@ -32,12 +32,16 @@ import warnings
 import torch
 from torch import Tensor
 
-from mpc_policy.adjoint import costates_from_gradient
-from mpc_policy.constraints import CheckedConstraints, constraint_curvature, constraint_jacobian
-from mpc_policy.contract import CheckedCost, CheckedDynamics
-from mpc_policy.linearize import cost_derivatives, dynamics_curvature, dynamics_jacobian
+from mpc_policy._warnings import user_stacklevel
+from mpc_policy.numerics.adjoint import costates_from_gradient
 from mpc_policy.options import MPCOptions
-from mpc_policy.solution import user_stacklevel
+from mpc_policy.problem.constraints import (
+    CheckedConstraints,
+    constraint_curvature,
+    constraint_jacobian,
+)
+from mpc_policy.problem.contract import CheckedCost, CheckedDynamics
+from mpc_policy.problem.linearize import cost_derivatives, dynamics_curvature, dynamics_jacobian
 
 __all__ = ["kkt_matrix", "kkt_solution"]
 

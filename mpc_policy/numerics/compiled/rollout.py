@@ -5,8 +5,8 @@ For line-search step sizes alpha_l and every batch element,
     x_1 = x_init,  u_t = clamp(u_bar_t + alpha_l k_t + K_t (x_t - x_bar_t), lower_t, upper_t),
     x_{t+1} = F_t [x_t; u_t] + f_t,
 
-the rollout that ``mpc_policy.rollout.rollout`` runs step by step with tensor operations for an
-LQR problem, as one compiled loop. CPU tensors only.
+the rollout that ``mpc_policy.solve.rollout.rollout`` runs step by step with tensor operations
+for an LQR problem, as one compiled loop. CPU tensors only.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from numba import njit
 from torch import Tensor
 
-from mpc_policy.compiled._arrays import as_array
+from mpc_policy.numerics.compiled._arrays import as_array
 
 __all__ = ["affine_rollout", "rollout_element"]
 

@@ -15,12 +15,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mpc_policy.backend import Kernels
-from mpc_policy.contract import CheckedCost, CheckedDynamics
-from mpc_policy.ilqr import DDPResult
-from mpc_policy.implicit_lqr import implicit_lqr
-from mpc_policy.linearize import cost_derivatives, dynamics_curvature, dynamics_jacobian
+from mpc_policy.grad.implicit_lqr import implicit_lqr
 from mpc_policy.options import MPCOptions
+from mpc_policy.problem.contract import CheckedCost, CheckedDynamics
+from mpc_policy.problem.linearize import cost_derivatives, dynamics_curvature, dynamics_jacobian
+from mpc_policy.solve.backend import Kernels
+from mpc_policy.solve.ddp import DDPResult
 
 __all__ = ["implicit_solution", "lqr_data_at"]
 

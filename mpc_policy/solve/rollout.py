@@ -17,8 +17,8 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from mpc_policy.backend import TORCH, Kernels
-from mpc_policy.riccati import Gains
+from mpc_policy.numerics.riccati import Gains
+from mpc_policy.solve.backend import TORCH, Kernels
 
 __all__ = ["Model", "clamp", "linear_step", "rollout"]
 

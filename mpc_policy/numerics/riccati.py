@@ -16,7 +16,7 @@ the backward recursion computes, from t = T down to 1,
 and the rollout applies u_t = u_bar_t + alpha k_t + K_t (x_t - x_bar_t), clamped to the box.
 The same factorization (K, Q, and the Cholesky factor of Q_uu on the free set) serves the
 implicit backward pass, which is one more recursion with g replaced by dL/dtau and the clamped
-controls fixed to zero (section 3, Module 1, eq. (9); see ``mpc_policy.adjoint``).
+controls fixed to zero (section 3, Module 1, eq. (9); see ``mpc_policy.numerics.adjoint``).
 
 Shapes, time first inside the solver: C (T, B, d, d), g (T, B, d), F (T-1, B, n, d) with
 d = n + m; bounds (T, B, m) or None.
@@ -30,8 +30,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from mpc_policy.box_qp import box_qp, clamped_set, masked_cholesky, masked_solve
-from mpc_policy.solution import user_stacklevel
+from mpc_policy._warnings import user_stacklevel
+from mpc_policy.numerics.box_qp import box_qp, clamped_set, masked_cholesky, masked_solve
 
 _MAX_SHIFTS = 40
 

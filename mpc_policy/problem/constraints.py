@@ -7,7 +7,7 @@ rows per step, feasible where they are not positive:
 
 Row (b, t, i) must depend on x[b, t] and u[b, t] alone (one step of one batch element, as a
 cost's rows do), so that its derivatives are taken for all rows at once. A module with
-per-batch-element parameters provides ``select_batch(index)`` (``mpc_policy.contract``).
+per-batch-element parameters provides ``select_batch(index)`` (``mpc_policy.problem.contract``).
 The control box u_lower <= u <= u_upper stays exact (box-DDP keeps it); constraints that only
 bound the controls belong there.
 """
@@ -15,14 +15,14 @@ bound the controls belong there.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from mpc_policy.contract import _call, _check_output, module_name
-from mpc_policy.linearize import dynamics_curvature, dynamics_jacobian
+from mpc_policy.problem.contract import _call, _check_output, module_name
+from mpc_policy.problem.linearize import dynamics_curvature, dynamics_jacobian
+from mpc_policy.solution import ConstraintReport
 
 __all__ = [
     "CheckedConstraints",
@@ -103,40 +103,6 @@ def constraint_curvature(
         (T, B, n+m, n+m), the last without graph.
     """
     return dynamics_curvature(constraints.time_major, x, u, mu, create_graph=create_graph)
-
-
-@dataclass
-class ConstraintReport:
-    """Per-element report of the constraints at the returned solution (``Solution.constraints``).
-
-    Attributes:
-        values: (B, T, p) g(x_t, u_t) at the solution (feasible where <= 0).
-        multipliers: (B, T, p) their multipliers mu >= 0 (0 on inactive rows); pass them back
-            as ``multipliers=`` to warm-start the next solve.
-        active: (B, T, p) the rows held as equalities by the gradient (mu > 0).
-        bounds_active: (B, T, m) the controls at a bound, held there by the gradient.
-        violation: (B,) the largest max(g, 0) of each element.
-        residual: (B,) the complementarity residual max |min(-g, mu)| (violation included).
-        penalty: (B,) the augmented-Lagrangian penalty each element ended with.
-        outer_iterations: (B,) multiplier updates each element used.
-        feasible: (B,) False where the constraints were found infeasible
-            (``Status.INFEASIBLE``).
-    """
-
-    values: Tensor
-    multipliers: Tensor
-    active: Tensor
-    bounds_active: Tensor
-    violation: Tensor
-    residual: Tensor
-    penalty: Tensor
-    outer_iterations: Tensor
-    feasible: Tensor
-
-    def index(self, rows: Tensor) -> ConstraintReport:
-        """The report of the elements ``rows`` ((k,) indices or a (B,) mask)."""
-        fields = self.__dataclass_fields__
-        return ConstraintReport(**{name: getattr(self, name)[rows] for name in fields})
 
 
 def complementarity(values: Tensor, multipliers: Tensor) -> Tensor:

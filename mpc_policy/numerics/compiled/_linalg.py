@@ -52,7 +52,7 @@ def cholesky(A, L) -> bool:
 def masked_cholesky(A, free, L, work) -> bool:
     """Factor of A (m, m) on the free set (m,), identity elsewhere, into L (m, m).
 
-    ``work`` (m, m) is scratch space. Same result as ``mpc_policy.box_qp.masked_cholesky``.
+    ``work`` (m, m) is scratch space. Same result as ``mpc_policy.numerics.box_qp.masked_cholesky``.
     """
     m = A.shape[0]
     for i in range(m):

@@ -1,7 +1,7 @@
 """The whole box-DDP solve of a bounded LQR problem, compiled: one kernel call per solve.
 
 For an LQR problem, cost sum_t 1/2 tau_t' C_t tau_t + c_t' tau_t and dynamics
-x_{t+1} = F_t tau_t + f_t, every step of ``mpc_policy.ilqr.box_ddp`` is known numerics (no
+x_{t+1} = F_t tau_t + f_t, every step of ``mpc_policy.solve.ddp.box_ddp`` is known numerics (no
 user code is called), so the loop itself runs compiled, one batch element after another:
 
     g_t = C_t tau_bar_t + c_t;  the box-LQR recursion on (C, g, F) with the box
@@ -26,11 +26,11 @@ import torch
 from numba import njit
 from torch import Tensor
 
-from mpc_policy.compiled._arrays import as_array
-from mpc_policy.compiled.riccati import _recursion_element, recursion_scratch
-from mpc_policy.compiled.rollout import rollout_element
+from mpc_policy.numerics.compiled._arrays import as_array
+from mpc_policy.numerics.compiled.riccati import _recursion_element, recursion_scratch
+from mpc_policy.numerics.compiled.rollout import rollout_element
+from mpc_policy.numerics.riccati import Gains
 from mpc_policy.options import MPCOptions
-from mpc_policy.riccati import Gains
 
 __all__ = ["BoxLQRResult", "solve_box_lqr"]
 

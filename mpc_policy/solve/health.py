@@ -23,8 +23,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from mpc_policy.box_qp import masked_cholesky
-from mpc_policy.riccati import Gains
+from mpc_policy.numerics.box_qp import masked_cholesky
+from mpc_policy.numerics.riccati import Gains
 from mpc_policy.solution import SOURCE_COST, SOURCE_DYNAMICS, SolverInfo, Status
 
 __all__ = [

@@ -28,12 +28,12 @@ from typing import Any, NamedTuple, Protocol
 import torch
 from torch import Tensor
 
-from mpc_policy.backend import Kernels
-from mpc_policy.constraints import CheckedConstraints, complementarity
-from mpc_policy.contract import CheckedCost, restrictable
-from mpc_policy.ilqr import Model, box_ddp
 from mpc_policy.options import MPCOptions
+from mpc_policy.problem.constraints import CheckedConstraints, complementarity
+from mpc_policy.problem.contract import CheckedCost, restrictable
 from mpc_policy.solution import SolverInfo, Status
+from mpc_policy.solve.backend import Kernels
+from mpc_policy.solve.ddp import Model, box_ddp
 
 __all__ = ["ALResult", "AugmentedCost", "RestrictableModel", "augmented_lagrangian"]
 

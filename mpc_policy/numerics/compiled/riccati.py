@@ -1,6 +1,6 @@
-"""Riccati recursions of box LQR, compiled: the kernels of ``mpc_policy.riccati``.
+"""Riccati recursions of box LQR, compiled: the kernels of ``mpc_policy.numerics.riccati``.
 
-The same recursion as the torch functions (see ``mpc_policy.riccati`` for the math),
+The same recursion as the torch functions (see ``mpc_policy.numerics.riccati`` for the math),
 
     Q_t = C_t + F_t' V_{t+1} F_t,  q_t = g_t + F_t' v_{t+1},
     k_t = box QP of (Q_uu, q_u),   K_t = -Q_uu,ff^{-1} Q_ux on the free rows,
@@ -21,16 +21,16 @@ import torch
 from numba import njit
 from torch import Tensor
 
-from mpc_policy.compiled._arrays import as_array
-from mpc_policy.compiled._linalg import (
+from mpc_policy.numerics.compiled._arrays import as_array
+from mpc_policy.numerics.compiled._linalg import (
     cholesky,
     masked_cholesky,
     masked_solve_matrix,
     masked_solve_vector,
     set_identity,
 )
-from mpc_policy.compiled.box_qp import _free_set, box_qp_element, scratch
-from mpc_policy.riccati import _MAX_SHIFTS, Gains, warn_regularized
+from mpc_policy.numerics.compiled.box_qp import _free_set, box_qp_element, scratch
+from mpc_policy.numerics.riccati import _MAX_SHIFTS, Gains, warn_regularized
 
 __all__ = ["backward_recursion", "factorize"]
 
@@ -246,7 +246,7 @@ def backward_recursion(
     active: Tensor | None = None,
     out: Gains | None = None,
 ) -> Gains:
-    """Compiled ``mpc_policy.riccati.backward_recursion``: same arguments and ``Gains``.
+    """Compiled ``mpc_policy.numerics.riccati.backward_recursion``: same arguments and ``Gains``.
 
     With ``active`` and ``out``, only the active elements are computed and written into
     ``out`` (in place); the others keep their gains.
@@ -355,7 +355,7 @@ def factorize(
     regularization: float = 1e-8,
     warn: bool | Tensor = True,
 ) -> Gains:
-    """Compiled ``mpc_policy.riccati.factorize``: same arguments and ``Gains`` (k = 0).
+    """Compiled ``mpc_policy.numerics.riccati.factorize``: same arguments and ``Gains`` (k = 0).
 
     Args:
         C: (T, B, d, d) quadratic terms.

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mpc_policy.box_qp import BoxQPResult, box_qp
+from mpc_policy.numerics.box_qp import BoxQPResult, box_qp
 
 __all__ = ["condense", "solve_condensed"]
 

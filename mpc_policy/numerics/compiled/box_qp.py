@@ -1,4 +1,5 @@
-"""Projected-Newton box QP of one batch element, compiled: the kernel of ``mpc_policy.box_qp``.
+"""Projected-Newton box QP of one batch element, compiled: the kernel of
+``mpc_policy.numerics.box_qp``.
 
 Solves min 1/2 x'Qx + q'x s.t. lower <= x <= upper with the same iterations, stopping tests
 and line search as the torch function (Bertsekas, 1982; Tassa et al., 2014), one element at
@@ -13,9 +14,9 @@ import torch
 from numba import njit
 from torch import Tensor
 
-from mpc_policy.box_qp import BoxQPResult
-from mpc_policy.compiled._arrays import as_array
-from mpc_policy.compiled._linalg import masked_cholesky, masked_solve_vector, set_identity
+from mpc_policy.numerics.box_qp import BoxQPResult
+from mpc_policy.numerics.compiled._arrays import as_array
+from mpc_policy.numerics.compiled._linalg import masked_cholesky, masked_solve_vector, set_identity
 
 __all__ = ["box_qp", "box_qp_element", "scratch"]
 
@@ -96,7 +97,7 @@ def box_qp_element(
         x: (m,) warm start on entry (projected here), minimizer on exit.
         free_out: (m,) free set at the solution (output).
         chol_out: (m, m) factor of Q on that free set, identity elsewhere (output).
-        max_iter, tol, decay, max_line_search: as ``mpc_policy.box_qp.box_qp``.
+        max_iter, tol, decay, max_line_search: as ``mpc_policy.numerics.box_qp.box_qp``.
         work_arrays: the result of ``scratch(m, dtype)``.
 
     Returns:
@@ -207,7 +208,7 @@ def box_qp(
     line_search_decay: float = 0.5,
     max_line_search: int = 20,
 ) -> BoxQPResult:
-    """Compiled ``mpc_policy.box_qp.box_qp`` (same arguments, shapes and result), CPU only.
+    """Compiled ``mpc_policy.numerics.box_qp.box_qp`` (same arguments, shapes and result), CPU only.
 
     Args:
         Q: (B, m, m) symmetric positive definite matrices.

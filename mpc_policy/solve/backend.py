@@ -3,9 +3,9 @@
 The numerics that never call user code (the Riccati recursion with its box QPs, the
 factorization with a fixed free set, the implicit backward LQR, the costates and the rollout
 of affine dynamics) exist twice with the same signatures: as torch functions
-(``mpc_policy.riccati``, ``mpc_policy.adjoint``; any device, differentiable, the reference)
-and as numba kernels (``mpc_policy.compiled``; CPU, one compiled loop per call instead of a
-few tensor operations per time step).
+(``mpc_policy.numerics.riccati``, ``mpc_policy.numerics.adjoint``; any device, differentiable,
+the reference) and as numba kernels (``mpc_policy.numerics.compiled``; CPU, one compiled loop
+per call instead of a few tensor operations per time step).
 
 The choice is the solver option ``backend`` ("auto", "compiled" or "torch"). "auto" reads the
 environment variable ``MPC_POLICY_BACKEND`` (same three values) and otherwise takes the
@@ -24,7 +24,7 @@ from typing import Any, NamedTuple, get_args
 
 import torch
 
-from mpc_policy import adjoint, riccati
+from mpc_policy.numerics import adjoint, riccati
 from mpc_policy.options import Backend
 
 __all__ = ["ENVIRONMENT_VARIABLE", "TORCH", "Backend", "Kernels", "compiled_available", "select"]
@@ -37,14 +37,14 @@ class Kernels(NamedTuple):
 
     Attributes:
         name: "compiled" or "torch".
-        backward_recursion: as ``mpc_policy.riccati.backward_recursion``.
-        factorize: as ``mpc_policy.riccati.factorize``.
-        adjoint_solve: as ``mpc_policy.adjoint.adjoint_solve``.
-        costates_from_gradient: as ``mpc_policy.adjoint.costates_from_gradient``.
-        implicit_gradients: as ``mpc_policy.adjoint.implicit_gradients``.
-        affine_rollout: as ``mpc_policy.compiled.rollout.affine_rollout``, or None (torch
+        backward_recursion: as ``mpc_policy.numerics.riccati.backward_recursion``.
+        factorize: as ``mpc_policy.numerics.riccati.factorize``.
+        adjoint_solve: as ``mpc_policy.numerics.adjoint.adjoint_solve``.
+        costates_from_gradient: as ``mpc_policy.numerics.adjoint.costates_from_gradient``.
+        implicit_gradients: as ``mpc_policy.numerics.adjoint.implicit_gradients``.
+        affine_rollout: as ``mpc_policy.numerics.compiled.rollout.affine_rollout``, or None (torch
             rolls affine dynamics out step by step like any model).
-        box_lqr: as ``mpc_policy.compiled.box_lqr.solve_box_lqr`` (the whole box-DDP loop
+        box_lqr: as ``mpc_policy.numerics.compiled.box_lqr.solve_box_lqr`` (the whole box-DDP loop
             of a bounded LQR problem), or None (``box_ddp`` runs it).
     """
 
@@ -74,10 +74,10 @@ def _compiled() -> Kernels | None:
     if importlib.util.find_spec("numba") is None:
         return None
     try:
-        from mpc_policy.compiled import adjoint as compiled_adjoint
-        from mpc_policy.compiled import box_lqr as compiled_box_lqr
-        from mpc_policy.compiled import riccati as compiled_riccati
-        from mpc_policy.compiled import rollout as compiled_rollout
+        from mpc_policy.numerics.compiled import adjoint as compiled_adjoint
+        from mpc_policy.numerics.compiled import box_lqr as compiled_box_lqr
+        from mpc_policy.numerics.compiled import riccati as compiled_riccati
+        from mpc_policy.numerics.compiled import rollout as compiled_rollout
     except ImportError:  # a numba that does not import (e.g. a numpy it does not support)
         return None
     return Kernels(

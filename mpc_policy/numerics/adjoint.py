@@ -18,8 +18,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from mpc_policy.box_qp import masked_solve
-from mpc_policy.riccati import Gains
+from mpc_policy.numerics.box_qp import masked_solve
+from mpc_policy.numerics.riccati import Gains
 
 __all__ = [
     "ImplicitGradients",

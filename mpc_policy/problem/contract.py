@@ -233,7 +233,7 @@ def on_rows(index: Tensor | None, batch: int) -> Iterator[None]:
                 f"the solver evaluated the cost and the dynamics on {index.numel()} of the "
                 f"{batch} batch elements (the others are NONFINITE); a module with "
                 "per-element parameters needs a select_batch(index) method "
-                "(mpc_policy.contract)"
+                "(mpc_policy.problem.contract)"
             )
         raise
 

@@ -25,12 +25,12 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from mpc_policy.backend import TORCH, Kernels
-from mpc_policy.health import ddp_info, indefinite_rows, neutral_model, nonfinite_source
+from mpc_policy.numerics.riccati import Gains
 from mpc_policy.options import MPCOptions
-from mpc_policy.riccati import Gains
-from mpc_policy.rollout import Model, clamp, linear_step, rollout
 from mpc_policy.solution import SolverInfo
+from mpc_policy.solve.backend import TORCH, Kernels
+from mpc_policy.solve.health import ddp_info, indefinite_rows, neutral_model, nonfinite_source
+from mpc_policy.solve.rollout import Model, clamp, linear_step, rollout
 
 __all__ = ["DDPResult", "Model", "box_ddp", "rollout"]
 
@@ -192,7 +192,7 @@ def box_ddp(
         upper: (T, B, m) control upper bounds or None.
         options: solver options (iterations, tolerance, line search).
         warn_regularization: warn when a Q_uu block needs regularizing.
-        kernels: the numerics' backend (``mpc_policy.backend.select``).
+        kernels: the numerics' backend (``mpc_policy.solve.backend.select``).
         newton_state: (B,) the elements taking Newton steps, (B,) those that fell back to
             Gauss-Newton and (B,) the last residuals (a part-batch solve continues the whole
             batch's); None for a fresh solve.

@@ -1,8 +1,8 @@
 """A cost module and a dynamics module as the ``Model`` that box-DDP solves.
 
 The solver sees a problem time-major (x (T, B, n), u (T, B, m)); the user's modules are
-batch-first and called through ``mpc_policy.contract`` (dynamics on flattened rows, every
-return checked). Derivatives come from ``mpc_policy.linearize``; ``restrict`` gives the
+batch-first and called through ``mpc_policy.problem.contract`` (dynamics on flattened rows, every
+return checked). Derivatives come from ``mpc_policy.problem.linearize``; ``restrict`` gives the
 problem of a part of the batch, or None when a module cannot tell.
 """
 
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from mpc_policy.contract import CheckedCost, CheckedDynamics, restrictable
-from mpc_policy.linearize import cost_derivatives, dynamics_curvature, dynamics_jacobian
 from mpc_policy.options import MPCOptions
+from mpc_policy.problem.contract import CheckedCost, CheckedDynamics, restrictable
+from mpc_policy.problem.linearize import cost_derivatives, dynamics_curvature, dynamics_jacobian
 
 __all__ = ["ModuleModel"]
 
@@ -20,7 +20,7 @@ __all__ = ["ModuleModel"]
 class ModuleModel:
     """A cost module and a dynamics module as a ``Model`` for box-DDP (time-major).
 
-    The modules are called through the contract of ``mpc_policy.contract`` (dynamics on
+    The modules are called through the contract of ``mpc_policy.problem.contract`` (dynamics on
     flattened rows, every return checked).
     """
 

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mpc_policy.backend import select
-from mpc_policy.riccati import Gains
+from mpc_policy.numerics.riccati import Gains
+from mpc_policy.solve.backend import select
 
 __all__ = ["implicit_lqr"]
 

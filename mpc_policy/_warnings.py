@@ -1,0 +1,45 @@
+"""Warnings that point at the user's line, not at the solver's internals.
+
+A warning raised anywhere in the solver (``numerics``, ``problem``, ``solve``, ``grad``, the
+public layers, ``compat``) names the first frame outside the solver and torch: the user's
+``mpc(x_init, cost, dynamics)`` or ``policy(obs)``. The SB3 adapters (``mpc_policy.sb3``) and the
+environments and agents (outside this folder) count as user code: they call the solver for a
+user.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from types import FrameType
+
+import torch
+
+__all__ = ["user_stacklevel", "warn"]
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_USER_FACING = (os.path.join(_PACKAGE, "sb3") + os.sep,)
+_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
+
+
+def _is_solver_frame(filename: str) -> bool:
+    return (
+        filename.startswith(_PACKAGE) and not filename.startswith(_USER_FACING)
+    ) or filename.startswith(_TORCH_DIR)
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that makes a ``warnings.warn`` in the calling function point at
+    the first frame outside the solver's modules and torch: the user's call
+    (``policy(obs)``, ``mpc(x_init, cost, dynamics)``), not torch's ``module.py``."""
+    frame: FrameType | None = sys._getframe(1)
+    level = 1
+    while frame is not None and _is_solver_frame(frame.f_code.co_filename):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def warn(message: str, category: type[Warning] = RuntimeWarning) -> None:
+    """``warnings.warn(message, category)`` pointed at the user's line."""
+    warnings.warn(message, category, stacklevel=user_stacklevel())

@@ -214,10 +214,27 @@ def test_lqr_solve_compiled_equals_torch_with_gradients(family: str) -> None:
     torch.testing.assert_close(ours.x, reference.x, atol=1e-10, rtol=1e-10)
     assert torch.equal(ours.info.iterations, reference.info.iterations)
     assert torch.equal(ours.info.converged, reference.info.converged)
+    # A control that lands within rounding of a bound without being projected onto it is a
+    # tie: free and clamped are both right, and each gives its own one-sided derivative. The
+    # backends break such ties by their own rounding: compare the other elements only.
+    tied = _tied_to_a_bound(reference.u, problem.u_lower, problem.u_upper)
+    assert int(tied.sum()) <= max(1, tied.numel() // 100)
     for a, b in zip(ours_grads, reference_grads):
         assert (a is None) == (b is None)
         if a is not None and b is not None:
-            torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)
+            torch.testing.assert_close(a[~tied], b[~tied], atol=1e-9, rtol=1e-9)
+
+
+def _tied_to_a_bound(u: Tensor, lower: Tensor | None, upper: Tensor | None) -> Tensor:
+    """(B,) elements with a control u (B, T, m) within rounding of a bound (B, T, m) but not
+    on it."""
+    tied = torch.zeros(u.shape[0], dtype=torch.bool)
+    for bound in (lower, upper):
+        if bound is not None:
+            gap = (u - bound).abs()
+            near = (gap > 0) & (gap <= 1e-12 * (1.0 + bound.abs()))
+            tied |= near.flatten(1).any(1)
+    return tied
 
 
 def test_lqr_solve_float32_compiled_is_close_to_torch() -> None:

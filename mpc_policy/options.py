@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal, get_args
 
 import torch
+from torch import Tensor
 
 __all__ = ["Backend", "GradMethod", "JacobianMethod", "MPCOptions", "OnUnconverged"]
 
@@ -194,6 +195,18 @@ class MPCOptions:
         if self.tol is not None:
             return self.tol
         return 1e-7 if dtype == torch.float64 else 1e-4
+
+    @staticmethod
+    def cost_rounding(dtype: torch.dtype) -> float:
+        """The relative rounding of a cost in a dtype: a line-search step whose cost rises by
+        less than cost_rounding * (1 + |cost|) is not refused (the acceptance rule of every
+        box-DDP loop, torch and compiled)."""
+        return 10.0 * torch.finfo(dtype).eps
+
+    def cost_threshold(self, cost: Tensor) -> Tensor:
+        """(B,) the cost a line-search step from ``cost`` (B,) must not exceed."""
+        cost = cost.detach()
+        return cost + self.cost_rounding(cost.dtype) * (1.0 + cost.abs())
 
     def constraint_tolerance(self, dtype: torch.dtype) -> float:
         """The complementarity tolerance of constrained solves for a dtype."""

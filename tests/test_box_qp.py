@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from mpc_policy.numerics import box_qp
+from mpc_policy.numerics.box_qp import box_qp
 from tests.oracles import random_box_qp, solve_box_qp
 
 F64 = torch.float64

@@ -229,7 +229,8 @@ def solve_box_lqr(
     residual = torch.full((B,), float("inf"), dtype=dtype)
     step_size = torch.zeros(B, dtype=dtype)
     tol = options.tolerance(dtype)
-    constants = np.array([0.5, 1.0, tol, 10.0 * eps], dtype=as_array(c).dtype)
+    rounding = options.cost_rounding(dtype)  # the acceptance rule of every box-DDP loop
+    constants = np.array([0.5, 1.0, tol, rounding], dtype=as_array(c).dtype)
     _solve(
         *(as_array(z) for z in (C, c, F, f, x_init, lower, upper, alphas)),
         constants,

@@ -394,3 +394,24 @@ def test_a_horizon_of_one_step() -> None:
     expected = torch.cat([x_init.detach().sum(0), torch.tensor([1.0], dtype=F64)])
     torch.testing.assert_close(floor.D.grad, expected.view(1, -1))
     torch.testing.assert_close(x_init.grad, torch.zeros_like(x_init))
+
+
+def test_a_per_element_quadratic_cost_restricted_mid_solve_is_differentiated() -> None:
+    """Per-element cost data (QuadraticCost with C (B, T, d, d)) restricted to the elements
+    still moving inside the solve's inference mode: the restricted cost must hold ordinary
+    tensors, or the augmented cost's autograd fails ("Inference tensors cannot be saved for
+    backward"). Each element equals its own solve."""
+    B, d = 16, 4
+    weights = torch.tensor([1.0, 1.0, 0.1, 0.001], dtype=F64)
+    scale = torch.linspace(0.5, 2.0, B, dtype=F64).view(B, 1, 1, 1)
+    C = (scale * torch.diag(2.0 * weights)).expand(B, T, d, d).contiguous()
+    c = (-2.0 * weights * torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=F64)).expand(B, T, d)
+    x_init = _starts(B, seed=4).requires_grad_()
+    mpc = MPC(3, 1, T, -2.0, 2.0, constraints=VelocityLimit(0.5), max_iter=100)
+    dynamics = PendulumDynamics(g=2.0)
+    solution = mpc(x_init, QuadraticCost(C, c.contiguous()), dynamics)
+    solution.u.sum().backward()
+    assert solution.info.all_converged and torch.isfinite(x_init.grad).all()
+    for b in (0, B - 1):
+        alone = mpc(x_init[b : b + 1].detach(), QuadraticCost(C[b : b + 1], c[b : b + 1]), dynamics)
+        torch.testing.assert_close(alone.u[0], solution.u[b].detach(), atol=1e-6, rtol=0)

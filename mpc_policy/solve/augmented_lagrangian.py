@@ -85,11 +85,12 @@ class AugmentedCost:
         """The augmented cost of the elements ``index`` (k,), or None when the user's cost or
         constraints cannot be restricted safely (``contract.restrictable``)."""
         batch = self.penalty.shape[0]
-        cost = restrictable(self.cost.module, batch, index)
-        constraints = restrictable(self.constraints.module, batch, index)
-        if cost is None or constraints is None:
-            return None
-        with torch.inference_mode(False):  # ordinary tensors: the cost is differentiated
+        # ordinary tensors (the restricted modules' too): the augmented cost is differentiated
+        with torch.inference_mode(False):
+            cost = restrictable(self.cost.module, batch, index)
+            constraints = restrictable(self.constraints.module, batch, index)
+            if cost is None or constraints is None:
+                return None
             multipliers = self.multipliers.index_select(0, index)
             penalty = self.penalty.index_select(0, index)
         return AugmentedCost(
@@ -125,6 +126,97 @@ class ALResult(NamedTuple):
 
 def _take(z: Tensor | None, rows: Tensor | None, dim: int) -> Any:
     return z if z is None or rows is None else z.index_select(dim, rows)
+
+
+def _inner_solve(
+    model: RestrictableModel,
+    rows: Tensor,
+    x_init: Tensor,
+    u: Tensor,
+    bounds: tuple[Tensor | None, Tensor | None],
+    options: MPCOptions,
+    kernels: Kernels,
+) -> tuple[Tensor, Tensor, Tensor, SolverInfo]:
+    """Box-DDP on the augmented cost for the elements ``rows`` (k,), from the controls u
+    (T, B, m): their x (T, k, n), u (T, k, m), free mask (T, k, m) and report, as ordinary
+    tensors. A model that cannot be restricted solves the whole batch, ``rows`` kept."""
+    B = x_init.shape[0]
+    lower, upper = bounds
+    restricted = model if rows.numel() == B else model.restrict(rows, B)
+    subset = None if restricted is None or rows.numel() == B else rows
+    pick = rows if restricted is None else None
+    sub = model if restricted is None else restricted
+    with torch.inference_mode():
+        result = box_ddp(
+            sub,
+            _take(x_init.detach(), subset, 0),
+            _take(u, subset, 1).contiguous(),
+            _take(lower, subset, 1),
+            _take(upper, subset, 1),
+            options,
+            warn_regularization=False,
+            kernels=kernels,
+        )
+    x_r, u_r = _take(result.x, pick, 1).clone(), _take(result.u, pick, 1).clone()
+    free_r = _take(result.gains.free, pick, 1).clone()
+    report = result.info.clone() if pick is None else result.info.index(pick).clone()
+    return x_r, u_r, free_r, report
+
+
+class _OuterUpdate(NamedTuple):
+    """One multiplier update of k elements: their status code (k,), the new multipliers
+    (k, T, p) and penalties (k,), the count of solves at the largest penalty (k,), and what
+    decided them (k,)."""
+
+    residual: Tensor
+    violation: Tensor
+    code: Tensor
+    converged: Tensor
+    nonfinite: Tensor
+    infeasible: Tensor
+    multipliers: Tensor
+    penalty: Tensor
+    at_limit: Tensor
+
+
+def _outer_update(
+    g: Tensor,
+    lam: Tensor,
+    rho: Tensor,
+    report: SolverInfo,
+    at_limit: Tensor,
+    last_residual: Tensor,
+    last_violation: Tensor,
+    settings: tuple[float, float, float, float],
+) -> _OuterUpdate:
+    """The PHR multiplier update mu = max(0, lam + rho g) of k elements after their inner
+    solve, with g (k, T, p) at its solution, and the decisions it allows: converged (inner
+    solve solved and complementarity within tolerance), infeasible (a second solve at the
+    largest penalty that did not halve the violation), and a larger penalty where the
+    complementarity residual fell by less than 4x. ``settings``: the user's box-DDP
+    tolerance, the constraint tolerance, the largest penalty and the penalty growth."""
+    user_tol, tol, rho_max, growth = settings
+    mu = torch.relu(lam + rho.view(-1, 1, 1) * g)
+    residual = complementarity(g, mu)
+    violation = torch.relu(g).amax(dim=(1, 2))
+    codes = report.codes
+    nonfinite = codes == _NONFINITE
+    solved = (codes == _CONVERGED) | ((codes == _MAX_ITER) & (report.residual <= user_tol))
+    converged = solved & (residual <= tol)
+    # a second solve at the largest penalty, solved to the user's tol, that did not halve
+    # the violation: the constraints cannot be met
+    limit = torch.where(rho >= rho_max, at_limit + 1, 0)
+    stuck = solved & (limit >= 2) & (violation > tol)
+    stuck &= violation > 0.5 * last_violation
+    infeasible = ~converged & ~nonfinite & stuck
+    code = torch.where(solved, _MAX_ITER, codes.long())
+    code = torch.where(converged, _CONVERGED, torch.where(infeasible, _INFEASIBLE, code))
+    grow = ~converged & (residual > 0.25 * last_residual)
+    new_rho = torch.where(grow, (rho * growth).clamp(max=rho_max), rho)
+    multipliers = torch.where(nonfinite.view(-1, 1, 1), lam, mu)
+    return _OuterUpdate(
+        residual, violation, code, converged, nonfinite, infeasible, multipliers, new_rho, limit
+    )
 
 
 def augmented_lagrangian(
@@ -192,26 +284,10 @@ def augmented_lagrangian(
         if rows.numel() == 0:
             break
         model = make_model(AugmentedCost(cost, constraints, lam, rho))
-        restricted = model if rows.numel() == B else model.restrict(rows, B)
-        # modules that cannot be restricted: the whole batch is solved, ``rows`` kept
-        subset = None if restricted is None or rows.numel() == B else rows
-        pick = rows if restricted is None else None
-        sub = model if restricted is None else restricted
-        with torch.inference_mode():
-            result = box_ddp(
-                sub,
-                _take(x_init.detach(), subset, 0),
-                _take(u, subset, 1).contiguous(),
-                _take(lower, subset, 1),
-                _take(upper, subset, 1),
-                options if outer_iteration == 0 else tighter(outer_iteration),
-                warn_regularization=False,
-                kernels=kernels,
-            )
-        # back to ordinary tensors, the elements ``rows`` only
-        x_r, u_r = _take(result.x, pick, 1).clone(), _take(result.u, pick, 1).clone()
-        free_r = _take(result.gains.free, pick, 1).clone()
-        report = result.info.clone() if pick is None else result.info.index(pick).clone()
+        inner = options if outer_iteration == 0 else tighter(outer_iteration)
+        x_r, u_r, free_r, report = _inner_solve(
+            model, rows, x_init, u, (lower, upper), inner, kernels
+        )
         x, u, free = (
             x.index_copy(1, rows, x_r),
             u.index_copy(1, rows, u_r),
@@ -220,26 +296,21 @@ def augmented_lagrangian(
         with torch.no_grad():
             g = constraints(x.transpose(0, 1), u.transpose(0, 1)).index_select(0, rows)
         lam_r, rho_r = lam.index_select(0, rows), rho.index_select(0, rows)
-        mu = torch.relu(lam_r + rho_r.view(-1, 1, 1) * g)
-        residual = complementarity(g, mu)
-        violation = torch.relu(g).amax(dim=(1, 2))
-        codes = report.codes
-        nonfinite = codes == _NONFINITE
-        solved = (codes == _CONVERGED) | ((codes == _MAX_ITER) & (report.residual <= user_tol))
-        converged = solved & (residual <= tol)
-        # a second solve at the largest penalty, solved to the user's tol, that did not halve
-        # the violation: the constraints cannot be met
-        limit_r = torch.where(rho_r >= rho_max, at_limit.index_select(0, rows) + 1, 0)
-        stuck = solved & (limit_r >= 2) & (violation > tol)
-        stuck &= violation > 0.5 * last_violation.index_select(0, rows)
-        infeasible = ~converged & ~nonfinite & stuck
-        code = torch.where(solved, _MAX_ITER, codes.long())
-        code = torch.where(converged, _CONVERGED, torch.where(infeasible, _INFEASIBLE, code))
-        grow = ~converged & (residual > 0.25 * last_residual.index_select(0, rows))
-        new_rho = torch.where(grow, (rho_r * options.penalty_growth).clamp(max=rho_max), rho_r)
-        lam = lam.index_copy(0, rows, torch.where(nonfinite.view(-1, 1, 1), lam_r, mu))
-        rho = rho.index_copy(0, rows, new_rho)
-        at_limit = at_limit.index_copy(0, rows, limit_r)
+        update = _outer_update(
+            g,
+            lam_r,
+            rho_r,
+            report,
+            at_limit.index_select(0, rows),
+            last_residual.index_select(0, rows),
+            last_violation.index_select(0, rows),
+            (user_tol, tol, rho_max, options.penalty_growth),
+        )
+        residual, violation, code = update.residual, update.violation, update.code
+        converged, nonfinite, infeasible = update.converged, update.nonfinite, update.infeasible
+        lam = lam.index_copy(0, rows, update.multipliers)
+        rho = rho.index_copy(0, rows, update.penalty)
+        at_limit = at_limit.index_copy(0, rows, update.at_limit)
         values = values.index_copy(0, rows, g)
         status = status.index_copy(0, rows, code.to(torch.int8))
         iterations = iterations.index_add(0, rows, report.iterations)

@@ -22,6 +22,17 @@ from typing import Any
 __all__ = ["main"]
 
 
+def _positive_int(text: str) -> int:
+    """argparse type of ``--stop-after``: an integer >= 1 (0 or less would train nothing)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, received {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mpc-policy",
@@ -51,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--apply-new-settings", action="store_true", help=apply_help)
     sub.add_argument(
         "--stop-after",
-        type=int,
+        type=_positive_int,
         metavar="N",
         help="stop after N epochs in this call (rerun to resume)",
     )

@@ -131,10 +131,16 @@ def train(
     Args:
         config: the experiment.
         restart: delete earlier checkpoints and logs of this run first.
-        stop_after: stop after this many epochs in this call (resumable).
+        stop_after: stop after this many epochs in this call (resumable); None: train to
+            the end.
         apply_new_settings: resume even if the optimizer or scheduler settings changed
             since the checkpoint, applying the new ones (refused otherwise).
+
+    Raises:
+        ValueError: ``stop_after`` is below 1 (it would train nothing).
     """
+    if stop_after is not None and (isinstance(stop_after, bool) or stop_after < 1):
+        raise ValueError(f"stop_after: expected None or an integer >= 1, received {stop_after!r}")
     experiment = resolve(config)
     with RunLock(experiment.run_dir):
         return _train(experiment, restart, stop_after, apply_new_settings)

@@ -177,3 +177,25 @@ def test_errors_are_reported_with_their_cause(tmp_path, capsys):
     assert "not a readable .npz" in capsys.readouterr().err
     assert main(tiny("collect", tmp_path)) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_stop_after_below_one_is_refused_before_anything_runs(tmp_path, capsys):
+    assert main(tiny("collect", tmp_path)) == 0
+    capsys.readouterr()
+    for value in ("-1", "0", "two"):
+        with pytest.raises(SystemExit) as done:
+            main(tiny("train", tmp_path, "--stop-after", value))
+        assert done.value.code == 2
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert f"argument --stop-after: expected an integer >= 1, received {value!r}" in last
+        assert not (tmp_path / "checkpoints").exists()
+
+
+def test_the_library_refuses_stop_after_below_one_too(tmp_path):
+    from mpc_policy.agents import pipeline
+    from mpc_policy.agents.config import load_config
+
+    config = load_config(CONFIG, "quick", [f"output_dir={tmp_path}"])
+    with pytest.raises(ValueError, match="stop_after: expected None or an integer >= 1"):
+        pipeline.train(config, stop_after=0)
+    assert not (tmp_path / "checkpoints").exists()

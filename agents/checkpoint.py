@@ -72,6 +72,10 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint written by ``save_checkpoint`` (tensors and plain values only)."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(
+            f"checkpoint: expected a checkpoint file, received the folder {str(path)!r}"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint: no such file {str(path)!r}")
     try:

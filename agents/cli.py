@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 __all__ = ["main"]
@@ -89,6 +90,7 @@ def _execute(args: argparse.Namespace) -> None:
         experiment = resolve(config)
     except ValueError as error:
         raise ValueError(f"config {args.config}: {error}") from None
+    args.run_dir = experiment.run_dir
     method = experiment.model.method
     print(
         f"experiment {experiment.name} ({experiment.system.name}, {method}) in {experiment.run_dir}"
@@ -118,13 +120,31 @@ def _execute(args: argparse.Namespace) -> None:
     print(f"results: {experiment.run_dir / 'results.json'}")
 
 
+def _describe_os_error(error: OSError, args: argparse.Namespace) -> str:
+    """One line for a failed read or write: what, where, and the setting that chose it."""
+    text = error.strerror or str(error)
+    if error.filename is not None:
+        text = f"{text}: {str(error.filename)!r}"
+    run_dir = getattr(args, "run_dir", None)
+    if run_dir is not None and str(Path(run_dir)) in text:
+        text += f" (under output_dir {str(run_dir)!r}: choose another with --set output_dir=...)"
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``mpc-policy`` console script; returns the exit status."""
+    """Entry point of the ``mpc-policy`` console script; returns the exit status: 0 done,
+    2 an error (one line on stderr naming its cause: a config key, an argument or a file),
+    130 interrupted."""
     args = _parser().parse_args(argv)
     try:
         _execute(args)
-    except (FileNotFoundError, ValueError) as error:  # DatasetError is a ValueError
+    except ValueError as error:  # DatasetError, RunLocked, TrainingDiverged are ValueErrors
         print(f"mpc-policy {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a full disk, a read-only folder, a missing file
+        print(
+            f"mpc-policy {args.command}: error: {_describe_os_error(error, args)}", file=sys.stderr
+        )
         return 2
     except KeyboardInterrupt:
         print(

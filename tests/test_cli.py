@@ -3,6 +3,7 @@ stopped and of a killed training run, and error messages."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -199,3 +200,119 @@ def test_the_library_refuses_stop_after_below_one_too(tmp_path):
     with pytest.raises(ValueError, match="stop_after: expected None or an integer >= 1"):
         pipeline.train(config, stop_after=0)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_paths_that_cannot_be_used_end_in_one_line_naming_the_setting(tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    a_folder = tmp_path / "a_folder"
+    a_folder.mkdir()
+    assert main(tiny("collect", a_file)) == 2
+    assert "output_dir: expected a folder path" in _one_line_error(capsys)
+    assert main(tiny("collect", a_file / "run")) == 2
+    assert f"where {str(a_file)!r} is a file" in _one_line_error(capsys)
+    assert main(tiny("collect", tmp_path / "run", "--set", f"data.path={a_folder}")) == 2
+    assert "data.path: expected a dataset file path, received the folder" in _one_line_error(capsys)
+    assert main(tiny("evaluate", tmp_path / "run", "--checkpoint", str(a_folder))) == 2
+    assert "checkpoint: expected a checkpoint file, received the folder" in _one_line_error(capsys)
+    assert a_file.read_text() == "not a folder" and not any(a_folder.iterdir())
+
+
+def test_a_read_only_output_folder_ends_in_one_line(tmp_path, capsys, monkeypatch):
+    import tempfile
+
+    def refused(*args, **kwargs):  # what a read-only folder answers (root ignores chmod)
+        raise PermissionError(errno.EACCES, "Permission denied", kwargs.get("dir"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    assert main(tiny("collect", tmp_path)) == 2
+    err = _one_line_error(capsys)
+    assert "cannot write" in err and "Permission denied" in err and "output_dir" in err
+
+
+class _FullDisk:
+    """A binary file on a disk with 2 kB left: small files (config.yaml, results.json)
+    fit, a dataset or a checkpoint fills the disk halfway through."""
+
+    def __init__(self, file):
+        self.file = file
+        self.left = 2048
+
+    def write(self, data):
+        data = bytes(data)
+        written = self.file.write(data[: self.left])
+        self.left -= written
+        if written < len(data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return written
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+
+
+def test_a_full_disk_keeps_the_previous_dataset_and_checkpoint(tmp_path, capsys, monkeypatch):
+    assert main(tiny("collect", tmp_path)) == 0
+    assert main(tiny("train", tmp_path, "--stop-after", "1")) == 0
+    capsys.readouterr()
+    kept = {
+        path: path.read_bytes()
+        for path in (tmp_path / "dataset.npz", *sorted((tmp_path / "checkpoints").glob("*.pt")))
+    }
+    fdopen = os.fdopen
+
+    def full_disk(fd, mode="r", *args, **kwargs):
+        file = fdopen(fd, mode, *args, **kwargs)
+        return _FullDisk(file) if mode == "wb" else file
+
+    monkeypatch.setattr(os, "fdopen", full_disk)
+    assert main(tiny("collect", tmp_path, "--restart")) == 2
+    err = _one_line_error(capsys)
+    assert "No space left on device" in err and "dataset.npz" in err and "unchanged" in err
+    assert main(tiny("train", tmp_path)) == 2
+    err = _one_line_error(capsys)
+    assert "No space left on device" in err and ".pt" in err
+    for path, content in kept.items():
+        assert path.read_bytes() == content, path
+    assert not [p for p in tmp_path.rglob("*.tmp")]  # no torn temporary file left
+    monkeypatch.setattr(os, "fdopen", fdopen)
+    assert main(tiny("train", tmp_path)) == 0  # resumes from the kept checkpoint
+    assert json.loads((tmp_path / "results.json").read_text())["train"]["epochs_done"] == 2
+
+
+@pytest.mark.parametrize("key", ["data.seed", "train.seed", "evaluate.seed"])
+def test_an_invalid_seed_ends_in_one_line_naming_it(tmp_path, capsys, key):
+    assert main(tiny("run", tmp_path, "--set", f"{key}=-1")) == 2
+    assert f"{key}: expected an integer in [0, 2**32 - 1] (a seed), received -1" in (
+        _one_line_error(capsys)
+    )
+    assert not tmp_path.joinpath("dataset.npz").exists()
+
+
+def test_a_checkpoint_of_another_system_or_method_is_refused(tmp_path, capsys):
+    other_system = str(ROOT / "configs" / "cartpole_dx.yaml")
+    other_method = str(ROOT / "configs" / "pendulum_cost.yaml")
+    for config, run in ((other_system, tmp_path / "cartpole"), (other_method, tmp_path / "cost")):
+        for command in ("collect", "train"):
+            args = [command, config, *TINY, "--set", f"output_dir={run}"]
+            assert main([*args, "--set", "train.epochs=1"]) == 0
+    capsys.readouterr()
+    cartpole = str(tmp_path / "cartpole" / "checkpoints" / "best.pt")
+    assert main(tiny("evaluate", tmp_path / "run", "--checkpoint", cartpole)) == 2
+    err = _one_line_error(capsys)
+    assert "saved by another experiment ('cartpole_dx')" in err
+    assert "system 'cartpole' (this config: 'pendulum')" in err
+    cost = str(tmp_path / "cost" / "checkpoints" / "best.pt")
+    assert main(tiny("evaluate", tmp_path / "run", "--checkpoint", cost)) == 2
+    assert "model.method 'mpc.cost' (this config: 'mpc.dx')" in _one_line_error(capsys)

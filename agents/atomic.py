@@ -1,10 +1,11 @@
 """Atomic file writes: a run killed at any moment leaves the old file or the new one.
 
 The content goes to a temporary file in the target's folder, is flushed and fsynced, and is
-renamed over the target (``os.replace``, atomic on POSIX within a file system); on any
-error the temporary file is removed and the target is left as it was. A failed write (a
-full disk, a read-only folder, a target that is a folder) raises an ``OSError`` that names
-the target and says that the file there before is unchanged.
+renamed over the target (``os.replace``, atomic on POSIX within a file system), with the
+mode a plain ``open`` would give it (0666 less the umask); on any error the temporary file
+is removed and the target is left as it was. A failed write (a full disk, a read-only
+folder, a target that is a folder) raises an ``OSError`` that names the target and says
+that the file there before is unchanged.
 """
 
 from __future__ import annotations
@@ -17,6 +18,13 @@ from pathlib import Path
 from typing import IO, Any
 
 __all__ = ["atomic_write", "atomic_write_json"]
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it and setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _os_error_in(error: BaseException) -> OSError | None:
@@ -48,6 +56,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 is for the temporary name only
         with os.fdopen(fd, "wb") as file:
             write(file)
             file.flush()

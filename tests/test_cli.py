@@ -316,3 +316,17 @@ def test_a_checkpoint_of_another_system_or_method_is_refused(tmp_path, capsys):
     cost = str(tmp_path / "cost" / "checkpoints" / "best.pt")
     assert main(tiny("evaluate", tmp_path / "run", "--checkpoint", cost)) == 2
     assert "model.method 'mpc.cost' (this config: 'mpc.dx')" in _one_line_error(capsys)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_files_a_run_writes_follow_the_umask(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        assert main(tiny("collect", tmp_path)) == 0
+        assert main(tiny("train", tmp_path, "--stop-after", "1")) == 0
+    finally:
+        os.umask(previous)
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p.name != ".lock"]
+    assert {p.name for p in written} >= {"dataset.npz", "config.yaml", "last.pt", "best.pt"}
+    for path in written:
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path

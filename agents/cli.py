@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _execute(args: argparse.Namespace) -> None:
+def _execute(args: argparse.Namespace, caught: list[warnings.WarningMessage]) -> None:
     from mpc_policy.agents import report
     from mpc_policy.agents.config import load_config
     from mpc_policy.agents.datasets import load_dataset
@@ -115,9 +117,30 @@ def _execute(args: argparse.Namespace) -> None:
         print(f"evaluation of the {checkpoint} checkpoint:")
         evaluation = evaluate(experiment, checkpoint, gif=args.gif or None)
         report.describe_evaluation(evaluation, print)
+    _report_warnings(caught)
     if args.command == "run":
         print(report.verdict(trained, evaluation))
     print(f"results: {experiment.run_dir / 'results.json'}")
+
+
+@contextmanager
+def _warnings_in_the_report() -> Iterator[list[warnings.WarningMessage]]:
+    """Collect the warnings raised while a command runs; those not yet reported
+    (``_report_warnings``) are printed when it ends, also when it fails: on stderr they
+    would read as a crash, each pointing into the console script."""
+    with warnings.catch_warnings(record=True) as caught:
+        try:
+            yield caught
+        finally:
+            _report_warnings(caught)
+
+
+def _report_warnings(caught: list[warnings.WarningMessage]) -> None:
+    """Print the collected warnings as a section of the account and forget them."""
+    from mpc_policy.agents import report
+
+    report.describe_warnings([(w.category.__name__, str(w.message)) for w in caught], print)
+    caught.clear()
 
 
 def _describe_os_error(error: OSError, args: argparse.Namespace) -> str:
@@ -137,7 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     130 interrupted."""
     args = _parser().parse_args(argv)
     try:
-        _execute(args)
+        with _warnings_in_the_report() as caught:
+            _execute(args, caught)
     except ValueError as error:  # DatasetError, RunLocked, TrainingDiverged are ValueErrors
         print(f"mpc-policy {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["describe_evaluation", "describe_training", "verdict"]
+__all__ = ["describe_evaluation", "describe_training", "describe_warnings", "verdict"]
 
 PARAMETER_TOLERANCE = 0.05  # relative error of each identifiable combination
 RETURN_TOLERANCE = 0.05  # relative gap between the policy's and the expert's mean returns
@@ -62,6 +62,25 @@ def describe_evaluation(evaluation: dict[str, Any], say: Print) -> None:
     gif = evaluation["policy"].get("gif")
     if gif:
         say(f"  rollout GIF: {gif}")
+
+
+def describe_warnings(messages: list[tuple[str, str]], say: Print) -> None:
+    """The warnings a run raised (solver health, mostly: unconverged or stalled solves,
+    each kind summarized once per epoch by the trainer), as a section of the account
+    rather than as interpreter warnings pointing into the console script.
+
+    Args:
+        messages: (category name, message) of each warning, in order.
+        say: where the lines go.
+    """
+    if not messages:
+        return
+    say(
+        f"solver health and other warnings ({len(messages)}; the run went on, the elements "
+        "concerned were handled as model.solver says; tensorboard: solver/*):"
+    )
+    for category, message in messages:
+        say(f"  {category}: {message}")
 
 
 def verdict(train: dict[str, Any] | None, evaluation: dict[str, Any] | None) -> str:

@@ -330,3 +330,14 @@ def test_files_a_run_writes_follow_the_umask(tmp_path, umask):
     assert {p.name for p in written} >= {"dataset.npz", "config.yaml", "last.pt", "best.pt"}
     for path in written:
         assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
+
+
+def test_solver_warnings_are_summarized_in_the_report_not_raised(tmp_path, capsys, recwarn):
+    solver = ["--set", "model.solver={max_iter: 2}"]  # unconverged solves in every epoch
+    assert main(tiny("run", tmp_path, *solver)) == 0
+    assert [str(w.message) for w in recwarn] == []  # nothing escapes as a Python warning
+    out = capsys.readouterr().out.splitlines()
+    head = next(i for i, line in enumerate(out) if line.startswith("solver health"))
+    summary = out[head + 1 : next(i for i, line in enumerate(out) if line.startswith("verdict"))]
+    assert summary and all(line.startswith("  RuntimeWarning: epoch ") for line in summary)
+    assert any("did not reach a fixed point within max_iter" in line for line in summary)

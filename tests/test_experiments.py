@@ -150,6 +150,12 @@ def test_imitation_sweep_reports_the_best_validation_test_loss(tmp_path):
         imitation.main([*_args("imitation", tmp_path / "empty"), "--finished-only"])
 
 
+def test_finished_only_summarizes_without_collecting_the_datasets(tmp_path):
+    with pytest.raises(ValueError, match="--finished-only: no trial of windy_pendulum"):
+        windy_pendulum.main([*_args("windy_pendulum", tmp_path), "--finished-only"])
+    assert not (tmp_path / "out" / "data").exists()  # no expert dataset was collected
+
+
 @pytest.mark.slow
 def test_windy_pendulum_mpc_dx_imitates_better_than_sysid(tmp_path):
     summary = windy_pendulum.main(_args("windy_pendulum", tmp_path))

@@ -198,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     config, records = run_experiment(lqr_trial, parser.parse_args(argv))
     threshold = float(config.report["recovery_threshold"])
     summary = summarize(records, threshold)
-    path = write_summary(config, summary)
+    path = write_summary(config, summary, records)
     ordered = sorted(records, key=lambda r: r.config["seed"])
     panels = [
         Panel(

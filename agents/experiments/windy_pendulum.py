@@ -105,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Collect the dataset, run the sweep, write the table and Figure 5."""
     config, records = run_bc_sweep(__doc__.splitlines()[0], "configs/exp_windy_pendulum.yaml", argv)
     summary = summarize(records)
-    path = write_summary(config, summary)
+    path = write_summary(config, summary, records)
     methods = list(config.sweep["method"])
     panels = []
     for title, key in CURVES:

@@ -6,6 +6,7 @@
     mpc-policy train CONFIG [--restart] [--stop-after N]     # resumes from its checkpoint
     mpc-policy evaluate CONFIG [--checkpoint best|last|PATH] [--gif]
     mpc-policy run CONFIG [--restart] [--gif]
+    mpc-policy --version                                     # also: python -m mpc_policy
 
 Every subcommand takes ``--profile NAME`` and ``--set section.key=value`` (repeatable). The
 learning stack (torch, the solver) is imported only once a command runs, so ``--help`` is
@@ -25,6 +26,17 @@ from typing import Any
 __all__ = ["main"]
 
 
+def _version() -> str:
+    """The installed distribution's version (read from its metadata: no import of the
+    package's modules)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("mpc-policy")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def _positive_int(text: str) -> int:
     """argparse type of ``--stop-after``: an integer >= 1 (0 or less would train nothing)."""
     try:
@@ -41,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="mpc-policy",
         description="Imitation learning with differentiable MPC (Amos et al., 2018).",
     )
+    parser.add_argument("--version", action="version", version=f"mpc-policy {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("config", help="experiment YAML file, e.g. configs/pendulum_dx.yaml")

@@ -174,9 +174,12 @@ def test_help_is_quick():
 
 def test_the_usage_advertises_only_options_that_parse(capsys):
     lines = [line.split("#")[0] for line in cli.__doc__.splitlines() if "mpc-policy " in line]
-    assert {line.split()[1] for line in lines} == {"run", "collect", "train", "evaluate"}
+    commands = {"run", "collect", "train", "evaluate"}
+    assert {line.split()[1] for line in lines} == {*commands, "--version"}
     for line in lines:
         command = line.split()[1]
+        if command not in commands:
+            continue
         with pytest.raises(SystemExit) as done:
             main([command, "--help"])
         assert done.value.code == 0
@@ -360,3 +363,30 @@ def test_solver_warnings_are_summarized_in_the_report_not_raised(tmp_path, capsy
     summary = out[head + 1 : next(i for i, line in enumerate(out) if line.startswith("verdict"))]
     assert summary and all(line.startswith("  RuntimeWarning: epoch ") for line in summary)
     assert any("did not reach a fixed point within max_iter" in line for line in summary)
+
+
+def test_version_and_python_dash_m(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"mpc-policy {version('mpc-policy')}"
+    assert _loaded_by(["--version"]) == (["mpc_policy.agents", "mpc_policy.agents.cli"], [])
+    shown = subprocess.run(
+        [sys.executable, "-m", "mpc_policy", "--version"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert shown.strip() == f"mpc-policy {version('mpc-policy')}"
+    failed = subprocess.run(
+        [sys.executable, "-m", "mpc_policy", "train", CONFIG, "--stop-after", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert failed.returncode == 2 and "mpc-policy train: error: argument --stop-after" in (
+        failed.stderr
+    )

@@ -182,3 +182,18 @@ def test_a_trial_records_its_provenance_and_another_solver_flags_it(tmp_path):
     )
     assert not rerun.reused and not rerun.stale and n_calls(tmp_path) == 2
     assert json.loads(path.read_text())["provenance"] == ours
+
+
+def test_sweep_commands_take_the_profile_and_set_dialect():
+    from mpc_policy.agents.experiments.runner import build_parser, config_from_args
+
+    config_file = str(Path(__file__).resolve().parents[1] / "configs" / "exp_windy_pendulum.yaml")
+    parser = build_parser("windy", config_file)
+    args = parser.parse_args(
+        ["--profile", "test", "--set", "trial.epochs=3", "--set", "sweep.seed=[5, 6]"]
+    )
+    config = config_from_args(args)
+    assert config.trial["epochs"] == 3 and config.trial["n_train"] == 10  # --set, profile
+    assert config.sweep == {"method": ["sysid", "mpc.dx"], "seed": [5, 6]}
+    with pytest.raises(ValueError, match=r"--set trial\.epochs: the value"):
+        config_from_args(parser.parse_args(["--set", "trial.epochs=[1"]))

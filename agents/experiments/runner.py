@@ -11,6 +11,10 @@ A config file (``configs/exp_<name>.yaml``) reads
     profiles:
       quick: {trial: {...}, sweep: {...}}            # deep-merged over the top level
 
+``--profile NAME`` picks a profile and ``--set section.key=value`` (repeatable, the value
+read as YAML) overrides a value after it, as for ``mpc-policy``: e.g.
+``--set trial.epochs=5 --set 'sweep.seed=[0, 1]'``.
+
 Relative paths are relative to the current directory (run the commands from the
 repository root). Figures go to ``<output_dir>/figures`` unless ``figures_dir`` (or
 ``--figures-dir``) says otherwise: ``--figures-dir docs/figures`` refreshes the figures of
@@ -74,14 +78,15 @@ class SweepConfig:
         return [{**self.trial, **dict(zip(names, values))} for values in combos]
 
 
-def load_sweep_config(path: str | Path, profile: str) -> SweepConfig:
-    """Read a sweep config file and apply one of its profiles
-    (``mpc_policy.agents.yaml_profiles``).
+def load_sweep_config(path: str | Path, profile: str, overrides: Sequence[str] = ()) -> SweepConfig:
+    """Read a sweep config file, apply one of its profiles and then ``section.key=value``
+    overrides (``mpc_policy.agents.yaml_profiles``, as ``mpc-policy --profile --set``).
 
     Raises:
-        ValueError: the file lacks a field, or ``profile`` is not one of its profiles.
+        ValueError: the file lacks a field, ``profile`` is not one of its profiles, or an
+            override is not ``section.key=value`` with a YAML value.
     """
-    merged, _ = read_profile(path, profile)
+    merged, _ = read_profile(path, profile, overrides)
     missing = {"name", "output_dir", "trial", "sweep"} - set(merged)
     if missing:
         raise ValueError(f"config: {path} lacks the field(s) {sorted(missing)}")
@@ -106,6 +111,15 @@ def build_parser(description: str, default_config: str) -> argparse.ArgumentPars
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", default=default_config, help="experiment YAML file")
     parser.add_argument("--profile", default="quick", help="profile of the config (quick, full)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config value (YAML syntax), e.g. --set trial.epochs=5 or "
+        "--set 'sweep.seed=[0, 1]'",
+    )
     parser.add_argument("--backend", default="process", choices=BACKENDS)
     parser.add_argument("--workers", type=int, default=None, help="parallel trials")
     parser.add_argument("--ray-address", default=None, help="Ray cluster (backend ray)")
@@ -137,7 +151,7 @@ def _print_progress(record: TrialRecord) -> None:
 
 def config_from_args(args: argparse.Namespace) -> SweepConfig:
     """The config and profile the arguments name, with their folder overrides."""
-    config = load_sweep_config(args.config, args.profile)
+    config = load_sweep_config(args.config, args.profile, getattr(args, "overrides", []))
     if args.output_dir is not None:
         output_dir = Path(args.output_dir)
         figures = config.figures_dir

@@ -93,6 +93,26 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _smaller_budget(path: str, config: Any) -> str | None:
+    """When the run trains on fewer epochs or trajectories than the config file as written
+    (a ``quick`` profile: a smoke test), the two budgets in words; else None."""
+    from mpc_policy.agents.config import load_config
+
+    try:
+        written = load_config(path)
+    except ValueError:
+        return None
+    epochs, n_train = config.train.epochs, config.train.n_train or config.data.n_train
+    full_epochs = written.train.epochs
+    full_n_train = written.train.n_train or written.data.n_train
+    if epochs >= full_epochs and n_train >= full_n_train:
+        return None
+    return (
+        f"{epochs} epochs on {n_train} trajectories, against {full_epochs} on {full_n_train} "
+        f"in {path} as written"
+    )
+
+
 def _execute(args: argparse.Namespace, caught: list[warnings.WarningMessage]) -> None:
     from mpc_policy.agents import report
     from mpc_policy.agents.config import load_config
@@ -112,9 +132,11 @@ def _execute(args: argparse.Namespace, caught: list[warnings.WarningMessage]) ->
     )
     trained: dict[str, Any] | None = None
     evaluation: dict[str, Any] | None = None
+    expert_converged: float | None = None
     if args.command in ("collect", "run"):
         path, reused = collect(experiment, overwrite=args.command == "collect" and args.restart)
         dataset = load_dataset(path)
+        expert_converged = float(dataset["converged"].mean())
         print(
             f"{'reused' if reused else 'collected'} {len(dataset)} expert steps "
             f"({dataset.metadata['splits']} episodes) in {path}; "
@@ -132,7 +154,8 @@ def _execute(args: argparse.Namespace, caught: list[warnings.WarningMessage]) ->
         report.describe_evaluation(evaluation, print)
     _report_warnings(caught)
     if args.command == "run":
-        print(report.verdict(trained, evaluation))
+        budget = _smaller_budget(args.config, config)
+        print(report.verdict(trained, evaluation, budget, expert_converged))
     print(f"results: {experiment.run_dir / 'results.json'}")
 
 

@@ -390,3 +390,32 @@ def test_version_and_python_dash_m(capsys):
     assert failed.returncode == 2 and "mpc-policy train: error: argument --stop-after" in (
         failed.stderr
     )
+
+
+def test_a_smoke_test_budget_gets_an_honest_verdict_and_an_unconverged_expert_a_hint(
+    tmp_path, capsys
+):
+    expert = ["--set", "data.expert_options={max_iter: 3}"]  # most expert solves stop early
+    assert main(tiny("run", tmp_path, *expert)) == 0
+    out = capsys.readouterr().out
+    verdict = next(line for line in out.splitlines() if line.startswith("verdict: "))
+    assert verdict.startswith("verdict: smoke test passed (collection, training and evaluation")
+    assert "(2 epochs on 4 trajectories, against 20 on 100 in" in verdict
+    assert "did not match" not in verdict
+    assert "of the expert's solves converged: give the expert more iterations" in verdict
+    assert "data.expert_options" in verdict and "docs/experiments.md" in verdict
+
+
+def test_the_verdict_of_a_full_budget_run():
+    from mpc_policy.agents.report import verdict
+
+    train = {"identifiable": {"g_over_l": [10.01, 10.0]}}
+    result = {"mean_return": -60.0, "success_rate": 1.0, "returns": [-60.0]}
+    assert verdict(train, {"policy": result, "expert": result}).startswith("verdict: it worked")
+    off = {"identifiable": {"g_over_l": [14.0, 10.0]}}
+    line = verdict(off, {"policy": result, "expert": result}, expert_converged=1.0)
+    assert line.startswith("verdict: it did not match the expert yet: ")
+    assert line.endswith("(hint: more data or epochs?)")
+    unconverged = {**result, "unconverged_fraction": 0.25}
+    line = verdict(off, {"policy": unconverged, "expert": result})
+    assert "25.0% of the policy's solves stopped before a fixed point: see model.solver" in line

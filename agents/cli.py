@@ -1,7 +1,7 @@
 """The ``mpc-policy`` command: collect expert data, train, evaluate, or all three.
 
     mpc-policy run configs/pendulum_dx.yaml                  # collect, train, evaluate
-    mpc-policy run configs/pendulum_dx.yaml --profile quick  # the same on a tiny budget
+    mpc-policy run configs/pendulum_dx.yaml --profile quick  # a smoke test, tiny budget
     mpc-policy collect CONFIG [--restart]                    # --restart: collect afresh
     mpc-policy train CONFIG [--restart] [--stop-after N]     # resumes from its checkpoint
     mpc-policy evaluate CONFIG [--checkpoint best|last|PATH] [--gif]
@@ -10,7 +10,9 @@
 
 Every subcommand takes ``--profile NAME`` and ``--set section.key=value`` (repeatable). The
 learning stack (torch, the solver) is imported only once a command runs, so ``--help`` is
-quick.
+quick. An error (a config key, an argument, a file that cannot be read or written) is one
+line on stderr and exit status 2; warnings raised during a command (solver health) are
+printed as a section of its account.
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mpc_policy.agents.config import ExperimentConfig
 
 __all__ = ["main"]
 
@@ -93,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _smaller_budget(path: str, config: Any) -> str | None:
+def _smaller_budget(path: str, config: ExperimentConfig) -> str | None:
     """When the run trains on fewer epochs or trajectories than the config file as written
     (a ``quick`` profile: a smoke test), the two budgets in words; else None."""
     from mpc_policy.agents.config import load_config

@@ -23,13 +23,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+from torch import Tensor, nn
+
 from mpc_policy.agents.checkpoint import RunCheckpoints, capture_rng, restore_rng
 from mpc_policy.agents.guards import check_loss, check_parameters
 from mpc_policy.agents.logging import MetricsSink, summarize_warnings
 from mpc_policy.agents.objectives import Batch, Objective
 from mpc_policy.agents.optimization import Optimization
-from torch import Tensor, nn
-
 from mpc_policy.solution import SolverInfo
 
 __all__ = ["Loop", "MetricsSink", "Objective", "TrainResult", "Trainer"]

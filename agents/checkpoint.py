@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from mpc_policy.agents.atomic import atomic_write
 from mpc_policy.agents.guards import restore_optimizer
 
@@ -71,6 +72,10 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint written by ``save_checkpoint`` (tensors and plain values only)."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(
+            f"checkpoint: expected a checkpoint file, received the folder {str(path)!r}"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint: no such file {str(path)!r}")
     try:

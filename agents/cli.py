@@ -1,25 +1,56 @@
 """The ``mpc-policy`` command: collect expert data, train, evaluate, or all three.
 
     mpc-policy run configs/pendulum_dx.yaml                  # collect, train, evaluate
-    mpc-policy run configs/pendulum_dx.yaml --profile quick  # the same on a tiny budget
+    mpc-policy run configs/pendulum_dx.yaml --profile quick  # a smoke test, tiny budget
     mpc-policy collect CONFIG [--restart]                    # --restart: collect afresh
     mpc-policy train CONFIG [--restart] [--stop-after N]     # resumes from its checkpoint
     mpc-policy evaluate CONFIG [--checkpoint best|last|PATH] [--gif]
     mpc-policy run CONFIG [--restart] [--gif]
+    mpc-policy --version                                     # also: python -m mpc_policy
 
 Every subcommand takes ``--profile NAME`` and ``--set section.key=value`` (repeatable). The
 learning stack (torch, the solver) is imported only once a command runs, so ``--help`` is
-quick.
+quick. An error (a config key, an argument, a file that cannot be read or written) is one
+line on stderr and exit status 2; warnings raised during a command (solver health) are
+printed as a section of its account.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
-from typing import Any
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mpc_policy.agents.config import ExperimentConfig
 
 __all__ = ["main"]
+
+
+def _version() -> str:
+    """The installed distribution's version (read from its metadata: no import of the
+    package's modules)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("mpc-policy")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _positive_int(text: str) -> int:
+    """argparse type of ``--stop-after``: an integer >= 1 (0 or less would train nothing)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, received {text!r}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="mpc-policy",
         description="Imitation learning with differentiable MPC (Amos et al., 2018).",
     )
+    parser.add_argument("--version", action="version", version=f"mpc-policy {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("config", help="experiment YAML file, e.g. configs/pendulum_dx.yaml")
@@ -51,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--apply-new-settings", action="store_true", help=apply_help)
     sub.add_argument(
         "--stop-after",
-        type=int,
+        type=_positive_int,
         metavar="N",
         help="stop after N epochs in this call (rerun to resume)",
     )
@@ -66,7 +98,27 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _execute(args: argparse.Namespace) -> None:
+def _smaller_budget(path: str, config: ExperimentConfig) -> str | None:
+    """When the run trains on fewer epochs or trajectories than the config file as written
+    (a ``quick`` profile: a smoke test), the two budgets in words; else None."""
+    from mpc_policy.agents.config import load_config
+
+    try:
+        written = load_config(path)
+    except ValueError:
+        return None
+    epochs, n_train = config.train.epochs, config.train.n_train or config.data.n_train
+    full_epochs = written.train.epochs
+    full_n_train = written.train.n_train or written.data.n_train
+    if epochs >= full_epochs and n_train >= full_n_train:
+        return None
+    return (
+        f"{epochs} epochs on {n_train} trajectories, against {full_epochs} on {full_n_train} "
+        f"in {path} as written"
+    )
+
+
+def _execute(args: argparse.Namespace, caught: list[warnings.WarningMessage]) -> None:
     from mpc_policy.agents import report
     from mpc_policy.agents.config import load_config
     from mpc_policy.agents.datasets import load_dataset
@@ -78,15 +130,18 @@ def _execute(args: argparse.Namespace) -> None:
         experiment = resolve(config)
     except ValueError as error:
         raise ValueError(f"config {args.config}: {error}") from None
+    args.run_dir = experiment.run_dir
     method = experiment.model.method
     print(
         f"experiment {experiment.name} ({experiment.system.name}, {method}) in {experiment.run_dir}"
     )
     trained: dict[str, Any] | None = None
     evaluation: dict[str, Any] | None = None
+    expert_converged: float | None = None
     if args.command in ("collect", "run"):
         path, reused = collect(experiment, overwrite=args.command == "collect" and args.restart)
         dataset = load_dataset(path)
+        expert_converged = float(dataset["converged"].mean())
         print(
             f"{'reused' if reused else 'collected'} {len(dataset)} expert steps "
             f"({dataset.metadata['splits']} episodes) in {path}; "
@@ -102,18 +157,59 @@ def _execute(args: argparse.Namespace) -> None:
         print(f"evaluation of the {checkpoint} checkpoint:")
         evaluation = evaluate(experiment, checkpoint, gif=args.gif or None)
         report.describe_evaluation(evaluation, print)
+    _report_warnings(caught)
     if args.command == "run":
-        print(report.verdict(trained, evaluation))
+        budget = _smaller_budget(args.config, config)
+        print(report.verdict(trained, evaluation, budget, expert_converged))
     print(f"results: {experiment.run_dir / 'results.json'}")
 
 
+@contextmanager
+def _warnings_in_the_report() -> Iterator[list[warnings.WarningMessage]]:
+    """Collect the warnings raised while a command runs; those not yet reported
+    (``_report_warnings``) are printed when it ends, also when it fails: on stderr they
+    would read as a crash, each pointing into the console script."""
+    with warnings.catch_warnings(record=True) as caught:
+        try:
+            yield caught
+        finally:
+            _report_warnings(caught)
+
+
+def _report_warnings(caught: list[warnings.WarningMessage]) -> None:
+    """Print the collected warnings as a section of the account and forget them."""
+    from mpc_policy.agents import report
+
+    report.describe_warnings([(w.category.__name__, str(w.message)) for w in caught], print)
+    caught.clear()
+
+
+def _describe_os_error(error: OSError, args: argparse.Namespace) -> str:
+    """One line for a failed read or write: what, where, and the setting that chose it."""
+    text = error.strerror or str(error)
+    if error.filename is not None:
+        text = f"{text}: {str(error.filename)!r}"
+    run_dir = getattr(args, "run_dir", None)
+    if run_dir is not None and str(Path(run_dir)) in text:
+        text += f" (under output_dir {str(run_dir)!r}: choose another with --set output_dir=...)"
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``mpc-policy`` console script; returns the exit status."""
+    """Entry point of the ``mpc-policy`` console script; returns the exit status: 0 done,
+    2 an error (one line on stderr naming its cause: a config key, an argument or a file),
+    130 interrupted."""
     args = _parser().parse_args(argv)
     try:
-        _execute(args)
-    except (FileNotFoundError, ValueError) as error:  # DatasetError is a ValueError
+        with _warnings_in_the_report() as caught:
+            _execute(args, caught)
+    except ValueError as error:  # DatasetError, RunLocked, TrainingDiverged are ValueErrors
         print(f"mpc-policy {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a full disk, a read-only folder, a missing file
+        print(
+            f"mpc-policy {args.command}: error: {_describe_os_error(error, args)}", file=sys.stderr
+        )
         return 2
     except KeyboardInterrupt:
         print(

@@ -21,7 +21,6 @@ from typing import Any, Literal, get_args, get_origin
 
 from mpc_policy.agents.yaml_profiles import read_profile
 from mpc_policy.envs.registry import get_system
-
 from mpc_policy.options import MPCOptions
 
 __all__ = [
@@ -37,6 +36,7 @@ __all__ = [
 # the paper's names (section 5.3): what the learner fits and how
 Method = Literal["mpc.dx", "mpc.cost", "mpc.cost.dx", "sysid", "nn"]
 METHODS: tuple[str, ...] = get_args(Method)
+MAX_SEED = 2**32 - 1  # a range every consumer of a seed accepts (numpy's legacy seed: 32 bits)
 
 
 @dataclass(frozen=True)
@@ -147,6 +147,16 @@ class ExperimentConfig:
         for key, value in positive.items():
             if value < 1:
                 raise ValueError(f"{key}: expected an integer >= 1, received {value}")
+        seeds = {
+            "data.seed": self.data.seed,
+            "train.seed": self.train.seed,
+            "evaluate.seed": self.evaluate.seed,
+        }
+        for key, value in seeds.items():
+            if not 0 <= value <= MAX_SEED:
+                raise ValueError(
+                    f"{key}: expected an integer in [0, 2**32 - 1] (a seed), received {value}"
+                )
         for key, value in (("data.n_val", self.data.n_val), ("data.n_test", self.data.n_test)):
             if value < 1:
                 raise ValueError(f"{key}: expected an integer >= 1 (a split), received {value}")

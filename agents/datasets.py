@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from mpc_policy.agents.atomic import atomic_write
 from mpc_policy.agents.expert import MPCExpert
 from mpc_policy.agents.rollouts import run_episodes

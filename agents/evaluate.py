@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch import nn
+
 from mpc_policy.agents.expert import MPCExpert
 from mpc_policy.agents.rollouts import Planner, run_episodes
 from mpc_policy.envs.registry import System, get_system
-from torch import nn
 
 __all__ = ["EvaluationResult", "evaluate_policy", "save_gif"]
 

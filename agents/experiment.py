@@ -5,7 +5,8 @@ the system's record instead of its name, the run folder and dataset path, the op
 choice with the paper's defaults filled in, the training loop's settings, the dataset
 metadata a run expects, and the run's identity (the resolved configuration as plain
 values, stamped on checkpoints and written to ``config.yaml``). It also checks what the
-file alone cannot tell: the system's parameters and that the learner builds. Below this
+file alone cannot tell: the system's parameters, that the learner builds and that the
+run folder and dataset paths can be a folder and a file. Below this
 module nothing reads the config: the pipeline hands each step its own values.
 """
 
@@ -104,16 +105,41 @@ def _check(config: ExperimentConfig, system: System) -> None:
     build_learner(system, config.model, config.data.horizon, config.data.env_params)
 
 
+def _check_paths(config: ExperimentConfig) -> None:
+    """A run folder that is (or lies under) a file, or a dataset path that is a folder,
+    refused up front by the key that set it (rather than an ``OSError`` halfway through).
+
+    Raises:
+        ValueError: naming ``output_dir`` or ``data.path``.
+    """
+    dataset_key = "data.path" if config.data.path else "output_dir"
+    places = [("output_dir", config.run_dir), (dataset_key, config.dataset_path.parent)]
+    for key, folder in places:
+        for part in (folder, *folder.parents):
+            if part.exists() and not part.is_dir():
+                raise ValueError(
+                    f"{key}: expected a folder path, received {str(folder)!r}, where "
+                    f"{str(part)!r} is a file"
+                )
+    if config.dataset_path.is_dir():
+        raise ValueError(
+            f"{dataset_key}: expected a dataset file path, received the folder "
+            f"{str(config.dataset_path)!r}"
+        )
+
+
 def resolve(config: ExperimentConfig | Experiment) -> Experiment:
     """The ``Experiment`` of a config (an ``Experiment`` is returned as it is).
 
     Raises:
-        ValueError: a value the file alone could not check (see ``_check``).
+        ValueError: a value the file alone could not check (see ``_check``), or a run
+            folder or dataset path that cannot be one (see ``_check_paths``).
     """
     if isinstance(config, Experiment):
         return config
     system = get_system(config.system)
     _check(config, system)
+    _check_paths(config)
     train = config.train
     return Experiment(
         name=config.name,

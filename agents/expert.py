@@ -17,11 +17,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from mpc_policy.envs.model import SystemDynamics
-from mpc_policy.envs.registry import System, get_system
 from torch import Tensor, nn
 
 from mpc_policy import MPC, Solution
+from mpc_policy.envs.model import SystemDynamics
+from mpc_policy.envs.registry import System, get_system
 
 __all__ = ["SWING_UP_RESTARTS", "MPCExpert", "shift_plan"]
 

@@ -17,13 +17,13 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from torch import Tensor, nn
+
+from mpc_policy import GoalWeightedCost
 from mpc_policy.agents.config import ModelConfig
 from mpc_policy.agents.nn_baseline import SequenceNetwork
 from mpc_policy.envs.model import SystemDynamics
 from mpc_policy.envs.registry import System
-from torch import Tensor, nn
-
-from mpc_policy import GoalWeightedCost
 from mpc_policy.policy import MPCPolicy
 
 __all__ = [

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
-from mpc_policy.agents.models import ModelReport, parameter_values
-from mpc_policy.agents.nn_baseline import SequenceNetwork
 from torch import Tensor, nn
 
+from mpc_policy.agents.models import ModelReport, parameter_values
+from mpc_policy.agents.nn_baseline import SequenceNetwork
 from mpc_policy.policy import MPCPolicy
 from mpc_policy.solution import SolverInfo
 

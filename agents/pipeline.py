@@ -22,6 +22,8 @@ from typing import Any, TypeAlias
 
 import torch
 import yaml
+from torch import nn
+
 from mpc_policy.agents.atomic import atomic_write, atomic_write_json
 from mpc_policy.agents.bc import Trainer, TrainResult
 from mpc_policy.agents.checkpoint import RunCheckpoints, load_checkpoint
@@ -36,8 +38,6 @@ from mpc_policy.agents.models import DYNAMICS_METHODS, ModelReport, build_learne
 from mpc_policy.agents.objectives import ImitationObjective, WarmStarts
 from mpc_policy.agents.optimization import Optimization
 from mpc_policy.agents.sysid import SysIdObjective
-from torch import nn
-
 from mpc_policy.policy import MPCPolicy
 
 __all__ = ["collect", "evaluate", "load_policy", "resolve", "run", "train"]
@@ -131,10 +131,16 @@ def train(
     Args:
         config: the experiment.
         restart: delete earlier checkpoints and logs of this run first.
-        stop_after: stop after this many epochs in this call (resumable).
+        stop_after: stop after this many epochs in this call (resumable); None: train to
+            the end.
         apply_new_settings: resume even if the optimizer or scheduler settings changed
             since the checkpoint, applying the new ones (refused otherwise).
+
+    Raises:
+        ValueError: ``stop_after`` is below 1 (it would train nothing).
     """
+    if stop_after is not None and (isinstance(stop_after, bool) or stop_after < 1):
+        raise ValueError(f"stop_after: expected None or an integer >= 1, received {stop_after!r}")
     experiment = resolve(config)
     with RunLock(experiment.run_dir):
         return _train(experiment, restart, stop_after, apply_new_settings)
@@ -185,17 +191,58 @@ def _train(
     return result
 
 
+# what a checkpoint's learner is, as (section, key) of its saved config: a checkpoint whose
+# values differ was trained for another experiment and is refused
+LEARNER_IDENTITY = (
+    (None, "system"),
+    ("model", "method"),
+    ("model", "hidden_size"),
+    ("data", "horizon"),
+)
+
+
+def _check_learner_identity(path: Path, saved: Any, experiment: Experiment) -> None:
+    """Refuse a checkpoint saved by a run of another system, method or horizon.
+
+    Raises:
+        ValueError: naming the differing keys, the checkpoint's values and this run's.
+    """
+    if not isinstance(saved, dict):
+        return  # a checkpoint without its config: ``load_state_dict`` still checks shapes
+    ours = experiment.identity
+    differ = []
+    for section, key in LEARNER_IDENTITY:
+        theirs = saved if section is None else saved.get(section) or {}
+        mine = ours if section is None else ours[section]
+        name = key if section is None else f"{section}.{key}"
+        if key in theirs and theirs[key] != mine[key]:
+            differ.append(f"{name} {theirs[key]!r} (this config: {mine[key]!r})")
+    if differ:
+        raise ValueError(
+            f"checkpoint {str(path)!r}: saved by another experiment "
+            f"({saved.get('name', '?')!r}): " + ", ".join(differ) + "; evaluate it with the "
+            "config that trained it, or pass this run's own checkpoint"
+        )
+
+
 def load_policy(
     config: Config, checkpoint: str = "best", on_unconverged: str | None = None
 ) -> nn.Module:
     """The trained learner: ``checkpoint`` is "best", "last" or a file path;
-    ``on_unconverged`` overrides the solver's (e.g. "ignore" for rollouts)."""
+    ``on_unconverged`` overrides the solver's (e.g. "ignore" for rollouts).
+
+    Raises:
+        ValueError: the checkpoint was saved by a run of another system, method, horizon
+            or network size (its saved config says so), or its tensors do not fit.
+    """
     experiment = resolve(config)
     path = (
         experiment.run_dir / "checkpoints" / f"{checkpoint}.pt"
         if checkpoint in ("best", "last")
         else Path(checkpoint)
     )
+    state = load_checkpoint(path)
+    _check_learner_identity(path, state.get("config"), experiment)
     learner = build_learner(
         experiment.system,
         experiment.model,
@@ -203,7 +250,13 @@ def load_policy(
         experiment.data.env_params,
         on_unconverged=on_unconverged,
     )
-    learner.load_state_dict(load_checkpoint(path)["model"])
+    try:
+        learner.load_state_dict(state["model"])
+    except (KeyError, RuntimeError) as error:
+        first = str(error).strip().splitlines()[0]
+        raise ValueError(
+            f"checkpoint {str(path)!r}: does not fit this experiment's learner ({first})"
+        ) from None
     return learner.eval()
 
 

@@ -18,11 +18,11 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import gymnasium
 import numpy as np
 import torch
-from mpc_policy.agents.expert import shift_plan
-from mpc_policy.envs.base import DynamicsEnv
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from mpc_policy.agents.expert import shift_plan
+from mpc_policy.envs.base import DynamicsEnv
 from mpc_policy.solution import SolverInfo
 
 __all__ = ["PlanResult", "Planner", "Rollouts", "run_episodes"]

@@ -6,9 +6,13 @@ atomically to
 
     <out_dir>/trials/<key>.json,    key = sha256(canonical JSON of the config)[:16]
 
-holding its config, result and run time; a later sweep over the same out_dir loads those
-files instead of running the trials again, so an interrupted sweep resumes where it stopped
-and a larger profile reuses the trials it shares with a smaller one.
+holding its config, result, run time and the provenance of the code that ran it
+(``mpc_policy.agents.provenance``: package version, hashes of the solver's and of all
+sources, git commit); a later sweep over the same out_dir loads those files instead of
+running the trials again, so an interrupted sweep resumes where it stopped and a larger
+profile reuses the trials it shares with a smaller one. A stored trial whose solver sources
+differ from the running code's (or that records none) is loaded flagged ``stale``;
+``rerun_stale=True`` runs it again instead.
 
 Backends:
     "process": ``concurrent.futures.ProcessPoolExecutor`` on the local cores (default);
@@ -22,6 +26,7 @@ Backends:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import multiprocessing
@@ -34,13 +39,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+
 from mpc_policy.agents.atomic import atomic_write_json
+from mpc_policy.agents.provenance import provenance
 
 __all__ = [
     "Backend",
     "SweepError",
     "TrialFn",
     "TrialRecord",
+    "is_stale",
     "load_trial",
     "run_sweep",
     "trial_key",
@@ -65,6 +73,9 @@ class TrialRecord:
         result: what the trial function returned.
         seconds: wall-clock run time of the trial function.
         reused: True when loaded from a file written by an earlier sweep.
+        provenance: the code that ran it (``provenance.provenance()``); None when the
+            file predates provenance records.
+        stale: it ran on other solver sources than the running code's (or unknown ones).
     """
 
     key: str
@@ -72,6 +83,8 @@ class TrialRecord:
     result: dict[str, Any]
     seconds: float
     reused: bool = False
+    provenance: dict[str, Any] | None = None
+    stale: bool = False
 
 
 def trial_key(config: Mapping[str, Any]) -> str:
@@ -94,11 +107,30 @@ def load_trial(out_dir: str | Path, config: Mapping[str, Any]) -> TrialRecord | 
     data = json.loads(path.read_text())
     if data.get("config") != json.loads(json.dumps(config)):
         raise ValueError(f"{path}: stored config differs from the requested one (hash collision)")
-    return TrialRecord(key, data["config"], data["result"], data["seconds"], reused=True)
+    origin = data.get("provenance")
+    return TrialRecord(
+        key,
+        data["config"],
+        data["result"],
+        data["seconds"],
+        reused=True,
+        provenance=origin,
+        stale=is_stale(origin),
+    )
+
+
+def is_stale(origin: Mapping[str, Any] | None) -> bool:
+    """Whether a trial with this provenance ran on other solver sources than ours."""
+    return origin is None or origin.get("solver_sources") != provenance()["solver_sources"]
 
 
 def _write_record(path: Path, record: TrialRecord) -> None:
-    payload = {"config": record.config, "result": record.result, "seconds": record.seconds}
+    payload = {
+        "config": record.config,
+        "result": record.result,
+        "seconds": record.seconds,
+        "provenance": record.provenance,
+    }
     atomic_write_json(path, payload)
 
 
@@ -202,6 +234,7 @@ def run_sweep(
     workers: int | None = None,
     ray_address: str | None = None,
     progress: Callable[[TrialRecord], None] | None = None,
+    rerun_stale: bool = False,
 ) -> list[TrialRecord]:
     """Run every config's trial that has not finished yet; return all records in order.
 
@@ -213,6 +246,8 @@ def run_sweep(
         workers: parallel trials (default: the CPU count; at most the number to run).
         ray_address: a Ray cluster's address; None starts a local Ray instance.
         progress: called with each record as it becomes available (reused ones first).
+        rerun_stale: run again the stored trials that ran on other solver sources (their
+            files are replaced); False reuses them, flagged ``stale``.
 
     Returns:
         One ``TrialRecord`` per config, in the order of ``configs``.
@@ -234,7 +269,7 @@ def run_sweep(
         if key in records or key in queued:
             continue
         stored = load_trial(out_dir, config)
-        if stored is None:
+        if stored is None or (rerun_stale and stored.stale):
             todo.append(config)
             queued.add(key)
         else:
@@ -258,6 +293,7 @@ def run_sweep(
             except Exception as error:
                 errors.append((key, error))
                 continue
+            record = dataclasses.replace(record, provenance=provenance())
             _write_record(trial_path(out_dir, key), record)
             records[key] = record
             if progress is not None:

@@ -13,9 +13,9 @@ measured as for the other methods, but never differentiated.
 from __future__ import annotations
 
 import torch
-from mpc_policy.agents.objectives import Batch, ImitationObjective, imitation_loss, transition_loss
 from torch import Tensor, nn
 
+from mpc_policy.agents.objectives import Batch, ImitationObjective, imitation_loss, transition_loss
 from mpc_policy.policy import MPCPolicy
 from mpc_policy.solution import SolverInfo
 

@@ -7,6 +7,7 @@ are medians over repeats after warm-up calls; they are wall-clock and noisy on a
 
 from __future__ import annotations
 
+import argparse
 import csv
 import importlib.metadata
 import json
@@ -24,6 +25,8 @@ from torch import Tensor
 
 __all__ = [
     "RESULTS_DIR",
+    "SCRATCH_DIR",
+    "add_output_argument",
     "allocation_profile",
     "environment",
     "markdown_table",
@@ -34,7 +37,21 @@ __all__ = [
     "write_results",
 ]
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+RESULTS_DIR = Path(__file__).resolve().parent / "results"  # the committed results
+# where a run writes unless asked otherwise (ignored by git: runs/)
+SCRATCH_DIR = Path(__file__).resolve().parent.parent / "runs" / "benchmarks"
+
+
+def add_output_argument(parser: argparse.ArgumentParser) -> None:
+    """``--out DIR``: where the result files go; a scratch folder unless asked, so a run
+    never overwrites the committed results in ``benchmarks/results/`` by accident."""
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=SCRATCH_DIR,
+        help="folder for the result files (default: runs/benchmarks, a scratch folder; "
+        "--out benchmarks/results updates the committed results)",
+    )
 
 
 def set_single_thread() -> None:
@@ -193,21 +210,22 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
 
 
 def write_results(
-    name: str, records: list[dict[str, Any]], settings: dict[str, Any]
+    name: str, records: list[dict[str, Any]], settings: dict[str, Any], out_dir: Path
 ) -> tuple[Path, Path]:
-    """Write ``records`` to ``results/<name>.json`` (with settings and environment) and CSV.
+    """Write ``records`` to ``<out_dir>/<name>.json`` (with settings and environment) and CSV.
 
     Args:
         name: file stem, e.g. ``"bench_lqr"``.
         records: one flat dict per measured cell (the same keys in every dict).
         settings: how the numbers were obtained (solver options, repeats, sizes, ...).
+        out_dir: the folder (``--out``; ``RESULTS_DIR`` for the committed results).
 
     Returns:
         The JSON and CSV paths.
     """
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    json_path = RESULTS_DIR / f"{name}.json"
-    csv_path = RESULTS_DIR / f"{name}.csv"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = out_dir / f"{name}.json"
+    csv_path = out_dir / f"{name}.csv"
     payload = {"environment": environment(), "settings": settings, "records": records}
     json_path.write_text(json.dumps(payload, indent=2) + "\n")
     fieldnames = list(dict.fromkeys(key for record in records for key in record))

@@ -18,7 +18,7 @@ the complementarity residual max |min(-g, mu)| with the barrier's multipliers mu
 the violation, and the distance of its controls to the augmented-Lagrangian solution.
 
 Usage: ``python benchmarks/bench_constrained.py [--quick]``; writes
-``results/bench_constrained.{json,csv}`` and prints the markdown tables.
+``<--out>/bench_constrained.{json,csv}`` and prints the markdown tables.
 """
 
 from __future__ import annotations
@@ -29,12 +29,19 @@ import warnings
 from typing import Any
 
 import torch
-from _timing import markdown_table, median_seconds, set_single_thread, time_calls, write_results
-from mpc_policy.envs.cartpole import CartPoleDynamics, CartPoleTrackEnv, TrackLimit, cartpole_cost
+from _timing import (
+    add_output_argument,
+    markdown_table,
+    median_seconds,
+    set_single_thread,
+    time_calls,
+    write_results,
+)
 from torch import Tensor, nn
 
 from mpc_policy import MPC
-from mpc_policy.problem.constraints import complementarity
+from mpc_policy.constraints import complementarity
+from mpc_policy.envs.cartpole import CartPoleDynamics, CartPoleTrackEnv, TrackLimit, cartpole_cost
 
 LIMIT, T, FORCE = 0.5, 20, 100.0
 F64 = torch.float64
@@ -184,6 +191,7 @@ def barrier_comparison(batch: int) -> list[dict[str, Any]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="batch sizes 1 and 32 only")
+    add_output_argument(parser)
     args = parser.parse_args()
     set_single_thread()
     warnings.simplefilter("ignore", RuntimeWarning)
@@ -223,7 +231,7 @@ def main() -> None:
         row["table"] = "penalty_init"
     for row in barrier:
         row["table"] = "barrier"
-    write_results("bench_constrained", [*records, *sweep, *barrier], settings)
+    write_results("bench_constrained", [*records, *sweep, *barrier], settings, args.out)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import io
 from collections.abc import Callable
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -29,6 +30,7 @@ import torch
 from _problems import KKT_TOL, BoxLQRProblem, affine_step, kkt_residual, random_box_lqr
 from _reference import ReferenceSettings, load, solve_reference
 from _timing import (
+    add_output_argument,
     markdown_table,
     median_seconds,
     set_single_thread,
@@ -152,6 +154,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few repeats, for development")
     parser.add_argument("--no-reference", action="store_true", help="skip mpc.pytorch")
+    add_output_argument(parser)
     args = parser.parse_args()
     set_single_thread()
     if not compiled_available():
@@ -189,7 +192,7 @@ def main() -> None:
             row["issue_theirs_forward_s"] = ISSUE_REFERENCE_FORWARD[(n, m, T)][B]
             records.append(row)
             print(f"measured n={n} m={m} T={T} B={B}", flush=True)
-    report(records, mpc is not None, repeats_ours, repeats_theirs)
+    report(records, mpc is not None, repeats_ours, repeats_theirs, args.out)
 
 
 def active_fraction(problem: BoxLQRProblem) -> float:
@@ -201,9 +204,13 @@ def active_fraction(problem: BoxLQRProblem) -> float:
 
 
 def report(
-    records: list[dict[str, Any]], with_reference: bool, repeats_ours: int, repeats_theirs: int
+    records: list[dict[str, Any]],
+    with_reference: bool,
+    repeats_ours: int,
+    repeats_theirs: int,
+    out_dir: Path,
 ) -> None:
-    """Print the markdown table and write results/bench_lqr.{json,csv}."""
+    """Print the markdown table and write <out_dir>/bench_lqr.{json,csv}."""
     headers = [
         "n,m,T",
         "B",
@@ -267,7 +274,7 @@ def report(
         "theirs": f"mpc.MPC(QuadCost, LinDx), eps={REFERENCE_EPS}, lqr_iter from {REFERENCE_ITERS}",
         "kkt_tol": KKT_TOL,
     }
-    json_path, _ = write_results("bench_lqr", records, settings)
+    json_path, _ = write_results("bench_lqr", records, settings, out_dir)
     print(f"\nwrote {json_path} (timings on a shared 2-core host, single thread: noisy)")
 
 

@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import io
 from collections.abc import Callable
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -38,6 +39,7 @@ from _problems import (
 )
 from _reference import ReferenceSettings, load, solve_reference
 from _timing import (
+    add_output_argument,
     markdown_table,
     median_seconds,
     set_single_thread,
@@ -177,6 +179,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="few repeats, for development")
     parser.add_argument("--no-reference", action="store_true", help="skip mpc.pytorch")
     parser.add_argument("--grad-method", default="exact", choices=["exact", "paper", "unroll"])
+    add_output_argument(parser)
     args = parser.parse_args()
     set_single_thread()
     if not compiled_available():
@@ -216,7 +219,7 @@ def main() -> None:
         row["issue_theirs_backward_s"] = ISSUE_REFERENCE["backward"][B]
         records.append(row)
         print(f"measured B={B}", flush=True)
-    report(records, mpc is not None, args.grad_method, repeats_ours, repeats_theirs)
+    report(records, mpc is not None, args.grad_method, repeats_ours, repeats_theirs, args.out)
 
 
 def report(
@@ -225,8 +228,9 @@ def report(
     grad_method: str,
     repeats_ours: int,
     repeats_theirs: int,
+    out_dir: Path,
 ) -> None:
-    """Print the markdown table and write results/bench_pendulum.{json,csv}."""
+    """Print the markdown table and write <out_dir>/bench_pendulum.{json,csv}."""
     headers = [
         "B",
         "ours fwd s",
@@ -293,7 +297,7 @@ def report(
         f"linesearch_decay=0.2, max_linesearch_iter=5, (lqr_iter, eps) from {REFERENCE_CANDIDATES}",
         "kkt_tol": KKT_TOL,
     }
-    json_path, _ = write_results("bench_pendulum", records, settings)
+    json_path, _ = write_results("bench_pendulum", records, settings, out_dir)
     print(f"\nwrote {json_path} (timings on a shared 2-core host, single thread: noisy)")
 
 

@@ -22,13 +22,13 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from _timing import markdown_table, set_single_thread, write_results
-from mpc_policy.envs import PendulumDynamics, pendulum_cost
+from _timing import add_output_argument, markdown_table, set_single_thread, write_results
 
 from mpc_policy import (
     MPCPolicy,
     envs,  # noqa: F401  (registers the environments)
 )
+from mpc_policy.envs import PendulumDynamics, pendulum_cost
 
 ENV_ID = "mpc_policy/Pendulum-v0"
 HORIZON = 20
@@ -75,6 +75,7 @@ class Runner:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100)
+    add_output_argument(parser)
     args = parser.parse_args()
     set_single_thread()
     records: list[dict[str, Any]] = []
@@ -123,7 +124,7 @@ def main() -> None:
         "horizon": HORIZON,
         "policy": "MPCPolicy(PendulumDynamics, pendulum_cost), analytic Jacobians, no_grad",
     }
-    json_path, _ = write_results("bench_receding", records, settings)
+    json_path, _ = write_results("bench_receding", records, settings, args.out)
     print(f"\nwrote {json_path} (timings on a shared 2-core host, single thread: noisy)")
 
 

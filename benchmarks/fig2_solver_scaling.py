@@ -15,9 +15,11 @@ Measured per (method, k):
   and backward, both counted from the start of the forward. Only torch's CPU allocator is
   seen; that is where every tensor lives.
 
-Writes ``docs/figures/fig2_solver_scaling.png`` and ``benchmarks/results/fig2_solver_scaling.*``.
+Writes ``<--out>/fig2_solver_scaling.{json,csv,png}`` (``--out`` defaults to a scratch
+folder, runs/benchmarks); the committed results and the figure of the docs are written only
+when asked: ``--out benchmarks/results --figure docs/figures/fig2_solver_scaling.png``.
 
-Usage: ``python benchmarks/fig2_solver_scaling.py [--quick]``.
+Usage: ``python benchmarks/fig2_solver_scaling.py [--quick] [--out DIR] [--figure PATH]``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import matplotlib.pyplot as plt
 import torch
 from _problems import PendulumDynamics, pendulum_problem
 from _timing import (
+    add_output_argument,
     allocation_profile,
     markdown_table,
     median_seconds,
@@ -49,7 +52,6 @@ TINY_TOL = 1e-30
 METHODS = ["exact", "paper", "unroll"]
 ITERATIONS = [1, 2, 5, 10, 20, 30, 50]
 QUICK_ITERATIONS = [1, 5, 10]
-FIGURE = Path(__file__).resolve().parent.parent / "docs" / "figures" / "fig2_solver_scaling.png"
 
 
 class Case:
@@ -108,7 +110,7 @@ def measure(iterations: int, repeats: int) -> list[dict[str, Any]]:
     return records
 
 
-def plot(records: list[dict[str, Any]]) -> None:
+def plot(records: list[dict[str, Any]], figure: Path) -> None:
     """Three panels against k: forward seconds, backward seconds, peak memory."""
     panels = [
         ("forward_s", "forward time (s)"),
@@ -132,14 +134,23 @@ def plot(records: list[dict[str, Any]]) -> None:
     axes[0].legend()
     fig.suptitle(f"Pendulum MPC, batch {BATCH}, horizon {T}, float32, 1 CPU thread")
     fig.tight_layout()
-    FIGURE.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(FIGURE, dpi=120)
+    figure.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(figure, dpi=120)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few points and repeats")
+    add_output_argument(parser)
+    parser.add_argument(
+        "--figure",
+        type=Path,
+        default=None,
+        help="the figure's path (default: <out>/fig2_solver_scaling.png; the docs' figure: "
+        "docs/figures/fig2_solver_scaling.png)",
+    )
     args = parser.parse_args()
+    figure = args.figure or args.out / "fig2_solver_scaling.png"
     set_single_thread()
     iterations, repeats = (QUICK_ITERATIONS, 1) if args.quick else (ITERATIONS, 5)
     records = []
@@ -160,7 +171,7 @@ def main() -> None:
         for r in records
     ]
     print(markdown_table(headers, rows))
-    plot(records)
+    plot(records, figure)
     settings = {
         "problem": "pendulum (bench_pendulum.py)",
         "batch": BATCH,
@@ -173,8 +184,8 @@ def main() -> None:
         "memory": "torch profiler allocation records; retained = live after forward, "
         "peak = max live during forward+backward, both from the start of the forward",
     }
-    json_path, _ = write_results("fig2_solver_scaling", records, settings)
-    print(f"\nwrote {json_path} and {FIGURE} (shared 2-core host, single thread: noisy)")
+    json_path, _ = write_results("fig2_solver_scaling", records, settings, args.out)
+    print(f"\nwrote {json_path} and {figure} (shared 2-core host, single thread: noisy)")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 from _problems import PendulumDynamics
-from _timing import markdown_table, set_single_thread, write_results
+from _timing import add_output_argument, markdown_table, set_single_thread, write_results
 from bench_pendulum import U_BOUND, T, make_problem
 from torch.profiler import ProfilerActivity, profile
 
@@ -109,6 +109,7 @@ def measure(B: int, backend: str, repeats: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10)
+    add_output_argument(parser)
     args = parser.parse_args()
     set_single_thread()
     records = [measure(B, b, args.repeats) for B in (1, 256) for b in ("compiled", "torch")]
@@ -123,7 +124,7 @@ def main() -> None:
     ]
     print(markdown_table(headers, rows))
     settings = {"dtype": "float32", "threads": 1, "horizon": T, "repeats": args.repeats}
-    json_path, _ = write_results("profile_solver", records, settings)
+    json_path, _ = write_results("profile_solver", records, settings, args.out)
     print(f"\nwrote {json_path}")
 
 

@@ -20,9 +20,10 @@ import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
+from torch import Tensor, nn
+
 from mpc_policy.envs.model import SystemDynamics
 from mpc_policy.envs.rendering import RENDER_MODES, Canvas, Renderer
-from torch import Tensor, nn
 
 __all__ = ["DynamicsEnv"]
 

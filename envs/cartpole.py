@@ -22,6 +22,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor, nn
+
+from mpc_policy.costs import GoalWeightedCost
 from mpc_policy.envs.base import UNBOUNDED, DynamicsEnv
 from mpc_policy.envs.model import (
     SystemDynamics,
@@ -32,9 +35,6 @@ from mpc_policy.envs.model import (
 )
 from mpc_policy.envs.params import CartPoleParams
 from mpc_policy.envs.rendering import Canvas
-from torch import Tensor, nn
-
-from mpc_policy.costs import GoalWeightedCost
 
 __all__ = [
     "TRACK_ENV_ID",

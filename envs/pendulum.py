@@ -24,6 +24,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor, nn
+
+from mpc_policy.costs import GoalWeightedCost
 from mpc_policy.envs.base import UNBOUNDED, DynamicsEnv
 from mpc_policy.envs.model import (
     SystemDynamics,
@@ -34,9 +37,6 @@ from mpc_policy.envs.model import (
 )
 from mpc_policy.envs.params import PendulumParams
 from mpc_policy.envs.rendering import Canvas
-from torch import Tensor, nn
-
-from mpc_policy.costs import GoalWeightedCost
 
 __all__ = ["PendulumDynamics", "PendulumEnv", "pendulum_cost", "pendulum_state"]
 

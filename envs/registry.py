@@ -28,8 +28,9 @@ from typing import Any
 import gymnasium
 import numpy as np
 import torch
-from mpc_policy.envs.model import SystemDynamics
 from torch import Tensor, nn
+
+from mpc_policy.envs.model import SystemDynamics
 
 __all__ = [
     "SYSTEMS",

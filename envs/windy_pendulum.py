@@ -19,11 +19,12 @@ upright costs a steady torque F_w l.
 from __future__ import annotations
 
 import torch
+from torch import Tensor, nn
+
 from mpc_policy.envs.model import in_dtype
 from mpc_policy.envs.params import PendulumParams, WindyPendulumParams
 from mpc_policy.envs.pendulum import PendulumDynamics, PendulumEnv
 from mpc_policy.envs.rendering import Canvas
-from torch import Tensor, nn
 
 __all__ = ["WindyPendulumDynamics", "WindyPendulumEnv"]
 

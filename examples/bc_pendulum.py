@@ -17,11 +17,11 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
+
 from mpc_policy.agents.expert import MPCExpert
 from mpc_policy.envs import PendulumDynamics, pendulum_cost
 from mpc_policy.envs.params import PendulumParams
-from tqdm.auto import tqdm
-
 from mpc_policy.policy import MPCPolicy
 
 

@@ -21,10 +21,10 @@ from dataclasses import dataclass, fields
 
 import gymnasium
 import torch
-from mpc_policy.agents.expert import MPCExpert, shift_plan
-from mpc_policy.envs.cartpole import CartPoleDynamics, TrackLimit, cartpole_cost
 
 from mpc_policy import MPC
+from mpc_policy.agents.expert import MPCExpert, shift_plan
+from mpc_policy.envs.cartpole import CartPoleDynamics, TrackLimit, cartpole_cost
 
 
 @dataclass

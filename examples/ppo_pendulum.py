@@ -11,13 +11,15 @@ it to ``<log_dir>/curve.csv``.
 
     python examples/ppo_pendulum.py                                   # 1024 steps: 10 s
     python examples/ppo_pendulum.py --config configs/ppo_pendulum.yaml  # full run: 3.6 min
+    python examples/ppo_pendulum.py --config configs/ppo_pendulum.yaml --profile quick --set seed=1
     python examples/ppo_pendulum.py --learn "[cost.weights, dynamics]" --total-timesteps 2048
     tensorboard --logdir runs/ppo_pendulum
 
-Every option is a field of ``Args``; ``--config`` reads a YAML file of them and the other
-flags (values read as YAML) override it. Times: one thread of a 2-core machine (the full
-run: 20 480 steps with 10 evaluations, 3 min 36 s on an idle machine, 3.6 CPU-minutes); a
-progress bar shows the steps and the mean episode return.
+Every option is a field of ``Args``; ``--config`` reads a YAML file of them, ``--profile NAME``
+merges one of its ``profiles`` over it and ``--set key=value`` (repeatable) overrides a field,
+as for ``mpc-policy``; the other flags (values read as YAML) override the lot. Times: one
+thread of a 2-core machine (the full run: 20 480 steps with 10 evaluations, 3 min 36 s on an
+idle machine, 3.6 CPU-minutes); a progress bar shows the steps and the mean episode return.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import EvalCallback
 from stable_baselines3.common.env_util import make_vec_env
 
+from mpc_policy.agents.yaml_profiles import merge, parse_override, read_profile
 from mpc_policy.sb3 import EvaluationCurve, MPCActorCriticPolicy, MPCHealthCallback, TqdmCallback
 
 
@@ -65,16 +68,29 @@ class Args:
     torch_threads: int = 1
 
 
-def parse_args() -> Args:
+def parse_args(argv: list[str] | None = None) -> Args:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", type=Path, help="YAML file of Args fields")
+    parser.add_argument("--profile", help="a profile of the --config file, e.g. quick")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a field (YAML value), e.g. --set horizon=10",
+    )  # fmt: skip
     for f in dataclasses.fields(Args):
         parser.add_argument("--" + f.name.replace("_", "-"), type=yaml.safe_load, default=None)
-    namespace = vars(parser.parse_args())
-    values = yaml.safe_load(namespace.pop("config").read_text()) if namespace["config"] else {}
+    namespace = vars(parser.parse_args(argv))
+    config, profile, overrides = (namespace.pop(k) for k in ("config", "profile", "overrides"))
+    if config is not None:
+        values, _ = read_profile(config, profile, overrides)
+    elif profile is not None:
+        parser.error("--profile: needs --config (the file whose profiles it names)")
+    else:
+        values = {}
+        for text in overrides:
+            values = merge(values, parse_override(text))
     unknown = sorted(set(values) - {f.name for f in dataclasses.fields(Args)})
     if unknown:
-        raise ValueError(f"config: unknown keys {unknown}; the keys are the fields of Args")
+        raise ValueError(f"config, --set: unknown keys {unknown}; the keys are the fields of Args")
     values.update({k: v for k, v in namespace.items() if v is not None})
     return Args(**values)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from mpc_policy.agents.cli import main
 from mpc_policy.agents.config import load_config
 from mpc_policy.agents.datasets import DatasetError, ExpertDataset, collect_dataset, load_dataset
@@ -25,7 +26,6 @@ from mpc_policy.agents.guards import (
     check_parameters,
 )
 from mpc_policy.agents.pipeline import collect, train
-
 from mpc_policy.solution import SolverInfo, Status
 from tests.test_cli import CONFIG, tiny
 

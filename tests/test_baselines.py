@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
 from mpc_policy.agents import pipeline
 from mpc_policy.agents.config import (
     DataConfig,
@@ -19,7 +21,6 @@ from mpc_policy.agents.nn_baseline import SequenceNetwork
 from mpc_policy.agents.sysid import transition_loss
 from mpc_policy.envs import PendulumDynamics
 from mpc_policy.envs.params import PendulumParams
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 
 @pytest.fixture(scope="module")

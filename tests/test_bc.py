@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
 from mpc_policy.agents import pipeline
 from mpc_policy.agents.checkpoint import capture_rng, restore_rng, save_checkpoint
 from mpc_policy.agents.config import (
@@ -21,7 +23,6 @@ from mpc_policy.agents.datasets import load_dataset
 from mpc_policy.agents.models import build_learner
 from mpc_policy.agents.objectives import Batch, ImitationObjective
 from mpc_policy.envs.registry import get_system
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 PAPER_INIT = {"gravity": 15.0, "mass": 3.0, "length": 0.5}
 
@@ -283,3 +284,33 @@ def test_a_checkpoint_of_the_earlier_layout_resumes(data_path, tmp_path):
     result = pipeline.train(config)
     assert result.epochs_done == 2
     assert sorted(result.curves["loss/val"]) == [2]  # the earlier epochs: in tensorboard only
+
+
+def test_the_imitation_loss_is_the_mean_squared_error_per_control_entry(data_path, tmp_path):
+    from mpc_policy.agents.objectives import imitation_loss
+
+    # by value: differences 0..11 over B = 2, T = 3, m = 2 entries (a sum would give 506)
+    expert = torch.arange(12, dtype=torch.float64).reshape(2, 3, 2)
+    assert imitation_loss(torch.zeros_like(expert), expert).item() == 506 / 12
+    # the trainer's reported losses are that mean over a whole split, recomputed here from
+    # the saved model (a network: its predictions carry no warm-start state)
+    config = make_config(
+        tmp_path,
+        data_path,
+        model={"method": "nn", "dynamics_init": {}, "hidden_size": 8},
+        train={"epochs": 1},
+    )
+    result = pipeline.train(config)
+    learner = pipeline.load_policy(config, "last")
+    for split in ("val", "test"):
+        data = load_dataset(data_path).split(split).tensors()
+        with torch.no_grad():
+            predicted = learner.sequences(data["states"]).to(data["nominal_actions"].dtype)
+        expected = (predicted - data["nominal_actions"]).pow(2).mean().item()
+        assert result.curves[f"loss/{split}"][1] == pytest.approx(expected, rel=1e-6), split
+        rows = torch.arange(data["states"].shape[0])
+        batch = Batch(split, rows, data["states"], data["nominal_actions"], data["nominal_states"])
+        with torch.no_grad():
+            loss, logs, _ = ImitationObjective(learner, None).train_loss(batch)
+        assert loss.item() == pytest.approx(expected, rel=1e-6)
+        assert logs["loss/train"] == pytest.approx(expected, rel=1e-6)

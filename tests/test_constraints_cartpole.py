@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
+
 from mpc_policy.agents.expert import MPCExpert
 from mpc_policy.envs.cartpole import (
     TRACK_ENV_ID,

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
+
 from mpc_policy.agents import pipeline
 from mpc_policy.agents.cli import main
 from mpc_policy.agents.config import (
@@ -18,11 +19,10 @@ from mpc_policy.agents.config import (
     ModelConfig,
     TrainConfig,
 )
+from mpc_policy.costs import GoalWeightedCost
 from mpc_policy.envs import DynamicsEnv, SystemDynamics
 from mpc_policy.envs.model import stack_jacobian
 from mpc_policy.envs.registry import SYSTEMS, System, get_system, register_system
-
-from mpc_policy.costs import GoalWeightedCost
 
 
 # --- the user's system: a point mass pushed along a line, x = (position, velocity) ---

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from mpc_policy.agents.datasets import DatasetError, ExpertDataset, collect_dataset, load_dataset
 from mpc_policy.envs import PendulumDynamics
 

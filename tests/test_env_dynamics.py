@@ -7,6 +7,9 @@ import math
 
 import pytest
 import torch
+from torch.func import functional_call, jacrev, vmap
+
+from mpc_policy import MPC
 from mpc_policy.envs import (
     CartPoleDynamics,
     CartPoleParams,
@@ -19,9 +22,6 @@ from mpc_policy.envs import (
     pendulum_cost,
     pendulum_state,
 )
-from torch.func import functional_call, jacrev, vmap
-
-from mpc_policy import MPC
 
 SYSTEMS = {
     "pendulum": lambda: PendulumDynamics(),

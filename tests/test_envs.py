@@ -12,6 +12,8 @@ import pytest
 import torch
 from gymnasium.envs.classic_control.pendulum import PendulumEnv as GymnasiumPendulum
 from gymnasium.utils.env_checker import check_env
+
+from mpc_policy import envs
 from mpc_policy.envs import (
     CartPoleEnv,
     CartPoleParams,
@@ -20,8 +22,6 @@ from mpc_policy.envs import (
     WindyPendulumEnv,
     pendulum_state,
 )
-
-from mpc_policy import envs
 
 ENV_IDS = list(envs.ENTRY_POINTS)
 

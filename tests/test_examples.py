@@ -54,3 +54,24 @@ def test_behaviour_cloning_then_rollout(tmp_path):
 def test_rollout_without_a_saved_policy_uses_the_true_parameters(tmp_path):
     out = run("rollout_pendulum.py", "--policy", str(tmp_path / "absent.pt"), "--max-steps", "3")
     assert "acting with the true parameters" in out and "over 3 steps" in out
+
+
+def test_the_ppo_example_takes_the_profile_and_set_dialect(monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "ppo_example", ROOT / "examples" / "ppo_pendulum.py"
+    )
+    example = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "ppo_example", example)  # its dataclass needs it there
+    spec.loader.exec_module(example)
+    config = str(ROOT / "configs" / "ppo_pendulum.yaml")
+    args = example.parse_args(
+        ["--config", config, "--profile", "quick", "--set", "horizon=7", "--seed", "3"]
+    )
+    assert (args.total_timesteps, args.eval_episodes) == (2048, 4)  # the profile
+    assert (args.horizon, args.seed, args.n_envs) == (7, 3, 8)  # --set, a flag, the file
+    args = example.parse_args(["--set", "initial_values={cost.weights: [1, 1, 1, 1]}"])
+    assert args.initial_values == {"cost.weights": [1, 1, 1, 1]} and args.horizon == 5
+    with pytest.raises(ValueError, match="unknown keys \\['horizn'\\]"):
+        example.parse_args(["--set", "horizn=7"])

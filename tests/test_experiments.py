@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from mpc_policy.agents.experiments import imitation, lqr_imitation, ppo_pendulum, windy_pendulum
 from mpc_policy.agents.experiments.bc_trials import (
     experiment_config,
@@ -147,6 +148,12 @@ def test_imitation_sweep_reports_the_best_validation_test_loss(tmp_path):
     assert all(r.reused for r in partial["records"]) and not nn_file.exists()
     with pytest.raises(ValueError, match="--finished-only: no trial of imitation"):
         imitation.main([*_args("imitation", tmp_path / "empty"), "--finished-only"])
+
+
+def test_finished_only_summarizes_without_collecting_the_datasets(tmp_path):
+    with pytest.raises(ValueError, match="--finished-only: no trial of windy_pendulum"):
+        windy_pendulum.main([*_args("windy_pendulum", tmp_path), "--finished-only"])
+    assert not (tmp_path / "out" / "data").exists()  # no expert dataset was collected
 
 
 @pytest.mark.slow

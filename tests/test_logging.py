@@ -4,9 +4,10 @@ not sort as a number)."""
 
 from __future__ import annotations
 
-from mpc_policy.agents.logging import TrainingLog
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
+
+from mpc_policy.agents.logging import TrainingLog
 
 
 def _next_file_counter(folder) -> int:

@@ -8,10 +8,10 @@ import math
 
 import pytest
 import torch
-from mpc_policy.envs.pendulum import PendulumDynamics
 from torch import Tensor
 
 from mpc_policy import MPC, GoalWeightedCost, MPCOptions, Status
+from mpc_policy.envs.pendulum import PendulumDynamics
 from mpc_policy.problem.module_model import ModuleModel
 
 F64 = torch.float64

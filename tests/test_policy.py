@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from mpc_policy.envs import PendulumDynamics, pendulum_cost, pendulum_state
 from mpc_policy.envs.params import PendulumParams
-
 from mpc_policy.policy import MPCPolicy
 
 ANGLES = [(0.4, 0.0), (-1.2, 0.7), (1.5, -0.9), (0.05, 0.3), (-0.6, -0.2), (1.0, 1.0)]

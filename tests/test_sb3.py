@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
-from mpc_policy.envs import PendulumDynamics, pendulum_cost
 from stable_baselines3 import A2C, PPO, SAC, TD3
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import configure
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mpc_policy import envs
+from mpc_policy.envs import PendulumDynamics, pendulum_cost
 from mpc_policy.policy import MPCPolicy
 from mpc_policy.sb3 import (
     MPCActorCriticPolicy,

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from mpc_policy.agents.experiments.runner import load_sweep_config, markdown_table
 from mpc_policy.agents.sweep import SweepError, load_trial, run_sweep, trial_key
 
@@ -49,7 +50,7 @@ def test_serial_sweep_writes_each_trial_and_reuses_it(tmp_path):
     files = sorted(p.name for p in (out / "trials").iterdir())
     assert files == sorted(f"{trial_key(c)}.json" for c in configs(tmp_path, [1, 2, 3]))
     stored = json.loads((out / "trials" / files[0]).read_text())
-    assert set(stored) == {"config", "result", "seconds"}
+    assert set(stored) == {"config", "result", "seconds", "provenance"}
 
     # a rerun with one more trial runs only the new one
     second = run_sweep(square_trial, configs(tmp_path, [3, 1, 2, 4]), out, backend="serial")
@@ -141,3 +142,58 @@ def test_config_profiles_merge_deeply_and_expand_the_grid(tmp_path):
 def test_markdown_table_formats_floats():
     table = markdown_table(["a", "b"], [[1, 0.123456], ["x", 2.0]])
     assert table.splitlines() == ["| a | b |", "| --- | --- |", "| 1 | 0.1235 |", "| x | 2 |"]
+
+
+def test_a_trial_records_its_provenance_and_another_solver_flags_it(tmp_path):
+    from mpc_policy.agents.experiments.runner import SweepConfig, write_summary
+    from mpc_policy.agents.provenance import provenance
+
+    out = tmp_path / "out"
+    (record,) = run_sweep(square_trial, configs(tmp_path, [3]), out, backend="serial")
+    path = out / "trials" / f"{record.key}.json"
+    stored = json.loads(path.read_text())["provenance"]
+    ours = provenance()
+    assert stored == ours and set(ours) == {
+        "package_version",
+        "solver_sources",
+        "sources",
+        "git_commit",
+    }
+    assert ours["package_version"] and len(ours["solver_sources"]) == 16
+    (again,) = run_sweep(square_trial, configs(tmp_path, [3]), out, backend="serial")
+    assert again.reused and not again.stale
+
+    # the same trial stored by another solver (and one stored before provenance existed)
+    other = json.loads(path.read_text())
+    other["provenance"]["solver_sources"] = "0" * 16
+    path.write_text(json.dumps(other))
+    (flagged,) = run_sweep(square_trial, configs(tmp_path, [3]), out, backend="serial")
+    assert flagged.reused and flagged.stale and n_calls(tmp_path) == 1
+    summary = SweepConfig("square", "test", out, out, {}, {}, {})
+    text = write_summary(summary, "| table |\n", [flagged]).read_text()
+    assert text.startswith("| table |\n")
+    assert f"solver sources {'0' * 16} (1)" in text
+    assert "1 of 1 trials ran on other solver sources (stale)" in text
+    del other["provenance"]
+    path.write_text(json.dumps(other))
+    assert load_trial(out, configs(tmp_path, [3])[0]).stale
+    (rerun,) = run_sweep(
+        square_trial, configs(tmp_path, [3]), out, backend="serial", rerun_stale=True
+    )
+    assert not rerun.reused and not rerun.stale and n_calls(tmp_path) == 2
+    assert json.loads(path.read_text())["provenance"] == ours
+
+
+def test_sweep_commands_take_the_profile_and_set_dialect():
+    from mpc_policy.agents.experiments.runner import build_parser, config_from_args
+
+    config_file = str(Path(__file__).resolve().parents[1] / "configs" / "exp_windy_pendulum.yaml")
+    parser = build_parser("windy", config_file)
+    args = parser.parse_args(
+        ["--profile", "test", "--set", "trial.epochs=3", "--set", "sweep.seed=[5, 6]"]
+    )
+    config = config_from_args(args)
+    assert config.trial["epochs"] == 3 and config.trial["n_train"] == 10  # --set, profile
+    assert config.sweep == {"method": ["sysid", "mpc.dx"], "seed": [5, 6]}
+    with pytest.raises(ValueError, match=r"--set trial\.epochs: the value"):
+        config_from_args(parser.parse_args(["--set", "trial.epochs=[1"]))

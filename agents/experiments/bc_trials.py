@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from mpc_policy.agents.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
 from mpc_policy.agents.experiments.runner import (
     SweepConfig,
@@ -232,9 +233,10 @@ def run_bc_sweep(
     description: str, default_config: str, argv: Sequence[str] | None
 ) -> tuple[SweepConfig, list[TrialRecord]]:
     """The command line of a behaviour-cloning sweep: parse it, resolve the trials, collect
-    their datasets, run (or reuse) the trials."""
+    their datasets (not with ``--finished-only``), run (or reuse) the trials."""
     args = build_parser(description, default_config).parse_args(argv)
     config = config_from_args(args)
     trials = resolve_trials(config)
-    prepare_datasets(trials)
+    if not args.finished_only:  # summarizing stored trials needs no dataset
+        prepare_datasets(trials)
     return config, run_trials(bc_trial, config, trials, args)

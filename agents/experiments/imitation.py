@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+
 from mpc_policy.agents.experiments.bc_trials import run_bc_sweep, steps_per_epoch
 from mpc_policy.agents.experiments.plots import plot_sample_complexity
 from mpc_policy.agents.experiments.runner import markdown_table, write_summary
@@ -145,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     config, records = run_bc_sweep(__doc__.splitlines()[0], "configs/exp_imitation.yaml", argv)
     methods = list(config.sweep["method"])
     summary = loss_table(records, methods)
-    path = write_summary(config, summary)
+    path = write_summary(config, summary, records)
     figure = plot_sample_complexity(
         config.figures_dir / f"fig4_imitation_{config.profile}.png", collect_losses(records)
     )

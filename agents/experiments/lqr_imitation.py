@@ -23,6 +23,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
+
+from mpc_policy import lqr_solve
 from mpc_policy.agents.experiments.plots import Panel, Series, plot_curves
 from mpc_policy.agents.experiments.runner import (
     build_parser,
@@ -31,9 +34,6 @@ from mpc_policy.agents.experiments.runner import (
     write_summary,
 )
 from mpc_policy.agents.sweep import TrialRecord
-from torch import Tensor
-
-from mpc_policy import lqr_solve
 
 __all__ = ["lqr_trial", "main", "random_dynamics", "recovered", "summarize"]
 
@@ -198,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     config, records = run_experiment(lqr_trial, parser.parse_args(argv))
     threshold = float(config.report["recovery_threshold"])
     summary = summarize(records, threshold)
-    path = write_summary(config, summary)
+    path = write_summary(config, summary, records)
     ordered = sorted(records, key=lambda r: r.config["seed"])
     panels = [
         Panel(

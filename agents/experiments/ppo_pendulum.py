@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from mpc_policy.agents.experiments.plots import Panel, Series, plot_curves
 from mpc_policy.agents.experiments.runner import (
     build_parser,
@@ -189,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = build_parser(__doc__.splitlines()[0], "configs/exp_ppo_pendulum.yaml")
     config, records = run_experiment(ppo_trial, parser.parse_args(argv))
     summary = summarize(records)
-    path = write_summary(config, summary)
+    path = write_summary(config, summary, records)
     grouped = _by_method(records)
     series = []
     for method in (m for m in METHODS if m in grouped):

@@ -11,6 +11,10 @@ A config file (``configs/exp_<name>.yaml``) reads
     profiles:
       quick: {trial: {...}, sweep: {...}}            # deep-merged over the top level
 
+``--profile NAME`` picks a profile and ``--set section.key=value`` (repeatable, the value
+read as YAML) overrides a value after it, as for ``mpc-policy``: e.g.
+``--set trial.epochs=5 --set 'sweep.seed=[0, 1]'``.
+
 Relative paths are relative to the current directory (run the commands from the
 repository root). Figures go to ``<output_dir>/figures`` unless ``figures_dir`` (or
 ``--figures-dir``) says otherwise: ``--figures-dir docs/figures`` refreshes the figures of
@@ -28,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mpc_policy.agents.provenance import provenance
 from mpc_policy.agents.sweep import BACKENDS, TrialFn, TrialRecord, load_trial, run_sweep
 from mpc_policy.agents.yaml_profiles import read_profile
 
@@ -37,6 +42,7 @@ __all__ = [
     "config_from_args",
     "load_sweep_config",
     "markdown_table",
+    "provenance_note",
     "run_experiment",
     "run_trials",
     "write_summary",
@@ -72,14 +78,15 @@ class SweepConfig:
         return [{**self.trial, **dict(zip(names, values))} for values in combos]
 
 
-def load_sweep_config(path: str | Path, profile: str) -> SweepConfig:
-    """Read a sweep config file and apply one of its profiles
-    (``mpc_policy.agents.yaml_profiles``).
+def load_sweep_config(path: str | Path, profile: str, overrides: Sequence[str] = ()) -> SweepConfig:
+    """Read a sweep config file, apply one of its profiles and then ``section.key=value``
+    overrides (``mpc_policy.agents.yaml_profiles``, as ``mpc-policy --profile --set``).
 
     Raises:
-        ValueError: the file lacks a field, or ``profile`` is not one of its profiles.
+        ValueError: the file lacks a field, ``profile`` is not one of its profiles, or an
+            override is not ``section.key=value`` with a YAML value.
     """
-    merged, _ = read_profile(path, profile)
+    merged, _ = read_profile(path, profile, overrides)
     missing = {"name", "output_dir", "trial", "sweep"} - set(merged)
     if missing:
         raise ValueError(f"config: {path} lacks the field(s) {sorted(missing)}")
@@ -104,6 +111,15 @@ def build_parser(description: str, default_config: str) -> argparse.ArgumentPars
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", default=default_config, help="experiment YAML file")
     parser.add_argument("--profile", default="quick", help="profile of the config (quick, full)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config value (YAML syntax), e.g. --set trial.epochs=5 or "
+        "--set 'sweep.seed=[0, 1]'",
+    )
     parser.add_argument("--backend", default="process", choices=BACKENDS)
     parser.add_argument("--workers", type=int, default=None, help="parallel trials")
     parser.add_argument("--ray-address", default=None, help="Ray cluster (backend ray)")
@@ -116,18 +132,26 @@ def build_parser(description: str, default_config: str) -> argparse.ArgumentPars
         action="store_true",
         help="run nothing: summarize the trials already stored (a sweep between sittings)",
     )
+    parser.add_argument(
+        "--rerun-stale",
+        action="store_true",
+        help="run again the stored trials that ran on other solver sources (default: reuse "
+        "them, flagged stale in the progress and the summary)",
+    )
     return parser
 
 
 def _print_progress(record: TrialRecord) -> None:
     state = "reused" if record.reused else f"ran in {record.seconds:.1f} s"
+    if record.stale:
+        state += " (STALE: ran on other solver sources; --rerun-stale reruns it)"
     settings = ", ".join(f"{k}={v}" for k, v in sorted(record.config.items()))
     print(f"trial {record.key} {state}: {settings}", file=sys.stderr, flush=True)
 
 
 def config_from_args(args: argparse.Namespace) -> SweepConfig:
     """The config and profile the arguments name, with their folder overrides."""
-    config = load_sweep_config(args.config, args.profile)
+    config = load_sweep_config(args.config, args.profile, getattr(args, "overrides", []))
     if args.output_dir is not None:
         output_dir = Path(args.output_dir)
         figures = config.figures_dir
@@ -155,9 +179,10 @@ def run_trials(
     if getattr(args, "finished_only", False):
         records = [load_trial(config.output_dir, trial) for trial in trials]
         finished = [record for record in records if record is not None]
+        stale = sum(record.stale for record in finished)
         print(
             f"{config.name} ({config.profile}): {len(finished)} of {len(trials)} trials "
-            f"finished; summarizing those",
+            f"finished ({stale} stale: run on other solver sources); summarizing those",
             file=sys.stderr,
         )
         if not finished:
@@ -174,6 +199,7 @@ def run_trials(
         workers=args.workers,
         ray_address=args.ray_address,
         progress=_print_progress,
+        rerun_stale=getattr(args, "rerun_stale", False),
     )
 
 
@@ -198,9 +224,34 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     return "\n".join(lines) + "\n"
 
 
-def write_summary(config: SweepConfig, text: str) -> Path:
-    """Write a profile's summary (markdown) to ``output_dir/summary_<profile>.md``."""
+def provenance_note(records: Sequence[TrialRecord]) -> str:
+    """Markdown lines: which code ran the trials (package versions, solver-source hashes,
+    commits, each with its count) and how many are stale against the running code."""
+
+    def counted(key: str) -> str:
+        values: dict[str, int] = {}
+        for record in records:
+            value = (record.provenance or {}).get(key) or "unrecorded"
+            values[str(value)] = values.get(str(value), 0) + 1
+        return ", ".join(f"{value} ({count})" for value, count in values.items())
+
+    stale = sum(record.stale for record in records)
+    ours = provenance()
+    return (
+        f"\nProvenance of the {len(records)} trials: package {counted('package_version')}; "
+        f"solver sources {counted('solver_sources')}; commit {counted('git_commit')}. "
+        f"Summarized by package {ours['package_version']}, solver sources "
+        f"{ours['solver_sources']}, commit {ours['git_commit']}: {stale} of {len(records)} "
+        "trials ran on other solver sources (stale).\n"
+    )
+
+
+def write_summary(
+    config: SweepConfig, text: str, records: Sequence[TrialRecord] | None = None
+) -> Path:
+    """Write a profile's summary (markdown) to ``output_dir/summary_<profile>.md``,
+    followed by the trials' ``provenance_note`` when ``records`` are given."""
     path = config.output_dir / f"summary_{config.profile}.md"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    path.write_text(text + (provenance_note(records) if records is not None else ""))
     return path

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
 from mpc_policy.agents.experiments.bc_trials import run_bc_sweep, steps_per_epoch
 from mpc_policy.agents.experiments.plots import Panel, Series, plot_curves
 from mpc_policy.agents.experiments.runner import markdown_table, write_summary
@@ -104,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Collect the dataset, run the sweep, write the table and Figure 5."""
     config, records = run_bc_sweep(__doc__.splitlines()[0], "configs/exp_windy_pendulum.yaml", argv)
     summary = summarize(records)
-    path = write_summary(config, summary)
+    path = write_summary(config, summary, records)
     methods = list(config.sweep["method"])
     panels = []
     for title, key in CURVES:

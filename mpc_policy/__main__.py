@@ -1,0 +1,8 @@
+"""``python -m mpc_policy``: the ``mpc-policy`` command (``mpc_policy.agents.cli``)."""
+
+import sys
+
+from mpc_policy.agents.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -421,3 +421,61 @@ def test_evaluation_curve_says_what_it_needs_of_its_eval_callback():
     evaluation = EvalCallback(eval_env, n_eval_episodes=2, eval_freq=4, callback_after_eval=curve)
     with pytest.raises(ValueError, match="log_path"):
         model.learn(16, callback=evaluation)
+
+
+@pytest.mark.parametrize(
+    "bounds, match",
+    [
+        ((-1.0, 1.0), r"u_lower -1.0 is not the action space's low \[-2.0\]"),
+        ((-2.0, torch.tensor([1.0], dtype=torch.float64)), r"u_upper \[1.0\] is not .* high"),
+        ((None, None), r"u_lower is None \(unbounded\)"),
+    ],
+)
+def test_an_mpc_policy_whose_bounds_are_not_the_action_box_is_refused(bounds, match):
+    """Bounds [-1, 1] on the pendulum's [-2, 2] box: SB3 would apply controls the MPC
+    did not plan (clipped by PPO, rescaled by SAC); refused when the policy is built."""
+    dynamics, cost = PendulumDynamics(dtype=torch.float64), pendulum_cost(dtype=torch.float64)
+    other = MPCPolicy(dynamics, cost, 5, *bounds, solve_dtype=torch.float64)
+    with pytest.raises(ValueError, match=match):
+        ppo(horizon=None, mpc_policy=other)
+    env = make_vec_env(PENDULUM, n_envs=1, seed=0)
+    with pytest.raises(ValueError, match=match):
+        SAC(MPCSACPolicy, env, policy_kwargs={"mpc_policy": other, "net_arch": [8]})
+    # the same bounds as (m,) tensors, or as rows of them, are the box
+    box = torch.full((5, 1), 2.0, dtype=torch.float64)
+    same = MPCPolicy(dynamics, cost, 5, -box, box, solve_dtype=torch.float64)
+    assert ppo(horizon=None, mpc_policy=same).policy.mpc.horizon == 5
+
+
+@pytest.mark.parametrize(
+    "observation_space, action_space, match",
+    [
+        (spaces.Box(-1.0, 1.0, (4,), np.float32), spaces.Box(-2.0, 2.0, (1,)), "observation_space"),
+        (spaces.Box(-1.0, 1.0, (3,), np.float32), spaces.Box(-2.0, 2.0, (2,)), "action_space"),
+    ],
+)
+@pytest.mark.parametrize("policy_class", [MPCActorCriticPolicy, MPCSACPolicy, MPCTD3Policy])
+def test_spaces_the_model_does_not_fit_are_refused_at_construction(
+    observation_space, action_space, match, policy_class
+):
+    kwargs = {"dynamics": PendulumDynamics(), "cost": pendulum_cost(), "horizon": 3}
+    with pytest.raises(ValueError, match=match):
+        policy_class(observation_space, action_space, lambda _: 1e-3, **kwargs)
+
+
+def test_obs_to_state_that_fits_the_observations_is_accepted():
+    """An observation of (theta, theta_dot) mapped to the model's (cos, sin, theta_dot)."""
+
+    def angle_to_state(obs: torch.Tensor) -> torch.Tensor:
+        return torch.stack([obs[:, 0].cos(), obs[:, 0].sin(), obs[:, 1]], dim=-1)
+
+    kwargs = {"dynamics": PendulumDynamics(), "cost": pendulum_cost(), "horizon": 3}
+    space = spaces.Box(-4.0, 4.0, (2,), np.float32)
+    action_space = spaces.Box(-2.0, 2.0, (1,), np.float32)
+    with pytest.raises(ValueError, match="observation_space"):
+        MPCActorCriticPolicy(space, action_space, lambda _: 1e-3, **kwargs)
+    policy = MPCActorCriticPolicy(
+        space, action_space, lambda _: 1e-3, obs_to_state=angle_to_state, **kwargs
+    )
+    action, _ = policy.predict(np.array([0.3, 0.1], dtype=np.float32), deterministic=True)
+    assert action.shape == (1,)

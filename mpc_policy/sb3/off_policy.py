@@ -149,7 +149,9 @@ class MPCSACPolicy(SACPolicy):
         actor = MPCSquashedActor(
             self.observation_space,
             self.action_space,
-            build_mpc(self.action_space, **self.mpc_kwargs),
+            build_mpc(
+                self.action_space, observation_space=self.observation_space, **self.mpc_kwargs
+            ),
             cast(float | None, self.actor_kwargs["log_std_init"]),
             self.normalize_images,
         )
@@ -179,7 +181,9 @@ class MPCTD3Policy(TD3Policy):
         actor = MPCDeterministicActor(
             self.observation_space,
             self.action_space,
-            build_mpc(self.action_space, **self.mpc_kwargs),
+            build_mpc(
+                self.action_space, observation_space=self.observation_space, **self.mpc_kwargs
+            ),
             self.normalize_images,
         )
         return actor.to(self.device)

@@ -78,7 +78,9 @@ class MPCActorCriticPolicy(MPCActor, ActorCriticPolicy):
     def _build(self, lr_schedule: Schedule) -> None:
         """The value network, the MPC, the log standard deviation and the optimizer."""
         self._build_mlp_extractor()
-        self.mpc = build_mpc(self.action_space, **self.mpc_kwargs)
+        self.mpc = build_mpc(
+            self.action_space, observation_space=self.observation_space, **self.mpc_kwargs
+        )
         self.solver_health = SolverHealth()
         self.log_std = nn.Parameter(initial_log_std(self.log_std_init, self.action_space, False))
         self.value_net = nn.Linear(self.mlp_extractor.latent_dim_vf, 1)

@@ -479,3 +479,31 @@ def test_obs_to_state_that_fits_the_observations_is_accepted():
     )
     action, _ = policy.predict(np.array([0.3, 0.1], dtype=np.float32), deterministic=True)
     assert action.shape == (1,)
+
+
+def test_normalized_observations_are_refused_with_what_to_do(tmp_path):
+    """Behind VecNormalize(norm_obs=True) the MPC would plan from (obs - mean) / std as if
+    it were the state: refused when the algorithm builds the policy, when a saved model is
+    loaded onto such an environment, and when learning starts after set_env; reward
+    normalization alone is fine."""
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    kwargs = {"env_id": PENDULUM, "horizon": 3, "learn": ["cost.weights"]}
+    normalized = VecNormalize(make_vec_env(PENDULUM, n_envs=2, seed=0), norm_obs=True)
+    match = r"VecNormalize\(norm_obs=True\) is refused.*norm_obs=False"
+    with pytest.raises(ValueError, match=match):
+        PPO(MPCActorCriticPolicy, normalized, n_steps=8, batch_size=16, policy_kwargs=kwargs)
+    with pytest.raises(ValueError, match=match):
+        SAC(MPCSACPolicy, normalized, policy_kwargs={**kwargs, "net_arch": [8]})
+    rewards_only = VecNormalize(make_vec_env(PENDULUM, n_envs=2, seed=0), norm_obs=False)
+    model = PPO(MPCActorCriticPolicy, rewards_only, n_steps=8, batch_size=16, policy_kwargs=kwargs)
+    model.learn(16, callback=MPCHealthCallback())
+    model.save(tmp_path / "model")
+    with pytest.raises(ValueError, match=match):
+        PPO.load(tmp_path / "model", env=normalized)
+    model.set_env(normalized)
+    with pytest.raises(ValueError, match=match):
+        model.learn(16, callback=MPCHealthCallback())
+    wrapped = make_vec_env(PENDULUM, n_envs=1, wrapper_class=gym.wrappers.NormalizeObservation)
+    with pytest.raises(ValueError, match="NormalizeObservation is refused"):
+        PPO(MPCActorCriticPolicy, wrapped, n_steps=8, batch_size=8, policy_kwargs=kwargs)

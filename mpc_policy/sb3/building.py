@@ -17,6 +17,7 @@ other parameters are frozen.
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -24,7 +25,10 @@ import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
+from gymnasium.wrappers import NormalizeObservation
+from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from torch import Tensor, nn
 
 from mpc_policy.contract import CheckedCost, CheckedDynamics, check_declared_sizes
@@ -36,6 +40,8 @@ __all__ = [
     "action_bounds",
     "build_mpc",
     "check_bounds_match",
+    "check_building_algorithm",
+    "check_env",
     "check_model_fits",
     "check_spaces",
     "environment_model",
@@ -58,6 +64,13 @@ MPC_ARGUMENTS = (
     "solver_options",
 )
 DEFAULT_HORIZON = 10
+# how far up the call stack a policy's constructor looks for the algorithm building it
+ALGORITHM_FRAMES = 8
+NORMALIZED_OBSERVATIONS = (
+    "the MPC would plan from normalized observations as if they were states; normalize "
+    "rewards only (VecNormalize(venv, norm_obs=False, norm_reward=True) is fine), or leave "
+    "the observations as the environment gives them"
+)
 
 
 def check_spaces(observation_space: spaces.Space, action_space: spaces.Space) -> None:
@@ -66,6 +79,53 @@ def check_spaces(observation_space: spaces.Space, action_space: spaces.Space) ->
     if not isinstance(observation_space, spaces.Box):
         raise TypeError(f"observation_space: expected a Box, received {observation_space}")
     action_bounds(action_space)
+
+
+def check_env(env: object) -> None:
+    """Refuse an environment whose observations reach the policy normalized.
+
+    ``VecNormalize(norm_obs=True)`` (anywhere in a chain of ``VecEnvWrapper``s) and
+    Gymnasium's ``NormalizeObservation`` inside the environments hand the policy
+    (obs - mean) / std, which ``obs_to_state`` would take for the state; the statistics move
+    while training, so no fixed map back exists. Reward normalization is fine.
+
+    Args:
+        env: a ``VecEnv`` (or None, or anything else: nothing to check).
+    """
+    wrapper = env
+    while isinstance(wrapper, VecEnv):
+        if isinstance(wrapper, VecNormalize) and wrapper.norm_obs:
+            raise ValueError(
+                f"env: VecNormalize(norm_obs=True) is refused: {NORMALIZED_OBSERVATIONS}"
+            )
+        wrapper = getattr(wrapper, "venv", None)
+    if isinstance(env, VecEnv) and any(env.env_is_wrapped(NormalizeObservation)):
+        raise ValueError(
+            f"env: gymnasium.wrappers.NormalizeObservation is refused: {NORMALIZED_OBSERVATIONS}"
+        )
+
+
+def check_building_algorithm() -> None:
+    """``check_env`` on the environment of the SB3 algorithm that is building the calling
+    policy, if any (``PPO(...)``, ``SAC(...)``, ``Algo.load(..., env=...)``).
+
+    SB3 hands a policy only its spaces; the algorithm constructs it in its own
+    ``_setup_model``, so it is the ``self`` of a frame a few levels up the call stack.
+    A policy built by hand has none, and ``MPCHealthCallback`` checks the environment
+    again when ``learn`` starts (after a ``set_env``).
+    """
+    frame = inspect.currentframe()
+    try:
+        for _ in range(ALGORITHM_FRAMES):
+            frame = None if frame is None else frame.f_back
+            if frame is None:
+                return
+            owner = frame.f_locals.get("self")
+            if isinstance(owner, BaseAlgorithm):
+                check_env(owner.env)
+                return
+    finally:
+        del frame
 
 
 def action_bounds(action_space: spaces.Space) -> tuple[np.ndarray, np.ndarray]:

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from mpc_policy.policy import MPCPolicy
 from mpc_policy.sb3.actor import MPCActor, SolverHealth
-from mpc_policy.sb3.building import learned_values
+from mpc_policy.sb3.building import check_env, learned_values
 
 __all__ = ["EvaluationCurve", "MPCHealthCallback", "TqdmCallback"]
 
@@ -43,6 +43,9 @@ class MPCHealthCallback(BaseCallback):
     def __init__(self, log_parameters: bool = True, verbose: int = 0) -> None:
         super().__init__(verbose)
         self.log_parameters = log_parameters
+
+    def _on_training_start(self) -> None:
+        check_env(self.training_env)  # the environment may have changed (``set_env``)
 
     def _on_step(self) -> bool:
         return True
@@ -124,6 +127,7 @@ class EvaluationCurve(BaseCallback):
 
     def evaluate(self, eval_env: VecEnv, n_episodes: int) -> None:
         """Evaluate the model now (deterministic actions), record the row and reseed."""
+        check_env(eval_env)
         returns, _ = evaluate_policy(self.model, eval_env, n_episodes, return_episode_rewards=True)
         assert isinstance(returns, list)  # return_episode_rewards: one return per episode
         self.record(self.model.num_timesteps, [float(r) for r in returns])

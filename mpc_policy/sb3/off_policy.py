@@ -26,7 +26,13 @@ from torch import Tensor, nn
 
 from mpc_policy.policy import MPCPolicy
 from mpc_policy.sb3.actor import MPCActor, SolverHealth, initial_log_std
-from mpc_policy.sb3.building import action_bounds, build_mpc, check_spaces, pop_mpc_kwargs
+from mpc_policy.sb3.building import (
+    action_bounds,
+    build_mpc,
+    check_building_algorithm,
+    check_spaces,
+    pop_mpc_kwargs,
+)
 
 __all__ = ["MPCDeterministicActor", "MPCSACPolicy", "MPCSquashedActor", "MPCTD3Policy"]
 
@@ -114,6 +120,7 @@ def _off_policy_mpc_kwargs(
 ) -> dict[str, Any]:
     """Check what an MPC actor cannot take, then pop the MPC's arguments from kwargs."""
     check_spaces(observation_space, action_space)
+    check_building_algorithm()
     if kwargs.get("use_sde"):
         raise ValueError("use_sde: expected False (gSDE needs a latent actor network)")
     if kwargs.get("share_features_extractor"):

@@ -20,7 +20,12 @@ from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import Tensor, nn
 
 from mpc_policy.sb3.actor import MPCActor, SolverHealth, initial_log_std
-from mpc_policy.sb3.building import build_mpc, check_spaces, pop_mpc_kwargs
+from mpc_policy.sb3.building import (
+    build_mpc,
+    check_building_algorithm,
+    check_spaces,
+    pop_mpc_kwargs,
+)
 
 __all__ = ["MPCActorCriticPolicy"]
 
@@ -58,6 +63,7 @@ class MPCActorCriticPolicy(MPCActor, ActorCriticPolicy):
         **kwargs: Any,
     ) -> None:
         check_spaces(observation_space, action_space)
+        check_building_algorithm()
         if kwargs.get("use_sde"):
             raise ValueError("use_sde: expected False (gSDE needs a latent actor network)")
         if isinstance(net_arch, dict) and net_arch.get("pi"):

@@ -507,3 +507,70 @@ def test_normalized_observations_are_refused_with_what_to_do(tmp_path):
     wrapped = make_vec_env(PENDULUM, n_envs=1, wrapper_class=gym.wrappers.NormalizeObservation)
     with pytest.raises(ValueError, match="NormalizeObservation is refused"):
         PPO(MPCActorCriticPolicy, wrapped, n_steps=8, batch_size=8, policy_kwargs=kwargs)
+
+
+def sac_model(**policy_kwargs) -> SAC:
+    env = make_vec_env(PENDULUM, n_envs=1, seed=0)
+    kwargs = {"env_id": PENDULUM, "horizon": 4, "learn": ["cost.weights"], "net_arch": [8]}
+    return SAC(MPCSACPolicy, env, seed=0, policy_kwargs={**kwargs, **policy_kwargs})
+
+
+def test_sac_log_std_log_probability_and_entropy_against_an_independent_computation():
+    """SAC's stochastic part: log_std (default log 0.25, the given value, clamped by SB3's
+    limits), the log-probability of the squashed actions it samples (against torch's own
+    tanh-transformed Gaussian), their spread (z = atanh(a) is N(mean, std^2)) and the
+    entropy SAC maximizes (-log_prob) reaching log_std."""
+    from stable_baselines3.sac.policies import LOG_STD_MAX, LOG_STD_MIN
+    from torch.distributions import Normal, TanhTransform, TransformedDistribution
+
+    actor = sac_model().policy.actor
+    torch.testing.assert_close(actor.log_std.detach(), torch.full((1,), float(np.log(0.25))))
+    assert actor.log_std.requires_grad
+    assert any(p is actor.log_std for g in actor.optimizer.param_groups for p in g["params"])
+    assert float(sac_model(log_std_init=-1.5).policy.actor.log_std.detach()) == -1.5
+    # one observation with an interior first control, repeated: 512 draws from one Gaussian
+    obs = torch.as_tensor(observations(PENDULUM, 8, seed=1))
+    with torch.no_grad():
+        u = actor.mpc(obs)[:, 0]  # (8,), the pendulum's box is [-2, 2]
+    row = int(torch.argmin(u.abs()))
+    assert abs(float(u[row])) < 1.9
+    batch = obs[row].repeat(512, 1)
+    mean = torch.atanh(u[row] / 2.0).float()  # scale(u) = u / 2 on [-2, 2]
+    with torch.no_grad():
+        actor.log_std.fill_(np.log(0.3))
+    torch.manual_seed(0)
+    actions, log_prob = actor.action_log_prob(batch)
+    assert actions.shape == (512, 1) and log_prob.shape == (512,)
+    squashed = TransformedDistribution(Normal(mean, torch.tensor(0.3)), TanhTransform())
+    # SB3 adds 1e-6 inside log(1 - a^2): within 1e-4 away from the bounds
+    torch.testing.assert_close(
+        log_prob, squashed.log_prob(actions.detach()).sum(-1), rtol=0, atol=1e-4
+    )
+    z = (torch.atanh(actions.detach().double()) - mean) / 0.3  # 512 standard normals
+    assert abs(float(z.mean())) < 0.2 and abs(float(z.std()) - 1.0) < 0.1
+    # the entropy term: d E[-log_prob] / d log_std = 1 per dimension for the Gaussian part
+    # plus the squashing's share, estimated on the same draws
+    (-log_prob.mean()).backward()
+    expected = 1.0 - float((2 * z * 0.3 * torch.tanh(mean + 0.3 * z)).mean())
+    assert float(actor.log_std.grad) == pytest.approx(expected, abs=1e-3)
+    with torch.no_grad():
+        actor.log_std.fill_(LOG_STD_MAX + 3.0)
+    _, log_std, _ = actor.get_action_dist_params(obs[:2])
+    torch.testing.assert_close(log_std, torch.full((2, 1), float(LOG_STD_MAX)))
+    with torch.no_grad():
+        actor.log_std.fill_(LOG_STD_MIN - 3.0)
+    _, log_std, _ = actor.get_action_dist_params(obs[:2])
+    torch.testing.assert_close(log_std, torch.full((2, 1), float(LOG_STD_MIN)))
+
+
+def test_ppo_log_probability_and_entropy_against_an_independent_computation():
+    model = ppo(log_std_init=-0.7)
+    policy = model.policy
+    obs = torch.as_tensor(observations(PENDULUM, 6, seed=2))
+    actions = torch.linspace(-1.5, 1.5, 6).reshape(6, 1)
+    _, log_prob, entropy = policy.evaluate_actions(obs, actions)
+    with torch.no_grad():
+        mean = policy.mpc(obs)
+    gaussian = torch.distributions.Normal(mean, torch.exp(torch.tensor(-0.7)))
+    torch.testing.assert_close(log_prob, gaussian.log_prob(actions).sum(-1), **TOL)
+    torch.testing.assert_close(entropy, gaussian.entropy().sum(-1), **TOL)

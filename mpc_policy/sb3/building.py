@@ -105,14 +105,40 @@ def check_env(env: object) -> None:
         )
 
 
-def check_building_algorithm() -> None:
-    """``check_env`` on the environment of the SB3 algorithm that is building the calling
-    policy, if any (``PPO(...)``, ``SAC(...)``, ``Algo.load(..., env=...)``).
+# the algorithms each MPC policy serves, and the policy to use with each known algorithm
+# (by class name, so that sb3-contrib need not be imported); None: no MPC policy can serve it
+SERVES = {
+    "MPCActorCriticPolicy": ("PPO", "A2C", "TRPO"),
+    "MPCSACPolicy": ("SAC",),
+    "MPCTD3Policy": ("TD3",),
+    "MPCTQCPolicy": ("TQC",),
+    "MPCCrossQPolicy": ("CrossQ",),
+}
+POLICY_FOR = {
+    "PPO": "mpc_policy.sb3.MPCActorCriticPolicy",
+    "A2C": "mpc_policy.sb3.MPCActorCriticPolicy",
+    "TRPO": "mpc_policy.sb3.MPCActorCriticPolicy",
+    "SAC": "mpc_policy.sb3.MPCSACPolicy",
+    "TD3": "mpc_policy.sb3.MPCTD3Policy",
+    "TQC": "mpc_policy.sb3.contrib.MPCTQCPolicy",
+    "CrossQ": "mpc_policy.sb3.contrib.MPCCrossQPolicy",
+    "RecurrentPPO": None,
+}
+
+
+def check_building_algorithm(policy: str) -> None:
+    """Checks of the SB3 algorithm that is building the calling policy, if any
+    (``PPO(...)``, ``SAC(...)``, ``Algo.load(..., env=...)``): the policy serves that
+    algorithm (``SERVES``; an algorithm unknown here is let through), and its environment
+    passes ``check_env``.
 
     SB3 hands a policy only its spaces; the algorithm constructs it in its own
     ``_setup_model``, so it is the ``self`` of a frame a few levels up the call stack.
     A policy built by hand has none, and ``MPCHealthCallback`` checks the environment
     again when ``learn`` starts (after a ``set_env``).
+
+    Args:
+        policy: the calling policy's class name (a key of ``SERVES``).
     """
     frame = inspect.currentframe()
     try:
@@ -122,10 +148,28 @@ def check_building_algorithm() -> None:
                 return
             owner = frame.f_locals.get("self")
             if isinstance(owner, BaseAlgorithm):
+                _check_served(policy, owner)
                 check_env(owner.env)
                 return
     finally:
         del frame
+
+
+def _check_served(policy: str, algorithm: BaseAlgorithm) -> None:
+    known = [cls.__name__ for cls in type(algorithm).__mro__ if cls.__name__ in POLICY_FOR]
+    if not known or known[0] in SERVES[policy]:
+        return
+    name, replacement = known[0], POLICY_FOR[known[0]]
+    if replacement is None:
+        raise ValueError(
+            f"policy: {name} cannot take an MPC actor: its policy carries an LSTM state "
+            "(lstm_actor) between steps, and the MPC plans from each observation alone "
+            "(its plan is its memory); use PPO with mpc_policy.sb3.MPCActorCriticPolicy"
+        )
+    raise ValueError(
+        f"policy: {policy} serves {' and '.join(SERVES[policy])}, not {name}; "
+        f"use {name}({replacement.rsplit('.', 1)[1]}, ...) from {replacement.rsplit('.', 1)[0]}"
+    )
 
 
 def action_bounds(action_space: spaces.Space) -> tuple[np.ndarray, np.ndarray]:

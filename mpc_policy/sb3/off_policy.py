@@ -34,7 +34,13 @@ from mpc_policy.sb3.building import (
     pop_mpc_kwargs,
 )
 
-__all__ = ["MPCDeterministicActor", "MPCSACPolicy", "MPCSquashedActor", "MPCTD3Policy"]
+__all__ = [
+    "MPCDeterministicActor",
+    "MPCSACPolicy",
+    "MPCSquashedActor",
+    "MPCTD3Policy",
+    "off_policy_mpc_kwargs",
+]
 
 # a tanh-squashed mean must stay finite: atanh(clamp(scale(u), -1 + eps, 1 - eps))
 ATANH_EPS = 1e-6
@@ -115,12 +121,16 @@ class MPCDeterministicActor(_ScaledActor):
         return self(observation)
 
 
-def _off_policy_mpc_kwargs(
-    observation_space: spaces.Space, action_space: spaces.Space, kwargs: dict[str, Any]
+def off_policy_mpc_kwargs(
+    policy: str,
+    observation_space: spaces.Space,
+    action_space: spaces.Space,
+    kwargs: dict[str, Any],
 ) -> dict[str, Any]:
-    """Check what an MPC actor cannot take, then pop the MPC's arguments from kwargs."""
+    """Check what an MPC actor cannot take, then pop the MPC's arguments from kwargs
+    (``policy``: the calling policy's class name, for ``check_building_algorithm``)."""
     check_spaces(observation_space, action_space)
-    check_building_algorithm()
+    check_building_algorithm(policy)
     if kwargs.get("use_sde"):
         raise ValueError("use_sde: expected False (gSDE needs a latent actor network)")
     if kwargs.get("share_features_extractor"):
@@ -143,7 +153,9 @@ class MPCSACPolicy(SACPolicy):
         log_std_init: float | None = None,
         **kwargs: Any,
     ) -> None:
-        self.mpc_kwargs = _off_policy_mpc_kwargs(observation_space, action_space, kwargs)
+        self.mpc_kwargs = off_policy_mpc_kwargs(
+            "MPCSACPolicy", observation_space, action_space, kwargs
+        )
         super().__init__(
             observation_space,
             action_space,
@@ -181,7 +193,9 @@ class MPCTD3Policy(TD3Policy):
         lr_schedule: Schedule,
         **kwargs: Any,
     ) -> None:
-        self.mpc_kwargs = _off_policy_mpc_kwargs(observation_space, action_space, kwargs)
+        self.mpc_kwargs = off_policy_mpc_kwargs(
+            "MPCTD3Policy", observation_space, action_space, kwargs
+        )
         super().__init__(observation_space, action_space, lr_schedule, **kwargs)
 
     def make_actor(self, features_extractor: Any = None) -> MPCDeterministicActor:  # type: ignore[override]

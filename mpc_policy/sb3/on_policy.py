@@ -1,4 +1,4 @@
-"""PPO and A2C with an MPC action mean: a ~ N(u_1(o), diag(exp(log_std))^2).
+"""PPO, A2C (and sb3-contrib's TRPO) with an MPC action mean: a ~ N(u_1(o), diag(exp(log_std))^2).
 
 u_1(o) is the first control of the MPC's plan from observation o (``MPCActor``); log_std is
 one learnable, state-independent (m,) vector; the value function is SB3's MLP. SB3 stores
@@ -9,6 +9,7 @@ the rest of the batch (PPO re-evaluates shuffled minibatches).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
@@ -63,7 +64,7 @@ class MPCActorCriticPolicy(MPCActor, ActorCriticPolicy):
         **kwargs: Any,
     ) -> None:
         check_spaces(observation_space, action_space)
-        check_building_algorithm()
+        check_building_algorithm("MPCActorCriticPolicy")
         if kwargs.get("use_sde"):
             raise ValueError("use_sde: expected False (gSDE needs a latent actor network)")
         if isinstance(net_arch, dict) and net_arch.get("pi"):
@@ -98,6 +99,17 @@ class MPCActorCriticPolicy(MPCActor, ActorCriticPolicy):
             lr=lr_schedule(1),  # type: ignore[call-arg]
             **self.optimizer_kwargs,
         )
+
+    def named_parameters(
+        self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
+    ) -> Iterator[tuple[str, nn.Parameter]]:
+        """The policy's parameters without the MPC's frozen ones (those not in ``learn``):
+        what the optimizer holds, and what sb3-contrib's TRPO differentiates (it
+        differentiates every parameter yielded here, and a frozen one is an error)."""
+        frozen = f"{prefix}.mpc." if prefix else "mpc."
+        for name, parameter in super().named_parameters(prefix, recurse, remove_duplicate):
+            if parameter.requires_grad or not name.startswith(frozen):
+                yield name, parameter
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         return {**super()._get_constructor_parameters(), **self.mpc_kwargs}

@@ -284,10 +284,11 @@ def test_health_callback_logs_floats_and_the_progress_bar_counts_steps(tmp_path)
     header, *rows = (tmp_path / "progress.csv").read_text().splitlines()
     keys = header.split(",")
     for key in (
-        "mpc/rollout_iterations",
-        "mpc/rollout_unconverged_fraction",
-        "mpc/update_iterations",
-        "mpc_param/cost.weights_3",
+        "solver/rollout/iterations_mean",
+        "solver/rollout/unconverged_fraction",
+        "solver/iterations_mean",
+        "solver/solve_time_max",
+        "params/cost/weight_3",
     ):
         assert key in keys
         column = [row.split(",")[keys.index(key)] for row in rows]
@@ -341,7 +342,9 @@ def test_example_runs_and_logs(tmp_path):
     assert curve[0].startswith("steps,mean_return") and len(curve) == 4  # evals at 0, 64, 128
     run = tmp_path / "PPO_1"
     tags = EventAccumulator(str(run), size_guidance={"scalars": 0}).Reload().Tags()["scalars"]
-    assert {"eval/mean_reward", "mpc/rollout_iterations", "mpc_param/cost.weights_3"} <= set(tags)
+    assert {"eval/mean_reward", "solver/rollout/iterations_mean", "params/cost/weight_3"} <= set(
+        tags
+    )
 
 
 def test_vectorized_environments_are_one_batched_solve_and_rollout_log_probs_hold():
@@ -574,3 +577,76 @@ def test_ppo_log_probability_and_entropy_against_an_independent_computation():
     gaussian = torch.distributions.Normal(mean, torch.exp(torch.tensor(-0.7)))
     torch.testing.assert_close(log_prob, gaussian.log_prob(actions).sum(-1), **TOL)
     torch.testing.assert_close(entropy, gaussian.entropy().sum(-1), **TOL)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo, policy_class", [(SAC, MPCSACPolicy), (PPO, MPCActorCriticPolicy)])
+def test_health_logs_every_solve_since_the_last_dump(algo, policy_class, tmp_path):
+    """SAC ends a rollout every step but dumps once an episode (10 steps): each dump holds
+    the statistics of every solve since the previous one (read back from tensorboard and
+    compared with a tally of the solves the MPC made), under the tags behaviour cloning
+    uses; the learned parameters by name."""
+    env = make_vec_env(PENDULUM, n_envs=1, seed=0, env_kwargs={"max_episode_steps": 10})
+    kwargs = {"env_id": PENDULUM, "horizon": 3, "learn": ["cost.weights", "dynamics.mass"]}
+    if algo is SAC:
+        model = algo(policy_class, env, learning_starts=10, batch_size=4, seed=0,
+                     policy_kwargs={**kwargs, "net_arch": [8]})  # fmt: skip
+        actor, learn = model.policy.actor, {"total_timesteps": 40, "log_interval": 1}
+    else:
+        model = algo(policy_class, env, n_steps=10, batch_size=10, n_epochs=1, seed=0,
+                     policy_kwargs=kwargs)  # fmt: skip
+        actor, learn = model.policy, {"total_timesteps": 40, "log_interval": 1}
+    model.set_logger(configure(str(tmp_path), ["tensorboard"]))
+    solves: list[tuple[str, torch.Tensor]] = []  # (phase, iterations) of every solve
+    plan = actor.mpc.plan
+
+    def tallied_plan(obs, *args, **kw):
+        solution = plan(obs, *args, **kw)
+        solves.append((actor.phase, solution.info.iterations.clone()))
+        return solution
+
+    actor.mpc.plan = tallied_plan  # type: ignore[method-assign]
+    marks: list[int] = []  # the tally at each rollout end (after the health callback)
+    expected: list[dict[str, float]] = []  # what each dump must hold
+    initial_mass = float(actor.mpc.dynamics.mass.detach())
+
+    class Tally(MPCHealthCallback):
+        def _on_rollout_end(self) -> None:
+            super()._on_rollout_end()
+            marks.append(len(solves))
+
+    dump = model.logger.dump
+
+    def counted_dump(step: int = 0) -> None:
+        if "solver/rollout/solves" in model.logger.name_to_value:
+            window = solves[dumped[-1] : marks[-1]]
+            dumped.append(marks[-1])
+            for phase, group in (("rollout", "solver/rollout"), ("update", "solver")):
+                rows = [i for p, i in window if p == phase]
+                if rows:
+                    its = torch.cat(rows).double()
+                    expected.append({f"{group}/solves": float(its.numel()),
+                                     f"{group}/iterations_max": float(its.max()),
+                                     f"{group}/iterations_mean": float(its.mean()),
+                                     "step": float(step)})  # fmt: skip
+        dump(step)
+
+    dumped = [0]
+    model.logger.dump = counted_dump  # type: ignore[method-assign]
+    model.learn(callback=Tally(), **learn)
+    accumulator = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0}).Reload()
+    logged = {tag: {e.step: e.value for e in accumulator.Scalars(tag)}
+              for tag in accumulator.Tags()["scalars"]}  # fmt: skip
+    assert len(expected) >= 4
+    for row in expected:
+        step = int(row.pop("step"))
+        for tag, value in row.items():
+            assert logged[tag][step] == pytest.approx(value, rel=1e-6), (tag, step)
+    if algo is SAC:  # one env step per rollout: 9 or 10 rollout solves per dump, not one
+        assert min(logged["solver/rollout/solves"].values()) >= 9.0
+        assert any("solver/solves" in row for row in expected)  # SAC's updates
+    for tag in ("solver/solve_time_mean", "solver/rollout/solve_time_max"):
+        assert all(value > 0 for value in logged[tag].values())
+    first = min(logged["params/dynamics/mass"])
+    assert logged["params/dynamics/mass"][first] == pytest.approx(initial_mass)
+    assert {f"params/cost/weight_{i}" for i in range(4)} <= set(logged)

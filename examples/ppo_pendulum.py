@@ -5,7 +5,7 @@ dynamics and task cost; the cost weights start wrong (by default the torque weig
 too large, so the MPC barely pushes and the pendulum falls) and PPO learns them, with the
 dynamics, or both (``learn``). Logs go to tensorboard through SB3's logger: PPO's own
 scalars, ``eval/mean_reward`` from ``EvalCallback``, and the solver's health and the learned
-parameters from ``MPCHealthCallback`` (``mpc/...``, ``mpc_param/...``). At the end it prints
+parameters from ``MPCHealthCallback`` (``solver/...``, ``params/...``). At the end it prints
 the evaluation curve (deterministic return vs steps, with the learned parameters) and writes
 it to ``<log_dir>/curve.csv``.
 

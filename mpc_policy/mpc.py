@@ -144,6 +144,9 @@ class MPC(nn.Module):
         check_finite(x_init=x_init, u_init=u_init)
         return x_init, lower, upper, u_init
 
+    # a compile boundary: torch.compile runs the solve eagerly (its data-dependent loop and
+    # its implicit backward cannot be traced) and compiles the model around it
+    @torch.compiler.disable
     def forward(
         self,
         x_init: Tensor,

@@ -160,6 +160,15 @@ class MPCPolicy(nn.Module):
     def extra_repr(self) -> str:
         return f"horizon={self.horizon}, n_ctrl={self.n_ctrl}, solve_dtype={self.solve_dtype}"
 
+    def control_bounds(self) -> tuple[float | Tensor | None, float | Tensor | None]:
+        """(u_lower, u_upper) as given: a float, a tensor ((m,), (B, m) or (B, T, m)), or
+        None (unbounded)."""
+        lower, upper = (
+            self._bounds[name] if name in self._bounds else getattr(self, name)
+            for name in ("u_lower", "u_upper")
+        )
+        return lower, upper
+
     def _bound(self, name: str, like: Tensor) -> float | Tensor | None:
         if name in self._bounds:
             return self._bounds[name]

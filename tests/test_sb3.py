@@ -284,10 +284,11 @@ def test_health_callback_logs_floats_and_the_progress_bar_counts_steps(tmp_path)
     header, *rows = (tmp_path / "progress.csv").read_text().splitlines()
     keys = header.split(",")
     for key in (
-        "mpc/rollout_iterations",
-        "mpc/rollout_unconverged_fraction",
-        "mpc/update_iterations",
-        "mpc_param/cost.weights_3",
+        "solver/rollout/iterations_mean",
+        "solver/rollout/unconverged_fraction",
+        "solver/iterations_mean",
+        "solver/solve_time_max",
+        "params/cost/weight_3",
     ):
         assert key in keys
         column = [row.split(",")[keys.index(key)] for row in rows]
@@ -341,7 +342,9 @@ def test_example_runs_and_logs(tmp_path):
     assert curve[0].startswith("steps,mean_return") and len(curve) == 4  # evals at 0, 64, 128
     run = tmp_path / "PPO_1"
     tags = EventAccumulator(str(run), size_guidance={"scalars": 0}).Reload().Tags()["scalars"]
-    assert {"eval/mean_reward", "mpc/rollout_iterations", "mpc_param/cost.weights_3"} <= set(tags)
+    assert {"eval/mean_reward", "solver/rollout/iterations_mean", "params/cost/weight_3"} <= set(
+        tags
+    )
 
 
 def test_vectorized_environments_are_one_batched_solve_and_rollout_log_probs_hold():
@@ -421,3 +424,229 @@ def test_evaluation_curve_says_what_it_needs_of_its_eval_callback():
     evaluation = EvalCallback(eval_env, n_eval_episodes=2, eval_freq=4, callback_after_eval=curve)
     with pytest.raises(ValueError, match="log_path"):
         model.learn(16, callback=evaluation)
+
+
+@pytest.mark.parametrize(
+    "bounds, match",
+    [
+        ((-1.0, 1.0), r"u_lower -1.0 is not the action space's low \[-2.0\]"),
+        ((-2.0, torch.tensor([1.0], dtype=torch.float64)), r"u_upper \[1.0\] is not .* high"),
+        ((None, None), r"u_lower is None \(unbounded\)"),
+    ],
+)
+def test_an_mpc_policy_whose_bounds_are_not_the_action_box_is_refused(bounds, match):
+    """Bounds [-1, 1] on the pendulum's [-2, 2] box: SB3 would apply controls the MPC
+    did not plan (clipped by PPO, rescaled by SAC); refused when the policy is built."""
+    dynamics, cost = PendulumDynamics(dtype=torch.float64), pendulum_cost(dtype=torch.float64)
+    other = MPCPolicy(dynamics, cost, 5, *bounds, solve_dtype=torch.float64)
+    with pytest.raises(ValueError, match=match):
+        ppo(horizon=None, mpc_policy=other)
+    env = make_vec_env(PENDULUM, n_envs=1, seed=0)
+    with pytest.raises(ValueError, match=match):
+        SAC(MPCSACPolicy, env, policy_kwargs={"mpc_policy": other, "net_arch": [8]})
+    # the same bounds as (m,) tensors, or as rows of them, are the box
+    box = torch.full((5, 1), 2.0, dtype=torch.float64)
+    same = MPCPolicy(dynamics, cost, 5, -box, box, solve_dtype=torch.float64)
+    assert ppo(horizon=None, mpc_policy=same).policy.mpc.horizon == 5
+
+
+@pytest.mark.parametrize(
+    "observation_space, action_space, match",
+    [
+        (spaces.Box(-1.0, 1.0, (4,), np.float32), spaces.Box(-2.0, 2.0, (1,)), "observation_space"),
+        (spaces.Box(-1.0, 1.0, (3,), np.float32), spaces.Box(-2.0, 2.0, (2,)), "action_space"),
+    ],
+)
+@pytest.mark.parametrize("policy_class", [MPCActorCriticPolicy, MPCSACPolicy, MPCTD3Policy])
+def test_spaces_the_model_does_not_fit_are_refused_at_construction(
+    observation_space, action_space, match, policy_class
+):
+    kwargs = {"dynamics": PendulumDynamics(), "cost": pendulum_cost(), "horizon": 3}
+    with pytest.raises(ValueError, match=match):
+        policy_class(observation_space, action_space, lambda _: 1e-3, **kwargs)
+
+
+def test_obs_to_state_that_fits_the_observations_is_accepted():
+    """An observation of (theta, theta_dot) mapped to the model's (cos, sin, theta_dot)."""
+
+    def angle_to_state(obs: torch.Tensor) -> torch.Tensor:
+        return torch.stack([obs[:, 0].cos(), obs[:, 0].sin(), obs[:, 1]], dim=-1)
+
+    kwargs = {"dynamics": PendulumDynamics(), "cost": pendulum_cost(), "horizon": 3}
+    space = spaces.Box(-4.0, 4.0, (2,), np.float32)
+    action_space = spaces.Box(-2.0, 2.0, (1,), np.float32)
+    with pytest.raises(ValueError, match="observation_space"):
+        MPCActorCriticPolicy(space, action_space, lambda _: 1e-3, **kwargs)
+    policy = MPCActorCriticPolicy(
+        space, action_space, lambda _: 1e-3, obs_to_state=angle_to_state, **kwargs
+    )
+    action, _ = policy.predict(np.array([0.3, 0.1], dtype=np.float32), deterministic=True)
+    assert action.shape == (1,)
+
+
+def test_normalized_observations_are_refused_with_what_to_do(tmp_path):
+    """Behind VecNormalize(norm_obs=True) the MPC would plan from (obs - mean) / std as if
+    it were the state: refused when the algorithm builds the policy, when a saved model is
+    loaded onto such an environment, and when learning starts after set_env; reward
+    normalization alone is fine."""
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    kwargs = {"env_id": PENDULUM, "horizon": 3, "learn": ["cost.weights"]}
+    normalized = VecNormalize(make_vec_env(PENDULUM, n_envs=2, seed=0), norm_obs=True)
+    match = r"VecNormalize\(norm_obs=True\) is refused.*norm_obs=False"
+    with pytest.raises(ValueError, match=match):
+        PPO(MPCActorCriticPolicy, normalized, n_steps=8, batch_size=16, policy_kwargs=kwargs)
+    with pytest.raises(ValueError, match=match):
+        SAC(MPCSACPolicy, normalized, policy_kwargs={**kwargs, "net_arch": [8]})
+    rewards_only = VecNormalize(make_vec_env(PENDULUM, n_envs=2, seed=0), norm_obs=False)
+    model = PPO(MPCActorCriticPolicy, rewards_only, n_steps=8, batch_size=16, policy_kwargs=kwargs)
+    model.learn(16, callback=MPCHealthCallback())
+    model.save(tmp_path / "model")
+    with pytest.raises(ValueError, match=match):
+        PPO.load(tmp_path / "model", env=normalized)
+    model.set_env(normalized)
+    with pytest.raises(ValueError, match=match):
+        model.learn(16, callback=MPCHealthCallback())
+    wrapped = make_vec_env(PENDULUM, n_envs=1, wrapper_class=gym.wrappers.NormalizeObservation)
+    with pytest.raises(ValueError, match="NormalizeObservation is refused"):
+        PPO(MPCActorCriticPolicy, wrapped, n_steps=8, batch_size=8, policy_kwargs=kwargs)
+
+
+def sac_model(**policy_kwargs) -> SAC:
+    env = make_vec_env(PENDULUM, n_envs=1, seed=0)
+    kwargs = {"env_id": PENDULUM, "horizon": 4, "learn": ["cost.weights"], "net_arch": [8]}
+    return SAC(MPCSACPolicy, env, seed=0, policy_kwargs={**kwargs, **policy_kwargs})
+
+
+def test_sac_log_std_log_probability_and_entropy_against_an_independent_computation():
+    """SAC's stochastic part: log_std (default log 0.25, the given value, clamped by SB3's
+    limits), the log-probability of the squashed actions it samples (against torch's own
+    tanh-transformed Gaussian), their spread (z = atanh(a) is N(mean, std^2)) and the
+    entropy SAC maximizes (-log_prob) reaching log_std."""
+    from stable_baselines3.sac.policies import LOG_STD_MAX, LOG_STD_MIN
+    from torch.distributions import Normal, TanhTransform, TransformedDistribution
+
+    actor = sac_model().policy.actor
+    torch.testing.assert_close(actor.log_std.detach(), torch.full((1,), float(np.log(0.25))))
+    assert actor.log_std.requires_grad
+    assert any(p is actor.log_std for g in actor.optimizer.param_groups for p in g["params"])
+    assert float(sac_model(log_std_init=-1.5).policy.actor.log_std.detach()) == -1.5
+    # one observation with an interior first control, repeated: 512 draws from one Gaussian
+    obs = torch.as_tensor(observations(PENDULUM, 8, seed=1))
+    with torch.no_grad():
+        u = actor.mpc(obs)[:, 0]  # (8,), the pendulum's box is [-2, 2]
+    row = int(torch.argmin(u.abs()))
+    assert abs(float(u[row])) < 1.9
+    batch = obs[row].repeat(512, 1)
+    mean = torch.atanh(u[row] / 2.0).float()  # scale(u) = u / 2 on [-2, 2]
+    with torch.no_grad():
+        actor.log_std.fill_(np.log(0.3))
+    torch.manual_seed(0)
+    actions, log_prob = actor.action_log_prob(batch)
+    assert actions.shape == (512, 1) and log_prob.shape == (512,)
+    squashed = TransformedDistribution(Normal(mean, torch.tensor(0.3)), TanhTransform())
+    # SB3 adds 1e-6 inside log(1 - a^2): within 1e-4 away from the bounds
+    torch.testing.assert_close(
+        log_prob, squashed.log_prob(actions.detach()).sum(-1), rtol=0, atol=1e-4
+    )
+    z = (torch.atanh(actions.detach().double()) - mean) / 0.3  # 512 standard normals
+    assert abs(float(z.mean())) < 0.2 and abs(float(z.std()) - 1.0) < 0.1
+    # the entropy term: d E[-log_prob] / d log_std = 1 per dimension for the Gaussian part
+    # plus the squashing's share, estimated on the same draws
+    (-log_prob.mean()).backward()
+    expected = 1.0 - float((2 * z * 0.3 * torch.tanh(mean + 0.3 * z)).mean())
+    assert float(actor.log_std.grad) == pytest.approx(expected, abs=1e-3)
+    with torch.no_grad():
+        actor.log_std.fill_(LOG_STD_MAX + 3.0)
+    _, log_std, _ = actor.get_action_dist_params(obs[:2])
+    torch.testing.assert_close(log_std, torch.full((2, 1), float(LOG_STD_MAX)))
+    with torch.no_grad():
+        actor.log_std.fill_(LOG_STD_MIN - 3.0)
+    _, log_std, _ = actor.get_action_dist_params(obs[:2])
+    torch.testing.assert_close(log_std, torch.full((2, 1), float(LOG_STD_MIN)))
+
+
+def test_ppo_log_probability_and_entropy_against_an_independent_computation():
+    model = ppo(log_std_init=-0.7)
+    policy = model.policy
+    obs = torch.as_tensor(observations(PENDULUM, 6, seed=2))
+    actions = torch.linspace(-1.5, 1.5, 6).reshape(6, 1)
+    _, log_prob, entropy = policy.evaluate_actions(obs, actions)
+    with torch.no_grad():
+        mean = policy.mpc(obs)
+    gaussian = torch.distributions.Normal(mean, torch.exp(torch.tensor(-0.7)))
+    torch.testing.assert_close(log_prob, gaussian.log_prob(actions).sum(-1), **TOL)
+    torch.testing.assert_close(entropy, gaussian.entropy().sum(-1), **TOL)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo, policy_class", [(SAC, MPCSACPolicy), (PPO, MPCActorCriticPolicy)])
+def test_health_logs_every_solve_since_the_last_dump(algo, policy_class, tmp_path):
+    """SAC ends a rollout every step but dumps once an episode (10 steps): each dump holds
+    the statistics of every solve since the previous one (read back from tensorboard and
+    compared with a tally of the solves the MPC made), under the tags behaviour cloning
+    uses; the learned parameters by name."""
+    env = make_vec_env(PENDULUM, n_envs=1, seed=0, env_kwargs={"max_episode_steps": 10})
+    kwargs = {"env_id": PENDULUM, "horizon": 3, "learn": ["cost.weights", "dynamics.mass"]}
+    if algo is SAC:
+        model = algo(policy_class, env, learning_starts=10, batch_size=4, seed=0,
+                     policy_kwargs={**kwargs, "net_arch": [8]})  # fmt: skip
+        actor, learn = model.policy.actor, {"total_timesteps": 40, "log_interval": 1}
+    else:
+        model = algo(policy_class, env, n_steps=10, batch_size=10, n_epochs=1, seed=0,
+                     policy_kwargs=kwargs)  # fmt: skip
+        actor, learn = model.policy, {"total_timesteps": 40, "log_interval": 1}
+    model.set_logger(configure(str(tmp_path), ["tensorboard"]))
+    solves: list[tuple[str, torch.Tensor]] = []  # (phase, iterations) of every solve
+    plan = actor.mpc.plan
+
+    def tallied_plan(obs, *args, **kw):
+        solution = plan(obs, *args, **kw)
+        solves.append((actor.phase, solution.info.iterations.clone()))
+        return solution
+
+    actor.mpc.plan = tallied_plan  # type: ignore[method-assign]
+    marks: list[int] = []  # the tally at each rollout end (after the health callback)
+    expected: list[dict[str, float]] = []  # what each dump must hold
+    initial_mass = float(actor.mpc.dynamics.mass.detach())
+
+    class Tally(MPCHealthCallback):
+        def _on_rollout_end(self) -> None:
+            super()._on_rollout_end()
+            marks.append(len(solves))
+
+    dump = model.logger.dump
+
+    def counted_dump(step: int = 0) -> None:
+        if "solver/rollout/solves" in model.logger.name_to_value:
+            window = solves[dumped[-1] : marks[-1]]
+            dumped.append(marks[-1])
+            for phase, group in (("rollout", "solver/rollout"), ("update", "solver")):
+                rows = [i for p, i in window if p == phase]
+                if rows:
+                    its = torch.cat(rows).double()
+                    expected.append({f"{group}/solves": float(its.numel()),
+                                     f"{group}/iterations_max": float(its.max()),
+                                     f"{group}/iterations_mean": float(its.mean()),
+                                     "step": float(step)})  # fmt: skip
+        dump(step)
+
+    dumped = [0]
+    model.logger.dump = counted_dump  # type: ignore[method-assign]
+    model.learn(callback=Tally(), **learn)
+    accumulator = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0}).Reload()
+    logged = {tag: {e.step: e.value for e in accumulator.Scalars(tag)}
+              for tag in accumulator.Tags()["scalars"]}  # fmt: skip
+    assert len(expected) >= 4
+    for row in expected:
+        step = int(row.pop("step"))
+        for tag, value in row.items():
+            assert logged[tag][step] == pytest.approx(value, rel=1e-6), (tag, step)
+    if algo is SAC:  # one env step per rollout: 9 or 10 rollout solves per dump, not one
+        assert min(logged["solver/rollout/solves"].values()) >= 9.0
+        assert any("solver/solves" in row for row in expected)  # SAC's updates
+    for tag in ("solver/solve_time_mean", "solver/rollout/solve_time_max"):
+        assert all(value > 0 for value in logged[tag].values())
+    first = min(logged["params/dynamics/mass"])
+    assert logged["params/dynamics/mass"][first] == pytest.approx(initial_mass)
+    assert {f"params/cost/weight_{i}" for i in range(4)} <= set(logged)

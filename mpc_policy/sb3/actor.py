@@ -12,6 +12,8 @@ step), "rollout" otherwise (collection, ``predict``, evaluation, TD3's target ac
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 from gymnasium import spaces
@@ -23,9 +25,27 @@ from mpc_policy.policy import MPCPolicy
 from mpc_policy.sb3.building import action_bounds
 from mpc_policy.solution import SolverInfo
 
-__all__ = ["PHASES", "MPCActor", "SolverHealth", "initial_log_std"]
+__all__ = ["PHASES", "STATS", "MPCActor", "SolverHealth", "initial_log_std"]
 
 PHASES = ("rollout", "update")
+TOTALS = (
+    "solves",
+    "iterations",
+    "max_iterations",
+    "unconverged",
+    "calls",
+    "seconds",
+    "max_seconds",
+)
+# the logged statistics (``SolverHealth.scalars``) and their keys in ``SolverHealth.summary``
+STATS = {
+    "iterations_mean": "iterations",
+    "iterations_max": "max_iterations",
+    "unconverged_fraction": "unconverged_fraction",
+    "solves": "solves",
+    "solve_time_mean": "solve_time",
+    "solve_time_max": "max_solve_time",
+}
 # default exploration: a standard deviation of a quarter of the action box's half-width
 STD_FRACTION = 0.25
 
@@ -36,21 +56,23 @@ class SolverHealth:
     def __init__(self) -> None:
         self.totals: dict[str, dict[str, float]] = {}
 
-    def record(self, info: SolverInfo, phase: str) -> None:
-        """Add the report of one solve (B rows) to the totals of ``phase``."""
+    def record(self, info: SolverInfo, phase: str, seconds: float = 0.0) -> None:
+        """Add the report of one solve (B rows) that took ``seconds`` to ``phase``."""
         if phase not in PHASES:
             raise ValueError(f"phase: expected one of {PHASES}, received {phase!r}")
-        totals = self.totals.setdefault(
-            phase, {"solves": 0.0, "iterations": 0.0, "max_iterations": 0.0, "unconverged": 0.0}
-        )
+        totals = self.totals.setdefault(phase, dict.fromkeys(TOTALS, 0.0))
         totals["solves"] += info.iterations.numel()
         totals["iterations"] += float(info.iterations.sum())
         totals["max_iterations"] = max(totals["max_iterations"], float(info.iterations.max()))
         totals["unconverged"] += float((~info.converged).sum())
+        totals["calls"] += 1.0
+        totals["seconds"] += seconds
+        totals["max_seconds"] = max(totals["max_seconds"], seconds)
 
     def summary(self) -> dict[str, float]:
         """{"<phase>_iterations" (mean per solved row), "<phase>_max_iterations",
-        "<phase>_unconverged_fraction", "<phase>_solves"} for the phases seen."""
+        "<phase>_unconverged_fraction", "<phase>_solves" (rows), "<phase>_solve_time"
+        (mean seconds per batched solve), "<phase>_max_solve_time"} for the phases seen."""
         out = {}
         for phase, totals in self.totals.items():
             solves = max(totals["solves"], 1.0)
@@ -58,6 +80,22 @@ class SolverHealth:
             out[f"{phase}_max_iterations"] = totals["max_iterations"]
             out[f"{phase}_unconverged_fraction"] = totals["unconverged"] / solves
             out[f"{phase}_solves"] = totals["solves"]
+            out[f"{phase}_solve_time"] = totals["seconds"] / max(totals["calls"], 1.0)
+            out[f"{phase}_max_solve_time"] = totals["max_seconds"]
+        return out
+
+    def scalars(self) -> dict[str, float]:
+        """The summary under the tags that behaviour cloning's training log uses too
+        (``mpc_policy.agents.logging``): ``solver/<stat>`` for the solves of gradient steps
+        (the "update" phase), ``solver/rollout/<stat>`` for the acting ones, with <stat>
+        iterations_mean, iterations_max, unconverged_fraction, solves, solve_time_mean and
+        solve_time_max (seconds per batched solve)."""
+        summary = self.summary()
+        out = {}
+        for phase in self.totals:
+            group = "solver" if phase == "update" else f"solver/{phase}"
+            for stat, key in STATS.items():
+                out[f"{group}/{stat}"] = summary[f"{phase}_{key}"]
         return out
 
     def reset(self) -> None:
@@ -66,9 +104,9 @@ class SolverHealth:
     def absorb(self, other: SolverHealth) -> None:
         """Add another report's totals to this one and reset the other."""
         for phase, totals in other.totals.items():
-            into = self.totals.setdefault(phase, dict.fromkeys(totals, 0.0))
+            into = self.totals.setdefault(phase, dict.fromkeys(TOTALS, 0.0))
             for key, value in totals.items():
-                into[key] = max(into[key], value) if key == "max_iterations" else into[key] + value
+                into[key] = max(into[key], value) if key.startswith("max_") else into[key] + value
         other.reset()
 
 
@@ -113,8 +151,9 @@ class MPCActor:
             raise TypeError(
                 f"obs: expected a Box observation (one tensor), received {type(observation)}"
             )
+        start = time.perf_counter()
         solution = self.mpc.plan(observation)
-        self.solver_health.record(solution.info, self.phase)
+        self.solver_health.record(solution.info, self.phase, time.perf_counter() - start)
         return solution.u[:, 0]
 
     def scaled_control(self, obs: PyTorchObs) -> Tensor:

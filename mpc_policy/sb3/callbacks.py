@@ -1,7 +1,7 @@
 """Callbacks for ``model.learn``: the MPC's health and parameters in the logs, and progress.
 
 ``MPCHealthCallback`` records, at the end of every rollout, what the actors' solves reported
-since the previous one (``SolverHealth``) and the learned parameters. ``TqdmCallback`` is a
+since the logger's last dump (``SolverHealth``) and the learned parameters. ``TqdmCallback`` is a
 progress bar on plain tqdm (SB3's ``progress_bar=True`` needs the extra ``rich`` package)
 that also shows the mean episode return. ``EvaluationCurve`` keeps the learning curve of
 an ``EvalCallback`` in memory, every evaluation from the same start states.
@@ -17,23 +17,49 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecEnv
 from tqdm.auto import tqdm
 
+from mpc_policy.costs import GoalWeightedCost
 from mpc_policy.policy import MPCPolicy
 from mpc_policy.sb3.actor import MPCActor, SolverHealth
-from mpc_policy.sb3.building import learned_values
+from mpc_policy.sb3.building import check_env, learned_values
 
-__all__ = ["EvaluationCurve", "MPCHealthCallback", "TqdmCallback"]
+__all__ = ["EvaluationCurve", "MPCHealthCallback", "TqdmCallback", "parameter_scalars"]
+
+
+def parameter_scalars(mpc: MPCPolicy) -> dict[str, float]:
+    """The learned parameters under the tags behaviour cloning's training log uses too:
+    ``params/<name>``, the parameter's dotted name as a path ("params/dynamics/mass"), an
+    entry of a vector suffixed with its index ("params/cost/goal_0"); a
+    ``GoalWeightedCost``'s positive weights as "params/cost/weight_<i>"."""
+    out = {}
+    for name, value in learned_values(mpc).items():
+        path = "params/" + name.replace(".", "/")
+        if isinstance(mpc.cost, GoalWeightedCost) and name == "cost.weights":
+            path = "params/cost/weight"
+        entries = value.flatten().tolist()
+        if value.dim() == 0:
+            out[path] = float(entries[0])
+        else:
+            out.update({f"{path}_{i}": float(entry) for i, entry in enumerate(entries)})
+    return out
 
 
 class MPCHealthCallback(BaseCallback):
-    """Logs the MPC's health and learned parameters at the end of every rollout.
+    """Logs the MPC's health and learned parameters, every solve since the last dump.
 
-    Records (floats, through SB3's logger, so to tensorboard with ``tensorboard_log``):
-    ``mpc/<phase>_iterations`` (mean outer iterations per solved row),
-    ``mpc/<phase>_max_iterations``, ``mpc/<phase>_unconverged_fraction`` and
-    ``mpc/<phase>_solves`` over the solves since the last rollout end, for the phases
-    "rollout" (SB3's evaluation mode: acting, ``predict``, targets) and "update" (training
-    mode: the previous policy update); and, with ``log_parameters``, ``mpc_param/<name>``
-    (``_<i>`` per entry of a vector) for each learned MPC parameter.
+    At every rollout end it records, through SB3's logger (so to tensorboard with
+    ``tensorboard_log``), the statistics of all the actors' solves since the logger's last
+    dump (``SolverHealth.scalars``): ``solver/<stat>`` for the solves of gradient steps
+    (SB3's training mode), ``solver/rollout/<stat>`` for acting (collection, ``predict``,
+    evaluation, TD3's target actor), <stat> among iterations_mean, iterations_max,
+    unconverged_fraction, solves (rows), solve_time_mean and solve_time_max (seconds per
+    batched forward solve); and, with ``log_parameters``, the learned parameters by name
+    (``parameter_scalars``: "params/dynamics/mass", "params/cost/weight_3"). The tags are
+    those of behaviour cloning's training log.
+
+    Off-policy algorithms end a rollout every ``train_freq`` steps but dump only every
+    ``log_interval`` episodes: the values recorded at each rollout end aggregate every
+    solve since the previous dump (a spike between dumps is kept), and start afresh once
+    the logger has dumped them.
 
     Args:
         log_parameters: also record the learned parameters.
@@ -43,27 +69,29 @@ class MPCHealthCallback(BaseCallback):
     def __init__(self, log_parameters: bool = True, verbose: int = 0) -> None:
         super().__init__(verbose)
         self.log_parameters = log_parameters
+        self.since_dump = SolverHealth()
+        self.recorded: set[str] = set()
+
+    def _on_training_start(self) -> None:
+        check_env(self.training_env)  # the environment may have changed (``set_env``)
 
     def _on_step(self) -> bool:
         return True
 
     def _on_rollout_end(self) -> None:
-        merged = SolverHealth()
+        pending = getattr(self.logger, "name_to_value", {})
+        if self.recorded and not any(tag in pending for tag in self.recorded):
+            self.since_dump.reset()  # the logger wrote what was recorded, then cleared it
         for module in self.model.policy.modules():
             if isinstance(module, MPCActor):
-                merged.absorb(module.solver_health)
-        for key, number in merged.summary().items():
-            self.logger.record(f"mpc/{key}", float(number))
+                self.since_dump.absorb(module.solver_health)
+        scalars = self.since_dump.scalars()
         mpcs = [m for m in self.model.policy.modules() if isinstance(m, MPCPolicy)]
-        if not (self.log_parameters and mpcs):
-            return
-        for name, value in learned_values(mpcs[0]).items():
-            entries = value.flatten().tolist()
-            if len(entries) == 1:
-                self.logger.record(f"mpc_param/{name}", float(entries[0]))
-            else:
-                for i, entry in enumerate(entries):
-                    self.logger.record(f"mpc_param/{name}_{i}", float(entry))
+        if self.log_parameters and mpcs:
+            scalars.update(parameter_scalars(mpcs[0]))
+        for tag, number in scalars.items():
+            self.logger.record(tag, float(number))
+        self.recorded = set(scalars)
 
 
 class TqdmCallback(BaseCallback):
@@ -124,6 +152,7 @@ class EvaluationCurve(BaseCallback):
 
     def evaluate(self, eval_env: VecEnv, n_episodes: int) -> None:
         """Evaluate the model now (deterministic actions), record the row and reseed."""
+        check_env(eval_env)
         returns, _ = evaluate_policy(self.model, eval_env, n_episodes, return_episode_rewards=True)
         assert isinstance(returns, list)  # return_episode_rewards: one return per episode
         self.record(self.model.num_timesteps, [float(r) for r in returns])

@@ -26,9 +26,21 @@ from torch import Tensor, nn
 
 from mpc_policy.policy import MPCPolicy
 from mpc_policy.sb3.actor import MPCActor, SolverHealth, initial_log_std
-from mpc_policy.sb3.building import action_bounds, build_mpc, check_spaces, pop_mpc_kwargs
+from mpc_policy.sb3.building import (
+    action_bounds,
+    build_mpc,
+    check_building_algorithm,
+    check_spaces,
+    pop_mpc_kwargs,
+)
 
-__all__ = ["MPCDeterministicActor", "MPCSACPolicy", "MPCSquashedActor", "MPCTD3Policy"]
+__all__ = [
+    "MPCDeterministicActor",
+    "MPCSACPolicy",
+    "MPCSquashedActor",
+    "MPCTD3Policy",
+    "off_policy_mpc_kwargs",
+]
 
 # a tanh-squashed mean must stay finite: atanh(clamp(scale(u), -1 + eps, 1 - eps))
 ATANH_EPS = 1e-6
@@ -109,11 +121,16 @@ class MPCDeterministicActor(_ScaledActor):
         return self(observation)
 
 
-def _off_policy_mpc_kwargs(
-    observation_space: spaces.Space, action_space: spaces.Space, kwargs: dict[str, Any]
+def off_policy_mpc_kwargs(
+    policy: str,
+    observation_space: spaces.Space,
+    action_space: spaces.Space,
+    kwargs: dict[str, Any],
 ) -> dict[str, Any]:
-    """Check what an MPC actor cannot take, then pop the MPC's arguments from kwargs."""
+    """Check what an MPC actor cannot take, then pop the MPC's arguments from kwargs
+    (``policy``: the calling policy's class name, for ``check_building_algorithm``)."""
     check_spaces(observation_space, action_space)
+    check_building_algorithm(policy)
     if kwargs.get("use_sde"):
         raise ValueError("use_sde: expected False (gSDE needs a latent actor network)")
     if kwargs.get("share_features_extractor"):
@@ -136,7 +153,9 @@ class MPCSACPolicy(SACPolicy):
         log_std_init: float | None = None,
         **kwargs: Any,
     ) -> None:
-        self.mpc_kwargs = _off_policy_mpc_kwargs(observation_space, action_space, kwargs)
+        self.mpc_kwargs = off_policy_mpc_kwargs(
+            "MPCSACPolicy", observation_space, action_space, kwargs
+        )
         super().__init__(
             observation_space,
             action_space,
@@ -149,7 +168,9 @@ class MPCSACPolicy(SACPolicy):
         actor = MPCSquashedActor(
             self.observation_space,
             self.action_space,
-            build_mpc(self.action_space, **self.mpc_kwargs),
+            build_mpc(
+                self.action_space, observation_space=self.observation_space, **self.mpc_kwargs
+            ),
             cast(float | None, self.actor_kwargs["log_std_init"]),
             self.normalize_images,
         )
@@ -172,14 +193,18 @@ class MPCTD3Policy(TD3Policy):
         lr_schedule: Schedule,
         **kwargs: Any,
     ) -> None:
-        self.mpc_kwargs = _off_policy_mpc_kwargs(observation_space, action_space, kwargs)
+        self.mpc_kwargs = off_policy_mpc_kwargs(
+            "MPCTD3Policy", observation_space, action_space, kwargs
+        )
         super().__init__(observation_space, action_space, lr_schedule, **kwargs)
 
     def make_actor(self, features_extractor: Any = None) -> MPCDeterministicActor:  # type: ignore[override]
         actor = MPCDeterministicActor(
             self.observation_space,
             self.action_space,
-            build_mpc(self.action_space, **self.mpc_kwargs),
+            build_mpc(
+                self.action_space, observation_space=self.observation_space, **self.mpc_kwargs
+            ),
             self.normalize_images,
         )
         return actor.to(self.device)

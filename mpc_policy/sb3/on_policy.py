@@ -1,4 +1,4 @@
-"""PPO and A2C with an MPC action mean: a ~ N(u_1(o), diag(exp(log_std))^2).
+"""PPO, A2C (and sb3-contrib's TRPO) with an MPC action mean: a ~ N(u_1(o), diag(exp(log_std))^2).
 
 u_1(o) is the first control of the MPC's plan from observation o (``MPCActor``); log_std is
 one learnable, state-independent (m,) vector; the value function is SB3's MLP. SB3 stores
@@ -9,6 +9,7 @@ the rest of the batch (PPO re-evaluates shuffled minibatches).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
@@ -20,7 +21,12 @@ from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import Tensor, nn
 
 from mpc_policy.sb3.actor import MPCActor, SolverHealth, initial_log_std
-from mpc_policy.sb3.building import build_mpc, check_spaces, pop_mpc_kwargs
+from mpc_policy.sb3.building import (
+    build_mpc,
+    check_building_algorithm,
+    check_spaces,
+    pop_mpc_kwargs,
+)
 
 __all__ = ["MPCActorCriticPolicy"]
 
@@ -58,6 +64,7 @@ class MPCActorCriticPolicy(MPCActor, ActorCriticPolicy):
         **kwargs: Any,
     ) -> None:
         check_spaces(observation_space, action_space)
+        check_building_algorithm("MPCActorCriticPolicy")
         if kwargs.get("use_sde"):
             raise ValueError("use_sde: expected False (gSDE needs a latent actor network)")
         if isinstance(net_arch, dict) and net_arch.get("pi"):
@@ -78,7 +85,9 @@ class MPCActorCriticPolicy(MPCActor, ActorCriticPolicy):
     def _build(self, lr_schedule: Schedule) -> None:
         """The value network, the MPC, the log standard deviation and the optimizer."""
         self._build_mlp_extractor()
-        self.mpc = build_mpc(self.action_space, **self.mpc_kwargs)
+        self.mpc = build_mpc(
+            self.action_space, observation_space=self.observation_space, **self.mpc_kwargs
+        )
         self.solver_health = SolverHealth()
         self.log_std = nn.Parameter(initial_log_std(self.log_std_init, self.action_space, False))
         self.value_net = nn.Linear(self.mlp_extractor.latent_dim_vf, 1)
@@ -90,6 +99,17 @@ class MPCActorCriticPolicy(MPCActor, ActorCriticPolicy):
             lr=lr_schedule(1),  # type: ignore[call-arg]
             **self.optimizer_kwargs,
         )
+
+    def named_parameters(
+        self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
+    ) -> Iterator[tuple[str, nn.Parameter]]:
+        """The policy's parameters without the MPC's frozen ones (those not in ``learn``):
+        what the optimizer holds, and what sb3-contrib's TRPO differentiates (it
+        differentiates every parameter yielded here, and a frozen one is an error)."""
+        frozen = f"{prefix}.mpc." if prefix else "mpc."
+        for name, parameter in super().named_parameters(prefix, recurse, remove_duplicate):
+            if parameter.requires_grad or not name.startswith(frozen):
+                yield name, parameter
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         return {**super()._get_constructor_parameters(), **self.mpc_kwargs}

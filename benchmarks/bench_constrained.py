@@ -40,8 +40,8 @@ from _timing import (
 from torch import Tensor, nn
 
 from mpc_policy import MPC
-from mpc_policy.constraints import complementarity
 from mpc_policy.envs.cartpole import CartPoleDynamics, CartPoleTrackEnv, TrackLimit, cartpole_cost
+from mpc_policy.problem.constraints import complementarity
 
 LIMIT, T, FORCE = 0.5, 20, 100.0
 F64 = torch.float64

@@ -31,9 +31,9 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from torch import Tensor, nn
 
-from mpc_policy.contract import CheckedCost, CheckedDynamics, check_declared_sizes
 from mpc_policy.costs import GoalWeightedCost
 from mpc_policy.policy import MPCPolicy
+from mpc_policy.problem.contract import CheckedCost, CheckedDynamics, check_declared_sizes
 
 __all__ = [
     "MPC_ARGUMENTS",
@@ -328,7 +328,7 @@ def check_model_fits(
 
     One observation (``observation_space.sample()``) goes through ``obs_to_state``, and
     the state it gives, with a zero control of the action space's size, through the
-    dynamics and the cost, checked as the solver checks them (``mpc_policy.contract``).
+    dynamics and the cost, checked as the solver checks them (``mpc_policy.problem.contract``).
     """
     check_spaces(observation_space, action_space)
     m = int(action_space.shape[0])  # type: ignore[index]  # a 1-d Box (check_spaces)

@@ -20,7 +20,8 @@ smooth model.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ from mpc_policy.envs.model import (
     in_dtype,
     stack_jacobian,
 )
-from mpc_policy.envs.params import PendulumParams
+from mpc_policy.envs.params import PendulumParams, as_params
 from mpc_policy.envs.rendering import Canvas
 
 __all__ = ["PendulumDynamics", "PendulumEnv", "pendulum_cost", "pendulum_state"]
@@ -69,7 +70,8 @@ class PendulumDynamics(SystemDynamics):
     here: the MPC's box bounds and the environment's action clipping keep it in range.
 
     Args:
-        params: constants; ``PendulumParams()`` (the true values) by default.
+        params: constants: a ``PendulumParams`` or a mapping of some of its fields
+            (``{"mass": 1.2}``); ``PendulumParams()`` (the true values) by default.
         dtype: dtype of the parameters (default: torch's default dtype). Pass float64 for
             exact true values: ``.double()`` on a float32 module keeps float32 rounding.
     """
@@ -78,12 +80,13 @@ class PendulumDynamics(SystemDynamics):
     n_ctrl = 1
 
     def __init__(
-        self, params: PendulumParams | None = None, *, dtype: torch.dtype | None = None
+        self,
+        params: PendulumParams | Mapping[str, Any] | None = None,
+        *,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        params = PendulumParams() if params is None else params
-        if not isinstance(params, PendulumParams):
-            raise TypeError(f"params: expected PendulumParams, received {type(params)}")
+        params = as_params(PendulumParams, params)
         self.params = params
         self.dt = params.dt
         self.max_speed = params.max_speed
@@ -192,21 +195,25 @@ class PendulumEnv(DynamicsEnv):
 
     ## Arguments
     - ``render_mode``: None, "rgb_array" or "human".
-    - ``params``: a ``PendulumParams`` (true values by default).
+    - ``params``: a ``PendulumParams`` or a mapping of some of its fields, e.g.
+      ``gymnasium.make("mpc_policy/Pendulum-v0", params={"mass": 1.2})`` (plain data, so
+      the spec round-trips through ``EnvSpec.to_json``); true values by default.
     - ``full_circle``: start anywhere on the circle instead of the upper half.
 
     ## Version History
     - v0: initial version.
     """
 
+    params_class: ClassVar[type[PendulumParams]] = PendulumParams
+
     def __init__(
         self,
         render_mode: str | None = None,
-        params: PendulumParams | None = None,
+        params: PendulumParams | Mapping[str, Any] | None = None,
         full_circle: bool = False,
     ) -> None:
-        params = self._default_params() if params is None else params
-        dynamics = self._make_dynamics(params)  # checks the type of params
+        params = as_params(self.params_class, params)
+        dynamics = self._make_dynamics(params)
         self.params = params
         self.full_circle = bool(full_circle)
         speed = UNBOUNDED if params.max_speed is None else params.max_speed
@@ -218,9 +225,6 @@ class PendulumEnv(DynamicsEnv):
             np.array([1.0, 1.0, speed]),
             render_mode,
         )
-
-    def _default_params(self) -> PendulumParams:
-        return PendulumParams()
 
     def _make_dynamics(self, params: PendulumParams) -> PendulumDynamics:
         return PendulumDynamics(params, dtype=torch.float64)

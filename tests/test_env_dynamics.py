@@ -297,3 +297,15 @@ def test_mpc_gradients_reach_the_physical_parameters(system):
         grads[method] = torch.stack([p.grad for p in dynamics.parameters()])
     assert grads["analytic"].abs().max() > 1e-3
     torch.testing.assert_close(grads["analytic"], grads["autograd"], rtol=1e-6, atol=1e-8)
+
+
+def test_dynamics_accept_params_as_a_mapping():
+    for cls, params_cls, overrides in (
+        (PendulumDynamics, PendulumParams, {"mass": 1.5}),
+        (WindyPendulumDynamics, WindyPendulumParams, {"damping": 0.3}),
+        (CartPoleDynamics, CartPoleParams, {"cart_mass": 2.0, "dt": 0.02}),
+    ):
+        dynamics = cls(overrides, dtype=torch.float64)
+        assert dynamics.params == params_cls(**overrides)
+        with pytest.raises(ValueError, match=r"params: unknown key 'weight'.*valid keys"):
+            cls({"weight": 1.0})

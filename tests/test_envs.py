@@ -215,3 +215,46 @@ def test_env_parameters_are_exact_float64():
     assert env.dynamics.pole_mass.dtype == torch.float64
     assert env.dynamics.pole_mass.item() == 0.3
     assert not any(p.requires_grad for p in env.dynamics.parameters())
+
+
+@pytest.mark.parametrize(
+    ("env_id", "params", "field"),
+    [
+        ("mpc_policy/Pendulum-v0", {"mass": 1.3, "length": 0.7}, "length"),
+        ("mpc_policy/CartPole-v0", {"pole_mass": 0.2}, "pole_mass"),
+        ("mpc_policy/WindyPendulum-v0", {"wind": -0.5, "max_speed": None}, "wind"),
+        ("mpc_policy/CartPoleTrack-v0", {"half_length": 0.6}, "half_length"),
+    ],
+)
+def test_params_as_plain_data_round_trip_through_the_spec(env_id, params, field):
+    """zoo env_kwargs, EnvSpec.to_json and Minari's recorded specs hold plain data: a mapping
+    of parameter fields builds the same physics, and the spec rebuilds it from JSON."""
+    env = gym.make(env_id, params=params)
+    assert getattr(env.unwrapped.params, field) == params[field]
+    assert getattr(env.unwrapped.dynamics, field, None) is None or getattr(
+        env.unwrapped.dynamics, field
+    ).item() == pytest.approx(params[field])
+    again = gym.make(gym.envs.registration.EnvSpec.from_json(env.spec.to_json()))
+    assert again.unwrapped.params == env.unwrapped.params
+    assert type(again.unwrapped.params) is type(env.unwrapped.params)
+    first, _ = env.reset(seed=4)
+    np.testing.assert_array_equal(again.reset(seed=4)[0], first)
+    action = env.action_space.high
+    np.testing.assert_array_equal(again.step(action)[0], env.step(action)[0])
+
+
+def test_params_mapping_errors_name_the_key_and_the_valid_ones():
+    with pytest.raises(
+        ValueError,
+        match=r"params: unknown key 'damping' for PendulumParams; "
+        r"the valid keys are \['gravity', 'mass', 'length'",
+    ):
+        gym.make("mpc_policy/Pendulum-v0", params={"damping": 0.1})
+    with pytest.raises(ValueError, match="mass"):
+        PendulumEnv(params={"mass": -1.0})
+    with pytest.raises(TypeError, match="params: expected a PendulumParams or a mapping"):
+        PendulumEnv(params=[("mass", 1.0)])
+    with pytest.raises(TypeError, match="string keys"):
+        CartPoleEnv(params={1: 2.0})
+    with pytest.raises(TypeError, match="WindyPendulumParams"):
+        WindyPendulumEnv(params=PendulumParams())

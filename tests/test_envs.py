@@ -10,6 +10,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from gymnasium.envs.classic_control.cartpole import CartPoleEnv as GymnasiumCartPole
 from gymnasium.envs.classic_control.pendulum import PendulumEnv as GymnasiumPendulum
 from gymnasium.utils.env_checker import check_env
 
@@ -20,6 +21,7 @@ from mpc_policy.envs import (
     PendulumEnv,
     PendulumParams,
     WindyPendulumEnv,
+    cartpole_state,
     pendulum_state,
 )
 
@@ -94,6 +96,95 @@ def test_pendulum_reproduces_gymnasium_pendulum_v1():
     for _ in range(100):
         action = rng.uniform(-2.0, 2.0, size=1).astype(np.float32)
         np.testing.assert_allclose(ours.step(action)[0], theirs.step(action)[0], atol=1e-5)
+
+
+def pendulum_v1_step(theta, theta_dot, u, g, m, l, dt=0.05, max_speed=8.0):
+    """Gymnasium Pendulum-v1's update (NOTES.md), written out in numpy at any g, m, l."""
+    theta_dot = np.clip(
+        theta_dot + (3 * g / (2 * l) * np.sin(theta) + 3.0 / (m * l**2) * u) * dt,
+        -max_speed,
+        max_speed,
+    )
+    return theta + theta_dot * dt, theta_dot
+
+
+@pytest.mark.parametrize(("g", "m", "l"), [(10.0, 1.3, 0.7), (9.81, 0.6, 1.8), (4.0, 2.5, 2.5)])
+def test_pendulum_matches_pendulum_v1_at_other_masses_and_lengths(g, m, l):
+    """At m = l = 1 an inertia written 3/(m l) or 3/(m^2 l^2) passes: compare elsewhere, with
+    Gymnasium's own environment (its g, m, l set) and with its equation written out."""
+    ours = PendulumEnv(params={"gravity": g, "mass": m, "length": l})
+    theirs = GymnasiumPendulum(g=g)
+    theirs.m, theirs.l = m, l
+    ours.reset(seed=0)
+    theirs.reset(seed=0)
+    rng = np.random.default_rng(2)
+    for _ in range(200):
+        theta, theta_dot = rng.uniform(-np.pi, np.pi), rng.uniform(-8.0, 8.0)
+        action = rng.uniform(-2.0, 2.0, size=1).astype(np.float32)
+        ours.state = pendulum_state(theta, theta_dot)
+        theirs.state = np.array([theta, theta_dot])
+        # (the rewards differ on purpose: ours is the paper's cost, 2 - 2 cos th for the angle)
+        np.testing.assert_allclose(ours.step(action)[0], theirs.step(action)[0], atol=1e-5)
+        next_theta, next_theta_dot = pendulum_v1_step(theta, theta_dot, float(action[0]), g, m, l)
+        np.testing.assert_allclose(
+            ours.state, pendulum_state(next_theta, next_theta_dot), rtol=1e-12, atol=1e-12
+        )
+
+
+def cartpole_lagrangian_step(state, force, g, m_c, m_p, l, dt):
+    """One explicit Euler step of a cart with a uniform pole of half-length l, derived from
+    the Lagrangian (Barto, Sutton and Anderson 1983; Florian 2007, without friction):
+
+        [[m_c + m_p,        m_p l cos th], [p_dd ]   [u + m_p l th_dot^2 sin th]
+         [m_p l cos th, 4/3 m_p l^2     ]] [th_dd] = [m_p g l sin th           ]
+
+    with th from upright, positive to the right; solved as a 2x2 linear system."""
+    p, p_dot, theta, theta_dot = state
+    mass = np.array(
+        [
+            [m_c + m_p, m_p * l * np.cos(theta)],
+            [m_p * l * np.cos(theta), 4.0 / 3.0 * m_p * l**2],
+        ]
+    )
+    rhs = np.array([force + m_p * l * theta_dot**2 * np.sin(theta), m_p * g * l * np.sin(theta)])
+    p_acc, theta_acc = np.linalg.solve(mass, rhs)
+    return np.array(
+        [p + dt * p_dot, p_dot + dt * p_acc, theta + dt * theta_dot, theta_dot + dt * theta_acc]
+    )
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{}, {"gravity": 9.81, "cart_mass": 1.7, "pole_mass": 0.4, "half_length": 0.8, "dt": 0.02}],
+)
+def test_cartpole_matches_an_independent_derivation_and_gymnasium(params):
+    """The cart-pole's step against its Lagrangian equations solved in numpy, and against
+    Gymnasium's CartPole-v1 (Euler) at the same constants with its force set to ours."""
+    ours = CartPoleEnv(params=params)
+    p = ours.params
+    theirs = GymnasiumCartPole()
+    theirs.gravity, theirs.masscart, theirs.masspole = p.gravity, p.cart_mass, p.pole_mass
+    theirs.total_mass = p.cart_mass + p.pole_mass
+    theirs.length, theirs.tau = p.half_length, p.dt
+    theirs.polemass_length = p.pole_mass * p.half_length
+    ours.reset(seed=0)
+    theirs.reset(seed=0)
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        state = np.array(
+            [rng.uniform(-2, 2), rng.uniform(-3, 3), rng.uniform(-np.pi, np.pi), rng.normal(0, 3)]
+        )
+        force = float(rng.uniform(-p.max_force, p.max_force))
+        ours.state = cartpole_state(*state)
+        ours.step(np.array([force]))
+        expected = cartpole_lagrangian_step(
+            state, force, p.gravity, p.cart_mass, p.pole_mass, p.half_length, p.dt
+        )
+        np.testing.assert_allclose(ours.state, cartpole_state(*expected), rtol=1e-9, atol=1e-9)
+        theirs.state = state.copy()
+        theirs.force_mag, theirs.steps_beyond_terminated = abs(force), None
+        theirs.step(int(force > 0))
+        np.testing.assert_allclose(ours.state, cartpole_state(*theirs.state), rtol=0, atol=1e-9)
 
 
 @pytest.mark.parametrize("env_id", ENV_IDS)

@@ -1,14 +1,16 @@
 """The base class of the systems' dynamics modules, with the tensor helpers they share.
 
 Every system is a discrete-time model x_{t+1} = f(x_t, u_t) with a fixed step ``dt``,
-callable on any leading batch shape, with an analytic Jacobian d x_{t+1} / d [x_t; u_t].
+callable on any leading batch shape, with a Jacobian d x_{t+1} / d [x_t; u_t]: analytic
+where a subclass writes one (the built-in systems do), else from autograd (the default
+``jacobian``), so a system of one's own needs only ``forward``.
 The helpers check inputs, take the angle of a (cos, sin) pair with its derivatives, and
 assemble a Jacobian from its entries.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import ABC
 from typing import ClassVar
 
 import torch
@@ -30,9 +32,50 @@ class SystemDynamics(nn.Module, ABC):
     n_ctrl: ClassVar[int]
     dt: float
 
-    @abstractmethod
     def jacobian(self, x: Tensor, u: Tensor) -> Tensor:
-        """Analytic Jacobian (..., n, n+m) of the next state with respect to [x; u]."""
+        """Jacobian (..., n, n+m) of the next state with respect to [x; u].
+
+        This default differentiates ``forward`` with reverse-mode autograd, one backward
+        pass per state coordinate over all rows at once (rows are independent); a subclass
+        may override it with an analytic one, which is faster. Under gradient mode the
+        result keeps its graph (it is differentiable with respect to the parameters, x and
+        u, as the MPC's exact gradients need); under ``torch.no_grad()`` or
+        ``torch.inference_mode()`` (the solver's forward iterations) it is detached.
+
+        Args:
+            x: (..., n) states.
+            u: (..., m) controls, broadcastable with x over the leading shape.
+        """
+        keep_graph = torch.is_grad_enabled()
+        shape = torch.broadcast_shapes(x.shape[:-1], u.shape[:-1])
+        with torch.inference_mode(False), torch.enable_grad():
+            rows = []
+            for tensor in (x, u):
+                row = tensor.expand(*shape, tensor.shape[-1])
+                rows.append(
+                    row.clone()
+                    if keep_graph and row.requires_grad
+                    else row.detach().clone().requires_grad_(True)
+                )
+            x_rows, u_rows = rows
+            out = self(x_rows, u_rows)
+            jacobian_rows = []
+            for i in range(out.shape[-1]):
+                grads = torch.autograd.grad(
+                    out[..., i].sum(),
+                    (x_rows, u_rows),
+                    retain_graph=True,
+                    create_graph=keep_graph,
+                    allow_unused=True,
+                )
+                jacobian_rows.append(
+                    torch.cat(
+                        [torch.zeros_like(r) if g is None else g for g, r in zip(grads, rows)],
+                        dim=-1,
+                    )
+                )
+        jacobian = torch.stack(jacobian_rows, dim=-2)
+        return jacobian if keep_graph else jacobian.detach()
 
 
 def in_dtype(dtype: torch.dtype, params: tuple[Tensor, ...]) -> tuple[Tensor, ...]:

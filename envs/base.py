@@ -45,7 +45,8 @@ class DynamicsEnv(gym.Env[np.ndarray, np.ndarray], ABC):
         cost: stage cost module ``cost(x (1, 1, n), u (1, 1, m)) -> (1, 1)``; same treatment.
         action_bound: actions lie in [-action_bound, action_bound]^m; larger ones are clipped.
         observation_bound: (n,) symmetric bound of the observation space.
-        render_mode: None, "rgb_array" or "human".
+        render_mode: None, "rgb_array" or "human"; drawing needs pygame, the ``render``
+            extra (``pip install "mpc-policy[render]"``), asked for at the first frame.
     """
 
     # render_fps is 1 / dt at the default dt (0.05 s); a "human" window runs at 1 / dt

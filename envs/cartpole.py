@@ -32,6 +32,7 @@ from mpc_policy.envs.model import (
     angle_and_partials,
     check_inputs,
     in_dtype,
+    stack_columns,
     stack_jacobian,
 )
 from mpc_policy.envs.params import CartPoleParams, as_params
@@ -87,6 +88,7 @@ class CartPoleDynamics(SystemDynamics):
 
     n_state = 5
     n_ctrl = 1
+    numpy_step_exact = True
 
     def __init__(
         self,
@@ -149,6 +151,29 @@ class CartPoleDynamics(SystemDynamics):
                 torch.add(theta_dot, theta_acc, alpha=dt),
             ),
             dim=-1,
+        )
+
+    def numpy_step(self, x: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """``forward`` in numpy: x (..., 5), u (..., 1) float64 -> (..., 5)."""
+        g, m_c, m_p, l = self.scalar_values(("gravity", "cart_mass", "pole_mass", "half_length"))
+        total = m_c + m_p
+        k = m_p * l / total
+        position, velocity, theta_dot = x[..., 0], x[..., 1], x[..., 4]
+        theta = np.arctan2(x[..., 3], x[..., 2])
+        sin, cos = np.sin(theta), np.cos(theta)
+        a = u[..., 0] / total + k * theta_dot * theta_dot * sin
+        theta_acc = (g * sin - cos * a) / (4.0 / 3.0 * l - k * cos * cos)
+        cart_acc = a - k * theta_acc * cos
+        dt = self.dt
+        theta_next = theta + dt * theta_dot
+        return stack_columns(
+            (
+                position + dt * velocity,
+                velocity + dt * cart_acc,
+                np.cos(theta_next),
+                np.sin(theta_next),
+                theta_dot + dt * theta_acc,
+            )
         )
 
     def jacobian(self, x: Tensor, u: Tensor) -> Tensor:

@@ -33,7 +33,9 @@ from mpc_policy.envs.model import (
     SystemDynamics,
     angle_and_partials,
     check_inputs,
+    clip,
     in_dtype,
+    stack_columns,
     stack_jacobian,
 )
 from mpc_policy.envs.params import PendulumParams, as_params
@@ -78,6 +80,7 @@ class PendulumDynamics(SystemDynamics):
 
     n_state = 3
     n_ctrl = 1
+    numpy_step_exact = True
 
     def __init__(
         self,
@@ -126,6 +129,24 @@ class PendulumDynamics(SystemDynamics):
             theta_dot_next = theta_dot_next.clamp(-self.max_speed, self.max_speed)
         theta_next = torch.add(theta, theta_dot_next, alpha=self.dt)
         return torch.stack((torch.cos(theta_next), torch.sin(theta_next), theta_dot_next), -1)
+
+    def numpy_angular_acceleration(
+        self, theta: np.ndarray, theta_dot: np.ndarray, torque: np.ndarray
+    ) -> np.ndarray:
+        """``angular_acceleration`` in numpy (float64 arrays (...))."""
+        g, m, l = self.scalar_values(("gravity", "mass", "length"))
+        return 3.0 / (m * l * l) * torque + 1.5 * g / l * np.sin(theta)
+
+    def numpy_step(self, x: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """``forward`` in numpy: x (..., 3), u (..., 1) float64 -> (..., 3)."""
+        theta = np.arctan2(x[..., 1], x[..., 0])
+        theta_dot = x[..., 2]
+        accel = self.numpy_angular_acceleration(theta, theta_dot, u[..., 0])
+        theta_dot_next = theta_dot + self.dt * accel
+        if self.max_speed is not None:
+            theta_dot_next = clip(theta_dot_next, self.max_speed)
+        theta_next = theta + self.dt * theta_dot_next
+        return stack_columns((np.cos(theta_next), np.sin(theta_next), theta_dot_next))
 
     def jacobian(self, x: Tensor, u: Tensor) -> Tensor:
         """Analytic Jacobian (..., 3, 4) of the next state with respect to [x; u].

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -45,6 +46,8 @@ class WindyPendulumDynamics(PendulumDynamics):
         dtype: dtype of the parameters (default: torch's default dtype).
     """
 
+    numpy_step_exact = True
+
     def __init__(
         self,
         params: WindyPendulumParams | Mapping[str, Any] | None = None,
@@ -67,6 +70,17 @@ class WindyPendulumDynamics(PendulumDynamics):
         return (
             3.0 * g / (2.0 * l) * theta.sin()
             + (torque - b * theta_dot - wind * l * theta.cos()) / inertia
+        )
+
+    def numpy_angular_acceleration(
+        self, theta: np.ndarray, theta_dot: np.ndarray, torque: np.ndarray
+    ) -> np.ndarray:
+        """``angular_acceleration`` in numpy (float64 arrays (...))."""
+        g, m, l, b, wind = self.scalar_values(("gravity", "mass", "length", "damping", "wind"))
+        inertia = m * l * l / 3.0
+        return (
+            3.0 * g / (2.0 * l) * np.sin(theta)
+            + (torque - b * theta_dot - wind * l * np.cos(theta)) / inertia
         )
 
     def acceleration_partials(

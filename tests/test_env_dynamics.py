@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch.func import functional_call, jacrev, vmap
@@ -15,6 +16,7 @@ from mpc_policy.envs import (
     CartPoleDynamics,
     CartPoleParams,
     PendulumDynamics,
+    PendulumEnv,
     PendulumParams,
     SystemDynamics,
     WindyPendulumDynamics,
@@ -364,3 +366,52 @@ def test_the_jacobian_is_optional_and_defaults_to_autograd():
     assert solution.info.all_converged
     solution.u.sum().backward()
     assert point.mass.grad is not None and point.mass.grad.abs() > 0
+
+
+@pytest.mark.parametrize("system", SYSTEMS)
+def test_numpy_twin_equals_the_torch_module(system):
+    """The environments step with ``numpy_step``: equal to ``forward`` to float precision on
+    any leading shape, inside and outside the velocity clip, at the module's current
+    parameter values (after an in-place update and after load_state_dict)."""
+    dynamics = SYSTEMS[system]().double()
+    twin = dynamics.numpy_twin()
+    assert twin is not None
+    for batch in [(), (7,), (2, 3)]:
+        x = random_states(dynamics.n_state, batch, torch.float64)
+        x[..., -1] *= 4.0  # velocities up to ~12: the pendulum's clip at 8 is active at times
+        u = random_controls(dynamics, batch, torch.float64)
+        with torch.no_grad():
+            expected = dynamics(x, u).numpy()
+        np.testing.assert_allclose(twin(x.numpy(), u.numpy()), expected, rtol=1e-13, atol=1e-14)
+    x = random_states(dynamics.n_state, (16,), torch.float64)
+    u = random_controls(dynamics, (16,), torch.float64)
+    before = twin(x.numpy(), u.numpy())
+    with torch.no_grad():
+        for parameter in dynamics.parameters():
+            parameter.mul_(1.3)  # in place, as an optimizer step is
+        expected = dynamics(x, u).numpy()
+    after = twin(x.numpy(), u.numpy())
+    assert np.abs(after - before).max() > 1e-3
+    np.testing.assert_allclose(after, expected, rtol=1e-13, atol=1e-14)
+    fresh = SYSTEMS[system]().double()
+    dynamics.load_state_dict(fresh.state_dict())
+    np.testing.assert_allclose(twin(x.numpy(), u.numpy()), before, rtol=0, atol=0)
+
+
+def test_a_subclass_that_changes_forward_steps_in_torch():
+    """A subclass inherits numpy_step but not the promise that it equals its forward."""
+
+    class Heavier(PendulumDynamics):
+        def forward(self, x, u):
+            return super().forward(x, 0.5 * u)
+
+    assert PendulumDynamics().numpy_twin() is not None
+    assert Heavier().numpy_twin() is None
+    env = PendulumEnv()
+    env.dynamics = Heavier(dtype=torch.float64)  # e.g. domain randomization
+    env.reset(seed=0)
+    x = torch.tensor(env.state)
+    env.step(np.array([2.0], dtype=np.float32))
+    with torch.no_grad():
+        expected = PendulumDynamics(dtype=torch.float64)(x, torch.tensor([1.0]).double())
+    np.testing.assert_allclose(env.state, expected.numpy(), rtol=1e-14, atol=1e-14)

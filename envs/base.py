@@ -25,7 +25,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
-from torch import nn
+from torch import Tensor, nn
 
 from mpc_policy.costs import GoalWeightedCost
 from mpc_policy.envs.model import SystemDynamics
@@ -76,9 +76,10 @@ class StepFunctions:
         self, cost: GoalWeightedCost
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(weights, goal, linear) as float64 arrays, read again when one changed."""
-        tensors = (cost._parameters["raw_weights"], cost._parameters["goal"])
-        tensors += (cost._buffers["linear"],)
-        key = tuple((id(t), t._version) for t in tensors)
+        parameters, buffers = cost._parameters, cost._buffers
+        tensors: list[Tensor | None] = [parameters["raw_weights"], parameters["goal"]]
+        tensors.append(buffers["linear"])
+        key = tuple((id(t), t._version) for t in tensors if t is not None)
         if self._cost_values is None or key != self._cost_key:
             with torch.no_grad():
                 self._cost_values = (

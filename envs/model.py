@@ -61,7 +61,10 @@ class SystemDynamics(nn.Module, ABC):
         no tensor access when nothing changed.
         """
         registered = self._parameters
-        tensors = [registered[n] if n in registered else getattr(self, n) for n in names]
+        tensors: list[Tensor] = []
+        for name in names:
+            tensor = registered.get(name)
+            tensors.append(getattr(self, name) if tensor is None else tensor)
         key = [(id(t), t._version) for t in tensors]
         cache: dict[tuple[str, ...], tuple[object, tuple[float, ...]]]
         cache = self.__dict__.setdefault("_scalar_values", {})

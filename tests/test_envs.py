@@ -350,3 +350,65 @@ def test_params_mapping_errors_name_the_key_and_the_valid_ones():
         CartPoleEnv(params={1: 2.0})
     with pytest.raises(TypeError, match="WindyPendulumParams"):
         WindyPendulumEnv(params=PendulumParams())
+
+
+@pytest.mark.parametrize("env_id", list(envs.VECTOR_ENTRY_POINTS))
+def test_native_vector_env_equals_sync_vector_env(env_id):
+    """gymnasium.make_vec's default for our ids is the native vector environment: one batched
+    step of all copies. Same seeds, same actions: the same trajectories as Gymnasium's
+    SyncVectorEnv of the same environments, across time limits and autoresets."""
+    kwargs = {"num_envs": 5, "max_episode_steps": 7}
+    native = gym.make_vec(env_id, **kwargs)
+    sync = gym.make_vec(env_id, vectorization_mode="sync", **kwargs)
+    assert type(native.unwrapped).__name__.endswith("VectorEnv")
+    assert not isinstance(native.unwrapped, gym.vector.SyncVectorEnv)
+    assert native.metadata["autoreset_mode"] == sync.metadata["autoreset_mode"]
+    assert native.single_action_space == sync.single_action_space
+    assert native.observation_space == sync.observation_space
+    first_native, _ = native.reset(seed=11)
+    first_sync, _ = sync.reset(seed=11)
+    np.testing.assert_array_equal(first_native, first_sync)
+    assert len(np.unique(first_native[:, -1])) == 5  # each copy its own start
+    native.action_space.seed(3)
+    for step in range(20):
+        actions = 1.5 * native.action_space.sample()  # some beyond the bound: clipped
+        a, b = native.step(actions), sync.step(actions)
+        np.testing.assert_allclose(a[0], b[0], rtol=1e-6, atol=1e-6)  # observations
+        np.testing.assert_allclose(a[1], b[1], rtol=1e-10, atol=1e-12)  # rewards
+        np.testing.assert_array_equal(a[2], b[2])  # terminated
+        np.testing.assert_array_equal(a[3], b[3])  # truncated
+        assert a[3].all() == (step % 8 == 6)
+    mask = np.array([True, False, True, False, False])
+    np.testing.assert_array_equal(
+        native.reset(seed=[1, 2, 3, 4, 5], options={"reset_mask": mask})[0],
+        sync.reset(seed=[1, 2, 3, 4, 5], options={"reset_mask": mask.copy()})[0],
+    )
+    native.close()
+    sync.close()
+
+
+def test_native_vector_env_arguments_and_errors():
+    vector = gym.make_vec("mpc_policy/Pendulum-v0", num_envs=3, params={"mass": 1.4})
+    assert all(env.params.mass == 1.4 for env in vector.unwrapped.envs)
+    with pytest.raises(gym.error.ResetNeeded):
+        vector.step(np.zeros((3, 1), dtype=np.float32))
+    vector.reset(seed=0, options={"state": pendulum_state(0.5, 0.0)})
+    np.testing.assert_array_equal(vector.unwrapped.states, np.stack([pendulum_state(0.5, 0)] * 3))
+    with pytest.raises(ValueError, match=r"action: expected shape \(3, 1\)"):
+        vector.step(np.zeros(3, dtype=np.float32))
+    with pytest.raises(ValueError, match="finite"):
+        vector.step(np.full((3, 1), np.nan, dtype=np.float32))
+    with pytest.raises(ValueError, match="num_envs"):
+        gym.make_vec("mpc_policy/Pendulum-v0", num_envs=0, vectorization_mode="vector_entry_point")
+    from mpc_policy.envs.cartpole import CartPoleTrackEnv
+    from mpc_policy.envs.vector import DynamicsVectorEnv
+
+    class TrackVector(DynamicsVectorEnv):
+        env_class = CartPoleTrackEnv
+
+    with pytest.raises(TypeError, match="overrides step"):
+        TrackVector(2)
+    frames = gym.make_vec("mpc_policy/CartPole-v0", num_envs=2, render_mode="rgb_array")
+    frames.reset(seed=0)
+    first, second = frames.render()
+    assert first.shape == (400, 600, 3) and not np.array_equal(first, second)

@@ -45,18 +45,19 @@ def test_the_extras_are_declared_and_not_required():
 
 def test_the_core_imports_no_drawing_package(tmp_path):
     """Solving, stepping every environment, behaviour cloning and the command line's modules
-    import neither pygame, nor matplotlib, nor Pillow."""
+    import neither pygame, nor matplotlib, nor Pillow (nor minari: its module imports it
+    lazily)."""
     script = (
         "import sys, gymnasium, torch, mpc_policy\n"
         "from mpc_policy import MPC, MPCPolicy\n"
-        "from mpc_policy.agents import bc, cli, evaluate, pipeline, rollouts\n"
+        "from mpc_policy.agents import bc, cli, evaluate, minari_io, pipeline, rollouts\n"
         "from mpc_policy.envs import ENTRY_POINTS, VARIANTS\n"
         "for env_id in [*ENTRY_POINTS, *VARIANTS]:\n"
         "    env = gymnasium.make(env_id)\n"
         "    env.reset(seed=0)\n"
         "    env.step(env.action_space.sample())\n"
         "    env.close()\n"
-        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {DRAWING!r}))\n"
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {(*DRAWING, 'minari')!r}))\n"
     )
     assert run(script, tmp_path).strip() == "[]"
 

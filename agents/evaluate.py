@@ -17,6 +17,7 @@ from torch import nn
 
 from mpc_policy.agents.expert import MPCExpert
 from mpc_policy.agents.rollouts import Planner, run_episodes
+from mpc_policy.envs.extras import import_optional
 from mpc_policy.envs.registry import System, get_system
 
 __all__ = ["EvaluationResult", "evaluate_policy", "save_gif"]
@@ -110,7 +111,7 @@ def evaluate_policy(
 
 def save_gif(frames: list[np.ndarray], path: str | Path, fps: float = 10.0) -> Path:
     """Write (H, W, 3) uint8 frames as a looping GIF, with imageio if it is installed,
-    else with Pillow."""
+    else with Pillow (the ``render`` extra; without either, ``MissingExtraError``)."""
     if not frames:
         raise ValueError("frames: expected at least one frame, received none")
     path = Path(path)
@@ -119,7 +120,7 @@ def save_gif(frames: list[np.ndarray], path: str | Path, fps: float = 10.0) -> P
     try:
         import imageio.v2 as imageio
     except ImportError:
-        from PIL import Image
+        Image = import_optional("PIL.Image", "render", "writing a GIF")
 
         images = [Image.fromarray(frame) for frame in frames]
         images[0].save(path, save_all=True, append_images=images[1:], duration=duration_ms, loop=0)

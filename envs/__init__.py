@@ -2,6 +2,7 @@
 
     import gymnasium, mpc_policy
     env = gymnasium.make("mpc_policy/Pendulum-v0")        # also CartPole-v0, WindyPendulum-v0
+    envs = gymnasium.make_vec("mpc_policy/Pendulum-v0", num_envs=64)  # one batched step
 
 Each environment steps with the torch dynamics module that an MPC differentiates through
 (``PendulumDynamics``, ``CartPoleDynamics``, ``WindyPendulumDynamics``), rewards the negative
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
         register_system,
         system_names,
     )
+    from mpc_policy.envs.vector import DynamicsVectorEnv
     from mpc_policy.envs.windy_pendulum import WindyPendulumDynamics, WindyPendulumEnv
 
 __all__ = [
@@ -51,10 +53,12 @@ __all__ = [
     "MAX_EPISODE_STEPS",
     "SYSTEMS",
     "VARIANTS",
+    "VECTOR_ENTRY_POINTS",
     "CartPoleDynamics",
     "CartPoleEnv",
     "CartPoleParams",
     "DynamicsEnv",
+    "DynamicsVectorEnv",
     "PendulumDynamics",
     "PendulumEnv",
     "PendulumParams",
@@ -78,6 +82,12 @@ ENTRY_POINTS = {
     "mpc_policy/Pendulum-v0": "mpc_policy.envs.pendulum:PendulumEnv",
     "mpc_policy/CartPole-v0": "mpc_policy.envs.cartpole:CartPoleEnv",
     "mpc_policy/WindyPendulum-v0": "mpc_policy.envs.windy_pendulum:WindyPendulumEnv",
+}
+# native vector environments (``gymnasium.make_vec``): all copies in one batched step
+VECTOR_ENTRY_POINTS = {
+    "mpc_policy/Pendulum-v0": "mpc_policy.envs.vector:PendulumVectorEnv",
+    "mpc_policy/CartPole-v0": "mpc_policy.envs.vector:CartPoleVectorEnv",
+    "mpc_policy/WindyPendulum-v0": "mpc_policy.envs.vector:WindyPendulumVectorEnv",
 }
 # 200 steps of 0.05 s: Pendulum-v1's limit, and 10 s for the cart-pole swing-up
 MAX_EPISODE_STEPS = dict.fromkeys(ENTRY_POINTS, 200)
@@ -106,6 +116,7 @@ _LAZY = {
     "system_names": "registry",
     "WindyPendulumDynamics": "windy_pendulum",
     "WindyPendulumEnv": "windy_pendulum",
+    "DynamicsVectorEnv": "vector",
 }
 
 
@@ -135,6 +146,7 @@ def register_envs() -> None:
             gymnasium.register(
                 id=env_id,
                 entry_point=entry_point,
+                vector_entry_point=VECTOR_ENTRY_POINTS.get(env_id),
                 max_episode_steps=MAX_EPISODE_STEPS.get(env_id, 200),
             )
 

@@ -18,6 +18,7 @@ with th = atan2(sin th, cos th). The task cost is 0.1 p^2 + 0.1 p_dot^2 + (cos t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -31,9 +32,10 @@ from mpc_policy.envs.model import (
     angle_and_partials,
     check_inputs,
     in_dtype,
+    stack_columns,
     stack_jacobian,
 )
-from mpc_policy.envs.params import CartPoleParams
+from mpc_policy.envs.params import CartPoleParams, as_params
 from mpc_policy.envs.rendering import Canvas
 
 __all__ = [
@@ -78,21 +80,24 @@ class CartPoleDynamics(SystemDynamics):
     bounds and the environment's action clipping do that).
 
     Args:
-        params: constants; ``CartPoleParams()`` (the true values) by default.
+        params: constants: a ``CartPoleParams`` or a mapping of some of its fields;
+            ``CartPoleParams()`` (the true values) by default.
         dtype: dtype of the parameters (default: torch's default dtype). Pass float64 for
             exact true values: ``.double()`` on a float32 module keeps float32 rounding.
     """
 
     n_state = 5
     n_ctrl = 1
+    numpy_step_exact = True
 
     def __init__(
-        self, params: CartPoleParams | None = None, *, dtype: torch.dtype | None = None
+        self,
+        params: CartPoleParams | Mapping[str, Any] | None = None,
+        *,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        params = CartPoleParams() if params is None else params
-        if not isinstance(params, CartPoleParams):
-            raise TypeError(f"params: expected CartPoleParams, received {type(params)}")
+        params = as_params(CartPoleParams, params)
         self.params = params
         self.dt = params.dt
         self.gravity = nn.Parameter(torch.tensor(float(params.gravity), dtype=dtype))
@@ -146,6 +151,29 @@ class CartPoleDynamics(SystemDynamics):
                 torch.add(theta_dot, theta_acc, alpha=dt),
             ),
             dim=-1,
+        )
+
+    def numpy_step(self, x: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """``forward`` in numpy: x (..., 5), u (..., 1) float64 -> (..., 5)."""
+        g, m_c, m_p, l = self.scalar_values(("gravity", "cart_mass", "pole_mass", "half_length"))
+        total = m_c + m_p
+        k = m_p * l / total
+        position, velocity, theta_dot = x[..., 0], x[..., 1], x[..., 4]
+        theta = np.arctan2(x[..., 3], x[..., 2])
+        sin, cos = np.sin(theta), np.cos(theta)
+        a = u[..., 0] / total + k * theta_dot * theta_dot * sin
+        theta_acc = (g * sin - cos * a) / (4.0 / 3.0 * l - k * cos * cos)
+        cart_acc = a - k * theta_acc * cos
+        dt = self.dt
+        theta_next = theta + dt * theta_dot
+        return stack_columns(
+            (
+                position + dt * velocity,
+                velocity + dt * cart_acc,
+                np.cos(theta_next),
+                np.sin(theta_next),
+                theta_dot + dt * theta_acc,
+            )
         )
 
     def jacobian(self, x: Tensor, u: Tensor) -> Tensor:
@@ -235,7 +263,9 @@ class CartPoleEnv(DynamicsEnv):
 
     ## Arguments
     - ``render_mode``: None, "rgb_array" or "human".
-    - ``params``: a ``CartPoleParams`` (true values by default).
+    - ``params``: a ``CartPoleParams`` or a mapping of some of its fields, e.g.
+      ``{"pole_mass": 0.2}`` (plain data: the spec round-trips through JSON); true values
+      by default.
 
     ## Version History
     - v0: initial version.
@@ -245,8 +275,12 @@ class CartPoleEnv(DynamicsEnv):
     render_origin = (300.0, 250.0)
     render_scale = 100.0
 
-    def __init__(self, render_mode: str | None = None, params: CartPoleParams | None = None):
-        self.params = CartPoleParams() if params is None else params
+    def __init__(
+        self,
+        render_mode: str | None = None,
+        params: CartPoleParams | Mapping[str, Any] | None = None,
+    ) -> None:
+        self.params = as_params(CartPoleParams, params)
         super().__init__(
             CartPoleDynamics(self.params, dtype=torch.float64),
             cartpole_cost(learn_weights=False, learn_goal=False, dtype=torch.float64),
@@ -323,7 +357,7 @@ class CartPoleTrackEnv(CartPoleEnv):
 
     ## Arguments
     - ``render_mode``: None, "rgb_array" or "human".
-    - ``params``: a ``CartPoleParams`` (true values by default).
+    - ``params``: a ``CartPoleParams`` or a mapping of some of its fields.
     - ``track_limit``: half-length of the track (m), default 1.0.
 
     ## Version History
@@ -333,7 +367,7 @@ class CartPoleTrackEnv(CartPoleEnv):
     def __init__(
         self,
         render_mode: str | None = None,
-        params: CartPoleParams | None = None,
+        params: CartPoleParams | Mapping[str, Any] | None = None,
         track_limit: float = 1.0,
     ) -> None:
         if not track_limit > 0:

@@ -5,14 +5,61 @@ and 5.4). The dynamics modules copy the physical constants (gravity, masses, len
 the windy pendulum, damping and wind) into ``nn.Parameter``s so that an MPC can learn them;
 the integration step ``dt``, the velocity clip and the actuator limit stay plain floats.
 A value out of range raises ``ValueError`` naming the field.
+
+Wherever a system takes ``params=`` (dynamics modules and environments), a mapping of field
+names to values works too (``{"mass": 1.2}``, the other fields at their defaults): that is
+what ``gymnasium.make(id, params=...)`` stores in the environment's spec, so specs written as
+JSON (``EnvSpec.to_json``), rl-baselines3-zoo's ``env_kwargs`` and Minari's recorded specs
+rebuild the same physics. ``as_params`` does the conversion.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
-__all__ = ["CartPoleParams", "PendulumParams", "WindyPendulumParams"]
+__all__ = ["CartPoleParams", "PendulumParams", "WindyPendulumParams", "as_params"]
+
+P = TypeVar("P")
+
+
+def as_params(cls: type[P], value: P | Mapping[str, Any] | None, name: str = "params") -> P:
+    """The parameters ``value`` as an instance of the dataclass ``cls``.
+
+    Args:
+        cls: the parameter dataclass, e.g. ``PendulumParams``.
+        value: None (the defaults, ``cls()``), an instance of ``cls`` (returned as it is), or
+            a mapping from some of its field names to values (the others at their defaults).
+        name: the argument's name in error messages.
+
+    Raises:
+        TypeError: ``value`` is neither, or a mapping's key is not a string.
+        ValueError: a mapping names a key that is not a field of ``cls`` (the message lists
+            the valid ones), or a value is out of range.
+    """
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, Mapping):
+        raise TypeError(
+            f"{name}: expected a {cls.__name__} or a mapping of its fields, "
+            f"received {type(value).__name__}"
+        )
+    valid = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    bad_keys = [key for key in value if not isinstance(key, str)]
+    if bad_keys:
+        raise TypeError(f"{name}: expected string keys, received {bad_keys!r}")
+    unknown = sorted(set(value) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"{name}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+            f"for {cls.__name__}; the valid keys are {valid}"
+        )
+    return cls(**value)
 
 
 def _check(name: str, value: object, *, lower: float, strict: bool) -> None:

@@ -20,7 +20,8 @@ smooth model.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -32,10 +33,12 @@ from mpc_policy.envs.model import (
     SystemDynamics,
     angle_and_partials,
     check_inputs,
+    clip,
     in_dtype,
+    stack_columns,
     stack_jacobian,
 )
-from mpc_policy.envs.params import PendulumParams
+from mpc_policy.envs.params import PendulumParams, as_params
 from mpc_policy.envs.rendering import Canvas
 
 __all__ = ["PendulumDynamics", "PendulumEnv", "pendulum_cost", "pendulum_state"]
@@ -69,21 +72,24 @@ class PendulumDynamics(SystemDynamics):
     here: the MPC's box bounds and the environment's action clipping keep it in range.
 
     Args:
-        params: constants; ``PendulumParams()`` (the true values) by default.
+        params: constants: a ``PendulumParams`` or a mapping of some of its fields
+            (``{"mass": 1.2}``); ``PendulumParams()`` (the true values) by default.
         dtype: dtype of the parameters (default: torch's default dtype). Pass float64 for
             exact true values: ``.double()`` on a float32 module keeps float32 rounding.
     """
 
     n_state = 3
     n_ctrl = 1
+    numpy_step_exact = True
 
     def __init__(
-        self, params: PendulumParams | None = None, *, dtype: torch.dtype | None = None
+        self,
+        params: PendulumParams | Mapping[str, Any] | None = None,
+        *,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        params = PendulumParams() if params is None else params
-        if not isinstance(params, PendulumParams):
-            raise TypeError(f"params: expected PendulumParams, received {type(params)}")
+        params = as_params(PendulumParams, params)
         self.params = params
         self.dt = params.dt
         self.max_speed = params.max_speed
@@ -123,6 +129,24 @@ class PendulumDynamics(SystemDynamics):
             theta_dot_next = theta_dot_next.clamp(-self.max_speed, self.max_speed)
         theta_next = torch.add(theta, theta_dot_next, alpha=self.dt)
         return torch.stack((torch.cos(theta_next), torch.sin(theta_next), theta_dot_next), -1)
+
+    def numpy_angular_acceleration(
+        self, theta: np.ndarray, theta_dot: np.ndarray, torque: np.ndarray
+    ) -> np.ndarray:
+        """``angular_acceleration`` in numpy (float64 arrays (...))."""
+        g, m, l = self.scalar_values(("gravity", "mass", "length"))
+        return 3.0 / (m * l * l) * torque + 1.5 * g / l * np.sin(theta)
+
+    def numpy_step(self, x: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """``forward`` in numpy: x (..., 3), u (..., 1) float64 -> (..., 3)."""
+        theta = np.arctan2(x[..., 1], x[..., 0])
+        theta_dot = x[..., 2]
+        accel = self.numpy_angular_acceleration(theta, theta_dot, u[..., 0])
+        theta_dot_next = theta_dot + self.dt * accel
+        if self.max_speed is not None:
+            theta_dot_next = clip(theta_dot_next, self.max_speed)
+        theta_next = theta + self.dt * theta_dot_next
+        return stack_columns((np.cos(theta_next), np.sin(theta_next), theta_dot_next))
 
     def jacobian(self, x: Tensor, u: Tensor) -> Tensor:
         """Analytic Jacobian (..., 3, 4) of the next state with respect to [x; u].
@@ -192,21 +216,25 @@ class PendulumEnv(DynamicsEnv):
 
     ## Arguments
     - ``render_mode``: None, "rgb_array" or "human".
-    - ``params``: a ``PendulumParams`` (true values by default).
+    - ``params``: a ``PendulumParams`` or a mapping of some of its fields, e.g.
+      ``gymnasium.make("mpc_policy/Pendulum-v0", params={"mass": 1.2})`` (plain data, so
+      the spec round-trips through ``EnvSpec.to_json``); true values by default.
     - ``full_circle``: start anywhere on the circle instead of the upper half.
 
     ## Version History
     - v0: initial version.
     """
 
+    params_class: ClassVar[type[PendulumParams]] = PendulumParams
+
     def __init__(
         self,
         render_mode: str | None = None,
-        params: PendulumParams | None = None,
+        params: PendulumParams | Mapping[str, Any] | None = None,
         full_circle: bool = False,
     ) -> None:
-        params = self._default_params() if params is None else params
-        dynamics = self._make_dynamics(params)  # checks the type of params
+        params = as_params(self.params_class, params)
+        dynamics = self._make_dynamics(params)
         self.params = params
         self.full_circle = bool(full_circle)
         speed = UNBOUNDED if params.max_speed is None else params.max_speed
@@ -218,9 +246,6 @@ class PendulumEnv(DynamicsEnv):
             np.array([1.0, 1.0, speed]),
             render_mode,
         )
-
-    def _default_params(self) -> PendulumParams:
-        return PendulumParams()
 
     def _make_dynamics(self, params: PendulumParams) -> PendulumDynamics:
         return PendulumDynamics(params, dtype=torch.float64)

@@ -2,7 +2,9 @@
 
 A ``Renderer`` owns the output (an off-screen surface for ``"rgb_array"``, a window for
 ``"human"``); each frame is drawn on a fresh ``Canvas`` by an environment's draw function.
-pygame is imported on the first frame, so environments without rendering never need it.
+pygame is imported on the first frame, so environments without rendering never need it; it
+is the ``render`` extra (``pip install "mpc-policy[render]"``), and a frame asked for without
+it raises ``MissingExtraError`` (an ``ImportError``) saying so.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from gymnasium.error import DependencyNotInstalled
+
+from mpc_policy.envs.extras import import_optional
 
 __all__ = ["RENDER_MODES", "Canvas", "Renderer"]
 
@@ -24,14 +27,8 @@ Point = Sequence[float]
 
 def _import_pygame() -> Any:
     os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
-    try:
-        import pygame
-        import pygame.gfxdraw
-    except ImportError as error:
-        raise DependencyNotInstalled(
-            'rendering needs pygame: pip install "gymnasium[classic_control]"'
-        ) from error
-    return pygame
+    import_optional("pygame.gfxdraw", "render", "rendering")
+    return import_optional("pygame", "render", "rendering")
 
 
 class Canvas:

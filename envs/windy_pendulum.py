@@ -18,11 +18,15 @@ upright costs a steady torque F_w l.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from mpc_policy.envs.model import in_dtype
-from mpc_policy.envs.params import PendulumParams, WindyPendulumParams
+from mpc_policy.envs.params import PendulumParams, WindyPendulumParams, as_params
 from mpc_policy.envs.pendulum import PendulumDynamics, PendulumEnv
 from mpc_policy.envs.rendering import Canvas
 
@@ -37,16 +41,20 @@ class WindyPendulumDynamics(PendulumDynamics):
     ``damping`` and ``wind``.
 
     Args:
-        params: constants; ``WindyPendulumParams()`` (the true values) by default.
+        params: constants: a ``WindyPendulumParams`` or a mapping of some of its fields;
+            ``WindyPendulumParams()`` (the true values) by default.
         dtype: dtype of the parameters (default: torch's default dtype).
     """
 
+    numpy_step_exact = True
+
     def __init__(
-        self, params: WindyPendulumParams | None = None, *, dtype: torch.dtype | None = None
+        self,
+        params: WindyPendulumParams | Mapping[str, Any] | None = None,
+        *,
+        dtype: torch.dtype | None = None,
     ) -> None:
-        params = WindyPendulumParams() if params is None else params
-        if not isinstance(params, WindyPendulumParams):
-            raise TypeError(f"params: expected WindyPendulumParams, received {type(params)}")
+        params = as_params(WindyPendulumParams, params)
         super().__init__(params, dtype=dtype)
         self.damping = nn.Parameter(self.gravity.new_tensor(float(params.damping)))
         self.wind = nn.Parameter(self.gravity.new_tensor(float(params.wind)))
@@ -62,6 +70,17 @@ class WindyPendulumDynamics(PendulumDynamics):
         return (
             3.0 * g / (2.0 * l) * theta.sin()
             + (torque - b * theta_dot - wind * l * theta.cos()) / inertia
+        )
+
+    def numpy_angular_acceleration(
+        self, theta: np.ndarray, theta_dot: np.ndarray, torque: np.ndarray
+    ) -> np.ndarray:
+        """``angular_acceleration`` in numpy (float64 arrays (...))."""
+        g, m, l, b, wind = self.scalar_values(("gravity", "mass", "length", "damping", "wind"))
+        inertia = m * l * l / 3.0
+        return (
+            3.0 * g / (2.0 * l) * np.sin(theta)
+            + (torque - b * theta_dot - wind * l * np.cos(theta)) / inertia
         )
 
     def acceleration_partials(
@@ -106,8 +125,8 @@ class WindyPendulumEnv(PendulumEnv):
 
     ## Arguments
     - ``render_mode``: None, "rgb_array" or "human".
-    - ``params``: a ``WindyPendulumParams`` (true values by default; ``damping`` and
-      ``wind`` set the two additions).
+    - ``params``: a ``WindyPendulumParams`` or a mapping of some of its fields (true
+      values by default; ``damping`` and ``wind`` set the two additions).
     - ``full_circle``: start anywhere on the circle instead of the upper half.
 
     ## Version History
@@ -115,9 +134,7 @@ class WindyPendulumEnv(PendulumEnv):
     """
 
     params: WindyPendulumParams
-
-    def _default_params(self) -> WindyPendulumParams:
-        return WindyPendulumParams()
+    params_class: ClassVar[type[PendulumParams]] = WindyPendulumParams
 
     def _make_dynamics(self, params: PendulumParams) -> WindyPendulumDynamics:
         if not isinstance(params, WindyPendulumParams):

@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch.func import functional_call, jacrev, vmap
 
 from mpc_policy import MPC
+from mpc_policy.costs import GoalWeightedCost
 from mpc_policy.envs import (
     CartPoleDynamics,
     CartPoleParams,
     PendulumDynamics,
+    PendulumEnv,
     PendulumParams,
+    SystemDynamics,
     WindyPendulumDynamics,
     WindyPendulumParams,
     cartpole_cost,
@@ -297,3 +301,117 @@ def test_mpc_gradients_reach_the_physical_parameters(system):
         grads[method] = torch.stack([p.grad for p in dynamics.parameters()])
     assert grads["analytic"].abs().max() > 1e-3
     torch.testing.assert_close(grads["analytic"], grads["autograd"], rtol=1e-6, atol=1e-8)
+
+
+def test_dynamics_accept_params_as_a_mapping():
+    for cls, params_cls, overrides in (
+        (PendulumDynamics, PendulumParams, {"mass": 1.5}),
+        (WindyPendulumDynamics, WindyPendulumParams, {"damping": 0.3}),
+        (CartPoleDynamics, CartPoleParams, {"cart_mass": 2.0, "dt": 0.02}),
+    ):
+        dynamics = cls(overrides, dtype=torch.float64)
+        assert dynamics.params == params_cls(**overrides)
+        with pytest.raises(ValueError, match=r"params: unknown key 'weight'.*valid keys"):
+            cls({"weight": 1.0})
+
+
+class _PointWithoutJacobian(SystemDynamics):
+    """A user's model that writes only forward: x' = (p + dt v', v'), v' = v + dt u / m."""
+
+    n_state, n_ctrl = 2, 1
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dt = 0.1
+        self.mass = torch.nn.Parameter(torch.tensor(2.0, dtype=torch.float64))
+
+    def forward(self, x, u):
+        v = x[..., 1:] + self.dt * u / self.mass
+        return torch.cat([x[..., :1] + self.dt * v, v], dim=-1)
+
+
+def test_the_jacobian_is_optional_and_defaults_to_autograd():
+    """A SystemDynamics with only forward instantiates (no "abstract class ... jacobian"),
+    and its default Jacobian equals the exact one, carries parameter gradients under grad
+    mode, is detached under no_grad, and serves MPC(jacobian="analytic")."""
+    point = _PointWithoutJacobian()
+    x = torch.randn(4, 3, 2, dtype=torch.float64)
+    u = torch.randn(4, 3, 1, dtype=torch.float64)
+    dt, m = 0.1, point.mass
+    exact = torch.tensor([[1.0, dt, dt * dt / 2.0], [0.0, 1.0, dt / 2.0]], dtype=torch.float64)
+    jacobian = point.jacobian(x, u)
+    torch.testing.assert_close(jacobian, exact.expand(4, 3, 2, 3), rtol=1e-12, atol=1e-14)
+    (d_mass,) = torch.autograd.grad(jacobian[..., 0, 2].sum(), m)
+    assert d_mass.item() == pytest.approx(12 * -dt * dt / 4.0, rel=1e-12)  # d(dt^2/m)/dm
+    with torch.no_grad():
+        assert not point.jacobian(x, u).requires_grad
+    torch.testing.assert_close(point.jacobian(x[0, 0], u[:, :1]), jacobian[:, :1], rtol=0, atol=0)
+    # the built-in systems' analytic Jacobians agree with the default, parameter gradients too
+    for system in SYSTEMS:
+        dynamics = SYSTEMS[system]().double()
+        xs = random_states(dynamics.n_state, (5,), torch.float64).requires_grad_(True)
+        us = random_controls(dynamics, (5,), torch.float64)
+        default = SystemDynamics.jacobian(dynamics, xs, us)
+        torch.testing.assert_close(default, dynamics.jacobian(xs, us), rtol=1e-10, atol=1e-12)
+        weights = torch.randn_like(default)
+        grads = [
+            torch.autograd.grad((j * weights).sum(), [xs, *dynamics.parameters()])
+            for j in (default, dynamics.jacobian(xs, us))
+        ]
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+    cost = GoalWeightedCost(torch.tensor([1.0, 0.1, 0.01]).double(), torch.zeros(3).double())
+    x_init = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    solution = MPC(2, 1, 10, -1.0, 1.0, jacobian="analytic")(x_init, cost, point)
+    assert solution.info.all_converged
+    solution.u.sum().backward()
+    assert point.mass.grad is not None and point.mass.grad.abs() > 0
+
+
+@pytest.mark.parametrize("system", SYSTEMS)
+def test_numpy_twin_equals_the_torch_module(system):
+    """The environments step with ``numpy_step``: equal to ``forward`` to float precision on
+    any leading shape, inside and outside the velocity clip, at the module's current
+    parameter values (after an in-place update and after load_state_dict)."""
+    dynamics = SYSTEMS[system]().double()
+    twin = dynamics.numpy_twin()
+    assert twin is not None
+    for batch in [(), (7,), (2, 3)]:
+        x = random_states(dynamics.n_state, batch, torch.float64)
+        x[..., -1] *= 4.0  # velocities up to ~12: the pendulum's clip at 8 is active at times
+        u = random_controls(dynamics, batch, torch.float64)
+        with torch.no_grad():
+            expected = dynamics(x, u).numpy()
+        np.testing.assert_allclose(twin(x.numpy(), u.numpy()), expected, rtol=1e-13, atol=1e-14)
+    x = random_states(dynamics.n_state, (16,), torch.float64)
+    u = random_controls(dynamics, (16,), torch.float64)
+    before = twin(x.numpy(), u.numpy())
+    with torch.no_grad():
+        for parameter in dynamics.parameters():
+            parameter.mul_(1.3)  # in place, as an optimizer step is
+        expected = dynamics(x, u).numpy()
+    after = twin(x.numpy(), u.numpy())
+    assert np.abs(after - before).max() > 1e-3
+    np.testing.assert_allclose(after, expected, rtol=1e-13, atol=1e-14)
+    fresh = SYSTEMS[system]().double()
+    dynamics.load_state_dict(fresh.state_dict())
+    np.testing.assert_allclose(twin(x.numpy(), u.numpy()), before, rtol=0, atol=0)
+
+
+def test_a_subclass_that_changes_forward_steps_in_torch():
+    """A subclass inherits numpy_step but not the promise that it equals its forward."""
+
+    class Heavier(PendulumDynamics):
+        def forward(self, x, u):
+            return super().forward(x, 0.5 * u)
+
+    assert PendulumDynamics().numpy_twin() is not None
+    assert Heavier().numpy_twin() is None
+    env = PendulumEnv()
+    env.dynamics = Heavier(dtype=torch.float64)  # e.g. domain randomization
+    env.reset(seed=0)
+    x = torch.tensor(env.state)
+    env.step(np.array([2.0], dtype=np.float32))
+    with torch.no_grad():
+        expected = PendulumDynamics(dtype=torch.float64)(x, torch.tensor([1.0]).double())
+    np.testing.assert_allclose(env.state, expected.numpy(), rtol=1e-14, atol=1e-14)

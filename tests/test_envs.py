@@ -10,6 +10,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from gymnasium.envs.classic_control.cartpole import CartPoleEnv as GymnasiumCartPole
 from gymnasium.envs.classic_control.pendulum import PendulumEnv as GymnasiumPendulum
 from gymnasium.utils.env_checker import check_env
 
@@ -20,6 +21,7 @@ from mpc_policy.envs import (
     PendulumEnv,
     PendulumParams,
     WindyPendulumEnv,
+    cartpole_state,
     pendulum_state,
 )
 
@@ -67,8 +69,9 @@ def test_step_agrees_with_dynamics_and_cost_modules(env_id):
         with torch.no_grad():
             expected = env.dynamics(x, u)
             cost = env.cost(x.view(1, 1, -1), u.view(1, 1, -1))
-        np.testing.assert_array_equal(env.state, expected.numpy())
-        np.testing.assert_array_equal(next_obs, expected.numpy().astype(np.float32))
+        # the environment steps with the module's numpy twin: equal to float precision
+        np.testing.assert_allclose(env.state, expected.numpy(), rtol=1e-14, atol=1e-14)
+        np.testing.assert_array_equal(next_obs, env.state.astype(np.float32))
         assert reward == pytest.approx(-float(cost), rel=1e-12, abs=1e-12)
         assert terminated is False and truncated is False
         assert next_obs.dtype == np.float32 and next_obs is not obs
@@ -94,6 +97,95 @@ def test_pendulum_reproduces_gymnasium_pendulum_v1():
     for _ in range(100):
         action = rng.uniform(-2.0, 2.0, size=1).astype(np.float32)
         np.testing.assert_allclose(ours.step(action)[0], theirs.step(action)[0], atol=1e-5)
+
+
+def pendulum_v1_step(theta, theta_dot, u, g, m, l, dt=0.05, max_speed=8.0):
+    """Gymnasium Pendulum-v1's update (NOTES.md), written out in numpy at any g, m, l."""
+    theta_dot = np.clip(
+        theta_dot + (3 * g / (2 * l) * np.sin(theta) + 3.0 / (m * l**2) * u) * dt,
+        -max_speed,
+        max_speed,
+    )
+    return theta + theta_dot * dt, theta_dot
+
+
+@pytest.mark.parametrize(("g", "m", "l"), [(10.0, 1.3, 0.7), (9.81, 0.6, 1.8), (4.0, 2.5, 2.5)])
+def test_pendulum_matches_pendulum_v1_at_other_masses_and_lengths(g, m, l):
+    """At m = l = 1 an inertia written 3/(m l) or 3/(m^2 l^2) passes: compare elsewhere, with
+    Gymnasium's own environment (its g, m, l set) and with its equation written out."""
+    ours = PendulumEnv(params={"gravity": g, "mass": m, "length": l})
+    theirs = GymnasiumPendulum(g=g)
+    theirs.m, theirs.l = m, l
+    ours.reset(seed=0)
+    theirs.reset(seed=0)
+    rng = np.random.default_rng(2)
+    for _ in range(200):
+        theta, theta_dot = rng.uniform(-np.pi, np.pi), rng.uniform(-8.0, 8.0)
+        action = rng.uniform(-2.0, 2.0, size=1).astype(np.float32)
+        ours.state = pendulum_state(theta, theta_dot)
+        theirs.state = np.array([theta, theta_dot])
+        # (the rewards differ on purpose: ours is the paper's cost, 2 - 2 cos th for the angle)
+        np.testing.assert_allclose(ours.step(action)[0], theirs.step(action)[0], atol=1e-5)
+        next_theta, next_theta_dot = pendulum_v1_step(theta, theta_dot, float(action[0]), g, m, l)
+        np.testing.assert_allclose(
+            ours.state, pendulum_state(next_theta, next_theta_dot), rtol=1e-12, atol=1e-12
+        )
+
+
+def cartpole_lagrangian_step(state, force, g, m_c, m_p, l, dt):
+    """One explicit Euler step of a cart with a uniform pole of half-length l, derived from
+    the Lagrangian (Barto, Sutton and Anderson 1983; Florian 2007, without friction):
+
+        [[m_c + m_p,        m_p l cos th], [p_dd ]   [u + m_p l th_dot^2 sin th]
+         [m_p l cos th, 4/3 m_p l^2     ]] [th_dd] = [m_p g l sin th           ]
+
+    with th from upright, positive to the right; solved as a 2x2 linear system."""
+    p, p_dot, theta, theta_dot = state
+    mass = np.array(
+        [
+            [m_c + m_p, m_p * l * np.cos(theta)],
+            [m_p * l * np.cos(theta), 4.0 / 3.0 * m_p * l**2],
+        ]
+    )
+    rhs = np.array([force + m_p * l * theta_dot**2 * np.sin(theta), m_p * g * l * np.sin(theta)])
+    p_acc, theta_acc = np.linalg.solve(mass, rhs)
+    return np.array(
+        [p + dt * p_dot, p_dot + dt * p_acc, theta + dt * theta_dot, theta_dot + dt * theta_acc]
+    )
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{}, {"gravity": 9.81, "cart_mass": 1.7, "pole_mass": 0.4, "half_length": 0.8, "dt": 0.02}],
+)
+def test_cartpole_matches_an_independent_derivation_and_gymnasium(params):
+    """The cart-pole's step against its Lagrangian equations solved in numpy, and against
+    Gymnasium's CartPole-v1 (Euler) at the same constants with its force set to ours."""
+    ours = CartPoleEnv(params=params)
+    p = ours.params
+    theirs = GymnasiumCartPole()
+    theirs.gravity, theirs.masscart, theirs.masspole = p.gravity, p.cart_mass, p.pole_mass
+    theirs.total_mass = p.cart_mass + p.pole_mass
+    theirs.length, theirs.tau = p.half_length, p.dt
+    theirs.polemass_length = p.pole_mass * p.half_length
+    ours.reset(seed=0)
+    theirs.reset(seed=0)
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        state = np.array(
+            [rng.uniform(-2, 2), rng.uniform(-3, 3), rng.uniform(-np.pi, np.pi), rng.normal(0, 3)]
+        )
+        force = float(rng.uniform(-p.max_force, p.max_force))
+        ours.state = cartpole_state(*state)
+        ours.step(np.array([force]))
+        expected = cartpole_lagrangian_step(
+            state, force, p.gravity, p.cart_mass, p.pole_mass, p.half_length, p.dt
+        )
+        np.testing.assert_allclose(ours.state, cartpole_state(*expected), rtol=1e-9, atol=1e-9)
+        theirs.state = state.copy()
+        theirs.force_mag, theirs.steps_beyond_terminated = abs(force), None
+        theirs.step(int(force > 0))
+        np.testing.assert_allclose(ours.state, cartpole_state(*theirs.state), rtol=0, atol=1e-9)
 
 
 @pytest.mark.parametrize("env_id", ENV_IDS)
@@ -215,3 +307,108 @@ def test_env_parameters_are_exact_float64():
     assert env.dynamics.pole_mass.dtype == torch.float64
     assert env.dynamics.pole_mass.item() == 0.3
     assert not any(p.requires_grad for p in env.dynamics.parameters())
+
+
+@pytest.mark.parametrize(
+    ("env_id", "params", "field"),
+    [
+        ("mpc_policy/Pendulum-v0", {"mass": 1.3, "length": 0.7}, "length"),
+        ("mpc_policy/CartPole-v0", {"pole_mass": 0.2}, "pole_mass"),
+        ("mpc_policy/WindyPendulum-v0", {"wind": -0.5, "max_speed": None}, "wind"),
+        ("mpc_policy/CartPoleTrack-v0", {"half_length": 0.6}, "half_length"),
+    ],
+)
+def test_params_as_plain_data_round_trip_through_the_spec(env_id, params, field):
+    """zoo env_kwargs, EnvSpec.to_json and Minari's recorded specs hold plain data: a mapping
+    of parameter fields builds the same physics, and the spec rebuilds it from JSON."""
+    env = gym.make(env_id, params=params)
+    assert getattr(env.unwrapped.params, field) == params[field]
+    assert getattr(env.unwrapped.dynamics, field, None) is None or getattr(
+        env.unwrapped.dynamics, field
+    ).item() == pytest.approx(params[field])
+    again = gym.make(gym.envs.registration.EnvSpec.from_json(env.spec.to_json()))
+    assert again.unwrapped.params == env.unwrapped.params
+    assert type(again.unwrapped.params) is type(env.unwrapped.params)
+    first, _ = env.reset(seed=4)
+    np.testing.assert_array_equal(again.reset(seed=4)[0], first)
+    action = env.action_space.high
+    np.testing.assert_array_equal(again.step(action)[0], env.step(action)[0])
+
+
+def test_params_mapping_errors_name_the_key_and_the_valid_ones():
+    with pytest.raises(
+        ValueError,
+        match=r"params: unknown key 'damping' for PendulumParams; "
+        r"the valid keys are \['gravity', 'mass', 'length'",
+    ):
+        gym.make("mpc_policy/Pendulum-v0", params={"damping": 0.1})
+    with pytest.raises(ValueError, match="mass"):
+        PendulumEnv(params={"mass": -1.0})
+    with pytest.raises(TypeError, match="params: expected a PendulumParams or a mapping"):
+        PendulumEnv(params=[("mass", 1.0)])
+    with pytest.raises(TypeError, match="string keys"):
+        CartPoleEnv(params={1: 2.0})
+    with pytest.raises(TypeError, match="WindyPendulumParams"):
+        WindyPendulumEnv(params=PendulumParams())
+
+
+@pytest.mark.parametrize("env_id", list(envs.VECTOR_ENTRY_POINTS))
+def test_native_vector_env_equals_sync_vector_env(env_id):
+    """gymnasium.make_vec's default for our ids is the native vector environment: one batched
+    step of all copies. Same seeds, same actions: the same trajectories as Gymnasium's
+    SyncVectorEnv of the same environments, across time limits and autoresets."""
+    kwargs = {"num_envs": 5, "max_episode_steps": 7}
+    native = gym.make_vec(env_id, **kwargs)
+    sync = gym.make_vec(env_id, vectorization_mode="sync", **kwargs)
+    assert type(native.unwrapped).__name__.endswith("VectorEnv")
+    assert not isinstance(native.unwrapped, gym.vector.SyncVectorEnv)
+    assert native.metadata["autoreset_mode"] == sync.metadata["autoreset_mode"]
+    assert native.single_action_space == sync.single_action_space
+    assert native.observation_space == sync.observation_space
+    first_native, _ = native.reset(seed=11)
+    first_sync, _ = sync.reset(seed=11)
+    np.testing.assert_array_equal(first_native, first_sync)
+    assert len(np.unique(first_native[:, -1])) == 5  # each copy its own start
+    native.action_space.seed(3)
+    for step in range(20):
+        actions = 1.5 * native.action_space.sample()  # some beyond the bound: clipped
+        a, b = native.step(actions), sync.step(actions)
+        np.testing.assert_allclose(a[0], b[0], rtol=1e-6, atol=1e-6)  # observations
+        np.testing.assert_allclose(a[1], b[1], rtol=1e-10, atol=1e-12)  # rewards
+        np.testing.assert_array_equal(a[2], b[2])  # terminated
+        np.testing.assert_array_equal(a[3], b[3])  # truncated
+        assert a[3].all() == (step % 8 == 6)
+    mask = np.array([True, False, True, False, False])
+    np.testing.assert_array_equal(
+        native.reset(seed=[1, 2, 3, 4, 5], options={"reset_mask": mask})[0],
+        sync.reset(seed=[1, 2, 3, 4, 5], options={"reset_mask": mask.copy()})[0],
+    )
+    native.close()
+    sync.close()
+
+
+def test_native_vector_env_arguments_and_errors():
+    vector = gym.make_vec("mpc_policy/Pendulum-v0", num_envs=3, params={"mass": 1.4})
+    assert all(env.params.mass == 1.4 for env in vector.unwrapped.envs)
+    with pytest.raises(gym.error.ResetNeeded):
+        vector.step(np.zeros((3, 1), dtype=np.float32))
+    vector.reset(seed=0, options={"state": pendulum_state(0.5, 0.0)})
+    np.testing.assert_array_equal(vector.unwrapped.states, np.stack([pendulum_state(0.5, 0)] * 3))
+    with pytest.raises(ValueError, match=r"action: expected shape \(3, 1\)"):
+        vector.step(np.zeros(3, dtype=np.float32))
+    with pytest.raises(ValueError, match="finite"):
+        vector.step(np.full((3, 1), np.nan, dtype=np.float32))
+    with pytest.raises(ValueError, match="num_envs"):
+        gym.make_vec("mpc_policy/Pendulum-v0", num_envs=0, vectorization_mode="vector_entry_point")
+    from mpc_policy.envs.cartpole import CartPoleTrackEnv
+    from mpc_policy.envs.vector import DynamicsVectorEnv
+
+    class TrackVector(DynamicsVectorEnv):
+        env_class = CartPoleTrackEnv
+
+    with pytest.raises(TypeError, match="overrides step"):
+        TrackVector(2)
+    frames = gym.make_vec("mpc_policy/CartPole-v0", num_envs=2, render_mode="rgb_array")
+    frames.reset(seed=0)
+    first, second = frames.render()
+    assert first.shape == (400, 600, 3) and not np.array_equal(first, second)

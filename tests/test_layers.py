@@ -62,7 +62,8 @@ def _solver_modules() -> list[Path]:
     return [
         path
         for path in sorted((ROOT / "mpc_policy").rglob("*.py"))
-        if path.relative_to(ROOT / "mpc_policy").parts != ("__init__.py",)
+        # the package's entry points: __init__ registers the gym ids, __main__ is the command
+        if path.relative_to(ROOT / "mpc_policy").parts not in (("__init__.py",), ("__main__.py",))
     ]
 
 

@@ -14,13 +14,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.lines
-import matplotlib.pyplot as plt
-import matplotlib.ticker
 import numpy as np
+
+from mpc_policy.envs.extras import import_optional
+
+# the figures are the plot extra's: a missing matplotlib is named before any experiment runs
+matplotlib = import_optional("matplotlib", "plot", "the experiments' figures")
+matplotlib.use("Agg")
+import matplotlib.lines  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 
 __all__ = ["Panel", "Series", "plot_curves", "plot_sample_complexity"]
 

@@ -14,7 +14,12 @@ def pole_frame(pivot: float, tip_x: float, tip_y: float, half_width: float, ax: 
         half_width: the axes span [-half_width, half_width] both ways.
         ax: matplotlib axes to draw on; a new 6x6 figure if None.
     """
-    import matplotlib.pyplot as plt  # only the drawing needs matplotlib
+    try:
+        import matplotlib.pyplot as plt  # only the drawing needs matplotlib
+    except ImportError as error:
+        raise ImportError(
+            'get_frame needs matplotlib, which is not installed: pip install "mpc-policy[plot]"'
+        ) from error
 
     if ax is None:
         fig, ax = plt.subplots(figsize=(6, 6))

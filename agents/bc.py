@@ -25,12 +25,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mpc_policy.agents.checkpoint import RunCheckpoints, capture_rng, restore_rng
-from mpc_policy.agents.guards import check_loss, check_parameters
-from mpc_policy.agents.logging import MetricsSink, summarize_warnings
-from mpc_policy.agents.objectives import Batch, Objective
-from mpc_policy.agents.optimization import Optimization
 from mpc_policy.solution import SolverInfo
+
+from .checkpoint import RunCheckpoints, capture_rng, restore_rng
+from .guards import check_loss, check_parameters
+from .logging import MetricsSink, summarize_warnings
+from .objectives import Batch, Objective
+from .optimization import Optimization
 
 __all__ = ["Loop", "MetricsSink", "Objective", "TrainResult", "Trainer"]
 

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mpc_policy.agents.atomic import atomic_write
-from mpc_policy.agents.guards import restore_optimizer
+from .atomic import atomic_write
+from .guards import restore_optimizer
 
 __all__ = [
     "RunCheckpoints",

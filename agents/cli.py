@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from mpc_policy.agents.config import ExperimentConfig
+    from .config import ExperimentConfig
 
 __all__ = ["main"]
 
@@ -101,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
 def _smaller_budget(path: str, config: ExperimentConfig) -> str | None:
     """When the run trains on fewer epochs or trajectories than the config file as written
     (a ``quick`` profile: a smoke test), the two budgets in words; else None."""
-    from mpc_policy.agents.config import load_config
+    from .config import load_config
 
     try:
         written = load_config(path)
@@ -119,11 +119,11 @@ def _smaller_budget(path: str, config: ExperimentConfig) -> str | None:
 
 
 def _execute(args: argparse.Namespace, caught: list[warnings.WarningMessage]) -> None:
-    from mpc_policy.agents import report
-    from mpc_policy.agents.config import load_config
-    from mpc_policy.agents.datasets import load_dataset
-    from mpc_policy.agents.experiment import resolve
-    from mpc_policy.agents.pipeline import collect, evaluate, train
+    from . import report
+    from .config import load_config
+    from .datasets import load_dataset
+    from .experiment import resolve
+    from .pipeline import collect, evaluate, train
 
     config = load_config(args.config, args.profile, args.overrides)
     try:
@@ -178,7 +178,7 @@ def _warnings_in_the_report() -> Iterator[list[warnings.WarningMessage]]:
 
 def _report_warnings(caught: list[warnings.WarningMessage]) -> None:
     """Print the collected warnings as a section of the account and forget them."""
-    from mpc_policy.agents import report
+    from . import report
 
     report.describe_warnings([(w.category.__name__, str(w.message)) for w in caught], print)
     caught.clear()

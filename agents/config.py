@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from mpc_policy.agents.yaml_profiles import read_profile
 from mpc_policy.envs.registry import get_system
 from mpc_policy.options import MPCOptions
+
+from .yaml_profiles import read_profile
 
 __all__ = [
     "METHODS",

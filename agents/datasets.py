@@ -21,10 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from mpc_policy.agents.atomic import atomic_write
-from mpc_policy.agents.expert import MPCExpert
-from mpc_policy.agents.rollouts import run_episodes
 from mpc_policy.envs.registry import SYSTEMS, System, get_system
+
+from .atomic import atomic_write
+from .expert import MPCExpert
+from .rollouts import run_episodes
 
 __all__ = ["FORMAT_VERSION", "DatasetError", "ExpertDataset", "collect_dataset", "load_dataset"]
 

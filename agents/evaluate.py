@@ -15,10 +15,11 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from mpc_policy.agents.expert import MPCExpert
-from mpc_policy.agents.rollouts import Planner, run_episodes
 from mpc_policy.envs.extras import import_optional
 from mpc_policy.envs.registry import System, get_system
+
+from .expert import MPCExpert
+from .rollouts import Planner, run_episodes
 
 __all__ = ["EvaluationResult", "evaluate_policy", "save_gif"]
 

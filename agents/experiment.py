@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mpc_policy.agents.bc import Loop
-from mpc_policy.agents.config import DataConfig, EvaluateConfig, ExperimentConfig, ModelConfig
-from mpc_policy.agents.models import build_learner
-from mpc_policy.agents.optimization import OptimizerSettings
 from mpc_policy.envs.registry import System, get_system
+
+from .bc import Loop
+from .config import DataConfig, EvaluateConfig, ExperimentConfig, ModelConfig
+from .models import build_learner
+from .optimization import OptimizerSettings
 
 __all__ = ["Experiment", "resolve"]
 

@@ -1,6 +1,6 @@
 """Expert datasets to and from Minari, the offline-RL dataset format of the Farama Foundation.
 
-    from mpc_policy.agents.minari_io import export_minari, import_minari
+    from .minari_io import export_minari, import_minari
     export_minari(dataset, "mpc_policy/pendulum/expert-v0")      # an ExpertDataset
     dataset = import_minari("mpc_policy/pendulum/expert-v0")     # the same ExpertDataset
 
@@ -36,7 +36,10 @@ import gymnasium
 import numpy as np
 from torch import Tensor, nn
 
-from mpc_policy.agents.datasets import (
+from mpc_policy.envs.registry import SYSTEMS, System, get_system
+from mpc_policy.solution import SolverInfo
+
+from .datasets import (
     FORMAT_VERSION,
     SPLITS,
     DatasetError,
@@ -44,9 +47,7 @@ from mpc_policy.agents.datasets import (
     _check_consistency,
     _check_schema,
 )
-from mpc_policy.agents.objectives import Batch, ImitationObjective, WarmStarts
-from mpc_policy.envs.registry import SYSTEMS, System, get_system
-from mpc_policy.solution import SolverInfo
+from .objectives import Batch, ImitationObjective, WarmStarts
 
 __all__ = [
     "METADATA_KEY",

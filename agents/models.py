@@ -20,11 +20,12 @@ import torch
 from torch import Tensor, nn
 
 from mpc_policy import GoalWeightedCost
-from mpc_policy.agents.config import ModelConfig
-from mpc_policy.agents.nn_baseline import SequenceNetwork
 from mpc_policy.envs.model import SystemDynamics
 from mpc_policy.envs.registry import System
 from mpc_policy.policy import MPCPolicy
+
+from .config import ModelConfig
+from .nn_baseline import SequenceNetwork
 
 __all__ = [
     "COST_METHODS",

@@ -17,10 +17,11 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from mpc_policy.agents.models import ModelReport, parameter_values
-from mpc_policy.agents.nn_baseline import SequenceNetwork
 from mpc_policy.policy import MPCPolicy
 from mpc_policy.solution import SolverInfo
+
+from .models import ModelReport, parameter_values
+from .nn_baseline import SequenceNetwork
 
 __all__ = [
     "Batch",

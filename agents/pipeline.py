@@ -24,21 +24,22 @@ import torch
 import yaml
 from torch import nn
 
-from mpc_policy.agents.atomic import atomic_write, atomic_write_json
-from mpc_policy.agents.bc import Trainer, TrainResult
-from mpc_policy.agents.checkpoint import RunCheckpoints, load_checkpoint
-from mpc_policy.agents.config import ExperimentConfig
-from mpc_policy.agents.datasets import DatasetError, ExpertDataset, collect_dataset, load_dataset
-from mpc_policy.agents.evaluate import evaluate_policy
-from mpc_policy.agents.experiment import Experiment, resolve
-from mpc_policy.agents.expert import MPCExpert
-from mpc_policy.agents.guards import RunLock
-from mpc_policy.agents.logging import TrainingLog
-from mpc_policy.agents.models import DYNAMICS_METHODS, ModelReport, build_learner, parameter_groups
-from mpc_policy.agents.objectives import ImitationObjective, WarmStarts
-from mpc_policy.agents.optimization import Optimization
-from mpc_policy.agents.sysid import SysIdObjective
 from mpc_policy.policy import MPCPolicy
+
+from .atomic import atomic_write, atomic_write_json
+from .bc import Trainer, TrainResult
+from .checkpoint import RunCheckpoints, load_checkpoint
+from .config import ExperimentConfig
+from .datasets import DatasetError, ExpertDataset, collect_dataset, load_dataset
+from .evaluate import evaluate_policy
+from .experiment import Experiment, resolve
+from .expert import MPCExpert
+from .guards import RunLock
+from .logging import TrainingLog
+from .models import DYNAMICS_METHODS, ModelReport, build_learner, parameter_groups
+from .objectives import ImitationObjective, WarmStarts
+from .optimization import Optimization
+from .sysid import SysIdObjective
 
 __all__ = ["collect", "evaluate", "load_policy", "resolve", "run", "train"]
 

@@ -21,9 +21,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mpc_policy.agents.expert import shift_plan
 from mpc_policy.envs.base import DynamicsEnv
 from mpc_policy.solution import SolverInfo
+
+from .expert import shift_plan
 
 __all__ = ["PlanResult", "Planner", "Rollouts", "run_episodes"]
 

@@ -40,8 +40,8 @@ from typing import Any, Literal
 
 import torch
 
-from mpc_policy.agents.atomic import atomic_write_json
-from mpc_policy.agents.provenance import provenance
+from .atomic import atomic_write_json
+from .provenance import provenance
 
 __all__ = [
     "Backend",

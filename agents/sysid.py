@@ -15,9 +15,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mpc_policy.agents.objectives import Batch, ImitationObjective, imitation_loss, transition_loss
 from mpc_policy.policy import MPCPolicy
 from mpc_policy.solution import SolverInfo
+
+from .objectives import Batch, ImitationObjective, imitation_loss, transition_loss
 
 __all__ = ["SysIdObjective", "transition_loss"]
 
@@ -31,7 +32,7 @@ class SysIdObjective(ImitationObjective):
     def __init__(self, learner: nn.Module, *args: object, **kwargs: object) -> None:
         if not isinstance(learner, MPCPolicy):
             raise TypeError(f"learner: expected an MPCPolicy, received {type(learner).__name__}")
-        super().__init__(learner, *args, **kwargs)
+        super().__init__(learner, *args, **kwargs)  # type: ignore[arg-type]
         self.policy: MPCPolicy = learner
 
     @property

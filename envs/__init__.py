@@ -23,30 +23,30 @@ from typing import TYPE_CHECKING, Any
 import gymnasium
 
 if TYPE_CHECKING:
-    from mpc_policy.envs.base import DynamicsEnv
-    from mpc_policy.envs.cartpole import (
+    from .base import DynamicsEnv
+    from .cartpole import (
         CartPoleDynamics,
         CartPoleEnv,
         cartpole_cost,
         cartpole_state,
     )
-    from mpc_policy.envs.model import SystemDynamics
-    from mpc_policy.envs.params import CartPoleParams, PendulumParams, WindyPendulumParams
-    from mpc_policy.envs.pendulum import (
+    from .model import SystemDynamics
+    from .params import CartPoleParams, PendulumParams, WindyPendulumParams
+    from .pendulum import (
         PendulumDynamics,
         PendulumEnv,
         pendulum_cost,
         pendulum_state,
     )
-    from mpc_policy.envs.registry import (
+    from .registry import (
         SYSTEMS,
         System,
         get_system,
         register_system,
         system_names,
     )
-    from mpc_policy.envs.vector import DynamicsVectorEnv
-    from mpc_policy.envs.windy_pendulum import WindyPendulumDynamics, WindyPendulumEnv
+    from .vector import DynamicsVectorEnv
+    from .windy_pendulum import WindyPendulumDynamics, WindyPendulumEnv
 
 __all__ = [
     "ENTRY_POINTS",

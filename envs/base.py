@@ -28,8 +28,9 @@ from gymnasium import spaces
 from torch import Tensor, nn
 
 from mpc_policy.costs import GoalWeightedCost
-from mpc_policy.envs.model import SystemDynamics
-from mpc_policy.envs.rendering import RENDER_MODES, Canvas, Renderer
+
+from .model import SystemDynamics
+from .rendering import RENDER_MODES, Canvas, Renderer
 
 __all__ = ["DynamicsEnv", "StepFunctions"]
 

@@ -28,8 +28,9 @@ import torch
 from torch import Tensor, nn
 
 from mpc_policy.costs import GoalWeightedCost
-from mpc_policy.envs.base import UNBOUNDED, DynamicsEnv
-from mpc_policy.envs.model import (
+
+from .base import UNBOUNDED, DynamicsEnv
+from .model import (
     SystemDynamics,
     angle_and_partials,
     check_inputs,
@@ -38,8 +39,8 @@ from mpc_policy.envs.model import (
     stack_columns,
     stack_jacobian,
 )
-from mpc_policy.envs.params import PendulumParams, as_params
-from mpc_policy.envs.rendering import Canvas
+from .params import PendulumParams, as_params
+from .rendering import Canvas
 
 __all__ = ["PendulumDynamics", "PendulumEnv", "pendulum_cost", "pendulum_state"]
 

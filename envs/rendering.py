@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from mpc_policy.envs.extras import import_optional
+from .extras import import_optional
 
 __all__ = ["RENDER_MODES", "Canvas", "Renderer"]
 

@@ -14,12 +14,12 @@ import math
 import numpy as np
 from torch import Tensor, nn
 
-from mpc_policy.envs import ENTRY_POINTS, MAX_EPISODE_STEPS
-from mpc_policy.envs.cartpole import CartPoleDynamics, cartpole_cost
-from mpc_policy.envs.params import CartPoleParams, PendulumParams, WindyPendulumParams
-from mpc_policy.envs.pendulum import PendulumDynamics, pendulum_cost
-from mpc_policy.envs.registry import System, register_system
-from mpc_policy.envs.windy_pendulum import WindyPendulumDynamics
+from . import ENTRY_POINTS, MAX_EPISODE_STEPS
+from .cartpole import CartPoleDynamics, cartpole_cost
+from .params import CartPoleParams, PendulumParams, WindyPendulumParams
+from .pendulum import PendulumDynamics, pendulum_cost
+from .registry import System, register_system
+from .windy_pendulum import WindyPendulumDynamics
 
 __all__ = ["CARTPOLE", "PENDULUM", "WINDY_PENDULUM", "pendulum_identifiable"]
 

@@ -27,10 +27,10 @@ import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from mpc_policy.envs.base import DynamicsEnv
-from mpc_policy.envs.cartpole import CartPoleEnv
-from mpc_policy.envs.pendulum import PendulumEnv
-from mpc_policy.envs.windy_pendulum import WindyPendulumEnv
+from .base import DynamicsEnv
+from .cartpole import CartPoleEnv
+from .pendulum import PendulumEnv
+from .windy_pendulum import WindyPendulumEnv
 
 __all__ = [
     "CartPoleVectorEnv",

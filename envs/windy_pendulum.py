@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mpc_policy.envs.model import in_dtype
-from mpc_policy.envs.params import PendulumParams, WindyPendulumParams, as_params
-from mpc_policy.envs.pendulum import PendulumDynamics, PendulumEnv
-from mpc_policy.envs.rendering import Canvas
+from .model import in_dtype
+from .params import PendulumParams, WindyPendulumParams, as_params
+from .pendulum import PendulumDynamics, PendulumEnv
+from .rendering import Canvas
 
 __all__ = ["WindyPendulumDynamics", "WindyPendulumEnv"]
 

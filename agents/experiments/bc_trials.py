@@ -24,16 +24,16 @@ from typing import Any
 
 import numpy as np
 
-from mpc_policy.agents.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
-from mpc_policy.agents.experiments.runner import (
+from ..config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
+from ..experiments.runner import (
     SweepConfig,
     build_parser,
     config_from_args,
     run_trials,
 )
-from mpc_policy.agents.models import COST_METHODS, DYNAMICS_METHODS
-from mpc_policy.agents.pipeline import collect, train
-from mpc_policy.agents.sweep import TrialRecord, trial_key
+from ..models import COST_METHODS, DYNAMICS_METHODS
+from ..pipeline import collect, train
+from ..sweep import TrialRecord, trial_key
 
 __all__ = [
     "bc_trial",

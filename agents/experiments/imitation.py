@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from mpc_policy.agents.experiments.bc_trials import run_bc_sweep, steps_per_epoch
-from mpc_policy.agents.experiments.plots import plot_sample_complexity
-from mpc_policy.agents.experiments.runner import markdown_table, write_summary
-from mpc_policy.agents.sweep import TrialRecord
+from ..experiments.bc_trials import run_bc_sweep, steps_per_epoch
+from ..experiments.plots import plot_sample_complexity
+from ..experiments.runner import markdown_table, write_summary
+from ..sweep import TrialRecord
 
 __all__ = ["collect_losses", "loss_table", "main", "recovery_table", "training_table"]
 

@@ -26,14 +26,15 @@ import torch
 from torch import Tensor
 
 from mpc_policy import lqr_solve
-from mpc_policy.agents.experiments.plots import Panel, Series, plot_curves
-from mpc_policy.agents.experiments.runner import (
+
+from ..experiments.plots import Panel, Series, plot_curves
+from ..experiments.runner import (
     build_parser,
     markdown_table,
     run_experiment,
     write_summary,
 )
-from mpc_policy.agents.sweep import TrialRecord
+from ..sweep import TrialRecord
 
 __all__ = ["lqr_trial", "main", "random_dynamics", "recovered", "summarize"]
 

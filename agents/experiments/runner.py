@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mpc_policy.agents.provenance import provenance
-from mpc_policy.agents.sweep import BACKENDS, TrialFn, TrialRecord, load_trial, run_sweep
-from mpc_policy.agents.yaml_profiles import read_profile
+from ..provenance import provenance
+from ..sweep import BACKENDS, TrialFn, TrialRecord, load_trial, run_sweep
+from ..yaml_profiles import read_profile
 
 __all__ = [
     "SweepConfig",

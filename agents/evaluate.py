@@ -126,5 +126,6 @@ def save_gif(frames: list[np.ndarray], path: str | Path, fps: float = 10.0) -> P
         images = [Image.fromarray(frame) for frame in frames]
         images[0].save(path, save_all=True, append_images=images[1:], duration=duration_ms, loop=0)
     else:
-        imageio.mimsave(path, frames, duration=duration_ms, loop=0)
+        arrays: list[Any] = list(frames)  # imageio types its argument as a list of ArrayLike
+        imageio.mimsave(path, arrays, duration=duration_ms, loop=0)
     return path

@@ -1,6 +1,7 @@
 """Environment steps per second on one thread: ours against Gymnasium's Pendulum-v1.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_env_step.py [--steps 20000] [--num-envs 64]
+    OMP_NUM_THREADS=1 python benchmarks/bench_env_step.py [--steps 20000] [--num-envs 64] \
+        [--out DIR]
 
 Single environments step through ``gymnasium.make`` (with its wrappers, as a user gets
 them), the same random actions for each; the vector environments step ``num_envs`` copies
@@ -17,7 +18,7 @@ import time
 
 import gymnasium as gym
 import numpy as np
-import torch
+from _timing import add_output_argument, set_single_thread, write_results
 
 import mpc_policy  # noqa: F401  (registers the environments)
 
@@ -51,12 +52,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20000)
     parser.add_argument("--num-envs", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
+    add_output_argument(parser)
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    set_single_thread()
     ids = ["Pendulum-v1", "mpc_policy/Pendulum-v0", "mpc_policy/CartPole-v0"]
     print(
         f"{'environment':28s} {'single':>10s} {'sync x' + str(args.num_envs):>10s} {'native':>10s}"
     )
+    records = []
     for env_id in ids:
         best = max  # of the repeats
         rates = [
@@ -72,6 +75,9 @@ def main() -> None:
             else float("nan")
         )
         print(f"{env_id:28s} {rates[0]:10.0f} {rates[1]:10.0f} {native:10.0f}")
+        records.append({"env_id": env_id, "single": rates[0], "sync": rates[1], "native": native})
+    settings = {"steps": args.steps, "num_envs": args.num_envs, "repeats": args.repeats}
+    write_results("bench_env_step", records, settings, args.out)
 
 
 if __name__ == "__main__":

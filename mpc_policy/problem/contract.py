@@ -268,6 +268,18 @@ def _tensors(module: object, seen: set[int]) -> Iterator[Tensor]:
             yield from _tensors(value, seen)
 
 
+@contextmanager
+def _ordinary_tensors() -> Iterator[None]:
+    """Inside a solve's inference mode: make ordinary tensors, without a graph. A module
+    restricted there is differentiated later (its local models), and an inference tensor
+    cannot be saved for backward; the solve needs no graph to its parameters."""
+    if not torch.is_inference_mode_enabled():
+        yield
+        return
+    with torch.inference_mode(False), torch.no_grad():
+        yield
+
+
 def restrictable(module: Callable[..., Any], batch: int, index: Tensor) -> Any | None:
     """The module for the batch elements ``index`` (k,) of B = ``batch``, or None when the
     solver cannot tell that it is right for a part of the batch.
@@ -280,7 +292,8 @@ def restrictable(module: Callable[..., Any], batch: int, index: Tensor) -> Any |
     """
     select = getattr(module, "select_batch", None)
     if callable(select):
-        return select(index)
+        with _ordinary_tensors():
+            return select(index)
     suspect = batch > 1 or index.numel() > batch
     if suspect and any(t.dim() > 0 and t.shape[0] == batch for t in _tensors(module, set())):
         return None

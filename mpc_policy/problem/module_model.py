@@ -8,7 +8,6 @@ problem of a part of the batch, or None when a module cannot tell.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from mpc_policy.options import MPCOptions
@@ -69,10 +68,8 @@ class ModuleModel:
     def restrict(self, rows: Tensor, batch: int) -> ModuleModel | None:
         """The problem of the batch elements ``rows`` (k,) of ``batch``, or None when a
         module cannot be restricted safely (``contract.restrictable``)."""
-        # ordinary tensors (a solve runs in inference mode): the modules are differentiated
-        with torch.inference_mode(False):
-            cost = restrictable(self.cost.module, batch, rows)
-            dynamics = restrictable(self.dynamics.module, batch, rows)
+        cost = restrictable(self.cost.module, batch, rows)
+        dynamics = restrictable(self.dynamics.module, batch, rows)
         if cost is None or dynamics is None:
             return None
         checked = CheckedDynamics(dynamics, self.dynamics.n_state, self.dynamics.n_ctrl)

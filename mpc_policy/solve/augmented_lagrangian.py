@@ -85,12 +85,11 @@ class AugmentedCost:
         """The augmented cost of the elements ``index`` (k,), or None when the user's cost or
         constraints cannot be restricted safely (``contract.restrictable``)."""
         batch = self.penalty.shape[0]
-        # ordinary tensors (the restricted modules' too): the augmented cost is differentiated
-        with torch.inference_mode(False):
-            cost = restrictable(self.cost.module, batch, index)
-            constraints = restrictable(self.constraints.module, batch, index)
-            if cost is None or constraints is None:
-                return None
+        cost = restrictable(self.cost.module, batch, index)
+        constraints = restrictable(self.constraints.module, batch, index)
+        if cost is None or constraints is None:
+            return None
+        with torch.inference_mode(False):  # ordinary tensors: the cost is differentiated
             multipliers = self.multipliers.index_select(0, index)
             penalty = self.penalty.index_select(0, index)
         return AugmentedCost(

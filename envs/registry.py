@@ -9,7 +9,7 @@ state is from the task's goal (the pole's angle from upright). ``register_system
 record (and its Gymnasium id); ``get_system`` looks one up by name.
 
     import mpc_policy
-    from .registry import get_system
+    from mpc_policy.envs.registry import get_system
     pendulum = get_system("pendulum")
     dynamics = pendulum.true_dynamics({"mass": 1.2})      # float64, the given overrides
 

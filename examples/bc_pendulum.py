@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from mpc_policy.agents.expert import MPCExpert
+from mpc_policy.agents.data.expert import MPCExpert
 from mpc_policy.envs import PendulumDynamics, pendulum_cost
 from mpc_policy.envs.params import PendulumParams
 from mpc_policy.policy import MPCPolicy

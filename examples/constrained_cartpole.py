@@ -23,7 +23,7 @@ import gymnasium
 import torch
 
 from mpc_policy import MPC
-from mpc_policy.agents.expert import MPCExpert, shift_plan
+from mpc_policy.agents.data.expert import MPCExpert, shift_plan
 from mpc_policy.envs.cartpole import CartPoleDynamics, TrackLimit, cartpole_cost
 
 

@@ -19,8 +19,8 @@ import gymnasium
 import torch
 from tqdm.auto import tqdm
 
-from mpc_policy.agents.evaluate import save_gif
-from mpc_policy.agents.expert import shift_plan
+from mpc_policy.agents.data.expert import shift_plan
+from mpc_policy.agents.run.evaluate import save_gif
 from mpc_policy.envs import PendulumDynamics, pendulum_cost
 from mpc_policy.policy import MPCPolicy
 

@@ -15,17 +15,22 @@ import numpy as np
 import pytest
 import torch
 
-from mpc_policy.agents.cli import main
-from mpc_policy.agents.config import load_config
-from mpc_policy.agents.datasets import DatasetError, ExpertDataset, collect_dataset, load_dataset
-from mpc_policy.agents.guards import (
+from mpc_policy.agents.data.datasets import (
+    DatasetError,
+    ExpertDataset,
+    collect_dataset,
+    load_dataset,
+)
+from mpc_policy.agents.run.cli import main
+from mpc_policy.agents.run.config import load_config
+from mpc_policy.agents.run.pipeline import collect, train
+from mpc_policy.agents.train.guards import (
     RunLock,
     RunLocked,
     TrainingDiverged,
     check_loss,
     check_parameters,
 )
-from mpc_policy.agents.pipeline import collect, train
 from mpc_policy.solution import SolverInfo, Status
 from tests.test_cli import CONFIG, tiny
 

@@ -10,18 +10,18 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mpc_policy.agents import pipeline
-from mpc_policy.agents.checkpoint import capture_rng, restore_rng, save_checkpoint
-from mpc_policy.agents.config import (
+from mpc_policy.agents.run import pipeline
+from mpc_policy.agents.data.datasets import load_dataset
+from mpc_policy.agents.learners.models import build_learner
+from mpc_policy.agents.run.config import (
     DataConfig,
     EvaluateConfig,
     ExperimentConfig,
     ModelConfig,
     TrainConfig,
 )
-from mpc_policy.agents.datasets import load_dataset
-from mpc_policy.agents.models import build_learner
-from mpc_policy.agents.objectives import Batch, ImitationObjective
+from mpc_policy.agents.train.checkpoint import capture_rng, restore_rng, save_checkpoint
+from mpc_policy.agents.train.objectives import Batch, ImitationObjective
 from mpc_policy.envs.registry import get_system
 
 PAPER_INIT = {"gravity": 15.0, "mass": 3.0, "length": 0.5}
@@ -287,7 +287,7 @@ def test_a_checkpoint_of_the_earlier_layout_resumes(data_path, tmp_path):
 
 
 def test_the_imitation_loss_is_the_mean_squared_error_per_control_entry(data_path, tmp_path):
-    from mpc_policy.agents.objectives import imitation_loss
+    from mpc_policy.agents.train.objectives import imitation_loss
 
     # by value: differences 0..11 over B = 2, T = 3, m = 2 entries (a sum would give 506)
     expert = torch.arange(12, dtype=torch.float64).reshape(2, 3, 2)

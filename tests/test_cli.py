@@ -20,8 +20,8 @@ import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mpc_policy.agents import cli
-from mpc_policy.agents.cli import main
+from mpc_policy.agents.run import cli
+from mpc_policy.agents.run.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "pendulum_dx.yaml")
@@ -57,7 +57,9 @@ def logged_steps(run_dir: Path, tag: str) -> list[int]:
 
 def test_the_console_script_is_declared():
     scripts = entry_points(group="console_scripts")
-    assert [s.value for s in scripts if s.name == "mpc-policy"] == ["mpc_policy.agents.cli:main"]
+    assert [s.value for s in scripts if s.name == "mpc-policy"] == [
+        "mpc_policy.agents.run.cli:main"
+    ]
 
 
 def test_run_collects_trains_evaluates_and_renders(tmp_path, capsys):
@@ -100,7 +102,7 @@ def test_a_killed_training_run_resumes_where_it_stopped(tmp_path):
     args = tiny("train", tmp_path, "--set", "train.epochs=30")
     assert main(tiny("collect", tmp_path)) == 0
     process = subprocess.Popen(
-        [sys.executable, "-m", "mpc_policy.agents.cli", *args],
+        [sys.executable, "-m", "mpc_policy.agents.run.cli", *args],
         cwd=ROOT,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
         stdout=subprocess.DEVNULL,
@@ -145,7 +147,7 @@ def _loaded_by(argv: list[str]) -> tuple[list[str], list[str]]:
             sys.executable,
             "-c",
             "import sys\n"
-            "from mpc_policy.agents.cli import main\n"
+            "from mpc_policy.agents.run.cli import main\n"
             "try:\n"
             f"    main({argv!r})\n"
             "except SystemExit:\n"
@@ -166,10 +168,13 @@ def test_help_is_quick():
     its names lazily). Measured by what gets imported, not in seconds, which a busy host
     stretches."""
     agents, heavy = _loaded_by(["--help"])
-    assert agents == ["mpc_policy.agents", "mpc_policy.agents.cli"]
+    assert agents == ["mpc_policy.agents", "mpc_policy.agents.run", "mpc_policy.agents.run.cli"]
     assert heavy == []
     agents, heavy = _loaded_by(["train", "--help"])
-    assert agents == ["mpc_policy.agents", "mpc_policy.agents.cli"] and heavy == []
+    assert (
+        agents == ["mpc_policy.agents", "mpc_policy.agents.run", "mpc_policy.agents.run.cli"]
+        and heavy == []
+    )
 
 
 def test_the_usage_advertises_only_options_that_parse(capsys):
@@ -215,8 +220,8 @@ def test_stop_after_below_one_is_refused_before_anything_runs(tmp_path, capsys):
 
 
 def test_the_library_refuses_stop_after_below_one_too(tmp_path):
-    from mpc_policy.agents import pipeline
-    from mpc_policy.agents.config import load_config
+    from mpc_policy.agents.run import pipeline
+    from mpc_policy.agents.run.config import load_config
 
     config = load_config(CONFIG, "quick", [f"output_dir={tmp_path}"])
     with pytest.raises(ValueError, match="stop_after: expected None or an integer >= 1"):
@@ -372,7 +377,10 @@ def test_version_and_python_dash_m(capsys):
         main(["--version"])
     assert done.value.code == 0
     assert capsys.readouterr().out.strip() == f"mpc-policy {version('mpc-policy')}"
-    assert _loaded_by(["--version"]) == (["mpc_policy.agents", "mpc_policy.agents.cli"], [])
+    assert _loaded_by(["--version"]) == (
+        ["mpc_policy.agents", "mpc_policy.agents.run", "mpc_policy.agents.run.cli"],
+        [],
+    )
     shown = subprocess.run(
         [sys.executable, "-m", "mpc_policy", "--version"],
         cwd=ROOT,
@@ -407,7 +415,7 @@ def test_a_smoke_test_budget_gets_an_honest_verdict_and_an_unconverged_expert_a_
 
 
 def test_the_verdict_of_a_full_budget_run():
-    from mpc_policy.agents.report import verdict
+    from mpc_policy.agents.run.report import verdict
 
     train = {"identifiable": {"g_over_l": [10.01, 10.0]}}
     result = {"mean_return": -60.0, "success_rate": 1.0, "returns": [-60.0]}

@@ -12,7 +12,7 @@ import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 
-from mpc_policy.agents.expert import MPCExpert
+from mpc_policy.agents.data.expert import MPCExpert
 from mpc_policy.envs.cartpole import (
     TRACK_ENV_ID,
     CartPoleDynamics,

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from mpc_policy.agents import pipeline
-from mpc_policy.agents.cli import main
-from mpc_policy.agents.config import (
+from mpc_policy.agents.run import pipeline
+from mpc_policy.agents.run.cli import main
+from mpc_policy.agents.run.config import (
     DataConfig,
     EvaluateConfig,
     ExperimentConfig,

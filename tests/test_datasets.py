@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from mpc_policy.agents.datasets import DatasetError, ExpertDataset, collect_dataset, load_dataset
+from mpc_policy.agents.data.datasets import (
+    DatasetError,
+    ExpertDataset,
+    collect_dataset,
+    load_dataset,
+)
 from mpc_policy.envs import PendulumDynamics
 
 SPLITS = {"train": 3, "val": 1, "test": 1}

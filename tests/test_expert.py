@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from mpc_policy.agents.evaluate import evaluate_policy
-from mpc_policy.agents.expert import SWING_UP_RESTARTS, MPCExpert, shift_plan
-from mpc_policy.agents.nn_baseline import SequenceNetwork
-from mpc_policy.agents.rollouts import Planner, Rollouts, run_episodes
+from mpc_policy.agents.data.expert import SWING_UP_RESTARTS, MPCExpert, shift_plan
+from mpc_policy.agents.data.rollouts import Planner, Rollouts, run_episodes
+from mpc_policy.agents.learners.nn_baseline import SequenceNetwork
+from mpc_policy.agents.run.evaluate import evaluate_policy
 from mpc_policy.envs import cartpole_state, pendulum_state
 from mpc_policy.envs.registry import SYSTEMS
 from mpc_policy.policy import MPCPolicy

@@ -50,7 +50,9 @@ def test_the_core_imports_no_drawing_package(tmp_path):
     script = (
         "import sys, gymnasium, torch, mpc_policy\n"
         "from mpc_policy import MPC, MPCPolicy\n"
-        "from mpc_policy.agents import bc, cli, evaluate, minari_io, pipeline, rollouts\n"
+        "from mpc_policy.agents.data import minari_io, rollouts\n"
+        "from mpc_policy.agents.run import cli, evaluate, pipeline\n"
+        "from mpc_policy.agents.train import bc\n"
         "from mpc_policy.envs import ENTRY_POINTS, VARIANTS\n"
         "for env_id in [*ENTRY_POINTS, *VARIANTS]:\n"
         "    env = gymnasium.make(env_id)\n"
@@ -77,7 +79,7 @@ BLOCKED = "import sys\nfor name in {names!r}:\n    sys.modules[name] = None  # i
         ),
         (
             ("imageio", "imageio.v2", "PIL", "PIL.Image"),
-            "import numpy as np\nfrom mpc_policy.agents.evaluate import save_gif\n"
+            "import numpy as np\nfrom mpc_policy.agents.run.evaluate import save_gif\n"
             "save_gif([np.zeros((4, 4, 3), np.uint8)], 'x.gif')\n",
             "render",
         ),

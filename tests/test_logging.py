@@ -1,4 +1,4 @@
-"""mpc_policy.agents.logging: a resumed run's tensorboard curve keeps every epoch, however
+"""mpc_policy.agents.train.logging: a resumed run's tensorboard curve keeps every epoch, however
 quickly it resumes (tensorboard reads event files in name order, and the names' counter does
 not sort as a number)."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
-from mpc_policy.agents.logging import TrainingLog
+from mpc_policy.agents.train.logging import TrainingLog
 
 
 def _next_file_counter(folder) -> int:

@@ -13,15 +13,15 @@ pytest.importorskip("minari")
 pytest.importorskip("h5py")
 
 from mpc_policy import MPCPolicy
-from mpc_policy.agents.datasets import DatasetError, collect_dataset
-from mpc_policy.agents.minari_io import (
+from mpc_policy.agents.data.datasets import DatasetError, collect_dataset
+from mpc_policy.agents.data.minari_io import (
     FirstControlObjective,
     export_minari,
     imitation_objective,
     import_minari,
     trainer_splits,
 )
-from mpc_policy.agents.objectives import Batch, ImitationObjective
+from mpc_policy.agents.train.objectives import Batch, ImitationObjective
 from mpc_policy.envs import PendulumDynamics, pendulum_cost
 
 

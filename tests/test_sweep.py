@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from mpc_policy.agents.experiments.runner import load_sweep_config, markdown_table
-from mpc_policy.agents.sweep import SweepError, load_trial, run_sweep, trial_key
+from mpc_policy.agents.experiments.sweep import SweepError, load_trial, run_sweep, trial_key
 
 
 def square_trial(config: dict[str, Any]) -> dict[str, Any]:
@@ -146,7 +146,7 @@ def test_markdown_table_formats_floats():
 
 def test_a_trial_records_its_provenance_and_another_solver_flags_it(tmp_path):
     from mpc_policy.agents.experiments.runner import SweepConfig, write_summary
-    from mpc_policy.agents.provenance import provenance
+    from mpc_policy.agents.run.provenance import provenance
 
     out = tmp_path / "out"
     (record,) = run_sweep(square_trial, configs(tmp_path, [3]), out, backend="serial")

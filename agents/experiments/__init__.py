@@ -3,7 +3,7 @@
     python -m mpc_policy.agents.experiments.lqr_imitation --config configs/exp_lqr_imitation.yaml \
         --profile quick
 
-Each command reads a YAML config with profiles (``mpc_policy.agents.experiments.runner``), runs its
-trials through the sweep engine (``mpc_policy.agents.sweep``: local processes by default, Ray as an
-option), skipping trials that already finished, and writes a summary table and a figure.
+Each command reads a YAML config with profiles (``runner``), runs its trials through the sweep
+engine (``sweep``: local processes by default, Ray as an option), skipping trials that already
+finished, and writes a summary table and a figure.
 """

@@ -3,8 +3,8 @@
 A trial config (a flat, JSON-serializable dict written by the experiment's YAML) names a
 system, a method (nn, sysid, mpc.dx, mpc.cost, mpc.cost.dx), a training-set size and a
 seed, plus the dataset, the learner's starting point and the optimizer. ``bc_trial``
-turns it into an ``mpc_policy.agents.config.ExperimentConfig`` and trains with
-``mpc_policy.agents.pipeline.train`` (checkpointed and resumable), whose result holds the
+turns it into an ``mpc_policy.agents.run.config.ExperimentConfig`` and trains with
+``mpc_policy.agents.run.pipeline.train`` (checkpointed and resumable), whose result holds the
 per-epoch curves (in memory, float64; tensorboard is an output only). For learners of the
 dynamics the curves include the next-state (sysid) loss of the learned model on the test
 trajectories at every epoch (``loss/test_sysid``).
@@ -24,16 +24,16 @@ from typing import Any
 
 import numpy as np
 
-from ..config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
-from ..experiments.runner import (
+from ..learners.models import COST_METHODS, DYNAMICS_METHODS
+from ..run.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
+from ..run.pipeline import collect, train
+from .runner import (
     SweepConfig,
     build_parser,
     config_from_args,
     run_trials,
 )
-from ..models import COST_METHODS, DYNAMICS_METHODS
-from ..pipeline import collect, train
-from ..sweep import TrialRecord, trial_key
+from .sweep import TrialRecord, trial_key
 
 __all__ = [
     "bc_trial",

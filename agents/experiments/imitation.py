@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from ..experiments.bc_trials import run_bc_sweep, steps_per_epoch
-from ..experiments.plots import plot_sample_complexity
-from ..experiments.runner import markdown_table, write_summary
-from ..sweep import TrialRecord
+from .bc_trials import run_bc_sweep, steps_per_epoch
+from .plots import plot_sample_complexity
+from .runner import markdown_table, write_summary
+from .sweep import TrialRecord
 
 __all__ = ["collect_losses", "loss_table", "main", "recovery_table", "training_table"]
 

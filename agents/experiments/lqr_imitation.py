@@ -27,14 +27,14 @@ from torch import Tensor
 
 from mpc_policy import lqr_solve
 
-from ..experiments.plots import Panel, Series, plot_curves
-from ..experiments.runner import (
+from .plots import Panel, Series, plot_curves
+from .runner import (
     build_parser,
     markdown_table,
     run_experiment,
     write_summary,
 )
-from ..sweep import TrialRecord
+from .sweep import TrialRecord
 
 __all__ = ["lqr_trial", "main", "random_dynamics", "recovered", "summarize"]
 

@@ -27,14 +27,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..experiments.plots import Panel, Series, plot_curves
-from ..experiments.runner import (
+from .plots import Panel, Series, plot_curves
+from .runner import (
     build_parser,
     markdown_table,
     run_experiment,
     write_summary,
 )
-from ..sweep import TrialRecord
+from .sweep import TrialRecord
 
 __all__ = ["METHODS", "main", "ppo_trial", "summarize"]
 

@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from ..experiments.bc_trials import run_bc_sweep, steps_per_epoch
-from ..experiments.plots import Panel, Series, plot_curves
-from ..experiments.runner import markdown_table, write_summary
-from ..sweep import TrialRecord
+from .bc_trials import run_bc_sweep, steps_per_epoch
+from .plots import Panel, Series, plot_curves
+from .runner import markdown_table, write_summary
+from .sweep import TrialRecord
 
 __all__ = ["final_losses", "main", "optimizer_steps", "summarize"]
 

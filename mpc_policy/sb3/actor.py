@@ -86,7 +86,7 @@ class SolverHealth:
 
     def scalars(self) -> dict[str, float]:
         """The summary under the tags that behaviour cloning's training log uses too
-        (``mpc_policy.agents.logging``): ``solver/<stat>`` for the solves of gradient steps
+        (``mpc_policy.agents.train.logging``): ``solver/<stat>`` for the solves of gradient steps
         (the "update" phase), ``solver/rollout/<stat>`` for the acting ones, with <stat>
         iterations_mean, iterations_max, unconverged_fraction, solves, solve_time_mean and
         solve_time_max (seconds per batched solve)."""

@@ -1,6 +1,6 @@
 """The steps of an experiment: collect, train, evaluate, and all three.
 
-Each step takes an ``Experiment`` (``mpc_policy.agents.experiment.resolve``; a config is
+Each step takes an ``Experiment`` (``mpc_policy.agents.run.experiment.resolve``; a config is
 resolved on the way in) and hands the modules below it their own values. Everything an
 experiment writes goes under its run folder (``run_dir``):
 
@@ -26,20 +26,20 @@ from torch import nn
 
 from mpc_policy.policy import MPCPolicy
 
-from .atomic import atomic_write, atomic_write_json
-from .bc import Trainer, TrainResult
-from .checkpoint import RunCheckpoints, load_checkpoint
+from ..data.atomic import atomic_write, atomic_write_json
+from ..data.datasets import DatasetError, ExpertDataset, collect_dataset, load_dataset
+from ..data.expert import MPCExpert
+from ..learners.models import DYNAMICS_METHODS, ModelReport, build_learner, parameter_groups
+from ..learners.sysid import SysIdObjective
+from ..train.bc import Trainer, TrainResult
+from ..train.checkpoint import RunCheckpoints, load_checkpoint
+from ..train.guards import RunLock
+from ..train.logging import TrainingLog
+from ..train.objectives import ImitationObjective, WarmStarts
+from ..train.optimization import Optimization
 from .config import ExperimentConfig
-from .datasets import DatasetError, ExpertDataset, collect_dataset, load_dataset
 from .evaluate import evaluate_policy
 from .experiment import Experiment, resolve
-from .expert import MPCExpert
-from .guards import RunLock
-from .logging import TrainingLog
-from .models import DYNAMICS_METHODS, ModelReport, build_learner, parameter_groups
-from .objectives import ImitationObjective, WarmStarts
-from .optimization import Optimization
-from .sysid import SysIdObjective
 
 __all__ = ["collect", "evaluate", "load_policy", "resolve", "run", "train"]
 
@@ -126,7 +126,7 @@ def train(
 ) -> TrainResult:
     """Train the configured learner on the dataset, resuming from the last checkpoint.
 
-    The run folder is locked while training (``mpc_policy.agents.guards.RunLock``): a
+    The run folder is locked while training (``mpc_policy.agents.train.guards.RunLock``): a
     second run on the same folder is refused.
 
     Args:

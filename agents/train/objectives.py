@@ -20,8 +20,8 @@ from torch import Tensor, nn
 from mpc_policy.policy import MPCPolicy
 from mpc_policy.solution import SolverInfo
 
-from .models import ModelReport, parameter_values
-from .nn_baseline import SequenceNetwork
+from ..learners.models import ModelReport, parameter_values
+from ..learners.nn_baseline import SequenceNetwork
 
 __all__ = [
     "Batch",

@@ -92,7 +92,7 @@ class ExpertDataset:
         return {k: torch.from_numpy(np.ascontiguousarray(self.arrays[k])) for k in keys}
 
     def save(self, path: str | Path) -> Path:
-        """Write to ``path`` atomically (``mpc_policy.agents.atomic``)."""
+        """Write to ``path`` atomically (``mpc_policy.agents.data.atomic``)."""
         payload: dict[str, Any] = {"metadata": np.array(json.dumps(self.metadata)), **self.arrays}
         return atomic_write(path, lambda file: np.savez_compressed(file, **payload))
 
@@ -120,7 +120,7 @@ def collect_dataset(
     expert_options: dict[str, Any] | None = None,
     progress: bool = False,
 ) -> ExpertDataset:
-    """Run the system's MPC expert (``mpc_policy.agents.expert``) and gather its steps.
+    """Run the system's MPC expert (``mpc_policy.agents.data.expert``) and gather its steps.
 
     Args:
         system: a registered system (``mpc_policy.envs.registry``), by name or record.

@@ -1,7 +1,7 @@
 """Checkpoints that survive an interruption: atomic writes and the full training state.
 
 A checkpoint is a dict of tensors and plain Python values (loadable with
-``torch.load(weights_only=True)``), written atomically (``mpc_policy.agents.atomic``), so a
+``torch.load(weights_only=True)``), written atomically (``mpc_policy.agents.data.atomic``), so a
 run killed at any moment leaves either the previous checkpoint or the new one, never a torn
 file. The random number generators
 (Python, numpy, torch) are saved and restored with it, so a resumed run draws the same
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import atomic_write
+from ..data.atomic import atomic_write
 from .guards import restore_optimizer
 
 __all__ = [
@@ -65,7 +65,7 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` to ``path`` atomically (``mpc_policy.agents.atomic``)."""
+    """Write ``state`` to ``path`` atomically (``mpc_policy.agents.data.atomic``)."""
     return atomic_write(path, lambda file: torch.save(state, file))
 
 

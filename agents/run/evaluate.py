@@ -1,6 +1,6 @@
 """Roll a policy out in its system's environment: episode returns, success rate, optional GIF.
 
-The episodes run side by side (``mpc_policy.agents.rollouts.run_episodes``: one batched plan
+The episodes run side by side (``mpc_policy.agents.data.rollouts.run_episodes``: one batched plan
 per step, receding horizon, warm-started). An episode succeeds when it ends within
 ``success_threshold`` of the task's goal, as the system's record measures it
 (``System.goal_error``: the pole's angle from upright, in radians, for the built-in ones).
@@ -18,8 +18,8 @@ from torch import nn
 from mpc_policy.envs.extras import import_optional
 from mpc_policy.envs.registry import System, get_system
 
-from .expert import MPCExpert
-from .rollouts import Planner, run_episodes
+from ..data.expert import MPCExpert
+from ..data.rollouts import Planner, run_episodes
 
 __all__ = ["EvaluationResult", "evaluate_policy", "save_gif"]
 

@@ -1,6 +1,6 @@
 """Expert datasets to and from Minari, the offline-RL dataset format of the Farama Foundation.
 
-    from .minari_io import export_minari, import_minari
+    from mpc_policy.agents.data.minari_io import export_minari, import_minari
     export_minari(dataset, "mpc_policy/pendulum/expert-v0")      # an ExpertDataset
     dataset = import_minari("mpc_policy/pendulum/expert-v0")     # the same ExpertDataset
 
@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from mpc_policy.envs.registry import SYSTEMS, System, get_system
 from mpc_policy.solution import SolverInfo
 
+from ..train.objectives import Batch, ImitationObjective, WarmStarts
 from .datasets import (
     FORMAT_VERSION,
     SPLITS,
@@ -47,7 +48,6 @@ from .datasets import (
     _check_consistency,
     _check_schema,
 )
-from .objectives import Batch, ImitationObjective, WarmStarts
 
 __all__ = [
     "METADATA_KEY",

@@ -7,7 +7,7 @@ action sequence
     u_{1:T}(x) = argmin_u  sum_t cost(x_t, u_t)  s.t.  x_1 = x, x_{t+1} = f(x_t, u_t),
                  -u_max <= u_t <= u_max,
 
-with horizon T = 20. It is a ``Planner`` (``mpc_policy.agents.rollouts``): in a rollout it
+with horizon T = 20. It is a ``Planner`` (``mpc_policy.agents.data.rollouts``): in a rollout it
 acts in receding horizon, warm-started with its previous plan shifted by one step.
 """
 

@@ -82,7 +82,7 @@ class SequenceNetwork(nn.Module):
         return torch.stack(controls, dim=1).to(x.dtype)
 
     def plan(self, x: Tensor | np.ndarray, u_init: Tensor | None = None) -> SequencePlan:
-        """The ``Planner`` interface (``mpc_policy.agents.rollouts``): the sequences (B, T, m)
+        """The ``Planner`` interface (``mpc_policy.agents.data.rollouts``): the sequences (B, T, m)
         for inputs x (B, n); ``u_init`` is accepted and ignored (nothing to warm-start)."""
         return SequencePlan(self.sequences(torch.as_tensor(x)))
 

@@ -7,7 +7,7 @@ atomically to
     <out_dir>/trials/<key>.json,    key = sha256(canonical JSON of the config)[:16]
 
 holding its config, result, run time and the provenance of the code that ran it
-(``mpc_policy.agents.provenance``: package version, hashes of the solver's and of all
+(``mpc_policy.agents.run.provenance``: package version, hashes of the solver's and of all
 sources, git commit); a later sweep over the same out_dir loads those files instead of
 running the trials again, so an interrupted sweep resumes where it stopped and a larger
 profile reuses the trials it shares with a smaller one. A stored trial whose solver sources
@@ -40,8 +40,8 @@ from typing import Any, Literal
 
 import torch
 
-from .atomic import atomic_write_json
-from .provenance import provenance
+from ..data.atomic import atomic_write_json
+from ..run.provenance import provenance
 
 __all__ = [
     "Backend",

@@ -119,9 +119,9 @@ def _smaller_budget(path: str, config: ExperimentConfig) -> str | None:
 
 
 def _execute(args: argparse.Namespace, caught: list[warnings.WarningMessage]) -> None:
+    from ..data.datasets import load_dataset
     from . import report
     from .config import load_config
-    from .datasets import load_dataset
     from .experiment import resolve
     from .pipeline import collect, evaluate, train
 

@@ -1,0 +1,3 @@
+"""Expert data: the MPC expert, the batched rollouts, the datasets (``.npz``, Minari) and
+atomic writes.
+"""

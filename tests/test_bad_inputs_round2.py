@@ -1,0 +1,126 @@
+"""Bad inputs, round two (issue 24): silent wrong answers that become right answers or
+named errors. Each reference is independent of the solver's gradient: one-sided finite
+differences in the feasible direction, a copy of the caller's data, or the error's text.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor
+
+from mpc_policy import MPC, lqr_solve
+from tests.pendulum_model import PendulumDynamics, pendulum_cost, start_states
+
+F64 = torch.float64
+BACKENDS = ["torch", "compiled"]
+
+
+# ---- 1. a control pinned by its bounds (u_lower == u_upper) ---------------------------------
+
+
+def _pinned_lqr(backend: str):
+    """A bounded LQR problem whose control 0 is pinned at t = 1 in both elements: in element 0
+    the cost pushes it down (the lower bound is the active one), in element 1 up."""
+    generator = torch.Generator().manual_seed(3)
+    B, T, n, m = 2, 4, 2, 2
+    d = n + m
+    A = torch.randn(B, T, d, d, generator=generator, dtype=F64)
+    C = A @ A.transpose(-1, -2) + d * torch.eye(d, dtype=F64)
+    c = torch.randn(B, T, d, generator=generator, dtype=F64)
+    F = 0.4 * torch.randn(B, T - 1, n, d, generator=generator, dtype=F64)
+    f = torch.randn(B, T - 1, n, generator=generator, dtype=F64)
+    x_init = torch.randn(B, n, generator=generator, dtype=F64)
+    lower = torch.full((B, T, m), -5.0, dtype=F64)
+    upper = torch.full((B, T, m), 5.0, dtype=F64)
+    free = lqr_solve(x_init, C, c, F, f, lower, upper, backend=backend).u.detach()
+    pin = torch.stack([free[0, 1, 0] + 0.5, free[1, 1, 0] - 0.5])
+    lower[:, 1, 0] = pin
+    upper[:, 1, 0] = pin
+
+    def loss(lo: Tensor, hi: Tensor) -> Tensor:
+        u = lqr_solve(x_init, C, c, F, f, lo, hi, backend=backend).u
+        return (u * torch.arange(1.0, 1.0 + u.numel(), dtype=F64).view_as(u)).sum()
+
+    return loss, lower, upper
+
+
+def _one_sided(loss, lower: Tensor, upper: Tensor, eps: float = 1e-6) -> tuple[Tensor, Tensor]:
+    """d loss / d lower (lower moved down) and d loss / d upper (upper moved up), entry by
+    entry: the only direction in which a pinned bound can move on its own."""
+    with torch.no_grad():
+        base = loss(lower, upper)
+        d_lower, d_upper = torch.zeros_like(lower), torch.zeros_like(upper)
+        for index in torch.cartesian_prod(*(torch.arange(s) for s in lower.shape)).tolist():
+            index = tuple(index)
+            lo = lower.clone()
+            lo[index] -= eps
+            d_lower[index] = (base - loss(lo, upper)) / eps
+            hi = upper.clone()
+            hi[index] += eps
+            d_upper[index] = (loss(lower, hi) - base) / eps
+    return d_lower, d_upper
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pinned_control_bound_gradients_match_one_sided_differences_lqr(backend: str) -> None:
+    loss, lower, upper = _pinned_lqr(backend)
+    lo, hi = lower.clone().requires_grad_(), upper.clone().requires_grad_()
+    d_lower, d_upper = torch.autograd.grad(loss(lo, hi), (lo, hi))
+    fd_lower, fd_upper = _one_sided(loss, lower, upper)
+    torch.testing.assert_close(d_lower, fd_lower, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(d_upper, fd_upper, atol=1e-4, rtol=1e-4)
+    # the pinned entries: the whole derivative on the side the cost pushes against
+    assert d_lower[0, 1, 0] != 0 and d_upper[0, 1, 0] == 0
+    assert d_upper[1, 1, 0] != 0 and d_lower[1, 1, 0] == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pinned_control_bound_gradients_sum_to_the_pinned_values_derivative(backend: str) -> None:
+    # moving both bounds together moves the pinned control: central differences are defined
+    loss, lower, upper = _pinned_lqr(backend)
+    lo, hi = lower.clone().requires_grad_(), upper.clone().requires_grad_()
+    d_lower, d_upper = torch.autograd.grad(loss(lo, hi), (lo, hi))
+    eps = 1e-6
+    with torch.no_grad():
+        for b in range(2):
+            step = torch.zeros_like(lower)
+            step[b, 1, 0] = eps
+            central = (loss(lower + step, upper + step) - loss(lower - step, upper - step)) / (
+                2 * eps
+            )
+            total = d_lower[b, 1, 0] + d_upper[b, 1, 0]
+            torch.testing.assert_close(total, central, atol=1e-5, rtol=1e-5)
+
+
+def _pendulum_mpc(backend: str, lower: Tensor, upper: Tensor) -> Tensor:
+    mpc = MPC(3, 1, 6, lower, upper, backend=backend, tol=1e-10, max_iter=100)
+    solution = mpc(start_states(2, seed=1), pendulum_cost(), PendulumDynamics())
+    assert bool(solution.info.converged.all())
+    return (solution.u * torch.arange(1.0, 13.0, dtype=F64).view(2, 6, 1)).sum()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pinned_control_bound_gradients_match_one_sided_differences_mpc(backend: str) -> None:
+    B, T = 2, 6
+    # wide bounds: the free controls are interior, so the pin is what binds
+    lower = torch.full((B, T, 1), -20.0, dtype=F64)
+    upper = torch.full((B, T, 1), 20.0, dtype=F64)
+    with torch.no_grad():
+        free = MPC(3, 1, T, lower, upper, backend=backend, tol=1e-10)(
+            start_states(B, seed=1), pendulum_cost(), PendulumDynamics()
+        ).u
+    pin = torch.stack([free[0, 2, 0] + 0.3, free[1, 2, 0] - 0.3])
+    lower[:, 2, 0] = pin
+    upper[:, 2, 0] = pin
+
+    def loss(lo: Tensor, hi: Tensor) -> Tensor:
+        return _pendulum_mpc(backend, lo, hi)
+
+    lo, hi = lower.clone().requires_grad_(), upper.clone().requires_grad_()
+    d_lower, d_upper = torch.autograd.grad(loss(lo, hi), (lo, hi))
+    fd_lower, fd_upper = _one_sided(loss, lower, upper)
+    torch.testing.assert_close(d_lower, fd_lower, atol=1e-4, rtol=1e-3)
+    torch.testing.assert_close(d_upper, fd_upper, atol=1e-4, rtol=1e-3)
+    assert d_lower[0, 2, 0] != 0 and d_upper[0, 2, 0] == 0
+    assert d_upper[1, 2, 0] != 0 and d_lower[1, 2, 0] == 0

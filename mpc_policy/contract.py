@@ -34,6 +34,7 @@ __all__ = [
     "CheckedCost",
     "CheckedDynamics",
     "check_declared_sizes",
+    "in_place_error",
     "module_name",
     "on_rows",
     "restrict",
@@ -60,14 +61,66 @@ def _received(value: object) -> str:
 
 
 def _call(name: str, function: Callable[..., Any], *args: Tensor) -> Any:
-    """Call a user module; an error it raises gets a note of who was called on what."""
+    """Call a user module; an error it raises gets a note of who was called on what, and an
+    in-place update that autograd cannot follow becomes an error naming the module."""
     try:
         return function(*args)
-    except Exception as error:
-        if hasattr(error, "add_note"):  # Python >= 3.11
-            shapes = ", ".join(str(tuple(a.shape)) for a in args)
-            error.add_note(f"raised by {name}, called by the MPC solver on shapes {shapes}")
+    except RuntimeError as error:
+        named = in_place_error(name, error)
+        if named is not None:
+            raise named from error
+        _note(error, name, args)
         raise
+    except Exception as error:
+        _note(error, name, args)
+        raise
+
+
+def in_place_error(name: str, error: RuntimeError) -> ValueError | None:
+    """The error for a user module whose in-place update autograd cannot follow (None when
+    ``error`` is about something else)."""
+    text = str(error)
+    if "inplace" not in text.lower() and "in-place" not in text.lower():
+        return None
+    return ValueError(
+        f"{name} updated a tensor in place in a way autograd cannot follow ({text}); compute "
+        "the result out of place (x = x + dx rather than x += dx or x.copy_(...); torch.stack "
+        "the components rather than assigning x[:, i] = ...)"
+    )
+
+
+def _note(error: Exception, name: str, args: tuple[Tensor, ...]) -> None:
+    if hasattr(error, "add_note"):  # Python >= 3.11
+        shapes = ", ".join(str(tuple(a.shape)) for a in args)
+        error.add_note(f"raised by {name}, called by the MPC solver on shapes {shapes}")
+
+
+class _InputGuard:
+    """Calls a user function so that an update of its inputs in place changes nothing of the
+    caller's or the solver's storage.
+
+    The first call runs on copies and compares them with the originals afterwards: a function
+    that wrote into them runs on copies from then on, any other on the originals (no copy
+    per call for the usual, out-of-place module).
+    """
+
+    def __init__(self, name: str, function: Callable[..., Any]) -> None:
+        self.name, self.function = name, function
+        self.copies: bool | None = None
+
+    def __call__(self, *args: Tensor) -> Any:
+        if self.copies is False:
+            return _call(self.name, self.function, *args)
+        copies = tuple(a.clone() for a in args)
+        out = _call(self.name, self.function, *copies)
+        if self.copies is None:
+            self.copies = not all(_unchanged(a, c) for a, c in zip(args, copies, strict=True))
+        return out
+
+
+def _unchanged(original: Tensor, copy: Tensor) -> bool:
+    with torch.no_grad():
+        return bool(torch.equal(original, copy))
 
 
 def _fits(value: object, shape: tuple[int, ...], dtype: torch.dtype) -> bool:
@@ -122,6 +175,8 @@ class CheckedDynamics:
         self.name = f"dynamics ({module_name(module)})"
         has_jacobian = callable(getattr(module, "jacobian", None))
         self.jacobian = self._jacobian if has_jacobian else None
+        self._forward = _InputGuard(self.name, module)
+        self._analytic = _InputGuard(self.name, getattr(module, "jacobian", None) or module)
 
     def _rows(self, x: Tensor, u: Tensor) -> tuple[Tensor, Tensor, torch.Size]:
         lead = x.shape[:-1]
@@ -145,7 +200,7 @@ class CheckedDynamics:
     def __call__(self, x: Tensor, u: Tensor) -> Tensor:
         """Next states (..., n) for x (..., n), u (..., m), through one call on rows."""
         if x.dim() == 2 and u.dim() == 2 and x.shape[0] == u.shape[0]:  # already rows
-            out = _call(self.name, self.module, x, u)
+            out = self._forward(x, u)
             if not _fits(out, x.shape, x.dtype):
                 call = f"dynamics(x {tuple(x.shape)}, u {tuple(u.shape)})"
                 shape = (x.shape[0], self.n_state)
@@ -153,7 +208,7 @@ class CheckedDynamics:
             return out
         x_rows, u_rows, lead = self._rows(x, u)
         N, n, m = x_rows.shape[0], self.n_state, self.n_ctrl
-        out = _call(self.name, self.module, x_rows, u_rows)
+        out = self._forward(x_rows, u_rows)
         if not _fits(out, (N, n), x.dtype):
             call = f"dynamics(x {(N, n)}, u {(N, m)})"
             _check_output(self.name, out, (N, n), x.dtype, call, self._hint(out, N))
@@ -163,8 +218,7 @@ class CheckedDynamics:
         """Jacobians (..., n, n+m) for x (..., n), u (..., m), through one call on rows."""
         x_rows, u_rows, lead = self._rows(x, u)
         N, n, m = x_rows.shape[0], self.n_state, self.n_ctrl
-        jacobian = self.module.jacobian  # type: ignore[attr-defined]
-        J = _call(self.name, jacobian, x_rows, u_rows)
+        J = self._analytic(x_rows, u_rows)
         if not _fits(J, (N, n, n + m), x.dtype):
             call = f"dynamics.jacobian(x {(N, n)}, u {(N, m)})"
             _check_output(self.name, J, (N, n, n + m), x.dtype, call, "")
@@ -183,6 +237,8 @@ class CheckedCost:
         self.name = f"cost ({module_name(module)})"
         has_quadratize = callable(getattr(module, "quadratize", None))
         self.quadratize = self._quadratize if has_quadratize else None
+        self._forward = _InputGuard(self.name, module)
+        self._quadratic = _InputGuard(self.name, getattr(module, "quadratize", None) or module)
 
     @staticmethod
     def _hint(out: object, B: int, T: int) -> str:
@@ -199,7 +255,7 @@ class CheckedCost:
     def __call__(self, x: Tensor, u: Tensor) -> Tensor:
         """Per-step costs (B, T) for x (B, T, n), u (B, T, m)."""
         B, T = x.shape[0], x.shape[1]
-        out = _call(self.name, self.module, x, u)
+        out = self._forward(x, u)
         if _fits(out, (B, T), x.dtype):
             return out
         call = f"cost(x {tuple(x.shape)}, u {tuple(u.shape)})"
@@ -209,8 +265,7 @@ class CheckedCost:
         """Hessians (B, T, d, d) and gradients (B, T, d) for x (B, T, n), u (B, T, m)."""
         B, T, d = x.shape[0], x.shape[1], x.shape[-1] + u.shape[-1]
         call = f"cost.quadratize(x {tuple(x.shape)}, u {tuple(u.shape)})"
-        quadratize = self.module.quadratize  # type: ignore[attr-defined]
-        out = _call(self.name, quadratize, x, u)
+        out = self._quadratic(x, u)
         if not isinstance(out, tuple | list) or len(out) != 2:
             raise TypeError(
                 f"{self.name}: expected {call} to return (hessian, gradient), "

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from mpc_policy import MPC, lqr_solve
 from tests.pendulum_model import PendulumDynamics, pendulum_cost, start_states
@@ -124,3 +124,94 @@ def test_pinned_control_bound_gradients_match_one_sided_differences_mpc(backend:
     torch.testing.assert_close(d_upper, fd_upper, atol=1e-4, rtol=1e-3)
     assert d_lower[0, 2, 0] != 0 and d_upper[0, 2, 0] == 0
     assert d_upper[1, 2, 0] != 0 and d_lower[1, 2, 0] == 0
+
+
+# ---- 2. modules that update their inputs in place -------------------------------------------
+
+
+class InPlaceDynamics(PendulumDynamics):
+    """The pendulum, writing its next state into its input ``x`` (three ways)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+
+    def forward(self, x: Tensor, u: Tensor) -> Tensor:
+        following = super().forward(x.clone(), u)
+        if self.how == "copy_":
+            return x.copy_(following)
+        if self.how == "add_":
+            return x.add_(following - x)
+        x[:, 2] = following[:, 2]  # index assignment
+        return torch.stack([following[:, 0], following[:, 1], x[:, 2]], dim=-1)
+
+
+class InPlaceCost(nn.Module):
+    """The pendulum cost, scaling its input ``x`` in place first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = pendulum_cost()
+
+    def forward(self, x: Tensor, u: Tensor) -> Tensor:
+        x.mul_(2.0)
+        return self.inner(x / 2.0, u)
+
+
+def _gradients(dynamics: nn.Module, cost: nn.Module, backend: str) -> tuple[Tensor, ...]:
+    x_init = start_states(3, seed=0).requires_grad_()
+    solution = MPC(3, 1, 10, -2.0, 2.0, backend=backend)(x_init, cost, dynamics)
+    loss = (solution.u * torch.linspace(1.0, 2.0, 10, dtype=F64).view(1, 10, 1)).sum()
+    grads = torch.autograd.grad(loss, (x_init, dynamics.g, dynamics.m))
+    return (solution.u.detach(), *grads)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("how", ["copy_", "add_", "index"])
+def test_dynamics_writing_into_their_input_leave_x_init_and_the_answer_intact(
+    how: str, backend: str
+) -> None:
+    x_init = start_states(3, seed=0)
+    before = x_init.clone()
+    with torch.no_grad():
+        MPC(3, 1, 10, -2.0, 2.0, backend=backend)(x_init, pendulum_cost(), InPlaceDynamics(how))
+    assert torch.equal(x_init, before)
+    expected = _gradients(PendulumDynamics(), pendulum_cost(), backend)
+    received = _gradients(InPlaceDynamics(how), pendulum_cost(), backend)
+    for want, got in zip(expected, received, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-9)
+
+
+def test_a_cost_writing_into_its_input_changes_nothing() -> None:
+    expected = _gradients(PendulumDynamics(), pendulum_cost(), "torch")
+    received = _gradients(PendulumDynamics(), InPlaceCost(), "torch")
+    for want, got in zip(expected, received, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-9)
+
+
+class UnbindThenAdd(PendulumDynamics):
+    """Writes into its input after taking views of it that autograd must keep."""
+
+    def forward(self, x: Tensor, u: Tensor) -> Tensor:
+        following = super().forward(x, u)  # unbind views of x
+        return x.add_(following - x)
+
+
+class SavedThenScaled(PendulumDynamics):
+    """Scales its input in place after autograd saved it for a product."""
+
+    def forward(self, x: Tensor, u: Tensor) -> Tensor:
+        square = x * x
+        x.mul_(0.5)
+        return super().forward(x, u) + 1e-3 * square
+
+
+@pytest.mark.parametrize("module", [UnbindThenAdd, SavedThenScaled])
+def test_an_in_place_update_autograd_cannot_follow_is_an_error_naming_the_module(
+    module: type,
+) -> None:
+    x_init = start_states(3, seed=0).requires_grad_()
+    with pytest.raises(
+        ValueError, match=rf"dynamics \({module.__name__}\) updated a tensor in place"
+    ):
+        MPC(3, 1, 10, -2.0, 2.0, backend="torch")(x_init, pendulum_cost(), module())

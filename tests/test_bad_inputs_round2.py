@@ -215,3 +215,35 @@ def test_an_in_place_update_autograd_cannot_follow_is_an_error_naming_the_module
         ValueError, match=rf"dynamics \({module.__name__}\) updated a tensor in place"
     ):
         MPC(3, 1, 10, -2.0, 2.0, backend="torch")(x_init, pendulum_cost(), module())
+
+
+# ---- 3. double backward through a nonlinear MPC ---------------------------------------------
+
+
+def _lqr_double_backward_works() -> bool:
+    generator = torch.Generator().manual_seed(0)
+    n, m, T = 2, 1, 4
+    C = torch.eye(n + m, dtype=F64).expand(T, n + m, n + m)
+    c = torch.zeros(T, n + m, dtype=F64)
+    F = torch.randn(T - 1, n, n + m, generator=generator, dtype=F64)
+    f = torch.zeros(T - 1, n, dtype=F64)
+    x_init = torch.randn(2, n, generator=generator, dtype=F64).requires_grad_()
+    u = lqr_solve(x_init, C, c, F, f, -0.5, 0.5, backend="torch").u
+    (grad,) = torch.autograd.grad((u**2).sum(), x_init, create_graph=True)
+    return grad.requires_grad
+
+
+@pytest.mark.parametrize("grad_method", ["exact", "paper"])
+def test_double_backward_through_mpc_is_refused_by_name(grad_method: str) -> None:
+    x_init = start_states(2, seed=0).requires_grad_()
+    dynamics = PendulumDynamics()
+    mpc = MPC(3, 1, 6, -2.0, 2.0, grad_method=grad_method, backend="torch")
+    u = mpc(x_init, pendulum_cost(), dynamics).u
+    with pytest.raises(ValueError, match="create_graph: a double backward"):
+        torch.autograd.grad((u**2).sum(), (x_init, dynamics.g), create_graph=True)
+    # a first-order backward of the same kind of solve is untouched
+    u = mpc(x_init, pendulum_cost(), dynamics).u
+    (grad,) = torch.autograd.grad((u**2).sum(), x_init)
+    assert bool(torch.isfinite(grad).all()) and not grad.requires_grad
+    # and lqr_solve, whose double backward is exact, still gives one
+    assert _lqr_double_backward_works()

@@ -25,7 +25,7 @@ from mpc_policy.contract import CheckedCost, CheckedDynamics, on_rows, restrict
 from mpc_policy.kkt import kkt_solution
 from mpc_policy.module_model import ModuleModel
 from mpc_policy.solution import Solution, Status
-from mpc_policy.validation import check_finite, check_tensor
+from mpc_policy.validation import check_device, check_finite, check_tensor
 
 if TYPE_CHECKING:
     from mpc_policy.mpc import MPC
@@ -38,6 +38,7 @@ def _multipliers(value: Tensor | None, shape: tuple[int, int, int], like: Tensor
     if value is None:
         return like.new_zeros(shape)
     value = check_tensor("multipliers", value)
+    check_device("x_init", like, multipliers=value)
     if tuple(value.shape) != shape:
         raise ValueError(
             f"multipliers: expected shape (B, T, p) = {shape} (p rows of the constraints per "

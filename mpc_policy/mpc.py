@@ -45,6 +45,7 @@ from mpc_policy.options import MPCOptions
 from mpc_policy.solution import Solution, SolverInfo
 from mpc_policy.validation import (
     check_bounds,
+    check_device,
     check_finite,
     check_tensor,
     complete_bounds,
@@ -161,6 +162,7 @@ class MPC(nn.Module):
             u_init = torch.zeros(B, T, m, dtype=x_init.dtype, device=x_init.device)
         else:
             u_init = check_tensor("u_init", u_init)
+            check_device("x_init", x_init, u_init=u_init)
             if tuple(u_init.shape) != (B, T, m):
                 raise ValueError(
                     f"u_init: expected shape (B, T, m) = ({B}, {T}, {m}), "

@@ -13,6 +13,7 @@ from torch import Tensor
 
 __all__ = [
     "check_bounds",
+    "check_device",
     "check_finite",
     "check_same_kind",
     "check_tensor",
@@ -23,12 +24,28 @@ __all__ = [
 
 
 def check_tensor(name: str, value: object) -> Tensor:
-    """``value`` must be a floating-point tensor."""
+    """``value`` must be a float32 or float64 tensor (half precision is refused)."""
     if not isinstance(value, Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, received {type(value).__name__}")
     if not value.is_floating_point():
         raise TypeError(f"{name}: expected a floating-point tensor, received dtype {value.dtype}")
+    if value.dtype in (torch.float16, torch.bfloat16):
+        raise TypeError(
+            f"{name}: expected dtype torch.float32 or torch.float64, received {value.dtype}: "
+            "the solver's factorizations and tolerances need at least single precision; "
+            "convert with .float() (and the result back with .to(dtype) if needed)"
+        )
     return value
+
+
+def check_device(reference_name: str, reference: Tensor, **others: Tensor | None) -> None:
+    """All tensors are on the reference's device."""
+    for name, tensor in others.items():
+        if tensor is not None and tensor.device != reference.device:
+            raise ValueError(
+                f"{name}: expected device {reference.device} (the device of "
+                f"{reference_name}), received {tensor.device}"
+            )
 
 
 def check_same_kind(reference_name: str, reference: Tensor, **others: Tensor | None) -> None:

@@ -247,3 +247,45 @@ def test_double_backward_through_mpc_is_refused_by_name(grad_method: str) -> Non
     assert bool(torch.isfinite(grad).all()) and not grad.requires_grad
     # and lqr_solve, whose double backward is exact, still gives one
     assert _lqr_double_backward_works()
+
+
+# ---- 5. half precision, 6. tensors on another device ----------------------------------------
+
+
+def _lqr_data(dtype: torch.dtype = F64) -> dict[str, Tensor]:
+    n, m, T = 2, 1, 4
+    return {
+        "x_init": torch.ones(3, n, dtype=dtype),
+        "C": torch.eye(n + m, dtype=dtype).expand(T, n + m, n + m),
+        "c": torch.zeros(T, n + m, dtype=dtype),
+        "F": torch.ones(T - 1, n, n + m, dtype=dtype) * 0.1,
+        "f": torch.zeros(T - 1, n, dtype=dtype),
+    }
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", ["x_init", "C", "c", "F", "f"])
+def test_half_precision_is_refused_at_the_entry_of_lqr_solve(name: str, dtype: torch.dtype) -> None:
+    data = _lqr_data(dtype) if name == "x_init" else _lqr_data()
+    data[name] = data[name].to(dtype)
+    message = rf"{name}: expected dtype torch.float32 or torch.float64, received {dtype}"
+    with pytest.raises(TypeError, match=message):
+        lqr_solve(**data, u_lower=-1.0, u_upper=1.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_is_refused_at_the_entry_of_mpc(dtype: torch.dtype) -> None:
+    mpc = MPC(3, 1, 5, -2.0, 2.0)
+    with pytest.raises(TypeError, match=rf"x_init: expected dtype .* received {dtype}"):
+        mpc(start_states(2, seed=0).to(dtype), pendulum_cost(dtype), PendulumDynamics())
+    u_init = torch.zeros(2, 5, 1, dtype=dtype)
+    with pytest.raises(TypeError, match=rf"u_init: expected dtype .* received {dtype}"):
+        mpc(start_states(2, seed=0), pendulum_cost(), PendulumDynamics(), u_init=u_init)
+
+
+def test_u_init_on_another_device_is_an_error_naming_it() -> None:
+    # the meta device stands in for any other device (no GPU needed)
+    mpc = MPC(3, 1, 5, -2.0, 2.0)
+    u_init = torch.zeros(2, 5, 1, dtype=F64, device="meta")
+    with pytest.raises(ValueError, match=r"u_init: expected device cpu .* received meta"):
+        mpc(start_states(2, seed=0), pendulum_cost(), PendulumDynamics(), u_init=u_init)

@@ -249,7 +249,14 @@ class SolverInfo:
             raise ConvergenceError(message)
         # no graph is built under no_grad (acting, evaluation): there is no gradient to zero
         zeroed = policy == "zero_grad" and torch.is_grad_enabled()
-        suffix = "; their gradients are zeroed" if zeroed else ""
+        count = int((~self.converged & ~self.nonfinite).sum())
+        suffix = (
+            f"; their gradients are zeroed ({count} of {self.converged.numel()} elements; "
+            "on_unconverged='zero_grad' is the default, 'warn' lets their gradient, taken "
+            "away from a fixed point, through)"
+            if zeroed and count
+            else ""
+        )
         warnings.warn(message + suffix, RuntimeWarning, stacklevel=user_stacklevel())
 
 

@@ -289,3 +289,27 @@ def test_u_init_on_another_device_is_an_error_naming_it() -> None:
     u_init = torch.zeros(2, 5, 1, dtype=F64, device="meta")
     with pytest.raises(ValueError, match=r"u_init: expected device cpu .* received meta"):
         mpc(start_states(2, seed=0), pendulum_cost(), PendulumDynamics(), u_init=u_init)
+
+
+# ---- 10. unconverged elements get no gradient by default ------------------------------------
+
+
+def test_by_default_an_unconverged_element_gets_no_gradient_and_one_summary_warning() -> None:
+    x_init = start_states(4, seed=0)
+    x_init[0] = torch.tensor([1.0, 0.0, 0.0], dtype=F64)  # upright: converges at once
+    dynamics = PendulumDynamics()
+    leaf = x_init.clone().requires_grad_()
+    with pytest.warns(RuntimeWarning) as caught:
+        solution = MPC(3, 1, 10, -2.0, 2.0, max_iter=2)(leaf, pendulum_cost(), dynamics)
+    unconverged = (~solution.info.converged).nonzero().flatten().tolist()
+    assert unconverged == [2]  # the problem this test is about: one of four stops early
+    assert len(caught) == 1
+    assert "their gradients are zeroed (1 of 4 elements" in str(caught[0].message)
+    d_x, d_g = torch.autograd.grad(solution.u.sum(), (leaf, dynamics.g))
+    assert bool((d_x[2] == 0).all()) and bool((d_x[[0, 1, 3]] != 0).any())
+    # the shared parameter's gradient is that of the converged elements solved alone
+    keep = [0, 1, 3]
+    alone = PendulumDynamics()
+    u = MPC(3, 1, 10, -2.0, 2.0, max_iter=2)(x_init[keep], pendulum_cost(), alone).u
+    (expected,) = torch.autograd.grad(u.sum(), alone.g)
+    torch.testing.assert_close(d_g, expected, atol=1e-10, rtol=1e-10)

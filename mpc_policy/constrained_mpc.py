@@ -20,7 +20,12 @@ from torch import Tensor, nn
 
 from mpc_policy.augmented_lagrangian import augmented_lagrangian
 from mpc_policy.backend import select
-from mpc_policy.constraints import CheckedConstraints, ConstraintReport, complementarity
+from mpc_policy.constraints import (
+    CheckedConstraints,
+    ConstraintReport,
+    check_time_local,
+    complementarity,
+)
 from mpc_policy.contract import CheckedCost, CheckedDynamics, on_rows, restrict
 from mpc_policy.kkt import kkt_solution
 from mpc_policy.module_model import ModuleModel
@@ -108,6 +113,8 @@ def constrained_forward(
         kernels,
     )
     info = result.info
+    # a row that reads another step would get a wrong Jacobian: checked at the solution
+    check_time_local(checked, result.x, result.u)
     info.enforce(
         opts.on_unconverged, f"{checked_cost.name}, {checked_dynamics.name}, {checked.name}"
     )

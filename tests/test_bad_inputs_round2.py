@@ -313,3 +313,31 @@ def test_by_default_an_unconverged_element_gets_no_gradient_and_one_summary_warn
     u = MPC(3, 1, 10, -2.0, 2.0, max_iter=2)(x_init[keep], pendulum_cost(), alone).u
     (expected,) = torch.autograd.grad(u.sum(), alone.g)
     torch.testing.assert_close(d_g, expected, atol=1e-10, rtol=1e-10)
+
+
+# ---- 4. a constraint row that reads another time step ---------------------------------------
+
+
+class VelocityChange(nn.Module):
+    """|v_t - v_{t-lag}| <= limit: row t reads step t - lag (forbidden)."""
+
+    def __init__(self, limit: float, lag: int = 1) -> None:
+        super().__init__()
+        self.limit, self.lag = limit, lag
+
+    def forward(self, x: Tensor, u: Tensor) -> Tensor:
+        velocity = x[..., 2:3]
+        before = torch.cat([velocity[:, : self.lag], velocity[:, : -self.lag]], dim=1)
+        change = velocity - before
+        return torch.cat([change - self.limit, -change - self.limit], dim=-1)
+
+
+@pytest.mark.parametrize("lag", [1, 4])
+def test_a_constraint_row_reading_another_step_is_an_error_naming_the_module(lag: int) -> None:
+    mpc = MPC(3, 1, 8, -2.0, 2.0, constraints=VelocityChange(0.3, lag))
+    x_init = start_states(2, seed=0)
+    message = r"constraints \(VelocityChange\): a row of step t reads x or u of another step"
+    with pytest.raises(ValueError, match=message):
+        mpc(x_init, pendulum_cost(), PendulumDynamics())
+    with torch.no_grad(), pytest.raises(ValueError, match=message):
+        mpc(x_init, pendulum_cost(), PendulumDynamics())

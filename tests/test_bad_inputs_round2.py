@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from mpc_policy import MPC, lqr_solve
+from tests.constrained_problems import VelocityLimit
 from tests.pendulum_model import PendulumDynamics, pendulum_cost, start_states
 
 F64 = torch.float64
@@ -93,15 +94,19 @@ def test_pinned_control_bound_gradients_sum_to_the_pinned_values_derivative(back
             torch.testing.assert_close(total, central, atol=1e-5, rtol=1e-5)
 
 
-def _pendulum_mpc(backend: str, lower: Tensor, upper: Tensor) -> Tensor:
-    mpc = MPC(3, 1, 6, lower, upper, backend=backend, tol=1e-10, max_iter=100)
+def _pendulum_mpc(backend: str, lower: Tensor, upper: Tensor, constrained: bool = False) -> Tensor:
+    options = {"constraints": VelocityLimit(5.0), "constraint_tol": 1e-12} if constrained else {}
+    mpc = MPC(3, 1, 6, lower, upper, backend=backend, tol=1e-10, max_iter=100, **options)
     solution = mpc(start_states(2, seed=1), pendulum_cost(), PendulumDynamics())
     assert bool(solution.info.converged.all())
     return (solution.u * torch.arange(1.0, 13.0, dtype=F64).view(2, 6, 1)).sum()
 
 
+@pytest.mark.parametrize("constrained", [False, True])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_pinned_control_bound_gradients_match_one_sided_differences_mpc(backend: str) -> None:
+def test_pinned_control_bound_gradients_match_one_sided_differences_mpc(
+    backend: str, constrained: bool
+) -> None:
     B, T = 2, 6
     # wide bounds: the free controls are interior, so the pin is what binds
     lower = torch.full((B, T, 1), -20.0, dtype=F64)
@@ -115,7 +120,7 @@ def test_pinned_control_bound_gradients_match_one_sided_differences_mpc(backend:
     upper[:, 2, 0] = pin
 
     def loss(lo: Tensor, hi: Tensor) -> Tensor:
-        return _pendulum_mpc(backend, lo, hi)
+        return _pendulum_mpc(backend, lo, hi, constrained)
 
     lo, hi = lower.clone().requires_grad_(), upper.clone().requires_grad_()
     d_lower, d_upper = torch.autograd.grad(loss(lo, hi), (lo, hi))

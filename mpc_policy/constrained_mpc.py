@@ -128,7 +128,8 @@ def constrained_forward(
     mu = result.multipliers.transpose(0, 1)
     clamped = ~result.free
     with on_rows(rows, B):
-        if torch.is_grad_enabled() and (rows is None or rows.numel() > 0):
+        # an empty batch has no gradient to attach (and no KKT rows to shape)
+        if torch.is_grad_enabled() and B > 0 and (rows is None or rows.numel() > 0):
             sub = slice(None) if rows is None else rows
             cost_r, dynamics_r = (
                 (checked_cost, checked_dynamics)

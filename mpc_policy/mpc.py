@@ -48,6 +48,7 @@ from mpc_policy.validation import (
     check_device,
     check_finite,
     check_tensor,
+    check_untransformed,
     complete_bounds,
     expand_bound,
 )
@@ -189,6 +190,12 @@ class MPC(nn.Module):
                 )
         check_declared_sizes(dynamics, self.n_state, self.n_ctrl)
         x_init, lower, upper, u_init = self._inputs(x_init, u_init)
+        for name, module in (("dynamics", dynamics), ("cost", cost)):
+            check_untransformed(f"{name} ({type(module).__name__})", module)
+        if self.constraints is not None:
+            check_untransformed(
+                f"constraints ({type(self.constraints).__name__})", self.constraints
+            )
         if self.constraints is not None:
             return constrained_forward(
                 self, x_init, lower, upper, u_init, cost, dynamics, multipliers

@@ -346,3 +346,66 @@ def test_a_constraint_row_reading_another_step_is_an_error_naming_the_module(lag
         mpc(x_init, pendulum_cost(), PendulumDynamics())
     with torch.no_grad(), pytest.raises(ValueError, match=message):
         mpc(x_init, pendulum_cost(), PendulumDynamics())
+
+
+# ---- 7. an empty batch with constraints; torch.func transforms ------------------------------
+
+
+def test_an_empty_batch_with_constraints_solves_to_empty_answers() -> None:
+    mpc = MPC(3, 1, 5, -2.0, 2.0, constraints=VelocityLimit(0.5))
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad):
+            solution = mpc(start_states(2, seed=0)[:0], pendulum_cost(), PendulumDynamics())
+        assert solution.u.shape == (0, 5, 1) and solution.x.shape == (0, 5, 3)
+        assert solution.cost.shape == (0,)
+        report = solution.constraints
+        assert report is not None and report.values.shape == (0, 5, 2)
+
+
+def _mpc_u(x: Tensor) -> Tensor:
+    return MPC(3, 1, 5, -2.0, 2.0)(x, pendulum_cost(), PendulumDynamics()).u
+
+
+def _lqr_u(x: Tensor) -> Tensor:
+    data = _lqr_data()
+    del data["x_init"]
+    return lqr_solve(x, **data, u_lower=-1.0, u_upper=1.0).u
+
+
+@pytest.mark.parametrize(
+    ("transform", "solve", "x", "named"),
+    [
+        (torch.func.vmap, lambda x: _mpc_u(x.unsqueeze(0)), "pendulum", "torch.func.vmap"),
+        (torch.func.jacrev, _mpc_u, "pendulum", "a torch.func transform"),
+        (torch.func.jacfwd, _mpc_u, "pendulum", "a torch.func transform"),
+        (torch.func.jacrev, _lqr_u, "lqr", "a torch.func transform"),
+    ],
+)
+def test_torch_func_transforms_are_refused_by_name(transform, solve, x, named: str) -> None:
+    x_init = start_states(2, seed=0) if x == "pendulum" else _lqr_data()["x_init"]
+    with pytest.raises(TypeError, match=rf"x_init: received a tensor of {named}"):
+        transform(solve)(x_init)
+
+
+class Planner(nn.Module):
+    """A module that plans with its own dynamics (as ``MPCPolicy`` does)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dynamics = PendulumDynamics()
+
+    def forward(self, x_init: Tensor) -> Tensor:
+        # the cost is made here, inside the transform: its tensors are the transform's too
+        return MPC(3, 1, 5, -2.0, 2.0)(x_init, pendulum_cost(), self.dynamics).u
+
+
+def test_grad_over_a_modules_parameters_by_functional_call_is_refused_by_name() -> None:
+    planner, x_init = Planner(), start_states(2, seed=0)
+    params = {k: v.detach() for k, v in planner.named_parameters()}
+
+    def loss(parameters: dict[str, Tensor]) -> Tensor:
+        return torch.func.functional_call(planner, parameters, (x_init,)).sum()
+
+    message = r"\(PendulumDynamics\): its tensor 'g' is a tensor of a torch.func transform"
+    with pytest.raises(TypeError, match=message):
+        torch.func.grad(loss)(params)

@@ -88,7 +88,7 @@ def constrained_forward(
     assert mpc.constraints is not None
     B, T = x_init.shape[0], mpc.horizon
     checked_cost = CheckedCost(cost)
-    checked_dynamics = CheckedDynamics(dynamics, mpc.n_state, mpc.n_ctrl)
+    checked_dynamics = CheckedDynamics(dynamics, mpc.n_state, mpc.n_ctrl, B)
     checked = CheckedConstraints(mpc.constraints)
     with torch.no_grad():
         p = checked.probe(x_init.detach().unsqueeze(1).expand(B, T, -1), u_init.detach())

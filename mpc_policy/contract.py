@@ -8,8 +8,10 @@
 A dynamics model is always called on ONE row dimension: the solver's leading dimensions
 (time steps, line-search candidates, finite-difference points, then the batch) are flattened
 into N rows with the batch index fastest, so row r belongs to batch element r mod B. Then
-``x[:, i]`` and ``x[..., i]`` mean the same thing, and a model with per-batch-element
-parameters (B, ...) reads them as ``x.view(-1, B, n)``.
+``x[:, i]`` and ``x[..., i]`` mean the same thing. A model whose parameters have the batch
+dimension ((B,) or (B, 1): one mass per element) and fails on (N, n) rows is called on
+(K, B, n) rows instead, where such parameters broadcast against ``x[..., i]`` (K, B);
+a model may also read its rows as ``x.view(-1, B, n)`` itself.
 
 Every return is checked for its type, shape and dtype, with an error that names the module,
 the expected and the received. Values are not checked here: a row that turns non-finite is
@@ -164,14 +166,24 @@ def check_declared_sizes(dynamics: object, n_state: int, n_ctrl: int) -> None:
 class CheckedDynamics:
     """A dynamics module called on flattened rows, with its returns checked.
 
+    A module whose parameters have the batch dimension (one mass per element, (B,) or
+    (B, 1)) cannot broadcast them against N = K B rows: when a call on (N, n) rows fails and
+    the module holds a tensor whose leading dimension is B, it is called on rows shaped
+    (K, B, n) instead, where they broadcast, and so on from then on.
+
     Args:
-        module: the user's dynamics, dynamics(x (N, n), u (N, m)) -> (N, n).
+        module: the user's dynamics, dynamics(x (N, n), u (N, m)) -> (N, n), or on
+            (K, B, n), (K, B, m) -> (K, B, n) when its parameters are per element.
         n_state: n, as declared to the solver.
         n_ctrl: m, as declared to the solver.
+        batch: B, the batch size of the rows it is called on (None: unknown).
     """
 
-    def __init__(self, module: Callable[..., Any], n_state: int, n_ctrl: int) -> None:
+    def __init__(
+        self, module: Callable[..., Any], n_state: int, n_ctrl: int, batch: int | None = None
+    ) -> None:
         self.module, self.n_state, self.n_ctrl = module, n_state, n_ctrl
+        self.batch, self.batch_rows = batch, False
         self.name = f"dynamics ({module_name(module)})"
         has_jacobian = callable(getattr(module, "jacobian", None))
         self.jacobian = self._jacobian if has_jacobian else None
@@ -200,7 +212,7 @@ class CheckedDynamics:
     def __call__(self, x: Tensor, u: Tensor) -> Tensor:
         """Next states (..., n) for x (..., n), u (..., m), through one call on rows."""
         if x.dim() == 2 and u.dim() == 2 and x.shape[0] == u.shape[0]:  # already rows
-            out = self._forward(x, u)
+            out = self._on_rows(self._forward, x, u)
             if not _fits(out, x.shape, x.dtype):
                 call = f"dynamics(x {tuple(x.shape)}, u {tuple(u.shape)})"
                 shape = (x.shape[0], self.n_state)
@@ -208,21 +220,62 @@ class CheckedDynamics:
             return out
         x_rows, u_rows, lead = self._rows(x, u)
         N, n, m = x_rows.shape[0], self.n_state, self.n_ctrl
-        out = self._forward(x_rows, u_rows)
+        out = self._on_rows(self._forward, x_rows, u_rows)
         if not _fits(out, (N, n), x.dtype):
             call = f"dynamics(x {(N, n)}, u {(N, m)})"
             _check_output(self.name, out, (N, n), x.dtype, call, self._hint(out, N))
         return out.reshape(*lead, n)
 
+    def _on_rows(self, guard: _InputGuard, x: Tensor, u: Tensor) -> Any:
+        """The module on rows x (N, n), u (N, m), or on (K, B, n), (K, B, m) when its
+        parameters are per element; a tensor result comes back with N rows in front."""
+        B, N = self.batch, x.shape[0]
+        fits = B is not None and B > 1 and N % B == 0
+        if self.batch_rows and fits:
+            assert B is not None
+            return _flat(guard(x.view(-1, B, x.shape[-1]), u.view(-1, B, u.shape[-1])), N)
+        try:
+            return guard(x, u)
+        except Exception as error:
+            if B is None or not fits or N == B or not _holds_batch(self.module, B):
+                raise
+            try:
+                out = guard(x.view(-1, B, x.shape[-1]), u.view(-1, B, u.shape[-1]))
+            except Exception as retry:
+                if hasattr(error, "add_note"):
+                    error.add_note(
+                        f"{self.name} holds a tensor whose leading dimension is the batch size "
+                        f"B = {B}; called on rows shaped ({N // B}, {B}, n) instead it raised "
+                        f"{type(retry).__name__}: {retry}. A module with per-element "
+                        "parameters must broadcast them against x[..., i] of shape (K, B) "
+                        "(docs/custom-systems.md)"
+                    )
+                raise error from None
+            self.batch_rows = True
+            return _flat(out, N)
+
     def _jacobian(self, x: Tensor, u: Tensor) -> Tensor:
         """Jacobians (..., n, n+m) for x (..., n), u (..., m), through one call on rows."""
         x_rows, u_rows, lead = self._rows(x, u)
         N, n, m = x_rows.shape[0], self.n_state, self.n_ctrl
-        J = self._analytic(x_rows, u_rows)
+        J = self._on_rows(self._analytic, x_rows, u_rows)
         if not _fits(J, (N, n, n + m), x.dtype):
             call = f"dynamics.jacobian(x {(N, n)}, u {(N, m)})"
             _check_output(self.name, J, (N, n, n + m), x.dtype, call, "")
         return J.reshape(*lead, n, n + m)
+
+
+def _flat(out: Any, rows: int) -> Any:
+    """A result (K, B, ...) of a call on (K, B, n) rows as (K B, ...); anything else as it is
+    (the caller's check names what is wrong)."""
+    if isinstance(out, Tensor) and out.dim() >= 2 and out.shape[0] * out.shape[1] == rows:
+        return out.reshape(rows, *out.shape[2:])
+    return out
+
+
+def _holds_batch(module: object, batch: int) -> bool:
+    """Whether a module holds a tensor whose leading dimension is ``batch``."""
+    return any(t.dim() > 0 and t.shape[0] == batch for t in _tensors(module, set()))
 
 
 class CheckedCost:

@@ -209,7 +209,7 @@ class MPC(nn.Module):
         upper_t = None if upper is None else upper.transpose(0, 1)
         u0 = u_init.detach().transpose(0, 1)
         checked_cost = CheckedCost(cost)
-        checked_dynamics = CheckedDynamics(dynamics, self.n_state, self.n_ctrl)
+        checked_dynamics = CheckedDynamics(dynamics, self.n_state, self.n_ctrl, x_init.shape[0])
         context = f"{checked_cost.name}, {checked_dynamics.name}"
         graph = torch.is_grad_enabled()
 
@@ -318,7 +318,7 @@ class MPC(nn.Module):
         """The modules restricted to the batch elements ``rows`` (``contract.restrict``)."""
         return (
             CheckedCost(restrict(cost, rows)),
-            CheckedDynamics(restrict(dynamics, rows), self.n_state, self.n_ctrl),
+            CheckedDynamics(restrict(dynamics, rows), self.n_state, self.n_ctrl, rows.numel()),
         )
 
     def _solve_rows(

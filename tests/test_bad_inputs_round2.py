@@ -409,3 +409,32 @@ def test_grad_over_a_modules_parameters_by_functional_call_is_refused_by_name() 
     message = r"\(PendulumDynamics\): its tensor 'g' is a tensor of a torch.func transform"
     with pytest.raises(TypeError, match=message):
         torch.func.grad(loss)(params)
+
+
+# ---- 8. per-element parameters (one mass per environment) -----------------------------------
+
+
+class RandomizedPendulum(PendulumDynamics):
+    """The pendulum with one mass per batch element: ``m`` has shape (B,), read as the
+    guide says, broadcast against x[..., i] (domain randomization)."""
+
+    def __init__(self, masses: Tensor) -> None:
+        super().__init__()
+        self.m = nn.Parameter(masses.clone())
+
+
+@pytest.mark.parametrize("jacobian", ["autograd", "analytic"])
+def test_a_dynamics_parameter_with_the_batch_dimension_broadcasts(jacobian: str) -> None:
+    masses = torch.tensor([0.7, 1.0, 1.4], dtype=F64)
+    x_init = start_states(3, seed=5)
+    dynamics = RandomizedPendulum(masses)
+    mpc = MPC(3, 1, 10, -2.0, 2.0, tol=1e-10, jacobian=jacobian)
+    solution = mpc(x_init, pendulum_cost(), dynamics)
+    assert bool(solution.info.converged.all())
+    (d_masses,) = torch.autograd.grad(solution.u.sum(), dynamics.m)
+    for b in range(3):
+        alone = PendulumDynamics(m=float(masses[b]))
+        reference = MPC(3, 1, 10, -2.0, 2.0, tol=1e-10)(x_init[b : b + 1], pendulum_cost(), alone)
+        (d_mass,) = torch.autograd.grad(reference.u.sum(), alone.m)
+        torch.testing.assert_close(solution.u[b], reference.u[0], atol=1e-8, rtol=1e-8)
+        torch.testing.assert_close(d_masses[b], d_mass, atol=1e-7, rtol=1e-6)

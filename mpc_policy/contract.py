@@ -36,6 +36,7 @@ __all__ = [
     "CheckedCost",
     "CheckedDynamics",
     "check_declared_sizes",
+    "determinism_hint",
     "in_place_error",
     "module_name",
     "on_rows",
@@ -327,6 +328,35 @@ class CheckedCost:
         hessian = _check_output(self.name, out[0], (B, T, d, d), x.dtype, call + "[0]", "")
         gradient = _check_output(self.name, out[1], (B, T, d), x.dtype, call + "[1]", "")
         return hessian, gradient
+
+
+def determinism_hint(cost: CheckedCost, dynamics: CheckedDynamics, x: Tensor, u: Tensor) -> str:
+    """A sentence naming a module that gives two values at one point, or "".
+
+    A module that draws noise on every call (a stochastic simulator) has no fixed point, so
+    box-DDP stops at max_iter or stalls; this calls each module twice at the stopped
+    trajectory x (T, B, n), u (T, B, m) and compares (NaN equal to NaN).
+    """
+    names = []
+    with torch.inference_mode():
+        calls: list[tuple[str, Callable[[], Tensor]]] = [
+            (cost.name, lambda: cost(x.transpose(0, 1), u.transpose(0, 1)))
+        ]
+        if x.shape[0] > 1:
+            calls.append((dynamics.name, lambda: dynamics(x[:-1], u[:-1])))
+        for name, call in calls:
+            first, second = call(), call()
+            if not torch.equal(first.isnan(), second.isnan()) or not bool(
+                (first == second)[~first.isnan()].all()
+            ):
+                names.append(name)
+    if not names:
+        return ""
+    return (
+        f"; {' and '.join(names)} gave different values on two calls at the same states and "
+        "controls: a module that draws noise on every call has no fixed point (draw the "
+        "noise once, outside the solve, and pass it in as a tensor, or seed it per call)"
+    )
 
 
 @contextmanager

@@ -35,6 +35,7 @@ from mpc_policy.contract import (
     CheckedCost,
     CheckedDynamics,
     check_declared_sizes,
+    determinism_hint,
     on_rows,
     restrict,
 )
@@ -42,7 +43,7 @@ from mpc_policy.fixed_point import implicit_solution
 from mpc_policy.ilqr import DDPResult, box_ddp
 from mpc_policy.module_model import ModuleModel
 from mpc_policy.options import MPCOptions
-from mpc_policy.solution import Solution, SolverInfo
+from mpc_policy.solution import Solution, SolverInfo, Status
 from mpc_policy.validation import (
     check_bounds,
     check_device,
@@ -246,7 +247,11 @@ class MPC(nn.Module):
                     kernels=kernels,
                 )
             info = result.info.clone()
-        info.enforce(opts.on_unconverged, context)
+        stopped = (info.codes == int(Status.MAX_ITER)) | (info.codes == int(Status.STALLED))
+        hint = ""
+        if opts.on_unconverged != "ignore" and bool(stopped.any()):
+            hint = determinism_hint(checked_cost, checked_dynamics, result.x, result.u)
+        info.enforce(opts.on_unconverged, context, hint)
 
         # a non-finite element is no answer: NaN out, and no part in any gradient (its rows
         # of the local model are left out, so not even 0 * NaN reaches a shared parameter)

@@ -16,7 +16,15 @@ from torch import Tensor
 if TYPE_CHECKING:
     from mpc_policy.constraints import ConstraintReport
 
-__all__ = ["SOURCE_COST", "SOURCE_DYNAMICS", "ConvergenceError", "Solution", "SolverInfo", "Status"]
+__all__ = [
+    "SOURCE_CONSTRAINTS",
+    "SOURCE_COST",
+    "SOURCE_DYNAMICS",
+    "ConvergenceError",
+    "Solution",
+    "SolverInfo",
+    "Status",
+]
 
 # the frames a warning skips to reach the user's call: those of the solver's own modules
 # (not of mpc_policy.envs, .agents or .sb3, which call it for a user) and of torch's
@@ -28,7 +36,7 @@ _SOLVER_DIRS = frozenset(
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
 
 # where a NONFINITE element's NaN or Inf came from (``SolverInfo.nonfinite_source``)
-SOURCE_DYNAMICS, SOURCE_COST = 1, 2
+SOURCE_DYNAMICS, SOURCE_COST, SOURCE_CONSTRAINTS = 1, 2, 3
 
 
 class ConvergenceError(RuntimeError):
@@ -82,9 +90,9 @@ _ADVICE = {
     "loosen tol or warm-start with u_init",
     Status.STALLED: "stalled before a fixed point (no line-search step decreased the cost); "
     "warm-start with u_init or raise max_line_search",
-    Status.NONFINITE: "became non-finite (NaN or Inf in the cost, the dynamics, their "
-    "derivatives or the trajectory); their x, u and cost are NaN: check the cost and the "
-    "dynamics modules and their parameters for these elements",
+    Status.NONFINITE: "became non-finite (NaN or Inf in the cost, the dynamics, the "
+    "constraints, their derivatives or the trajectory); their x, u and cost are NaN: check "
+    "the module named below and its parameters for these elements",
     Status.INDEFINITE: "have no minimizer at the point found (the control Hessian is "
     "indefinite on the free controls: a saddle, or a cost unbounded below); make the cost "
     "convex in the controls, bound them, or start elsewhere with u_init",
@@ -112,7 +120,8 @@ class SolverInfo:
             (CONVERGED or MAX_ITER) when not given.
         nonfinite_source: (B,) int8, where a NONFINITE element's NaN or Inf came from:
             1 the dynamics (next states or Jacobians), 2 the cost (values or derivatives),
-            0 elsewhere or unknown; None when not recorded.
+            3 the constraints (their values, with a cost that stayed finite), 0 elsewhere
+            or unknown; None when not recorded.
     """
 
     iterations: Tensor
@@ -229,22 +238,27 @@ class SolverInfo:
         """Where the NaN or Inf of the elements ``mask`` (B,) came from, as text."""
         assert self.nonfinite_source is not None
         parts = []
-        for code, part in ((SOURCE_DYNAMICS, "the dynamics"), (SOURCE_COST, "the cost")):
+        for code, part in (
+            (SOURCE_DYNAMICS, "the dynamics"),
+            (SOURCE_COST, "the cost"),
+            (SOURCE_CONSTRAINTS, "the constraints"),
+        ):
             where = torch.nonzero(mask & (self.nonfinite_source == code)).flatten().tolist()
             if where:
                 parts.append(f"from {part} at {where[:10]}")
         return f" ({'; '.join(parts)})" if parts else ""
 
-    def enforce(self, policy: str, context: str = "") -> None:
+    def enforce(self, policy: str, context: str = "", hint: str = "") -> None:
         """Apply the user's policy for unconverged elements (warn / raise / ...).
 
         Args:
             policy: the ``on_unconverged`` option.
             context: appended to the message (e.g. the modules that were solved).
+            hint: a sentence appended after it (e.g. a module found not deterministic).
         """
         if self.all_converged or policy == "ignore":
             return
-        message = self.describe_unconverged() + (f" [{context}]" if context else "")
+        message = self.describe_unconverged() + (f" [{context}]" if context else "") + hint
         if policy == "raise":
             raise ConvergenceError(message)
         # no graph is built under no_grad (acting, evaluation): there is no gradient to zero

@@ -438,3 +438,47 @@ def test_a_dynamics_parameter_with_the_batch_dimension_broadcasts(jacobian: str)
         (d_mass,) = torch.autograd.grad(reference.u.sum(), alone.m)
         torch.testing.assert_close(solution.u[b], reference.u[0], atol=1e-8, rtol=1e-8)
         torch.testing.assert_close(d_masses[b], d_mass, atol=1e-7, rtol=1e-6)
+
+
+# ---- 9. NaN from the constraints; dynamics that are not deterministic -----------------------
+
+
+class NaNVelocityLimit(VelocityLimit):
+    """A velocity limit whose rows turn NaN once |velocity| exceeds 5."""
+
+    def forward(self, x: Tensor, u: Tensor) -> Tensor:
+        out = super().forward(x, u)
+        return torch.where(x[..., 2:3].abs() > 5, torch.full_like(out, float("nan")), out)
+
+
+def test_nan_from_the_constraints_is_blamed_on_the_constraints() -> None:
+    x_init = start_states(3, seed=12)
+    x_init[1, 2] = 9.0  # element 1 starts where the constraints are NaN
+    mpc = MPC(3, 1, 8, -2.0, 2.0, constraints=NaNVelocityLimit(20.0))
+    message = r"NONFINITE at indices \[1\] \(from the constraints at \[1\]\)"
+    with pytest.warns(RuntimeWarning, match=message):
+        solution = mpc(x_init, pendulum_cost(), PendulumDynamics())
+    assert solution.info.status_names[1] == "NONFINITE"
+
+
+class NoisyPendulum(PendulumDynamics):
+    """The pendulum with fresh noise on every call (no fixed point to find)."""
+
+    def forward(self, x: Tensor, u: Tensor) -> Tensor:
+        return super().forward(x, u) + 1e-3 * torch.randn_like(x)
+
+
+def test_a_noisy_dynamics_module_is_named_in_the_non_convergence_warning() -> None:
+    torch.manual_seed(0)
+    mpc = MPC(3, 1, 8, -2.0, 2.0, max_iter=5)
+    with pytest.warns(RuntimeWarning) as caught:
+        mpc(start_states(3, seed=0), pendulum_cost(), NoisyPendulum())
+    text = str(caught[0].message)
+    assert "dynamics (NoisyPendulum) gave different values on two calls" in text
+    assert "draws noise on every call" in text
+    # a deterministic module stopped at max_iter gets no such sentence
+    with pytest.warns(RuntimeWarning) as caught:
+        MPC(3, 1, 8, -2.0, 2.0, max_iter=1)(
+            start_states(3, seed=0), pendulum_cost(), PendulumDynamics()
+        )
+    assert "draws noise" not in str(caught[0].message)

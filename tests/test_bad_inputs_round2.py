@@ -10,6 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from mpc_policy import MPC, lqr_solve
+from mpc_policy.compat import mpc as compat_mpc
+from mpc_policy.compat.mpc import LinDx, QuadCost
 from tests.constrained_problems import VelocityLimit
 from tests.pendulum_model import PendulumDynamics, pendulum_cost, start_states
 
@@ -482,3 +484,45 @@ def test_a_noisy_dynamics_module_is_named_in_the_non_convergence_warning() -> No
             start_states(3, seed=0), pendulum_cost(), PendulumDynamics()
         )
     assert "draws noise" not in str(caught[0].message)
+
+
+# ---- 11. the compat layer: ambiguous bounds, backprop=False ---------------------------------
+
+
+def _compat_lqr_problem(B: int, T: int) -> tuple[Tensor, QuadCost, LinDx]:
+    n, m = 2, 1
+    generator = torch.Generator().manual_seed(1)
+    C = torch.eye(n + m, dtype=F64).expand(T, B, n + m, n + m)
+    c = torch.randn(T, B, n + m, generator=generator, dtype=F64)
+    F = 0.5 * torch.randn(T, B, n, n + m, generator=generator, dtype=F64)
+    x_init = torch.randn(B, n, generator=generator, dtype=F64)
+    return x_init, QuadCost(C, c), LinDx(F)
+
+
+def test_compat_refuses_a_2d_bound_when_b_equals_t_as_the_native_api_does() -> None:
+    x_init, cost, dx = _compat_lqr_problem(3, 3)
+    bound = torch.full((3, 1), 0.5, dtype=F64)
+    message = r"u_lower: shape \(3, 1\) is ambiguous with B = T = 3: \[T, m\]"
+    with pytest.raises(ValueError, match=message):
+        compat_mpc.MPC(2, 1, 3, -bound, bound, lqr_iter=20)(x_init, cost, dx)
+    with pytest.raises(ValueError, match=r"u_lower: shape \(3, 1\) is ambiguous with B = T = 3"):
+        MPC(3, 1, 3, -bound, bound)(start_states(3, seed=0), pendulum_cost(), PendulumDynamics())
+    # the forms that say what they mean still work: per step [T, 1, m], per element [T, B, m]
+    for lower in (-bound.view(3, 1, 1), -bound.view(1, 3, 1).expand(3, 3, 1)):
+        compat_mpc.MPC(2, 1, 3, lower, -lower, lqr_iter=20)(x_init, cost, dx)
+
+
+def test_compat_backprop_false_keeps_learning_as_upstream_does_with_one_warning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(compat_mpc, "_BACKPROP_WARNED", False)
+    x_init, cost, dx = _compat_lqr_problem(2, 4)
+    x_init.requires_grad_(True)
+    with pytest.warns(UserWarning, match="backprop=False: mpc.pytorch never read it") as caught:
+        controller = compat_mpc.MPC(2, 1, 4, -0.5, 0.5, lqr_iter=20, backprop=False)
+        compat_mpc.MPC(2, 1, 4, -0.5, 0.5, lqr_iter=20, backprop=False)
+    assert len([w for w in caught if "backprop" in str(w.message)]) == 1
+    _, u, _ = controller(x_init, cost, dx)
+    assert u.requires_grad
+    (grad,) = torch.autograd.grad(u.sum(), x_init)
+    assert bool((grad != 0).any())

@@ -20,10 +20,14 @@ from torch import Tensor, nn
 
 from mpc_policy.grad.attach import GradientProblem, attach, finish, rule_for
 from mpc_policy.options import MPCOptions
-from mpc_policy.problem.constraints import CheckedConstraints, complementarity
+from mpc_policy.problem.constraints import (
+    CheckedConstraints,
+    check_time_local,
+    complementarity,
+)
 from mpc_policy.problem.contract import CheckedCost, CheckedDynamics
 from mpc_policy.problem.module_model import ModuleModel
-from mpc_policy.problem.validation import check_finite, check_tensor
+from mpc_policy.problem.validation import check_device, check_finite, check_tensor
 from mpc_policy.solution import ConstraintReport, Solution, Status
 from mpc_policy.solve.augmented_lagrangian import augmented_lagrangian
 from mpc_policy.solve.backend import select
@@ -36,6 +40,7 @@ def _multipliers(value: Tensor | None, shape: tuple[int, int, int], like: Tensor
     if value is None:
         return like.new_zeros(shape)
     value = check_tensor("multipliers", value)
+    check_device("x_init", like, multipliers=value)
     if tuple(value.shape) != shape:
         raise ValueError(
             f"multipliers: expected shape (B, T, p) = {shape} (p rows of the constraints per "
@@ -84,7 +89,7 @@ def constrained_forward(
     n_state, n_ctrl, T = sizes
     B = x_init.shape[0]
     checked_cost = CheckedCost(cost)
-    checked_dynamics = CheckedDynamics(dynamics, n_state, n_ctrl)
+    checked_dynamics = CheckedDynamics(dynamics, n_state, n_ctrl, B)
     checked = CheckedConstraints(constraints)
     with torch.no_grad():
         p = checked.probe(x_init.detach().unsqueeze(1).expand(B, T, -1), u_init.detach())
@@ -110,6 +115,8 @@ def constrained_forward(
         kernels,
     )
     info = result.info
+    # a row that reads another step would get a wrong Jacobian: checked at the solution
+    check_time_local(checked, result.x, result.u)
     info.enforce(
         opts.on_unconverged, f"{checked_cost.name}, {checked_dynamics.name}, {checked.name}"
     )
@@ -132,7 +139,7 @@ def constrained_forward(
     x, u, rows = attach(
         rule_for(opts.grad_method, constrained=True), problem, info, (cost, dynamics, constraints)
     )
-    x, u, value = finish(x, u, info, rows, cost, checked_cost, opts.on_unconverged)
+    x, u, value = finish(x, u, info, rows, cost, checked_cost, opts)
     report = ConstraintReport(
         values=result.values,
         multipliers=result.multipliers,

@@ -36,16 +36,19 @@ from mpc_policy.problem.contract import (
     CheckedCost,
     CheckedDynamics,
     check_declared_sizes,
+    determinism_hint,
 )
 from mpc_policy.problem.module_model import ModuleModel
 from mpc_policy.problem.validation import (
     check_bounds,
+    check_device,
     check_finite,
     check_tensor,
+    check_untransformed,
     complete_bounds,
     expand_bound,
 )
-from mpc_policy.solution import Solution
+from mpc_policy.solution import Solution, Status
 from mpc_policy.solve.backend import Kernels, select
 from mpc_policy.solve.ddp import DDPResult, box_ddp
 
@@ -135,6 +138,7 @@ class MPC(nn.Module):
             u_init = torch.zeros(B, T, m, dtype=x_init.dtype, device=x_init.device)
         else:
             u_init = check_tensor("u_init", u_init)
+            check_device("x_init", x_init, u_init=u_init)
             if tuple(u_init.shape) != (B, T, m):
                 raise ValueError(
                     f"u_init: expected shape (B, T, m) = ({B}, {T}, {m}), "
@@ -164,6 +168,12 @@ class MPC(nn.Module):
                 )
         check_declared_sizes(dynamics, self.n_state, self.n_ctrl)
         x_init, lower, upper, u_init = self._inputs(x_init, u_init)
+        for name, module in (("dynamics", dynamics), ("cost", cost)):
+            check_untransformed(f"{name} ({type(module).__name__})", module)
+        if self.constraints is not None:
+            check_untransformed(
+                f"constraints ({type(self.constraints).__name__})", self.constraints
+            )
         if self.constraints is not None:
             return constrained_forward(
                 opts,
@@ -186,10 +196,15 @@ class MPC(nn.Module):
         upper_t = None if upper is None else upper.transpose(0, 1)
         u0 = u_init.detach().transpose(0, 1)
         checked_cost = CheckedCost(cost)
-        checked_dynamics = CheckedDynamics(dynamics, self.n_state, self.n_ctrl)
+        checked_dynamics = CheckedDynamics(dynamics, self.n_state, self.n_ctrl, x_init.shape[0])
         result, kernels = self._solve(checked_cost, checked_dynamics, x_init, u0, lower_t, upper_t)
         info = result.info if opts.grad_method == "unroll" else result.info.clone()
-        info.enforce(opts.on_unconverged, f"{checked_cost.name}, {checked_dynamics.name}")
+        stopped = (info.codes == int(Status.MAX_ITER)) | (info.codes == int(Status.STALLED))
+        hint = ""
+        if opts.on_unconverged != "ignore" and bool(stopped.any()):
+            # a module that answers differently each call keeps the solve from a fixed point
+            hint = determinism_hint(checked_cost, checked_dynamics, result.x, result.u)
+        info.enforce(opts.on_unconverged, f"{checked_cost.name}, {checked_dynamics.name}", hint)
         problem = GradientProblem(
             checked_cost,
             checked_dynamics,
@@ -205,7 +220,7 @@ class MPC(nn.Module):
         x, u, rows = attach(
             rule_for(opts.grad_method, constrained=False), problem, info, (cost, dynamics, None)
         )
-        x, u, value = finish(x, u, info, rows, cost, checked_cost, opts.on_unconverged)
+        x, u, value = finish(x, u, info, rows, cost, checked_cost, opts)
         return Solution(x, u, value, info)
 
     def _solve(

@@ -43,10 +43,14 @@ class MPCOptions:
         jacobian: how dynamics are linearized: "autograd" (vectorized, torch.func),
             "analytic" (the model's ``jacobian(x, u)`` method) or "finite_diff" (central).
         finite_diff_eps: step of the central differences (relative to 1 + |tau|).
-        on_unconverged: what happens when an element stops before a fixed point: "warn"
-            (default), "raise" (``ConvergenceError`` naming the elements), "zero_grad"
-            (a warning, and no gradient flows from those elements), or "ignore" (the report
-            in ``info`` only).
+        on_unconverged: what happens when an element stops before a fixed point:
+            "zero_grad" (default: one warning per call with the counts, and while autograd
+            records no gradient flows from those elements: the implicit gradient holds at a
+            fixed point only, and a training loop must not receive one from elsewhere, as
+            mpc.pytorch and the paper's section 4.3 do), "warn" (the warning only; their
+            gradient, taken away from a fixed point, flows), "raise" (``ConvergenceError``
+            naming the elements), or "ignore" (the report in ``info`` only; the gradient
+            flows).
         regularization: initial diagonal added to a Q_uu block that is not positive
             definite (it grows by 10x until the Cholesky factorization succeeds).
         newton_residual: an element whose fixed-point residual is at most this takes
@@ -89,7 +93,7 @@ class MPCOptions:
     grad_method: GradMethod = "exact"
     jacobian: JacobianMethod = "autograd"
     finite_diff_eps: float = 1e-6
-    on_unconverged: OnUnconverged = "warn"
+    on_unconverged: OnUnconverged = "zero_grad"
     regularization: float = 1e-8
     newton_residual: float = 0.1
     backend: Backend = "auto"

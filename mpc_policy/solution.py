@@ -12,6 +12,7 @@ from torch import Tensor
 from mpc_policy._warnings import user_stacklevel
 
 __all__ = [
+    "SOURCE_CONSTRAINTS",
     "SOURCE_COST",
     "SOURCE_DYNAMICS",
     "ConstraintReport",
@@ -22,7 +23,7 @@ __all__ = [
 ]
 
 # where a NONFINITE element's NaN or Inf came from (``SolverInfo.nonfinite_source``)
-SOURCE_DYNAMICS, SOURCE_COST = 1, 2
+SOURCE_DYNAMICS, SOURCE_COST, SOURCE_CONSTRAINTS = 1, 2, 3
 
 
 class ConvergenceError(RuntimeError):
@@ -62,9 +63,9 @@ _ADVICE = {
     "loosen tol or warm-start with u_init",
     Status.STALLED: "stalled before a fixed point (no line-search step decreased the cost); "
     "warm-start with u_init or raise max_line_search",
-    Status.NONFINITE: "became non-finite (NaN or Inf in the cost, the dynamics, their "
-    "derivatives or the trajectory); their x, u and cost are NaN: check the cost and the "
-    "dynamics modules and their parameters for these elements",
+    Status.NONFINITE: "became non-finite (NaN or Inf in the cost, the dynamics, the "
+    "constraints, their derivatives or the trajectory); their x, u and cost are NaN: check "
+    "the module named below and its parameters for these elements",
     Status.INDEFINITE: "have no minimizer at the point found (the control Hessian is "
     "indefinite on the free controls: a saddle, or a cost unbounded below); make the cost "
     "convex in the controls, bound them, or start elsewhere with u_init",
@@ -92,7 +93,8 @@ class SolverInfo:
             (CONVERGED or MAX_ITER) when not given.
         nonfinite_source: (B,) int8, where a NONFINITE element's NaN or Inf came from:
             1 the dynamics (next states or Jacobians), 2 the cost (values or derivatives),
-            0 elsewhere or unknown; None when not recorded.
+            3 the constraints (their values, with a cost that stayed finite), 0 elsewhere
+            or unknown; None when not recorded.
     """
 
     iterations: Tensor
@@ -209,27 +211,39 @@ class SolverInfo:
         """Where the NaN or Inf of the elements ``mask`` (B,) came from, as text."""
         assert self.nonfinite_source is not None
         parts = []
-        for code, part in ((SOURCE_DYNAMICS, "the dynamics"), (SOURCE_COST, "the cost")):
+        for code, part in (
+            (SOURCE_DYNAMICS, "the dynamics"),
+            (SOURCE_COST, "the cost"),
+            (SOURCE_CONSTRAINTS, "the constraints"),
+        ):
             where = torch.nonzero(mask & (self.nonfinite_source == code)).flatten().tolist()
             if where:
                 parts.append(f"from {part} at {where[:10]}")
         return f" ({'; '.join(parts)})" if parts else ""
 
-    def enforce(self, policy: str, context: str = "") -> None:
+    def enforce(self, policy: str, context: str = "", hint: str = "") -> None:
         """Apply the user's policy for unconverged elements (warn / raise / ...).
 
         Args:
             policy: the ``on_unconverged`` option.
             context: appended to the message (e.g. the modules that were solved).
+            hint: a sentence appended after it (e.g. a module found not deterministic).
         """
         if self.all_converged or policy == "ignore":
             return
-        message = self.describe_unconverged() + (f" [{context}]" if context else "")
+        message = self.describe_unconverged() + (f" [{context}]" if context else "") + hint
         if policy == "raise":
             raise ConvergenceError(message)
         # no graph is built under no_grad (acting, evaluation): there is no gradient to zero
         zeroed = policy == "zero_grad" and torch.is_grad_enabled()
-        suffix = "; their gradients are zeroed" if zeroed else ""
+        count = int((~self.converged & ~self.nonfinite).sum())
+        suffix = (
+            f"; their gradients are zeroed ({count} of {self.converged.numel()} elements; "
+            "on_unconverged='zero_grad' is the default, 'warn' lets their gradient, taken "
+            "away from a fixed point, through)"
+            if zeroed and count
+            else ""
+        )
         warnings.warn(message + suffix, RuntimeWarning, stacklevel=user_stacklevel())
 
 

@@ -9,6 +9,7 @@ poisoned row is reported with its own status.
 
 from __future__ import annotations
 
+import importlib
 import warnings
 
 import pytest
@@ -199,3 +200,47 @@ def test_the_report_says_which_module_turned_non_finite(kind: str, source: str) 
         RuntimeWarning, match=rf"NONFINITE at indices \[{BAD}\] \(from the {source} at \[{BAD}\]\)"
     ):
         MPC(3, 1, T, **bounds)(x_init, cost, dynamics)
+
+
+@pytest.mark.parametrize("backend", ["torch", "compiled"])
+@pytest.mark.parametrize("where", ["dynamics", "cost"])
+def test_a_frozen_element_feeds_the_next_iteration_a_finite_neutral_model(
+    where: str, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Isolation on what the loop computes with, not only on what it returns: once an
+    element turns non-finite, every backward pass after that gets its local model as
+    C = I, g = 0, F = 0, never its NaN or Inf (a kernel that mixed elements would spread it)."""
+    mpc_module = importlib.import_module("mpc_policy.mpc")
+    real = mpc_module.select
+    fed: list[tuple[Tensor, Tensor, Tensor]] = []
+
+    def recording(*args, **kwargs):
+        kernels = real(*args, **kwargs)
+        inner = kernels.backward_recursion
+
+        def recursion(C, g, F, *rest, **options):
+            fed.append((C.clone(), g.clone(), F.clone()))
+            return inner(C, g, F, *rest, **options)
+
+        return kernels._replace(backward_recursion=recursion)
+
+    monkeypatch.setattr(mpc_module, "select", recording)
+    batch, bad = 4, 1
+    x_init = start_states(batch, seed=3)
+    x_init[bad, 2] = 100.0
+    dynamics: nn.Module = PendulumDynamics()
+    cost: nn.Module = pendulum_cost()
+    if where == "dynamics":
+        dynamics = OutOfDomain(dynamics, float("nan"), per_step=False)
+    else:
+        cost = OutOfDomain(cost, float("nan"), per_step=True)
+    mpc = MPC(3, 1, T, -2.0, 2.0, backend=backend, on_unconverged="ignore")
+    solution = mpc(x_init, cost, dynamics)
+    assert solution.info.codes[bad] == int(Status.NONFINITE)
+    assert fed, "no backward pass was recorded"
+    eye = torch.eye(4, dtype=F64)
+    for C, g, F in fed:
+        assert all(bool(torch.isfinite(z).all()) for z in (C, g, F))
+        if C.shape[1] == batch:  # a pass over the whole batch: the frozen row is neutral
+            assert torch.equal(C[:, bad], eye.expand_as(C[:, bad]))
+            assert not bool(g[:, bad].any()) and not bool(F[:, bad].any())

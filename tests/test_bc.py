@@ -10,9 +10,9 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mpc_policy.agents.run import pipeline
 from mpc_policy.agents.data.datasets import load_dataset
 from mpc_policy.agents.learners.models import build_learner
+from mpc_policy.agents.run import pipeline
 from mpc_policy.agents.run.config import (
     DataConfig,
     EvaluateConfig,

@@ -11,8 +11,8 @@ import torch
 
 from mpc_policy import lqr_solve
 from mpc_policy.options import MPCOptions
-from mpc_policy.solve.backend import select
-from tests.oracles import BoxLQRProblem, random_box_lqr
+from mpc_policy.solve.backend import TORCH, select
+from tests.oracles import BoxLQRProblem, lqr_oracle_batch, random_box_lqr
 
 pytest.importorskip("numba")
 lqr_module = importlib.import_module("mpc_policy.lqr")
@@ -57,11 +57,12 @@ def _solve(problem: BoxLQRProblem, fused: bool, monkeypatch: pytest.MonkeyPatch,
     return solution, [None if z is None else z.grad for z in leaves]
 
 
-def _ddp(problem: BoxLQRProblem, fused: bool, **options):
+def _ddp(problem: BoxLQRProblem, fused: bool, reference: bool = False, **options):
     """The bounded solve of lqr_solve (before its condensed retry of stalled elements), with
-    the compiled kernels, by the compiled box-LQR solve or by box_ddp."""
+    the compiled kernels, by the compiled box-LQR solve or by box_ddp; ``reference``: by
+    box_ddp on the torch kernels (no compiled code at all)."""
     opts = MPCOptions(**options)
-    kernels = select("compiled", torch.device("cpu"))
+    kernels = TORCH if reference else select("compiled", torch.device("cpu"))
     if not fused:
         kernels = kernels._replace(box_lqr=None)
     C = 0.5 * (problem.C + problem.C.transpose(-1, -2))
@@ -111,6 +112,42 @@ def test_compiled_solve_takes_the_decisions_of_the_ddp_loop(case: str, dtype: to
         torch.testing.assert_close(fused.cost[rows] / scale, loop.cost[rows] / scale, **tol)
         torch.testing.assert_close(fused.info.step_size[rows], loop.info.step_size[rows], **tol)
     torch.testing.assert_close(fused.info.residual[done], loop.info.residual[done], **tol)
+
+
+@pytest.mark.parametrize("case", list(_CASES))
+def test_compiled_solve_takes_the_decisions_of_the_torch_reference(case: str) -> None:
+    """Pinned apart from the compiled recursion: box_ddp on the torch kernels (float64)
+    makes the same convergence, stall and step-size decisions at every element."""
+    make, options = _CASES[case]
+    problem = make()
+    fused, reference = _ddp(problem, True, **options), _ddp(problem, False, True, **options)
+    assert reference.info.backend == "torch" and fused.info.backend == "compiled"
+    assert torch.equal(fused.info.codes, reference.info.codes)
+    assert torch.equal(fused.info.iterations, reference.info.iterations)
+    assert torch.equal(fused.info.step_size, reference.info.step_size)
+    done = reference.info.converged
+    for ours, theirs in ((fused.u, reference.u), (fused.x, reference.x)):
+        scale = 1.0 + theirs.abs().max()
+        torch.testing.assert_close(
+            ours[:, done] / scale, theirs[:, done] / scale, atol=1e-10, rtol=0
+        )
+
+
+@pytest.mark.parametrize("case", ["bounded_m2", "out_of_iterations", "no_line_search"])
+def test_compiled_convergence_decisions_agree_with_the_dense_oracle(case: str) -> None:
+    """Pinned by the problem alone: an element called CONVERGED is at the exact solution
+    (condensed QP, BVLS), and one called MAX_ITER or STALLED is not yet there."""
+    make, options = _CASES[case]
+    problem = make()
+    fused = _ddp(problem, True, **options)
+    _, u_exact, _ = lqr_oracle_batch(problem)
+    u = fused.u.transpose(0, 1)
+    gap = (u - u_exact).abs().amax(dim=(1, 2)) / (1.0 + u_exact.abs().amax(dim=(1, 2)))
+    done = fused.info.converged
+    assert bool(done.any()) and bool((~done).any()) == (case != "bounded_m2")
+    assert float(gap[done].max()) < 1e-6
+    if case != "bounded_m2":
+        assert float(gap[~done].min()) > 1e-6
 
 
 def _tolerance(dtype: torch.dtype, tight: bool) -> dict[str, float]:

@@ -16,7 +16,7 @@ this differs from mpc.pytorch is in docs/coming-from-mpc-pytorch.md.
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
+import warnings
 from typing import Any
 
 import torch
@@ -37,6 +37,9 @@ __all__ = ["MPC", "GradMethods", "LinDx", "QuadCost", "SlewRateCost"]
 
 logger = logging.getLogger(__name__)
 
+# backprop=False warns once per process (mpc.pytorch never read it; neither does this layer)
+_BACKPROP_WARNED = False
+
 
 _JACOBIAN = {
     GradMethods.AUTO_DIFF: "autograd",
@@ -47,6 +50,21 @@ _RENAMED = (
     "mpc_policy.compat passes lqr_iter as max_iter, eps as tol, linesearch_decay as "
     "line_search_decay, max_linesearch_iter as max_line_search and diff_rule as grad_method"
 )
+
+
+def _warn_backprop() -> None:
+    """The one warning of a process about ``backprop=False``."""
+    global _BACKPROP_WARNED
+    if _BACKPROP_WARNED:
+        return
+    _BACKPROP_WARNED = True
+    warnings.warn(
+        "backprop=False: mpc.pytorch never read it (its solves always keep the gradient), so "
+        "mpc_policy.compat ignores it too and learning through the layer continues; to solve "
+        "without a graph, call the layer under torch.no_grad() (docs/coming-from-mpc-pytorch.md)",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 class MPC(nn.Module):
@@ -75,7 +93,9 @@ class MPC(nn.Module):
         exit_unconverged: with ``detach_unconverged``, raise ``ConvergenceError`` when an
             element does not converge (mpc.pytorch: ``assert False``).
         detach_unconverged: unconverged elements get no gradient (with a warning).
-        backprop: False solves under ``torch.no_grad()``.
+        backprop: accepted and, as in mpc.pytorch (which never read it), without effect:
+            gradients flow either way; False warns once per process. Solve without a graph
+            by calling the layer under ``torch.no_grad()``.
         slew_rate_penalty: gamma of gamma/2 ||u_t - u_{t-1}||^2 (u_0 = prev_ctrl or 0).
         prev_ctrl: [m], [B, m] or [1, B, m] control before u_1, for the slew-rate penalty.
         not_improved_lim, best_cost_eps: accepted for compatibility; the line search only
@@ -126,6 +146,8 @@ class MPC(nn.Module):
         self.linesearch_decay, self.max_linesearch_iter = linesearch_decay, max_linesearch_iter
         self.exit_unconverged, self.detach_unconverged = exit_unconverged, detach_unconverged
         self.backprop = backprop
+        if backprop is False:
+            _warn_backprop()
         self.slew_rate_penalty, self.prev_ctrl = slew_rate_penalty, prev_ctrl
         self.not_improved_lim, self.best_cost_eps = not_improved_lim, best_cost_eps
         self.diff_rule = diff_rule
@@ -201,8 +223,7 @@ class MPC(nn.Module):
                 f"n_batch: expected the batch size of x_init ({batch}), received {self.n_batch}"
             )
         options = self._options()
-        with nullcontext() if self.backprop else torch.no_grad():
-            solution = self._solve(contiguous_grad(x_init), cost, dx, options)
+        solution = self._solve(contiguous_grad(x_init), cost, dx, options)
         info = self.last_info = solution.info
         info.enforce(self._policy())
         x, u, costs = solution.x[..., -self.n_state :], solution.u, solution.cost

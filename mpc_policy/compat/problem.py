@@ -189,6 +189,14 @@ def control_bound(
     """
     if isinstance(value, Tensor) and value.dim() == 0:
         value = value.expand(n_ctrl)
+    if isinstance(value, Tensor) and value.dim() == 2 and horizon == batch > 1:
+        # as mpc_policy's own API: [T, m] (per step) and [B, m] (per element) look alike
+        raise ValueError(
+            f"{name}: shape {_shape(tuple(value.shape))} is ambiguous with B = T = {batch}: "
+            f"[T, m], one bound per time step, or [B, m], one per batch element; pass "
+            f"[T, 1, m] = [{horizon}, 1, {n_ctrl}] for per-time-step bounds or [T, B, m] "
+            f"(e.g. bound.expand({horizon}, {batch}, {n_ctrl})) for per-element ones"
+        )
     if isinstance(value, Tensor):
         value = batch_first(name, value, horizon, batch, (n_ctrl,))
     elif value is not None and not isinstance(value, (int, float)):

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mpc_policy.numerics.adjoint import costates_from_gradient
 from mpc_policy.numerics.riccati import Gains
 from mpc_policy.solve.backend import select
 
@@ -76,14 +77,61 @@ class _ImplicitLQR(torch.autograd.Function):
             # multipliers of the active bounds: the u-rows of the stationarity residual
             residual_u = grads.residual_u
             clamped = ~gains.free
-            if u_lower is not None:
-                at_lower = clamped & (u <= u_lower)
-                d_lower = torch.where(at_lower, residual_u, torch.zeros_like(residual_u))
-            if u_upper is not None:
-                at_upper = clamped & (u >= u_upper)
-                d_upper = torch.where(at_upper, residual_u, torch.zeros_like(residual_u))
+            zero = torch.zeros_like(residual_u)
+            share_lower = (clamped & (u <= u_lower)) if u_lower is not None else None
+            share_upper = (clamped & (u >= u_upper)) if u_upper is not None else None
+            if share_lower is not None and share_upper is not None:
+                share_lower, share_upper = _pinned_shares(
+                    share_lower, share_upper, clamped & (u_lower == u_upper), ctx, C, c, F, x, u
+                )
+            if share_lower is not None:
+                d_lower = torch.where(share_lower > 0, residual_u * share_lower, zero)
+            if share_upper is not None:
+                d_upper = torch.where(share_upper > 0, residual_u * share_upper, zero)
         dC, dF = grads.dC, grads.dF
         return dx_init, dC, dc, dF, df, d_lower, d_upper, None, None, None, None, None
+
+
+def _pinned_shares(
+    at_lower: Tensor,
+    at_upper: Tensor,
+    pinned: Tensor,
+    ctx: Any,
+    C: Tensor,
+    c: Tensor,
+    F: Tensor,
+    x: Tensor,
+    u: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """The share (T, B, m) of each active bound's multiplier; 1 on an active bound.
+
+    A control pinned by its bounds (u_lower == u_upper, ``pinned`` (T, B, m)) sits on both,
+    and its multiplier belongs once to the pair: d u / d u_lower + d u / d u_upper = 1. It goes
+    to the bound the cost pushes against (the sign of the forward problem's stationarity
+    residual, the gradient of the Lagrangian without the bounds): a positive residual presses
+    on the lower bound, and moving the lower bound down moves the control while moving the
+    upper bound up does not, so these are the one-sided derivatives in the only direction each
+    bound can move on its own. A residual of exactly zero (both one-sided derivatives zero)
+    splits it in halves, the derivative of moving both together.
+    """
+    share_lower, share_upper = at_lower.to(u.dtype), at_upper.to(u.dtype)
+    if not bool(pinned.any()):
+        return share_lower, share_upper
+    if ctx.data is not None and not torch.is_grad_enabled():
+        C, c, F = ctx.data
+    C, c, F = C.detach(), c.detach(), F.detach()
+    tau = torch.cat([x, u], dim=-1).detach()
+    n = x.shape[-1]
+    gradient = (C @ tau.unsqueeze(-1)).squeeze(-1) + c
+    push = gradient[..., n:].clone()
+    if F.shape[0] > 0:
+        lam = costates_from_gradient(gradient, F)  # eq. (7)
+        push[:-1] += (F[..., n:].transpose(-1, -2) @ lam[1:].unsqueeze(-1)).squeeze(-1)
+    half = torch.full_like(share_lower, 0.5)
+    pinned_lower = torch.where(push > 0, 1.0, torch.where(push < 0, 0.0, half))
+    share_lower = torch.where(pinned, pinned_lower, share_lower)
+    share_upper = torch.where(pinned, 1.0 - pinned_lower, share_upper)
+    return share_lower, share_upper
 
 
 def implicit_lqr(

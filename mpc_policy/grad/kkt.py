@@ -186,6 +186,11 @@ def kkt_solution(
         bound = upper if lower is None else lower
     else:
         bound = torch.where(u <= lower, lower, upper)
+        # a control pinned by its bounds (lower == upper) belongs to the bound the
+        # Lagrangian's gradient presses on, halves at a zero gradient, as in implicit_lqr
+        push = stationarity.detach()[..., n:]
+        pressed = torch.where(push > 0, lower, torch.where(push < 0, upper, 0.5 * (lower + upper)))
+        bound = torch.where(lower == upper, pressed, bound)
     if bound is None:
         bound = torch.zeros_like(u)
     at_bound = torch.where(clamped, u - bound, torch.zeros_like(u))

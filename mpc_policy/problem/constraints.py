@@ -27,6 +27,7 @@ from mpc_policy.solution import ConstraintReport
 __all__ = [
     "CheckedConstraints",
     "ConstraintReport",
+    "check_time_local",
     "complementarity",
     "constraint_curvature",
     "constraint_jacobian",
@@ -86,6 +87,53 @@ class CheckedConstraints:
 def constraint_jacobian(constraints: CheckedConstraints, x: Tensor, u: Tensor) -> Tensor:
     """Jacobians G_t = dg / d[x_t; u_t] (T, B, p, n+m) at time-major x (T, B, n), u (T, B, m)."""
     return dynamics_jacobian(constraints.time_major, x, u, method="autograd")
+
+
+def check_time_local(constraints: CheckedConstraints, x: Tensor, u: Tensor) -> None:
+    """Every row g[b, t, i] must read x[b, t] and u[b, t] alone; a ``ValueError`` otherwise.
+
+    The solver takes all rows' derivatives in one pass (the gradient of their sum), which is
+    their Jacobian only when the Jacobian is block diagonal in time. One batched reverse pass
+    checks it: for each of 2 ceil(log2 T) sets S of time steps (those whose bit k is 1 or 0),
+    the rows outside S, weighted at random, must give an exact zero gradient on the steps in
+    S; any two distinct steps are told apart by one of the sets.
+
+    Args:
+        x: (T, B, n) time-major states, u: (T, B, m) controls: a point to check at (the
+            solution: a point where x does not change along the horizon can hide a
+            dependence, e.g. on x_t - x_{t-1}).
+    """
+    T, n = x.shape[0], x.shape[-1]
+    if T < 2:
+        return
+    steps = torch.arange(T, device=x.device)
+    sets = []
+    for k in range((T - 1).bit_length()):
+        bit = ((steps >> k) & 1).bool()
+        sets += [bit, ~bit]
+    inside = torch.stack(sets).to(x.dtype)  # (K, T)
+    generator = torch.Generator(device=x.device).manual_seed(0)
+    with torch.inference_mode(False), torch.enable_grad():
+        tau = torch.cat([x, u], dim=-1).detach().clone().requires_grad_(True)
+        values = constraints.time_major(tau[..., :n], tau[..., n:])
+        shape = (inside.shape[0], *values.shape)
+        random = 1.0 + torch.rand(shape, generator=generator, dtype=x.dtype, device=x.device)
+        weights = random * (1.0 - inside).view(-1, T, 1, 1)
+        (grads,) = torch.autograd.grad(
+            values, tau, grad_outputs=weights, is_grads_batched=True, allow_unused=True
+        )
+    if grads is None:
+        return
+    leak = (grads != 0) & (inside.view(-1, T, 1, 1) > 0)  # NaN counts: a path exists
+    if bool(leak.any()):
+        step = int(torch.nonzero(leak.any(dim=(0, 2, 3))).flatten()[0])
+        raise ValueError(
+            f"{constraints.name}: a row of step t reads x or u of another step (the rows of "
+            f"other steps depend on step {step}); each row g[b, t, i] must depend on "
+            "x[b, t] and u[b, t] alone (the solver differentiates all rows in one pass). "
+            "Write a condition that links steps through an extra state in the dynamics "
+            "(e.g. the previous control as a state), see docs/constraints.md"
+        )
 
 
 def constraint_curvature(

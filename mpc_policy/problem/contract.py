@@ -8,8 +8,10 @@
 A dynamics model is always called on ONE row dimension: the solver's leading dimensions
 (time steps, line-search candidates, finite-difference points, then the batch) are flattened
 into N rows with the batch index fastest, so row r belongs to batch element r mod B. Then
-``x[:, i]`` and ``x[..., i]`` mean the same thing, and a model with per-batch-element
-parameters (B, ...) reads them as ``x.view(-1, B, n)``.
+``x[:, i]`` and ``x[..., i]`` mean the same thing. A model whose parameters have the batch
+dimension ((B,) or (B, 1): one mass per element) and fails on (N, n) rows is called on
+(K, B, n) rows instead, where such parameters broadcast against ``x[..., i]`` (K, B);
+a model may also read its rows as ``x.view(-1, B, n)`` itself.
 
 Every return is checked for its type, shape and dtype, with an error that names the module,
 the expected and the received. Values are not checked here: a row that turns non-finite is
@@ -34,6 +36,8 @@ __all__ = [
     "CheckedCost",
     "CheckedDynamics",
     "check_declared_sizes",
+    "determinism_hint",
+    "in_place_error",
     "module_name",
     "on_rows",
     "restrict",
@@ -60,14 +64,66 @@ def _received(value: object) -> str:
 
 
 def _call(name: str, function: Callable[..., Any], *args: Tensor) -> Any:
-    """Call a user module; an error it raises gets a note of who was called on what."""
+    """Call a user module; an error it raises gets a note of who was called on what, and an
+    in-place update that autograd cannot follow becomes an error naming the module."""
     try:
         return function(*args)
-    except Exception as error:
-        if hasattr(error, "add_note"):  # Python >= 3.11
-            shapes = ", ".join(str(tuple(a.shape)) for a in args)
-            error.add_note(f"raised by {name}, called by the MPC solver on shapes {shapes}")
+    except RuntimeError as error:
+        named = in_place_error(name, error)
+        if named is not None:
+            raise named from error
+        _note(error, name, args)
         raise
+    except Exception as error:
+        _note(error, name, args)
+        raise
+
+
+def in_place_error(name: str, error: RuntimeError) -> ValueError | None:
+    """The error for a user module whose in-place update autograd cannot follow (None when
+    ``error`` is about something else)."""
+    text = str(error)
+    if "inplace" not in text.lower() and "in-place" not in text.lower():
+        return None
+    return ValueError(
+        f"{name} updated a tensor in place in a way autograd cannot follow ({text}); compute "
+        "the result out of place (x = x + dx rather than x += dx or x.copy_(...); torch.stack "
+        "the components rather than assigning x[:, i] = ...)"
+    )
+
+
+def _note(error: Exception, name: str, args: tuple[Tensor, ...]) -> None:
+    if hasattr(error, "add_note"):  # Python >= 3.11
+        shapes = ", ".join(str(tuple(a.shape)) for a in args)
+        error.add_note(f"raised by {name}, called by the MPC solver on shapes {shapes}")
+
+
+class _InputGuard:
+    """Calls a user function so that an update of its inputs in place changes nothing of the
+    caller's or the solver's storage.
+
+    The first call runs on copies and compares them with the originals afterwards: a function
+    that wrote into them runs on copies from then on, any other on the originals (no copy
+    per call for the usual, out-of-place module).
+    """
+
+    def __init__(self, name: str, function: Callable[..., Any]) -> None:
+        self.name, self.function = name, function
+        self.copies: bool | None = None
+
+    def __call__(self, *args: Tensor) -> Any:
+        if self.copies is False:
+            return _call(self.name, self.function, *args)
+        copies = tuple(a.clone() for a in args)
+        out = _call(self.name, self.function, *copies)
+        if self.copies is None:
+            self.copies = not all(_unchanged(a, c) for a, c in zip(args, copies, strict=True))
+        return out
+
+
+def _unchanged(original: Tensor, copy: Tensor) -> bool:
+    with torch.no_grad():
+        return bool(torch.equal(original, copy))
 
 
 def _fits(value: object, shape: tuple[int, ...], dtype: torch.dtype) -> bool:
@@ -111,17 +167,29 @@ def check_declared_sizes(dynamics: object, n_state: int, n_ctrl: int) -> None:
 class CheckedDynamics:
     """A dynamics module called on flattened rows, with its returns checked.
 
+    A module whose parameters have the batch dimension (one mass per element, (B,) or
+    (B, 1)) cannot broadcast them against N = K B rows: when a call on (N, n) rows fails and
+    the module holds a tensor whose leading dimension is B, it is called on rows shaped
+    (K, B, n) instead, where they broadcast, and so on from then on.
+
     Args:
-        module: the user's dynamics, dynamics(x (N, n), u (N, m)) -> (N, n).
+        module: the user's dynamics, dynamics(x (N, n), u (N, m)) -> (N, n), or on
+            (K, B, n), (K, B, m) -> (K, B, n) when its parameters are per element.
         n_state: n, as declared to the solver.
         n_ctrl: m, as declared to the solver.
+        batch: B, the batch size of the rows it is called on (None: unknown).
     """
 
-    def __init__(self, module: Callable[..., Any], n_state: int, n_ctrl: int) -> None:
+    def __init__(
+        self, module: Callable[..., Any], n_state: int, n_ctrl: int, batch: int | None = None
+    ) -> None:
         self.module, self.n_state, self.n_ctrl = module, n_state, n_ctrl
+        self.batch, self.batch_rows = batch, False
         self.name = f"dynamics ({module_name(module)})"
         has_jacobian = callable(getattr(module, "jacobian", None))
         self.jacobian = self._jacobian if has_jacobian else None
+        self._forward = _InputGuard(self.name, module)
+        self._analytic = _InputGuard(self.name, getattr(module, "jacobian", None) or module)
 
     def _rows(self, x: Tensor, u: Tensor) -> tuple[Tensor, Tensor, torch.Size]:
         lead = x.shape[:-1]
@@ -145,7 +213,7 @@ class CheckedDynamics:
     def __call__(self, x: Tensor, u: Tensor) -> Tensor:
         """Next states (..., n) for x (..., n), u (..., m), through one call on rows."""
         if x.dim() == 2 and u.dim() == 2 and x.shape[0] == u.shape[0]:  # already rows
-            out = _call(self.name, self.module, x, u)
+            out = self._on_rows(self._forward, x, u)
             if not _fits(out, x.shape, x.dtype):
                 call = f"dynamics(x {tuple(x.shape)}, u {tuple(u.shape)})"
                 shape = (x.shape[0], self.n_state)
@@ -153,22 +221,62 @@ class CheckedDynamics:
             return out
         x_rows, u_rows, lead = self._rows(x, u)
         N, n, m = x_rows.shape[0], self.n_state, self.n_ctrl
-        out = _call(self.name, self.module, x_rows, u_rows)
+        out = self._on_rows(self._forward, x_rows, u_rows)
         if not _fits(out, (N, n), x.dtype):
             call = f"dynamics(x {(N, n)}, u {(N, m)})"
             _check_output(self.name, out, (N, n), x.dtype, call, self._hint(out, N))
         return out.reshape(*lead, n)
 
+    def _on_rows(self, guard: _InputGuard, x: Tensor, u: Tensor) -> Any:
+        """The module on rows x (N, n), u (N, m), or on (K, B, n), (K, B, m) when its
+        parameters are per element; a tensor result comes back with N rows in front."""
+        B, N = self.batch, x.shape[0]
+        fits = B is not None and B > 1 and N % B == 0
+        if self.batch_rows and fits:
+            assert B is not None
+            return _flat(guard(x.view(-1, B, x.shape[-1]), u.view(-1, B, u.shape[-1])), N)
+        try:
+            return guard(x, u)
+        except Exception as error:
+            if B is None or not fits or N == B or not _holds_batch(self.module, B):
+                raise
+            try:
+                out = guard(x.view(-1, B, x.shape[-1]), u.view(-1, B, u.shape[-1]))
+            except Exception as retry:
+                if hasattr(error, "add_note"):
+                    error.add_note(
+                        f"{self.name} holds a tensor whose leading dimension is the batch size "
+                        f"B = {B}; called on rows shaped ({N // B}, {B}, n) instead it raised "
+                        f"{type(retry).__name__}: {retry}. A module with per-element "
+                        "parameters must broadcast them against x[..., i] of shape (K, B) "
+                        "(docs/custom-systems.md)"
+                    )
+                raise error from None
+            self.batch_rows = True
+            return _flat(out, N)
+
     def _jacobian(self, x: Tensor, u: Tensor) -> Tensor:
         """Jacobians (..., n, n+m) for x (..., n), u (..., m), through one call on rows."""
         x_rows, u_rows, lead = self._rows(x, u)
         N, n, m = x_rows.shape[0], self.n_state, self.n_ctrl
-        jacobian = self.module.jacobian  # type: ignore[attr-defined]
-        J = _call(self.name, jacobian, x_rows, u_rows)
+        J = self._on_rows(self._analytic, x_rows, u_rows)
         if not _fits(J, (N, n, n + m), x.dtype):
             call = f"dynamics.jacobian(x {(N, n)}, u {(N, m)})"
             _check_output(self.name, J, (N, n, n + m), x.dtype, call, "")
         return J.reshape(*lead, n, n + m)
+
+
+def _flat(out: Any, rows: int) -> Any:
+    """A result (K, B, ...) of a call on (K, B, n) rows as (K B, ...); anything else as it is
+    (the caller's check names what is wrong)."""
+    if isinstance(out, Tensor) and out.dim() >= 2 and out.shape[0] * out.shape[1] == rows:
+        return out.reshape(rows, *out.shape[2:])
+    return out
+
+
+def _holds_batch(module: object, batch: int) -> bool:
+    """Whether a module holds a tensor whose leading dimension is ``batch``."""
+    return any(t.dim() > 0 and t.shape[0] == batch for t in _tensors(module, set()))
 
 
 class CheckedCost:
@@ -183,6 +291,8 @@ class CheckedCost:
         self.name = f"cost ({module_name(module)})"
         has_quadratize = callable(getattr(module, "quadratize", None))
         self.quadratize = self._quadratize if has_quadratize else None
+        self._forward = _InputGuard(self.name, module)
+        self._quadratic = _InputGuard(self.name, getattr(module, "quadratize", None) or module)
 
     @staticmethod
     def _hint(out: object, B: int, T: int) -> str:
@@ -199,7 +309,7 @@ class CheckedCost:
     def __call__(self, x: Tensor, u: Tensor) -> Tensor:
         """Per-step costs (B, T) for x (B, T, n), u (B, T, m)."""
         B, T = x.shape[0], x.shape[1]
-        out = _call(self.name, self.module, x, u)
+        out = self._forward(x, u)
         if _fits(out, (B, T), x.dtype):
             return out
         call = f"cost(x {tuple(x.shape)}, u {tuple(u.shape)})"
@@ -209,8 +319,7 @@ class CheckedCost:
         """Hessians (B, T, d, d) and gradients (B, T, d) for x (B, T, n), u (B, T, m)."""
         B, T, d = x.shape[0], x.shape[1], x.shape[-1] + u.shape[-1]
         call = f"cost.quadratize(x {tuple(x.shape)}, u {tuple(u.shape)})"
-        quadratize = self.module.quadratize  # type: ignore[attr-defined]
-        out = _call(self.name, quadratize, x, u)
+        out = self._quadratic(x, u)
         if not isinstance(out, tuple | list) or len(out) != 2:
             raise TypeError(
                 f"{self.name}: expected {call} to return (hessian, gradient), "
@@ -219,6 +328,35 @@ class CheckedCost:
         hessian = _check_output(self.name, out[0], (B, T, d, d), x.dtype, call + "[0]", "")
         gradient = _check_output(self.name, out[1], (B, T, d), x.dtype, call + "[1]", "")
         return hessian, gradient
+
+
+def determinism_hint(cost: CheckedCost, dynamics: CheckedDynamics, x: Tensor, u: Tensor) -> str:
+    """A sentence naming a module that gives two values at one point, or "".
+
+    A module that draws noise on every call (a stochastic simulator) has no fixed point, so
+    box-DDP stops at max_iter or stalls; this calls each module twice at the stopped
+    trajectory x (T, B, n), u (T, B, m) and compares (NaN equal to NaN).
+    """
+    names = []
+    with torch.inference_mode():
+        calls: list[tuple[str, Callable[[], Tensor]]] = [
+            (cost.name, lambda: cost(x.transpose(0, 1), u.transpose(0, 1)))
+        ]
+        if x.shape[0] > 1:
+            calls.append((dynamics.name, lambda: dynamics(x[:-1], u[:-1])))
+        for name, call in calls:
+            first, second = call(), call()
+            if not torch.equal(first.isnan(), second.isnan()) or not bool(
+                (first == second)[~first.isnan()].all()
+            ):
+                names.append(name)
+    if not names:
+        return ""
+    return (
+        f"; {' and '.join(names)} gave different values on two calls at the same states and "
+        "controls: a module that draws noise on every call has no fixed point (draw the "
+        "noise once, outside the solve, and pass it in as a tensor, or seed it per call)"
+    )
 
 
 @contextmanager

@@ -28,14 +28,24 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
+from mpc_policy.problem.contract import in_place_error
+
 __all__ = ["cost_derivatives", "dynamics_curvature", "dynamics_jacobian"]
 
 
 @contextmanager
-def _autograd_on() -> Iterator[None]:
-    """Autograd enabled even under ``no_grad`` or ``inference_mode`` (SB3 rollouts)."""
+def _autograd_on(module: object = None) -> Iterator[None]:
+    """Autograd enabled even under ``no_grad`` or ``inference_mode`` (SB3 rollouts); an
+    in-place update of ``module``'s that autograd cannot follow is an error naming it."""
     with torch.inference_mode(False), torch.enable_grad():
-        yield
+        try:
+            yield
+        except RuntimeError as error:
+            name = getattr(module, "name", None) or type(module).__name__
+            named = None if module is None else in_place_error(name, error)
+            if named is not None:
+                raise named from error
+            raise
 
 
 def _leaf(tau: Tensor, create_graph: bool = False) -> Tensor:
@@ -121,7 +131,7 @@ def cost_derivatives(
     if callable(quadratize):
         hessian, gradient = quadratize(x.transpose(0, 1), u.transpose(0, 1))
         return hessian.transpose(0, 1), gradient.transpose(0, 1)
-    with _autograd_on():
+    with _autograd_on(cost):
         tau = _leaf(torch.cat([x, u], dim=-1), create_graph)
         value = cost(tau[..., :n].transpose(0, 1), tau[..., n:].transpose(0, 1)).sum()
         (gradient,) = torch.autograd.grad(value, tau, create_graph=True)
@@ -179,7 +189,7 @@ def dynamics_jacobian(
         diff = (out[:d] - out[d:]) / (2.0 * h.movedim(-1, 0).unsqueeze(-1))  # (d, ..., n)
         F = diff.movedim(0, -1)
         return F if create_graph else F.detach()
-    with _autograd_on():
+    with _autograd_on(dynamics):
         tau, copies = _copies(_leaf(torch.cat([x, u], dim=-1), create_graph), n, row_copies)
         out = dynamics(tau[..., :n], tau[..., n:])
         F = _rows_jacobian(out, tau, create_graph, copies=copies)
@@ -214,7 +224,7 @@ def dynamics_curvature(
         hessian: (..., d, d) sum_i lam_i d2 f_i / d tau2.
     """
     n = x.shape[-1]
-    with _autograd_on():
+    with _autograd_on(dynamics):
         tau = _leaf(torch.cat([x, u], dim=-1))
         # copy i of the rows gives row i of the Hessian
         points, copies = _copies(tau, tau.shape[-1], row_copies)

@@ -72,5 +72,7 @@ class ModuleModel:
         dynamics = restrictable(self.dynamics.module, batch, rows)
         if cost is None or dynamics is None:
             return None
-        checked = CheckedDynamics(dynamics, self.dynamics.n_state, self.dynamics.n_ctrl)
+        checked = CheckedDynamics(
+            dynamics, self.dynamics.n_state, self.dynamics.n_ctrl, rows.numel()
+        )
         return ModuleModel(CheckedCost(cost), checked, self.options, self.create_graph)

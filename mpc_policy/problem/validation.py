@@ -13,9 +13,11 @@ from torch import Tensor
 
 __all__ = [
     "check_bounds",
+    "check_device",
     "check_finite",
     "check_same_kind",
     "check_tensor",
+    "check_untransformed",
     "complete_bounds",
     "expand_batched",
     "expand_bound",
@@ -23,12 +25,62 @@ __all__ = [
 
 
 def check_tensor(name: str, value: object) -> Tensor:
-    """``value`` must be a floating-point tensor."""
+    """``value`` must be a float32 or float64 tensor (half precision is refused)."""
     if not isinstance(value, Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, received {type(value).__name__}")
     if not value.is_floating_point():
         raise TypeError(f"{name}: expected a floating-point tensor, received dtype {value.dtype}")
+    transform = _transform(value)
+    if transform is not None:
+        raise TypeError(
+            f"{name}: received a tensor of {transform}, which the solver does not support "
+            "(its solve runs data-dependent loops in inference mode and compiled kernels); "
+            "batch the problems along B instead of vmap, and take derivatives with "
+            "torch.autograd.grad or torch.autograd.functional.jacobian"
+        )
+    if value.dtype in (torch.float16, torch.bfloat16):
+        raise TypeError(
+            f"{name}: expected dtype torch.float32 or torch.float64, received {value.dtype}: "
+            "the solver's factorizations and tolerances need at least single precision; "
+            "convert with .float() (and the result back with .to(dtype) if needed)"
+        )
     return value
+
+
+def _transform(value: Tensor) -> str | None:
+    """The torch.func transform a tensor is wrapped by, as text; None for a plain tensor."""
+    functorch = getattr(torch._C, "_functorch", None)
+    if functorch is None or not functorch.is_functorch_wrapped_tensor(value):
+        return None
+    if functorch.is_batchedtensor(value):
+        return "torch.func.vmap"
+    return "a torch.func transform (grad, jacrev, jacfwd, vjp or jvp)"
+
+
+def check_untransformed(name: str, module: object) -> None:
+    """A module's parameters and buffers must not be tensors of a torch.func transform
+    (``torch.func.functional_call`` under ``grad`` or ``vmap``)."""
+    if not isinstance(module, torch.nn.Module):
+        return
+    for key, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        transform = _transform(tensor)
+        if transform is not None:
+            raise TypeError(
+                f"{name}: its tensor {key!r} is a tensor of {transform}, which the solver does "
+                "not support (its solve runs data-dependent loops in inference mode and "
+                "compiled kernels); take derivatives with torch.autograd.grad or "
+                "torch.autograd.functional.jacobian"
+            )
+
+
+def check_device(reference_name: str, reference: Tensor, **others: Tensor | None) -> None:
+    """All tensors are on the reference's device."""
+    for name, tensor in others.items():
+        if tensor is not None and tensor.device != reference.device:
+            raise ValueError(
+                f"{name}: expected device {reference.device} (the device of "
+                f"{reference_name}), received {tensor.device}"
+            )
 
 
 def check_same_kind(reference_name: str, reference: Tensor, **others: Tensor | None) -> None:
@@ -112,8 +164,10 @@ def expand_bound(
                 f"{kind.__module__}.{kind.__name__} (convert arrays with torch.as_tensor)"
             )
     if isinstance(value, int | float):
+        # made here (inside a torch.func transform it would be the transform's tensor)
         value = torch.tensor(float(value), dtype=like.dtype, device=like.device)
-    value = check_tensor(name, value)
+    else:
+        value = check_tensor(name, value)
     check_same_kind("x_init", like, **{name: value})
     if value.dim() == 0:
         return value.expand(batch, horizon, n_ctrl)

@@ -31,7 +31,7 @@ from torch import Tensor
 from mpc_policy.options import MPCOptions
 from mpc_policy.problem.constraints import CheckedConstraints, complementarity
 from mpc_policy.problem.contract import CheckedCost, restrictable
-from mpc_policy.solution import SolverInfo, Status
+from mpc_policy.solution import SOURCE_CONSTRAINTS, SOURCE_COST, SolverInfo, Status
 from mpc_policy.solve.backend import Kernels
 from mpc_policy.solve.ddp import Model, box_ddp
 
@@ -61,6 +61,9 @@ class AugmentedCost:
         constraints: the user's constraints, checked.
         multipliers: (B, T, p) lam >= 0.
         penalty: (B,) rho > 0.
+        nonfinite: (B_all, 2) int8 record, shared with its restrictions, of the elements whose
+            cost (column 0) or constraints (column 1) gave a NaN or Inf (1); new if None.
+        elements: (B,) the elements of that record this cost is of (all if None).
     """
 
     def __init__(
@@ -69,9 +72,14 @@ class AugmentedCost:
         constraints: CheckedConstraints,
         multipliers: Tensor,
         penalty: Tensor,
+        nonfinite: Tensor | None = None,
+        elements: Tensor | None = None,
     ) -> None:
         self.cost, self.constraints = cost, constraints
         self.multipliers, self.penalty = multipliers, penalty
+        if nonfinite is None:
+            nonfinite = torch.zeros(penalty.shape[0], 2, dtype=torch.int8, device=penalty.device)
+        self.nonfinite, self.elements = nonfinite, elements
 
     def __call__(self, x: Tensor, u: Tensor) -> Tensor:
         """Per-step augmented cost (B, T) of x (B, T, n), u (B, T, m)."""
@@ -79,7 +87,27 @@ class AugmentedCost:
         rho = self.penalty.view(-1, 1, 1)
         shifted = torch.relu(self.multipliers + rho * g)
         price = (shifted.square() - self.multipliers.square()) / (2.0 * rho)
-        return self.cost(x, u) + price.sum(-1)
+        value = self.cost(x, u)
+        self._record(value, g)
+        return value + price.sum(-1)
+
+    def _record(self, value: Tensor, g: Tensor) -> None:
+        """Note the elements whose cost value (R, T) or constraints (R, T, p) are not finite
+        (row r is element r mod B: candidates and copies are stacked in front)."""
+        B = self.penalty.shape[0]
+        if value.shape[0] % B:
+            return
+        with torch.no_grad():
+            bad_cost = ~torch.isfinite(value.detach()).view(-1, B, value.shape[1]).all(-1)
+            bad_g = ~torch.isfinite(g.detach()).reshape(-1, B, g[0].numel()).all(-1)
+            bad = torch.stack([bad_cost.any(0), bad_g.any(0)], dim=-1).to(torch.int8)
+            if bool(bad.any()):
+                where = (
+                    torch.arange(B, device=bad.device) if self.elements is None else self.elements
+                )
+                # elements may repeat (line-search candidates): a maximum, not an assignment
+                index = where.view(-1, 1).expand(-1, 2)
+                self.nonfinite.scatter_reduce_(0, index, bad, reduce="amax")
 
     def select_batch(self, index: Tensor) -> AugmentedCost | None:
         """The augmented cost of the elements ``index`` (k,), or None when the user's cost or
@@ -92,11 +120,14 @@ class AugmentedCost:
         with torch.inference_mode(False):  # ordinary tensors: the cost is differentiated
             multipliers = self.multipliers.index_select(0, index)
             penalty = self.penalty.index_select(0, index)
+        elements = index if self.elements is None else self.elements[index]
         return AugmentedCost(
             CheckedCost(cost),
             CheckedConstraints(constraints, self.constraints.n_rows),
             multipliers,
             penalty,
+            self.nonfinite,
+            elements,
         )
 
 
@@ -282,7 +313,8 @@ def augmented_lagrangian(
         rows = torch.nonzero(~done).flatten()
         if rows.numel() == 0:
             break
-        model = make_model(AugmentedCost(cost, constraints, lam, rho))
+        augmented = AugmentedCost(cost, constraints, lam, rho)
+        model = make_model(augmented)
         inner = options if outer_iteration == 0 else tighter(outer_iteration)
         x_r, u_r, free_r, report = _inner_solve(
             model, rows, x_init, u, (lower, upper), inner, kernels
@@ -317,7 +349,12 @@ def augmented_lagrangian(
         inner_residual = inner_residual.index_copy(0, rows, report.residual)
         step_size = step_size.index_copy(0, rows, report.step_size)
         if report.nonfinite_source is not None:
-            source = source.index_copy(0, rows, report.nonfinite_source)
+            # the constraints' NaN reaches box-DDP through the augmented cost: name them
+            # where they gave one and the user's cost did not
+            record = augmented.nonfinite.index_select(0, rows)
+            theirs = (report.nonfinite_source == SOURCE_COST) & (record[:, 1] > record[:, 0])
+            blamed = torch.where(theirs, SOURCE_CONSTRAINTS, report.nonfinite_source.long())
+            source = source.index_copy(0, rows, blamed.to(source.dtype))
         last_residual = last_residual.index_copy(0, rows, residual)
         last_violation = last_violation.index_copy(0, rows, violation)
         done = done.index_copy(0, rows, converged | nonfinite | infeasible)

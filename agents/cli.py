@@ -6,6 +6,7 @@
     mpc-policy train CONFIG [--restart] [--stop-after N]     # resumes from its checkpoint
     mpc-policy evaluate CONFIG [--checkpoint best|last|PATH] [--gif]
     mpc-policy run CONFIG [--restart] [--gif]
+    mpc-policy warmup [--dtype float32|float64]              # compile the solver's kernels
 
 Every subcommand takes ``--profile NAME`` and ``--set section.key=value`` (repeatable). The
 learning stack (torch, the solver) is imported only once a command runs, so ``--help`` is
@@ -15,6 +16,7 @@ quick.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -63,7 +65,38 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--restart", action="store_true", help=restart_help)
     sub.add_argument("--apply-new-settings", action="store_true", help=apply_help)
     sub.add_argument("--gif", action="store_true", help=gif_help)
+    sub = commands.add_parser("warmup", help="compile the solver's CPU kernels ahead of use")
+    sub.add_argument(
+        "--dtype", dest="dtypes", action="append", choices=["float32", "float64"],
+        help="compile for this dtype only (repeatable); default: both",
+    )  # fmt: skip
     return parser
+
+
+def _warmup(dtypes: list[str] | None) -> None:
+    from mpc_policy.backend import compiled_available
+
+    if not compiled_available():
+        print("numba is not importable here: the solver runs its torch path, nothing to compile")
+        return
+    from mpc_policy.compiled.warmup import describe, warmup
+
+    for line in describe(warmup(dtypes or ["float32", "float64"])):
+        print(line)
+
+
+class _StderrHandler(logging.Handler):
+    """The library's log records on the current ``sys.stderr`` (e.g. a kernel compiling)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr)
+
+
+def _show_library_messages() -> None:
+    library = logging.getLogger("mpc_policy")
+    if not any(isinstance(handler, _StderrHandler) for handler in library.handlers):
+        library.addHandler(_StderrHandler())
+    library.setLevel(logging.INFO)
 
 
 def _execute(args: argparse.Namespace) -> None:
@@ -110,8 +143,12 @@ def _execute(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mpc-policy`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
+    _show_library_messages()
     try:
-        _execute(args)
+        if args.command == "warmup":
+            _warmup(args.dtypes)
+        else:
+            _execute(args)
     except (FileNotFoundError, ValueError) as error:  # DatasetError is a ValueError
         print(f"mpc-policy {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from numba import njit
+from mpc_policy.compiled._cache import kernel
 
 __all__ = [
     "cholesky",
@@ -23,7 +23,7 @@ __all__ = [
 ]
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def cholesky(A, L) -> bool:
     """Lower Cholesky factor of A (m, m) into L (m, m); False where A is not positive definite.
 
@@ -48,7 +48,7 @@ def cholesky(A, L) -> bool:
     return True
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def masked_cholesky(A, free, L, work) -> bool:
     """Factor of A (m, m) on the free set (m,), identity elsewhere, into L (m, m).
 
@@ -64,7 +64,7 @@ def masked_cholesky(A, free, L, work) -> bool:
     return cholesky(work, L)
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def set_identity(L) -> None:
     """Overwrite L (m, m) with the identity."""
     m = L.shape[0]
@@ -73,7 +73,7 @@ def set_identity(L) -> None:
             L[i, j] = 1.0 if i == j else 0.0
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def masked_solve_vector(L, free, b, y, scale) -> None:
     """y (m,) = scale * Q_ff^{-1} b_f on the free set (m,), 0 on the clamped set.
 
@@ -95,7 +95,7 @@ def masked_solve_vector(L, free, b, y, scale) -> None:
         y[i] = scale * y[i] if free[i] else 0.0
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def masked_solve_matrix(L, free, B, Y, scale) -> None:
     """Y (m, k) = scale * Q_ff^{-1} B_f column by column, 0 on the clamped rows.
 

@@ -23,10 +23,10 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from numba import njit
 from torch import Tensor
 
 from mpc_policy.compiled._arrays import as_array
+from mpc_policy.compiled._cache import kernel
 from mpc_policy.compiled.riccati import _recursion_element, recursion_scratch
 from mpc_policy.compiled.rollout import rollout_element
 from mpc_policy.options import MPCOptions
@@ -35,7 +35,7 @@ from mpc_policy.riccati import Gains
 __all__ = ["BoxLQRResult", "solve_box_lqr"]
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def _cost(b, C, c, x, u, half):
     """Element b's cost sum_t tau_t' (1/2 C_t tau_t + c_t), in the problem's dtype."""
     T, n = x.shape
@@ -52,7 +52,7 @@ def _cost(b, C, c, x, u, half):
     return total
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def _solve(
     C,
     c,

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from numba import njit
 from torch import Tensor
 
 from mpc_policy.box_qp import BoxQPResult
 from mpc_policy.compiled._arrays import as_array
+from mpc_policy.compiled._cache import kernel
 from mpc_policy.compiled._linalg import masked_cholesky, masked_solve_vector, set_identity
 
 __all__ = ["box_qp", "box_qp_element", "scratch"]
@@ -22,7 +22,7 @@ __all__ = ["box_qp", "box_qp_element", "scratch"]
 _ARMIJO = 0.1
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def _gradient(Q, q, x, g) -> None:
     """g (m,) = Q x + q."""
     m = q.shape[0]
@@ -33,7 +33,7 @@ def _gradient(Q, q, x, g) -> None:
         g[i] = s
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def _free_set(x, g, lower, upper, free) -> None:
     """free (m,): not at a bound with the gradient g pushing outward."""
     for i in range(x.shape[0]):
@@ -43,12 +43,12 @@ def _free_set(x, g, lower, upper, free) -> None:
             free[i] = not (x[i] >= upper[i] and g[i] < 0.0)
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def _clamp(value, lower, upper):
     return min(max(value, lower), upper)
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def _small(dx, x, tol) -> bool:
     step = 0.0
     size = 0.0
@@ -58,7 +58,7 @@ def _small(dx, x, tol) -> bool:
     return step <= tol * (1.0 + size)
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def _armijo(Q, g, x, trial) -> bool:
     """Sufficient decrease of the quadratic from x to trial (gradient g at x)."""
     m = x.shape[0]
@@ -74,7 +74,7 @@ def _armijo(Q, g, x, trial) -> bool:
     return predicted + 0.5 * curvature <= _ARMIJO * predicted
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def scratch(m, dtype):
     """Work arrays of ``box_qp_element`` for m variables, allocated once per batch."""
     vectors = np.empty((3, m), dtype=dtype)
@@ -83,7 +83,7 @@ def scratch(m, dtype):
     return vectors, masks, matrices
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def box_qp_element(
     Q, q, lower, upper, x, free_out, chol_out, max_iter, tol, decay, max_line_search, work_arrays
 ):
@@ -172,7 +172,7 @@ def box_qp_element(
     return done, iterations
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def _box_qp_batch(
     Q, q, lower, upper, x, free, chol, converged, iterations, max_iter, tol, decay, max_ls
 ) -> None:

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from numba import njit
 from torch import Tensor
 
 from mpc_policy.compiled._arrays import as_array
+from mpc_policy.compiled._cache import kernel
 from mpc_policy.compiled._linalg import (
     cholesky,
     masked_cholesky,
@@ -35,7 +35,7 @@ from mpc_policy.riccati import _MAX_SHIFTS, Gains, warn_regularized
 __all__ = ["backward_recursion", "factorize"]
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def _propagate(Q, q, F, V, v, VF) -> None:
     """Q (d, d) += F'VF and q (d,) += F'v for F (n, d), V (n, n), v (n,); VF (n, d) scratch."""
     n, d = F.shape
@@ -57,7 +57,7 @@ def _propagate(Q, q, F, V, v, VF) -> None:
             Q[i, j] += s
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def _regularize(Q_uu, L, regularization, work):
     """Factor Q_uu (m, m) into L, shifting its diagonal in place until it is positive definite.
 
@@ -85,7 +85,7 @@ def _regularize(Q_uu, L, regularization, work):
     return 0.0
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def _feedback_update(Q, K, k, V, v, n) -> None:
     """[V, v] = [Q_xx, q_x] + Q_xu [K, k] (q_x in v on entry), V symmetrized."""
     d = Q.shape[0]
@@ -107,7 +107,7 @@ def _feedback_update(Q, K, k, V, v, n) -> None:
             V[j, i] = mean
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def _recursion_element(
     C,
     g,
@@ -186,7 +186,7 @@ def _recursion_element(
         _feedback_update(Qt, Kt, kt, V, v, n)
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def recursion_scratch(n, m, dtype):
     """Scratch arrays of ``_recursion_element`` for state size n and control size m."""
     d = n + m
@@ -202,7 +202,7 @@ def recursion_scratch(n, m, dtype):
     )
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def _recursion(
     C,
     g,
@@ -307,7 +307,7 @@ def backward_recursion(
     return Gains(K, k, free, chol, Q)
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def _factorize(C, F, free, regularization, K, chol, Q, shift) -> None:
     T, B, d = C.shape[0], C.shape[1], C.shape[2]
     n = F.shape[2]

@@ -15,6 +15,7 @@ from torch import Tensor
 from mpc_policy.adjoint import ImplicitGradients
 from mpc_policy.compiled._arrays import as_array
 from mpc_policy.compiled._cache import kernel
+from mpc_policy.compiled._linalg import store_element
 from mpc_policy.riccati import Gains
 
 __all__ = ["adjoint_solve", "costates_from_gradient", "implicit_gradients"]
@@ -104,7 +105,7 @@ def _costate_step(C, offset, F, t, b, point, lam, stationarity) -> None:
                 lam[t, i] += F[t, b, p, i] * lp
 
 
-@kernel(nogil=True, fastmath=_FASTMATH)
+@kernel(nogil=True, fastmath=_FASTMATH, no_cpython_wrapper=True, no_cfunc_wrapper=True)
 def _adjoint_group(K, chol, free, F, grad_tau, b0, lanes, q, v, k, out) -> None:
     """Eq. (9) for the elements b0 .. b0 + lanes - 1 into out (lanes, T, d), their
     recursions interleaved step by step; q (W, d), v (W, n), k (W, T, m) are scratch."""
@@ -132,7 +133,7 @@ def _adjoint(K, chol, free, F, grad_tau, dtau) -> None:
         lanes = min(_LANES, B - b0)
         _adjoint_group(K, chol, free, F, grad_tau, b0, lanes, q, v, k, out)
         for w in range(lanes):
-            dtau[:, b0 + w] = out[w]
+            store_element(out[w], dtau, b0 + w)
 
 
 def adjoint_solve(gains: Gains, F: Tensor, grad_tau: Tensor) -> Tensor:
@@ -230,15 +231,17 @@ def _implicit(
                 _costate_step(C, grad_tau, F, t, b0 + w, dtau_b[w], dlam_b[w], stationarity[w])
         if need_C or need_F:
             for w in range(lanes):
-                tau_b[w] = tau[:, b0 + w]
+                for t in range(T):
+                    for i in range(d):
+                        tau_b[w, t, i] = tau[t, b0 + w, i]
         if need_F:  # the costates of the solution (eq. (7))
             for t in range(T - 1, -1, -1):
                 for w in range(lanes):
                     _costate_step(C, c, F, t, b0 + w, tau_b[w], lam[w], scratch[w])
         for w in range(lanes):
             b = b0 + w
-            dtau[:, b] = dtau_b[w]
-            dlam[:, b] = dlam_b[w]
+            store_element(dtau_b[w], dtau, b)
+            store_element(dlam_b[w], dlam, b)
             if need_bounds:
                 for t in range(T):
                     for i in range(m):

@@ -21,7 +21,7 @@ from mpc_policy.compiled._cache import kernel
 __all__ = ["affine_rollout", "rollout_element"]
 
 
-@kernel(nogil=True)
+@kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
 def rollout_element(
     b, F, f, x_init, u_bar, x_bar, K, k, alpha, feedback, bounded, lower, upper, x, u
 ) -> None:

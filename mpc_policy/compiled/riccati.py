@@ -324,7 +324,8 @@ def _factorize(C, F, free, regularization, K, chol, Q, shift) -> None:
     VF = np.empty((n, d), dtype=dtype)
     q = np.zeros(d, dtype=dtype)
     work = np.empty((m, m), dtype=dtype)
-    masked = np.empty((m, m), dtype=dtype)
+    # a block of a larger matrix, as the recursion's Q_uu: one compiled _regularize for both
+    masked = np.empty((d, d), dtype=dtype)[n:, n:]
     zeros = np.zeros(m, dtype=dtype)
     for b in range(B):
         for t in range(T - 1, -1, -1):

@@ -8,9 +8,9 @@
     mpc-policy run CONFIG [--restart] [--gif]
     mpc-policy warmup [--dtype float32|float64]              # compile the solver's kernels
 
-Every subcommand takes ``--profile NAME`` and ``--set section.key=value`` (repeatable). The
-learning stack (torch, the solver) is imported only once a command runs, so ``--help`` is
-quick.
+Every subcommand but warmup takes ``--profile NAME`` and ``--set section.key=value``
+(repeatable). The learning stack (torch, the solver) is imported only once a command runs, so
+``--help`` is quick.
 """
 
 from __future__ import annotations
@@ -86,17 +86,18 @@ def _warmup(dtypes: list[str] | None) -> None:
 
 
 class _StderrHandler(logging.Handler):
-    """The library's log records on the current ``sys.stderr`` (e.g. a kernel compiling)."""
+    """Log records on the current ``sys.stderr``."""
 
     def emit(self, record: logging.LogRecord) -> None:
         print(self.format(record), file=sys.stderr)
 
 
 def _show_library_messages() -> None:
-    library = logging.getLogger("mpc_policy")
-    if not any(isinstance(handler, _StderrHandler) for handler in library.handlers):
-        library.addHandler(_StderrHandler())
-    library.setLevel(logging.INFO)
+    """Show the compiled kernels' INFO messages (a first compilation takes a while)."""
+    kernels = logging.getLogger("mpc_policy.compiled")
+    if not any(isinstance(handler, _StderrHandler) for handler in kernels.handlers):
+        kernels.addHandler(_StderrHandler())
+    kernels.setLevel(logging.INFO)
 
 
 def _execute(args: argparse.Namespace) -> None:

@@ -41,7 +41,7 @@ __all__ = ["CACHE_ENVIRONMENT_VARIABLE", "cache_directory", "cache_root", "kerne
 
 CACHE_ENVIRONMENT_VARIABLE = "MPC_POLICY_CACHE_DIR"
 _HASH_LENGTH = 16
-# CPU seconds to compile every kernel of one dtype on an idle core; quoted in the message
+# CPU seconds to compile every kernel of one dtype (2-core machine); quoted in the message
 _COMPILE_SECONDS = 15
 
 logger = logging.getLogger(__name__)

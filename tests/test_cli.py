@@ -179,7 +179,7 @@ def test_help_is_quick():
 
 def test_the_usage_advertises_only_options_that_parse(capsys):
     lines = [line.split("#")[0] for line in cli.__doc__.splitlines() if "mpc-policy " in line]
-    commands = {"run", "collect", "train", "evaluate"}
+    commands = {"run", "collect", "train", "evaluate", "warmup"}
     assert {line.split()[1] for line in lines} == {*commands, "--version"}
     for line in lines:
         command = line.split()[1]

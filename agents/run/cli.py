@@ -6,18 +6,20 @@
     mpc-policy train CONFIG [--restart] [--stop-after N]     # resumes from its checkpoint
     mpc-policy evaluate CONFIG [--checkpoint best|last|PATH] [--gif]
     mpc-policy run CONFIG [--restart] [--gif]
+    mpc-policy warmup [--dtype float32|float64]              # compile the solver's kernels
     mpc-policy --version                                     # also: python -m mpc_policy
 
-Every subcommand takes ``--profile NAME`` and ``--set section.key=value`` (repeatable). The
-learning stack (torch, the solver) is imported only once a command runs, so ``--help`` is
-quick. An error (a config key, an argument, a file that cannot be read or written) is one
-line on stderr and exit status 2; warnings raised during a command (solver health) are
-printed as a section of its account.
+Every subcommand but warmup takes ``--profile NAME`` and ``--set section.key=value``
+(repeatable). The learning stack (torch, the solver) is imported only once a command runs, so
+``--help`` is quick. An error (a config key, an argument, a file that cannot be read or
+written) is one line on stderr and exit status 2; warnings raised during a command (solver
+health) are printed as a section of its account.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
@@ -95,7 +97,39 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--restart", action="store_true", help=restart_help)
     sub.add_argument("--apply-new-settings", action="store_true", help=apply_help)
     sub.add_argument("--gif", action="store_true", help=gif_help)
+    sub = commands.add_parser("warmup", help="compile the solver's CPU kernels ahead of use")
+    sub.add_argument(
+        "--dtype", dest="dtypes", action="append", choices=["float32", "float64"],
+        help="compile for this dtype only (repeatable); default: both",
+    )  # fmt: skip
     return parser
+
+
+def _warmup(dtypes: list[str] | None) -> None:
+    from mpc_policy.solve.backend import compiled_available
+
+    if not compiled_available():
+        print("numba is not importable here: the solver runs its torch path, nothing to compile")
+        return
+    from mpc_policy.numerics.compiled.warmup import describe, warmup
+
+    for line in describe(warmup(dtypes or ["float32", "float64"])):
+        print(line)
+
+
+class _StderrHandler(logging.Handler):
+    """Log records on the current ``sys.stderr``."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr)
+
+
+def _show_library_messages() -> None:
+    """Show the compiled kernels' INFO messages (a first compilation takes a while)."""
+    kernels = logging.getLogger("mpc_policy.numerics.compiled")
+    if not any(isinstance(handler, _StderrHandler) for handler in kernels.handlers):
+        kernels.addHandler(_StderrHandler())
+    kernels.setLevel(logging.INFO)
 
 
 def _smaller_budget(path: str, config: ExperimentConfig) -> str | None:
@@ -200,9 +234,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     2 an error (one line on stderr naming its cause: a config key, an argument or a file),
     130 interrupted."""
     args = _parser().parse_args(argv)
+    _show_library_messages()
     try:
-        with _warnings_in_the_report() as caught:
-            _execute(args, caught)
+        if args.command == "warmup":
+            _warmup(args.dtypes)
+        else:
+            with _warnings_in_the_report() as caught:
+                _execute(args, caught)
     except ValueError as error:  # DatasetError, RunLocked, TrainingDiverged are ValueErrors
         print(f"mpc-policy {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from numba import njit
+from mpc_policy.numerics.compiled._cache import kernel
 
 __all__ = [
     "cholesky",
@@ -20,10 +20,11 @@ __all__ = [
     "masked_solve_matrix",
     "masked_solve_vector",
     "set_identity",
+    "store_element",
 ]
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
 def cholesky(A, L) -> bool:
     """Lower Cholesky factor of A (m, m) into L (m, m); False where A is not positive definite.
 
@@ -48,7 +49,7 @@ def cholesky(A, L) -> bool:
     return True
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
 def masked_cholesky(A, free, L, work) -> bool:
     """Factor of A (m, m) on the free set (m,), identity elsewhere, into L (m, m).
 
@@ -64,7 +65,7 @@ def masked_cholesky(A, free, L, work) -> bool:
     return cholesky(work, L)
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
 def set_identity(L) -> None:
     """Overwrite L (m, m) with the identity."""
     m = L.shape[0]
@@ -73,7 +74,7 @@ def set_identity(L) -> None:
             L[i, j] = 1.0 if i == j else 0.0
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
 def masked_solve_vector(L, free, b, y, scale) -> None:
     """y (m,) = scale * Q_ff^{-1} b_f on the free set (m,), 0 on the clamped set.
 
@@ -95,7 +96,7 @@ def masked_solve_vector(L, free, b, y, scale) -> None:
         y[i] = scale * y[i] if free[i] else 0.0
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
 def masked_solve_matrix(L, free, B, Y, scale) -> None:
     """Y (m, k) = scale * Q_ff^{-1} B_f column by column, 0 on the clamped rows.
 
@@ -115,3 +116,12 @@ def masked_solve_matrix(L, free, B, Y, scale) -> None:
             Y[i, col] = s / L[i, i]
         for i in range(m):
             Y[i, col] = scale * Y[i, col] if free[i] else 0.0
+
+
+@kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
+def store_element(z, z_all, b) -> None:
+    """z_all[:, b] = z for z (T, k), z_all (T, B, k), element by element: a slice assignment
+    would compile numba's shape-mismatch reporting, seconds of compile time."""
+    for t in range(z.shape[0]):
+        for i in range(z.shape[1]):
+            z_all[t, b, i] = z[t, i]

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from numba import njit
 from torch import Tensor
 
 from mpc_policy.numerics.adjoint import ImplicitGradients
 from mpc_policy.numerics.compiled._arrays import as_array
+from mpc_policy.numerics.compiled._cache import kernel
+from mpc_policy.numerics.compiled._linalg import store_element
 from mpc_policy.numerics.riccati import Gains
 
 __all__ = ["adjoint_solve", "costates_from_gradient", "implicit_gradients"]
@@ -27,7 +28,7 @@ _LANES = 8
 _FASTMATH = {"reassoc", "contract"}
 
 
-@njit(cache=True, nogil=True, fastmath=_FASTMATH, inline="always")
+@kernel(nogil=True, fastmath=_FASTMATH, inline="always")
 def _back_step(K, chol, free, F, grad_tau, t, b, q, v, k) -> None:
     """Step t of eq. (9)'s backward recursion for element b: k[t] (m,) from v (n,) of
     step t + 1, then v of step t; q (d,) is scratch. Sums stay in the arrays' dtype and
@@ -64,7 +65,7 @@ def _back_step(K, chol, free, F, grad_tau, t, b, q, v, k) -> None:
             v[i] += K[t, b, p, i] * qp
 
 
-@njit(cache=True, nogil=True, fastmath=_FASTMATH, inline="always")
+@kernel(nogil=True, fastmath=_FASTMATH, inline="always")
 def _forward_step(K, F, t, b, k, out) -> None:
     """Step t of eq. (9)'s forward pass for element b: u_t = k_t + K_t x_t and
     x_{t+1} = F_t tau_t into out (T, d) (x_1 = 0 set by the caller)."""
@@ -83,7 +84,7 @@ def _forward_step(K, F, t, b, k, out) -> None:
             out[t + 1, i] = s
 
 
-@njit(cache=True, nogil=True, fastmath=_FASTMATH, inline="always")
+@kernel(nogil=True, fastmath=_FASTMATH, inline="always")
 def _costate_step(C, offset, F, t, b, point, lam, stationarity) -> None:
     """Step t of the costates (eq. (7)) of element b for the gradient C_t point_t +
     offset_t: stationarity[t] (d,) receives that gradient, lam[t] (n,) the costate
@@ -104,7 +105,7 @@ def _costate_step(C, offset, F, t, b, point, lam, stationarity) -> None:
                 lam[t, i] += F[t, b, p, i] * lp
 
 
-@njit(cache=True, nogil=True, fastmath=_FASTMATH)
+@kernel(nogil=True, fastmath=_FASTMATH, no_cpython_wrapper=True, no_cfunc_wrapper=True)
 def _adjoint_group(K, chol, free, F, grad_tau, b0, lanes, q, v, k, out) -> None:
     """Eq. (9) for the elements b0 .. b0 + lanes - 1 into out (lanes, T, d), their
     recursions interleaved step by step; q (W, d), v (W, n), k (W, T, m) are scratch."""
@@ -119,7 +120,7 @@ def _adjoint_group(K, chol, free, F, grad_tau, b0, lanes, q, v, k, out) -> None:
             _forward_step(K, F, t, b0 + w, k[w], out[w])
 
 
-@njit(cache=True, nogil=True, fastmath=_FASTMATH)
+@kernel(nogil=True, fastmath=_FASTMATH)
 def _adjoint(K, chol, free, F, grad_tau, dtau) -> None:
     T, B, d = grad_tau.shape
     n = K.shape[3]
@@ -132,7 +133,7 @@ def _adjoint(K, chol, free, F, grad_tau, dtau) -> None:
         lanes = min(_LANES, B - b0)
         _adjoint_group(K, chol, free, F, grad_tau, b0, lanes, q, v, k, out)
         for w in range(lanes):
-            dtau[:, b0 + w] = out[w]
+            store_element(out[w], dtau, b0 + w)
 
 
 def adjoint_solve(gains: Gains, F: Tensor, grad_tau: Tensor) -> Tensor:
@@ -154,7 +155,7 @@ def adjoint_solve(gains: Gains, F: Tensor, grad_tau: Tensor) -> Tensor:
     return dtau
 
 
-@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+@kernel(nogil=True, fastmath={"reassoc", "contract"})
 def _costates(grad, F, lam) -> None:
     T, B = grad.shape[0], grad.shape[1]
     n = lam.shape[2]
@@ -187,7 +188,7 @@ def costates_from_gradient(grad: Tensor, F: Tensor) -> Tensor:
     return lam
 
 
-@njit(cache=True, nogil=True, fastmath=_FASTMATH)
+@kernel(nogil=True, fastmath=_FASTMATH)
 def _implicit(
     K,
     chol,
@@ -230,15 +231,17 @@ def _implicit(
                 _costate_step(C, grad_tau, F, t, b0 + w, dtau_b[w], dlam_b[w], stationarity[w])
         if need_C or need_F:
             for w in range(lanes):
-                tau_b[w] = tau[:, b0 + w]
+                for t in range(T):
+                    for i in range(d):
+                        tau_b[w, t, i] = tau[t, b0 + w, i]
         if need_F:  # the costates of the solution (eq. (7))
             for t in range(T - 1, -1, -1):
                 for w in range(lanes):
                     _costate_step(C, c, F, t, b0 + w, tau_b[w], lam[w], scratch[w])
         for w in range(lanes):
             b = b0 + w
-            dtau[:, b] = dtau_b[w]
-            dlam[:, b] = dlam_b[w]
+            store_element(dtau_b[w], dtau, b)
+            store_element(dlam_b[w], dlam, b)
             if need_bounds:
                 for t in range(T):
                     for i in range(m):

@@ -23,10 +23,11 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from numba import njit
 from torch import Tensor
 
 from mpc_policy.numerics.compiled._arrays import as_array
+from mpc_policy.numerics.compiled._cache import kernel
+from mpc_policy.numerics.compiled._linalg import store_element
 from mpc_policy.numerics.compiled.riccati import _recursion_element, recursion_scratch
 from mpc_policy.numerics.compiled.rollout import rollout_element
 from mpc_policy.numerics.riccati import Gains
@@ -35,7 +36,7 @@ from mpc_policy.options import MPCOptions
 __all__ = ["BoxLQRResult", "solve_box_lqr"]
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
 def _cost(b, C, c, x, u, half):
     """Element b's cost sum_t tau_t' (1/2 C_t tau_t + c_t), in the problem's dtype."""
     T, n = x.shape
@@ -52,7 +53,7 @@ def _cost(b, C, c, x, u, half):
     return total
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def _solve(
     C,
     c,
@@ -95,14 +96,20 @@ def _solve(
     scratch = recursion_scratch(n, m, dtype)
     x_try = np.empty((T, n), dtype=dtype)
     u_try = np.empty((T, m), dtype=dtype)
+    # the flags as run-time booleans: a literal True or False would compile each callee
+    # once more, for that literal (the branches fold all the same)
+    yes, no = np.bool_(True), np.bool_(False)
     for b in range(B):
         # the initial trajectory: u_bar (clamped by the caller) rolled out
         rollout_element(
-            b, F, f, x_init, u_bar, x_bar, K, k, one, False, True, lower, upper, x_try, u_try
+            b, F, f, x_init, u_bar, x_bar, K, k, one, no, yes, lower, upper, x_try, u_try
         )
-        x_bar[:, b] = x_try
+        store_element(x_try, x_bar, b)
         cost_bar[b] = _cost(b, C, c, x_try, u_try, half)
-        finite[b] = np.isfinite(x_try).all() and math.isfinite(cost_bar[b])
+        finite[b] = math.isfinite(cost_bar[b])
+        for t in range(T):
+            for i in range(n):
+                finite[b] = finite[b] and math.isfinite(x_try[t, i])
         if not finite[b]:
             continue
         for _ in range(max_iter + 1):
@@ -116,14 +123,14 @@ def _solve(
                     du_lower[t, b, i] = lower[t, b, i] - u_bar[t, b, i]
                     du_upper[t, b, i] = upper[t, b, i] - u_bar[t, b, i]
             _recursion_element(
-                C, g, F, du_lower, du_upper, True, b, regularization, qp_max_iter, qp_tol,
+                C, g, F, du_lower, du_upper, yes, b, regularization, qp_max_iter, qp_tol,
                 K, k, free, chol, Q, pass_shift, scratch,
             )  # fmt: skip
             for t in range(T):
                 shift[t, b] = max(shift[t, b], pass_shift[t, b])
             # the full step decides the fixed point (eq. (11))
             rollout_element(
-                b, F, f, x_init, u_bar, x_bar, K, k, one, True, True, lower, upper, x_try, u_try
+                b, F, f, x_init, u_bar, x_bar, K, k, one, yes, yes, lower, upper, x_try, u_try
             )
             change = u_bar[0, b, 0] * 0
             size = u_bar[0, b, 0] * 0
@@ -141,13 +148,13 @@ def _solve(
             for a in range(alphas.shape[0]):
                 if a > 0:
                     rollout_element(
-                        b, F, f, x_init, u_bar, x_bar, K, k, alphas[a], True, True, lower,
+                        b, F, f, x_init, u_bar, x_bar, K, k, alphas[a], yes, yes, lower,
                         upper, x_try, u_try,
                     )  # fmt: skip
                 cost = _cost(b, C, c, x_try, u_try, half)
                 if cost <= threshold:
-                    x_bar[:, b] = x_try
-                    u_bar[:, b] = u_try
+                    store_element(x_try, x_bar, b)
+                    store_element(u_try, u_bar, b)
                     cost_bar[b] = cost
                     step_size[b] = alphas[a]
                     taken = True

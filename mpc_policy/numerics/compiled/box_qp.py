@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from numba import njit
 from torch import Tensor
 
 from mpc_policy.numerics.box_qp import BoxQPResult
 from mpc_policy.numerics.compiled._arrays import as_array
+from mpc_policy.numerics.compiled._cache import kernel
 from mpc_policy.numerics.compiled._linalg import masked_cholesky, masked_solve_vector, set_identity
 
 __all__ = ["box_qp", "box_qp_element", "scratch"]
@@ -23,7 +23,7 @@ __all__ = ["box_qp", "box_qp_element", "scratch"]
 _ARMIJO = 0.1
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
 def _gradient(Q, q, x, g) -> None:
     """g (m,) = Q x + q."""
     m = q.shape[0]
@@ -34,7 +34,7 @@ def _gradient(Q, q, x, g) -> None:
         g[i] = s
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
 def _free_set(x, g, lower, upper, free) -> None:
     """free (m,): not at a bound with the gradient g pushing outward."""
     for i in range(x.shape[0]):
@@ -44,12 +44,12 @@ def _free_set(x, g, lower, upper, free) -> None:
             free[i] = not (x[i] >= upper[i] and g[i] < 0.0)
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
 def _clamp(value, lower, upper):
     return min(max(value, lower), upper)
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
 def _small(dx, x, tol) -> bool:
     step = 0.0
     size = 0.0
@@ -59,7 +59,7 @@ def _small(dx, x, tol) -> bool:
     return step <= tol * (1.0 + size)
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
 def _armijo(Q, g, x, trial) -> bool:
     """Sufficient decrease of the quadratic from x to trial (gradient g at x)."""
     m = x.shape[0]
@@ -75,7 +75,18 @@ def _armijo(Q, g, x, trial) -> bool:
     return predicted + 0.5 * curvature <= _ARMIJO * predicted
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
+def _keep(free, L, free_out, chol_out) -> None:
+    """free_out (m,) = free, chol_out (m, m) = L: element copies (a slice assignment
+    compiles numba's shape-mismatch reporting, seconds of compile time)."""
+    m = free.shape[0]
+    for i in range(m):
+        free_out[i] = free[i]
+        for j in range(m):
+            chol_out[i, j] = L[i, j]
+
+
+@kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
 def scratch(m, dtype):
     """Work arrays of ``box_qp_element`` for m variables, allocated once per batch."""
     vectors = np.empty((3, m), dtype=dtype)
@@ -84,7 +95,7 @@ def scratch(m, dtype):
     return vectors, masks, matrices
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
 def box_qp_element(
     Q, q, lower, upper, x, free_out, chol_out, max_iter, tol, decay, max_line_search, work_arrays
 ):
@@ -113,7 +124,8 @@ def box_qp_element(
     _gradient(Q, q, x, g)
     _free_set(x, g, lower, upper, free)
     if not free.any():
-        free_out[:] = free
+        for i in range(m):
+            free_out[i] = free[i]
         set_identity(chol_out)
         return True, 0
     masked_cholesky(Q, free, L, work)
@@ -122,8 +134,7 @@ def box_qp_element(
     if done:
         for i in range(m):
             x[i] = _clamp(x[i] + dx[i], lower[i], upper[i])
-    free_out[:] = free
-    chol_out[:, :] = L
+    _keep(free, L, free_out, chol_out)
     iterations = 0
     for it in range(1, max_iter + 1):
         if done:
@@ -143,17 +154,17 @@ def box_qp_element(
                     trial[i] = _clamp(x[i] + alpha * dx[i], lower[i], upper[i])
                 if j == max_line_search - 1 or _armijo(Q, g, x, trial):
                     break
-        x[:] = trial
+        for i in range(m):
+            x[i] = trial[i]
+            free_prev[i] = free[i]
         _gradient(Q, q, x, g)
-        free_prev[:] = free
         _free_set(x, g, lower, upper, free)
         same = True
         for i in range(m):
             same = same and free[i] == free_prev[i]
         if exact_step and same:
             # a full Newton step inside the box on an unchanged free set is the minimizer
-            free_out[:] = free_prev
-            chol_out[:, :] = L
+            _keep(free_prev, L, free_out, chol_out)
             done = True
         if it == max_iter or done:
             break
@@ -162,8 +173,7 @@ def box_qp_element(
         if _small(dx, x, tol):
             for i in range(m):
                 x[i] = _clamp(x[i] + dx[i], lower[i], upper[i])
-            free_out[:] = free
-            chol_out[:, :] = L
+            _keep(free, L, free_out, chol_out)
             done = True
     if not done:
         # out of iterations: the factorization at the last iterate
@@ -173,7 +183,7 @@ def box_qp_element(
     return done, iterations
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def _box_qp_batch(
     Q, q, lower, upper, x, free, chol, converged, iterations, max_iter, tol, decay, max_ls
 ) -> None:

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from numba import njit
 from torch import Tensor
 
 from mpc_policy.numerics.compiled._arrays import as_array
+from mpc_policy.numerics.compiled._cache import kernel
 from mpc_policy.numerics.compiled._linalg import (
     cholesky,
     masked_cholesky,
@@ -35,7 +35,7 @@ from mpc_policy.numerics.riccati import _MAX_SHIFTS, Gains, warn_regularized
 __all__ = ["backward_recursion", "factorize"]
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
 def _propagate(Q, q, F, V, v, VF) -> None:
     """Q (d, d) += F'VF and q (d,) += F'v for F (n, d), V (n, n), v (n,); VF (n, d) scratch."""
     n, d = F.shape
@@ -57,7 +57,7 @@ def _propagate(Q, q, F, V, v, VF) -> None:
             Q[i, j] += s
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
 def _regularize(Q_uu, L, regularization, work):
     """Factor Q_uu (m, m) into L, shifting its diagonal in place until it is positive definite.
 
@@ -74,18 +74,21 @@ def _regularize(Q_uu, L, regularization, work):
     shift = 0.0
     for _ in range(_MAX_SHIFTS):
         shift = mu if shift == 0.0 else 10.0 * shift
-        work[:, :] = Q_uu
         for i in range(m):
+            for j in range(m):
+                work[i, j] = Q_uu[i, j]
             work[i, i] += shift
         if cholesky(work, L):
-            Q_uu[:, :] = work
+            for i in range(m):
+                for j in range(m):
+                    Q_uu[i, j] = work[i, j]
             return shift
     set_identity(Q_uu)
     set_identity(L)
     return 0.0
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
 def _feedback_update(Q, K, k, V, v, n) -> None:
     """[V, v] = [Q_xx, q_x] + Q_xu [K, k] (q_x in v on entry), V symmetrized."""
     d = Q.shape[0]
@@ -107,7 +110,7 @@ def _feedback_update(Q, K, k, V, v, n) -> None:
             V[j, i] = mean
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
 def _recursion_element(
     C,
     g,
@@ -135,8 +138,10 @@ def _recursion_element(
     m = d - n
     for t in range(T - 1, -1, -1):
         Qt = Q[t, b]
-        Qt[:, :] = C[t, b]
-        q[:] = g[t, b]
+        for i in range(d):
+            q[i] = g[t, b, i]
+            for j in range(d):
+                Qt[i, j] = C[t, b, i, j]
         if t < T - 1:
             _propagate(Qt, q, F[t, b], V, v, VF)
         Q_uu = Qt[n:, n:]
@@ -159,14 +164,14 @@ def _recursion_element(
                         s += Q_uu[i, j] * k_box[j]
                     grad[i] = s
                 _free_set(k_box, grad, lower[t, b], upper[t, b], ft)
+                for i in range(m):
+                    kt[i] = k_box[i]
                 if not ft.any():
                     # every control at a bound of the projection, pushed outward: the
                     # projection is the minimizer and there is no feedback
-                    kt[:] = k_box
                     Kt[:, :] = 0.0
                     set_identity(L)
                 else:
-                    kt[:] = k_box
                     box_qp_element(
                         Q_uu,
                         q[n:],
@@ -182,11 +187,12 @@ def _recursion_element(
                         work_arrays,
                     )
                     masked_solve_matrix(L, ft, Qt[n:, :n], Kt, -1.0)
-        v[:] = q[:n]
+        for i in range(n):
+            v[i] = q[i]
         _feedback_update(Qt, Kt, kt, V, v, n)
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
 def recursion_scratch(n, m, dtype):
     """Scratch arrays of ``_recursion_element`` for state size n and control size m."""
     d = n + m
@@ -202,7 +208,7 @@ def recursion_scratch(n, m, dtype):
     )
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def _recursion(
     C,
     g,
@@ -307,7 +313,7 @@ def backward_recursion(
     return Gains(K, k, free, chol, Q)
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def _factorize(C, F, free, regularization, K, chol, Q, shift) -> None:
     T, B, d = C.shape[0], C.shape[1], C.shape[2]
     n = F.shape[2]
@@ -318,12 +324,15 @@ def _factorize(C, F, free, regularization, K, chol, Q, shift) -> None:
     VF = np.empty((n, d), dtype=dtype)
     q = np.zeros(d, dtype=dtype)
     work = np.empty((m, m), dtype=dtype)
-    masked = np.empty((m, m), dtype=dtype)
+    # a block of a larger matrix, as the recursion's Q_uu: one compiled _regularize for both
+    masked = np.empty((d, d), dtype=dtype)[n:, n:]
     zeros = np.zeros(m, dtype=dtype)
     for b in range(B):
         for t in range(T - 1, -1, -1):
             Qt = Q[t, b]
-            Qt[:, :] = C[t, b]
+            for i in range(d):
+                for j in range(d):
+                    Qt[i, j] = C[t, b, i, j]
             if t < T - 1:
                 _propagate(Qt, q, F[t, b], V, v, VF)
             ft, L = free[t, b], chol[t, b]

@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from numba import njit
 from torch import Tensor
 
 from mpc_policy.numerics.compiled._arrays import as_array
+from mpc_policy.numerics.compiled._cache import kernel
 
 __all__ = ["affine_rollout", "rollout_element"]
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
 def rollout_element(
     b, F, f, x_init, u_bar, x_bar, K, k, alpha, feedback, bounded, lower, upper, x, u
 ) -> None:
@@ -52,7 +52,7 @@ def rollout_element(
                 x[t + 1, i] = s
 
 
-@njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def _rollout(
     F, f, x_init, u_bar, x_bar, K, k, alphas, lower, upper, feedback, bounded, x_out, u_out
 ) -> None:

@@ -1,4 +1,4 @@
-"""mpc.pytorch 0.0.6's ``mpc.pnqp``: batched box QPs, solved by ``mpc_policy.numerics.box_qp``.
+"""mpc.pytorch 0.0.6's ``mpc.pnqp``: batched box QPs, solved by ``mpc_policy.box_qp``.
 
 For every batch element,
 
@@ -17,7 +17,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from mpc_policy.numerics.box_qp import box_qp
+from mpc_policy import box_qp
 
 __all__ = ["pnqp"]
 

@@ -32,12 +32,6 @@ from torch import Tensor, nn
 __all__ = ["SlewRateCost", "SlewRateDynamics", "augment_state", "slew_rate_lqr"]
 
 
-def _select(module: nn.Module, index: Tensor) -> nn.Module:
-    """The module restricted to the batch elements ``index`` (its own ``select_batch``)."""
-    select = getattr(module, "select_batch", None)
-    return select(index) if callable(select) else module
-
-
 def _copy_control(m: int, d: int, lead: torch.Size, like: Tensor) -> Tensor:
     """(*lead, m, d) rows [0 ... 0 I]: u, the last m entries of tau = [u_prev; x; u]."""
     rows = torch.zeros(m, d, dtype=like.dtype, device=like.device)
@@ -106,17 +100,20 @@ class SlewRateDynamics(nn.Module):
 
     Args:
         dynamics: f(x (..., n), u (..., m)) -> (..., n); its ``jacobian(x, u)``, if any,
-            gives this module's (``MPC(..., jacobian="analytic")``).
+            gives this module's (``MPC(..., jacobian="analytic")``), and its
+            ``select_batch(index)``, if any, this module's.
         n_ctrl: m.
     """
 
     def __init__(self, dynamics: nn.Module, n_ctrl: int) -> None:
         super().__init__()
         self.dynamics, self.n_ctrl = dynamics, n_ctrl
+        if callable(getattr(dynamics, "select_batch", None)):
+            self.select_batch = self._select_batch
 
-    def select_batch(self, index: Tensor) -> SlewRateDynamics:
-        """The dynamics of the batch elements ``index`` (k,)."""
-        return SlewRateDynamics(_select(self.dynamics, index), self.n_ctrl)
+    def _select_batch(self, index: Tensor) -> SlewRateDynamics:
+        """The dynamics of the batch elements ``index`` (k,), by the dynamics' own."""
+        return SlewRateDynamics(self.dynamics.select_batch(index), self.n_ctrl)  # type: ignore[operator]
 
     def forward(self, z: Tensor, u: Tensor) -> Tensor:
         """Next augmented state (..., m+n) for z (..., m+n), u (..., m)."""
@@ -142,7 +139,8 @@ class SlewRateCost(nn.Module):
 
     Args:
         cost: cost(x (B, T, n), u (B, T, m)) -> (B, T); where it has ``quadratize(x, u)``
-            (e.g. ``QuadraticCost``), so has this cost (the exact derivatives plus the penalty's).
+            (e.g. ``QuadraticCost``), so has this cost (the exact derivatives plus the penalty's);
+            the same for ``select_batch(index)``.
         weight: gamma >= 0, a float or a scalar tensor (learnable).
         n_ctrl: m.
     """
@@ -154,10 +152,12 @@ class SlewRateCost(nn.Module):
         self.cost, self.weight, self.n_ctrl = cost, weight, n_ctrl
         if callable(getattr(cost, "quadratize", None)):
             self.quadratize = self._quadratize
+        if callable(getattr(cost, "select_batch", None)):
+            self.select_batch = self._select_batch
 
-    def select_batch(self, index: Tensor) -> SlewRateCost:
-        """The cost of the batch elements ``index`` (k,)."""
-        return SlewRateCost(_select(self.cost, index), self.weight, self.n_ctrl)
+    def _select_batch(self, index: Tensor) -> SlewRateCost:
+        """The cost of the batch elements ``index`` (k,), by the cost's own."""
+        return SlewRateCost(self.cost.select_batch(index), self.weight, self.n_ctrl)  # type: ignore[operator]
 
     def forward(self, z: Tensor, u: Tensor) -> Tensor:
         """Per-step cost (B, T) for z (B, T, m+n), u (B, T, m)."""

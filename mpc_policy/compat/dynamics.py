@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as nnf
 from torch import Tensor, nn
 
+from mpc_policy.compat.problem import received
+
 __all__ = ["ACTS", "AffineDynamics", "CtrlPassthroughDynamics", "NNDynamics"]
 
 ACTS: dict[str, Callable[[Tensor], Tensor]] = {
@@ -168,10 +170,8 @@ class AffineDynamics(nn.Module):
         super().__init__()
         for name, value, dims in (("A", A, 2), ("B", B, 2), ("c", c, 1)):
             if value is not None and (not isinstance(value, Tensor) or value.dim() != dims):
-                received = tuple(value.shape) if isinstance(value, Tensor) else type(value)
-                raise ValueError(
-                    f"{name}: expected a tensor with {dims} dimensions, received {received}"
-                )
+                expected = f"a tensor with {dims} dimensions"
+                raise ValueError(f"{name}: expected {expected}, received {received(value)}")
         self.A, self.B, self.c = A, B, c
 
     def forward(self, x: Tensor, u: Tensor) -> Tensor:

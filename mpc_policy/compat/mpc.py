@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from mpc_policy.compat import problem
 from mpc_policy.compat.lqr_step import LQRStep
-from mpc_policy.compat.problem import contiguous_grad
+from mpc_policy.compat.problem import contiguous_grad, received
 from mpc_policy.compat.terms import GradMethods, LinDx, QuadCost
 from mpc_policy.local_model import linearize, quadratize
 from mpc_policy.options import GradMethod
@@ -141,10 +141,8 @@ class MPC(nn.Module):
             x [T, B, n], u [T, B, m] and costs [B], the objective of each trajectory.
         """
         if not isinstance(x_init, Tensor) or x_init.dim() != 2 or x_init.shape[1] != self.n_state:
-            received = tuple(x_init.shape) if isinstance(x_init, Tensor) else type(x_init)
-            raise ValueError(
-                f"x_init: expected shape [B, n_state] = [B, {self.n_state}], received {received}"
-            )
+            expected = f"[B, n_state] = [B, {self.n_state}]"
+            raise ValueError(f"x_init: expected shape {expected}, received {received(x_init)}")
         batch = x_init.shape[0]
         if self.n_batch is not None and self.n_batch != batch:
             raise ValueError(
@@ -214,21 +212,18 @@ class MPC(nn.Module):
                 f"slew_rate_penalty: expected None for solve_lqr_subproblem, received "
                 f"{self.slew_rate_penalty!r} (forward() applies the penalty)"
             )
+        names = ("u_lower", "u_upper", "u_zero_I", "delta_u", "linesearch_decay")
+        settings = {name: getattr(self, name) for name in (*names, "max_linesearch_iter")}
         step = LQRStep(
             self.n_state,
             self.n_ctrl,
             self.T,
-            self.u_lower,
-            self.u_upper,
-            self.u_zero_I,
-            self.delta_u,
-            self.linesearch_decay,
-            self.max_linesearch_iter,
             true_cost=cost,
             true_dynamics=dynamics,
             current_x=x,
             current_u=u,
             no_op_forward=no_op_forward,
+            **settings,
         )
         return step(x_init, C, c, F, f)
 

@@ -20,7 +20,7 @@ and upstream's settings become ``MPCOptions`` fields (``native_options``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -41,6 +41,7 @@ __all__ = [
     "batch_first",
     "contiguous_grad",
     "control_bound",
+    "dynamics_step",
     "dynamics_terms",
     "native_dynamics",
     "native_options",
@@ -84,6 +85,11 @@ def contiguous_grad(value: Any) -> Any:
     if isinstance(value, Tensor) and value.requires_grad:
         return _ContiguousGrad.apply(value)
     return value
+
+
+def received(value: object) -> str:
+    """How an error message names what it received: a tensor's shape, else its type."""
+    return str(tuple(value.shape)) if isinstance(value, Tensor) else type(value).__name__
 
 
 def _shape(shape: Sequence[int | str]) -> str:
@@ -191,6 +197,26 @@ def time_invariant_dynamics(F: Tensor, f: Tensor) -> AffineDynamics:
             "every step"
         )
     return AffineDynamics(F[:, 0], f[:, 0])
+
+
+def dynamics_step(
+    dynamics: LinDx | nn.Module, horizon: int, batch: int, n_state: int, n_tau: int
+) -> Callable[[Tensor, Tensor, int], Tensor]:
+    """x_{t+1} = step(x_t [B, n], u_t [B, m], t) of a ``LinDx`` (no graph) or a module.
+
+    Args:
+        dynamics: a ``LinDx`` in any of mpc.pytorch's forms, or a module dx(x, u).
+        horizon, batch, n_state, n_tau: T, B, n and n + m.
+    """
+    if not isinstance(dynamics, LinDx):
+        if not callable(dynamics):
+            raise TypeError(
+                f"dynamics: expected a LinDx or an nn.Module, received {type(dynamics)}"
+            )
+        return lambda x, u, t: dynamics(x, u)
+    F_term, f_term = (None if z is None else z.detach() for z in dynamics)
+    F, f = dynamics_terms(F_term, f_term, horizon, batch, n_state, n_tau)
+    return lambda x, u, t: (F[:, t] @ torch.cat([x, u], dim=-1).unsqueeze(-1)).squeeze(-1) + f[:, t]
 
 
 def control_bound(
@@ -359,10 +385,9 @@ class RowCost(nn.Module):
         tau = torch.cat([x, u], dim=-1)
         out = self.cost(tau.reshape(-1, tau.shape[-1]))
         if not isinstance(out, Tensor) or out.numel() != tau.shape[:-1].numel():
-            received = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(
                 f"cost: expected cost(tau) to return one value per row, shape (N,) = "
-                f"({tau.shape[:-1].numel()},), received {received}"
+                f"({tau.shape[:-1].numel()},), received {received(out)}"
             )
         return out.reshape(tau.shape[:-1])
 

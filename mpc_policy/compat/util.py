@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mpc_policy.compat.problem import dynamics_terms, quadratic_terms
+from mpc_policy.compat.problem import dynamics_step, quadratic_terms
 from mpc_policy.compat.terms import LinDx, QuadCost
 
 __all__ = [
@@ -171,24 +171,12 @@ def get_traj(T: int, u: Tensor, x_init: Tensor, dynamics: LinDx | nn.Module) -> 
         dynamics: a ``LinDx`` (F [T-1, B, n, n+m] and f, in mpc.pytorch's forms) or a module
             dx(x [B, n], u [B, m]) -> [B, n].
     """
-    x_t = get_data_maybe(x_init)
-    batch, n = x_t.shape
-    u = get_data_maybe(u)
-    if isinstance(dynamics, LinDx):
-        F_term = None if dynamics.F is None else dynamics.F.detach()
-        f_term = None if dynamics.f is None else dynamics.f.detach()
-        d = n + u.shape[-1]
-        F, f = dynamics_terms(F_term, f_term, T, batch, n, d)
-    elif not isinstance(dynamics, nn.Module) and not callable(dynamics):
-        raise TypeError(f"dynamics: expected a LinDx or an nn.Module, received {type(dynamics)}")
+    x_t, u = get_data_maybe(x_init), get_data_maybe(u)
+    step = dynamics_step(dynamics, T, x_t.shape[0], x_t.shape[1], x_t.shape[1] + u.shape[-1])
     xs = [x_t]
     with torch.no_grad():
         for t in range(T - 1):
-            if isinstance(dynamics, LinDx):
-                x_t = bmv(F[:, t], torch.cat([x_t, u[t]], dim=-1)) + f[:, t]
-            else:
-                x_t = dynamics(x_t, u[t])
-            xs.append(x_t)
+            xs.append(step(xs[-1], u[t], t))
     return torch.stack(xs)
 
 

@@ -1,5 +1,5 @@
-"""What the ``env_dx`` models share: parameter checks, single-vector calls, the quadratic goal
-cost of ``get_true_obj`` and the matplotlib frame of a pole on a pivot."""
+"""What the ``env_dx`` models share: the parameter check, the quadratic goal cost of
+``get_true_obj`` and the matplotlib frame of a pole on a pivot."""
 
 from __future__ import annotations
 

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from mpc_policy.compat.problem import dynamics_step, quadratic_terms
 from mpc_policy.compat.terms import LinDx, QuadCost
+from mpc_policy.costs import QuadraticCost
 
 __all__ = [
     "bdiag",
@@ -207,9 +208,8 @@ def get_cost(
         if cost.C is None:
             raise ValueError("cost.C: expected a tensor, received None")
         c_term = None if cost.c is None else cost.c.detach()
-        C, c = quadratic_terms(cost.C.detach(), c_term, T, tau.shape[1], tau.shape[-1])
-        C, c = C.transpose(0, 1), c.transpose(0, 1)
-        per_step = 0.5 * (tau * (C @ tau.unsqueeze(-1)).squeeze(-1)).sum(-1) + (tau * c).sum(-1)
+        terms = quadratic_terms(cost.C.detach(), c_term, T, tau.shape[1], tau.shape[-1])
+        per_step = QuadraticCost(*terms)(x.transpose(0, 1), u.transpose(0, 1)).transpose(0, 1)
     else:
         per_step = torch.stack([cost(tau[t]) for t in range(T)])
     return per_step.sum(0)

@@ -49,7 +49,7 @@ class MPC(nn.Module):
         grad_method: ``GradMethods`` member: how dynamics modules are linearized
             (``jacobian`` "autograd", "finite_diff" or "analytic" from ``dx.grad_input``).
         delta_u: trust region: no control changes by more than this in one iteration
-            (``mpc_policy.compat.trust_region``); None (default) for none.
+            (``mpc_policy.trust_region``); None (default) for none.
         verbose: -1 no warnings, 0 warnings, 1+ a summary of each solve logged at INFO on
             the ``mpc_policy.compat.mpc`` logger.
         eps: convergence tolerance on the full control step (``tol``, relative to

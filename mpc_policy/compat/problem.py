@@ -37,15 +37,18 @@ from mpc_policy.solution import Solution
 from mpc_policy.trust_region import lqr_trust_region, mpc_trust_region
 
 __all__ = [
+    "GradInputDynamics",
     "RowCost",
     "batch_first",
     "contiguous_grad",
     "control_bound",
     "dynamics_step",
     "dynamics_terms",
+    "jacobian_method",
     "native_dynamics",
     "native_options",
     "quadratic_terms",
+    "received",
     "solve",
     "zero_mask",
 ]

@@ -17,18 +17,17 @@ from __future__ import annotations
 
 import logging
 from contextlib import nullcontext
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from mpc_policy.compat import problem
 from mpc_policy.compat.lqr_step import LQRStep
-from mpc_policy.compat.problem import contiguous_grad, received
+from mpc_policy.compat.problem import received
 from mpc_policy.compat.terms import GradMethods, LinDx, QuadCost
 from mpc_policy.local_model import linearize, quadratize
 from mpc_policy.options import GradMethod
-from mpc_policy.solution import Solution, SolverInfo
+from mpc_policy.solution import SolverInfo
 
 __all__ = ["MPC", "GradMethods", "LinDx", "QuadCost", "SlewRateCost"]
 
@@ -148,9 +147,8 @@ class MPC(nn.Module):
             raise ValueError(
                 f"n_batch: expected the batch size of x_init ({batch}), received {self.n_batch}"
             )
-        options = problem.native_options(self)
         with nullcontext() if self.backprop else torch.no_grad():
-            solution = self._solve(contiguous_grad(x_init), cost, dx, options)
+            solution = problem.solve(x_init, cost, dx, self)
         info = self.last_info = solution.info
         info.enforce(self._policy())
         x, u, costs = solution.x[..., -self.n_state :], solution.u, solution.cost
@@ -170,24 +168,6 @@ class MPC(nn.Module):
                 float(costs.detach().mean()),
             )
         return x.transpose(0, 1), u.transpose(0, 1), costs
-
-    def _solve(
-        self,
-        x_init: Tensor,
-        cost: QuadCost | nn.Module,
-        dx: LinDx | nn.Module,
-        options: dict[str, Any],
-    ) -> Solution:
-        """The native solve (``problem.solve``); its x may carry u_prev in front."""
-        if isinstance(cost, QuadCost):
-            cost = QuadCost(contiguous_grad(cost.C), contiguous_grad(cost.c))
-        if isinstance(dx, LinDx):
-            dx = LinDx(contiguous_grad(dx.F), contiguous_grad(dx.f))
-        names = ("n_state", "n_ctrl", "T", "u_zero_I", "u_init", "slew_rate_penalty", "delta_u")
-        settings = {name: getattr(self, name) for name in names}
-        for name in ("u_lower", "u_upper", "prev_ctrl"):
-            settings[name] = contiguous_grad(getattr(self, name))
-        return problem.solve(x_init, cost, dx, settings, options)
 
     def solve_lqr_subproblem(
         self,

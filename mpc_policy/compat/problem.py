@@ -395,48 +395,42 @@ class RowCost(nn.Module):
         return out.reshape(tau.shape[:-1])
 
 
-def solve(
-    x_init: Tensor,
-    cost: QuadCost | nn.Module,
-    dx: LinDx | nn.Module,
-    settings: dict[str, Any],
-    options: dict[str, Any],
-) -> Solution:
+def solve(x_init: Tensor, cost: QuadCost | nn.Module, dx: LinDx | nn.Module, mpc: Any) -> Solution:
     """Solve an mpc.pytorch call on the native API (the module docstring's table).
 
     Args:
         x_init: [B, n] initial states.
         cost: a ``QuadCost`` or a row-wise cost module cost(tau [N, n+m]) -> [N].
         dx: a ``LinDx`` or a row-wise dynamics module dx(x [N, n], u [N, m]) -> [N, n].
-        settings: the compat MPC's n_state, n_ctrl, T, u_lower, u_upper, u_zero_I, u_init,
-            slew_rate_penalty, prev_ctrl and delta_u, by name.
-        options: ``native_options``.
+        mpc: the compat ``MPC``: its arguments (n_state, n_ctrl, T, the bounds, u_zero_I,
+            u_init, slew_rate_penalty, prev_ctrl, delta_u and the ``native_options``).
 
     Returns:
         The native ``Solution``: x (B, T, n') (n' = m + n with the slew-rate penalty, the
-        previous control first), u (B, T, m), cost (B,) and info.
+        previous control first), u (B, T, m), cost (B,) and info; every tensor input's
+        gradient arrives contiguous (``contiguous_grad``).
     """
-    n, m, T = settings["n_state"], settings["n_ctrl"], settings["T"]
-    batch, delta_u = x_init.shape[0], settings["delta_u"]
+    n, m, T, delta_u = mpc.n_state, mpc.n_ctrl, mpc.T, mpc.delta_u
+    options, x_init, batch = native_options(mpc), contiguous_grad(x_init), x_init.shape[0]
     if not isinstance(cost, QuadCost | nn.Module):
         raise TypeError(f"cost: expected a QuadCost or an nn.Module, received {type(cost)}")
     if not isinstance(dx, LinDx | nn.Module):
         raise TypeError(f"dx: expected a LinDx or an nn.Module, received {type(dx)}")
-    zero = zero_mask(settings["u_zero_I"], T, batch, m)
-    lower = control_bound("u_lower", settings["u_lower"], zero, T, batch, m, x_init)
-    upper = control_bound("u_upper", settings["u_upper"], zero, T, batch, m, x_init)
-    u_init = initial_controls(settings["u_init"], T, batch, m, x_init)
-    gamma = settings["slew_rate_penalty"]
+    zero = zero_mask(mpc.u_zero_I, T, batch, m)
+    lower = control_bound("u_lower", contiguous_grad(mpc.u_lower), zero, T, batch, m, x_init)
+    upper = control_bound("u_upper", contiguous_grad(mpc.u_upper), zero, T, batch, m, x_init)
+    u_init = initial_controls(mpc.u_init, T, batch, m, x_init)
+    gamma = mpc.slew_rate_penalty
     if gamma is not None:
-        prev = previous_controls(settings["prev_ctrl"], batch, m, x_init)
+        prev = previous_controls(contiguous_grad(mpc.prev_ctrl), batch, m, x_init)
         x_init = torch.cat([prev, x_init], dim=-1)
     cost_module: nn.Module
     if isinstance(cost, QuadCost):
         if cost.C is None:
             raise ValueError("QuadCost.C: expected a tensor, received None")
-        C, c = quadratic_terms(cost.C, cost.c, T, batch, n + m)
+        C, c = quadratic_terms(contiguous_grad(cost.C), contiguous_grad(cost.c), T, batch, n + m)
         if isinstance(dx, LinDx):
-            F, f = dynamics_terms(dx.F, dx.f, T, batch, n, n + m)
+            F, f = dynamics_terms(contiguous_grad(dx.F), contiguous_grad(dx.f), T, batch, n, n + m)
             terms = (C, c, F, f) if gamma is None else slew_rate_lqr(C, c, F, f, gamma)
             lqr = {k: options[k] for k in LQR_OPTIONS}
             if delta_u is None:
@@ -447,7 +441,8 @@ def solve(
         cost_module = RowCost(cost)
     dynamics: nn.Module
     if isinstance(dx, LinDx):
-        dynamics = time_invariant_dynamics(*dynamics_terms(dx.F, dx.f, T, batch, n, n + m))
+        F, f = dynamics_terms(contiguous_grad(dx.F), contiguous_grad(dx.f), T, batch, n, n + m)
+        dynamics = time_invariant_dynamics(F, f)
     else:
         dynamics = native_dynamics(dx, options["jacobian"])
     if gamma is not None:

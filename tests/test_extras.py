@@ -86,7 +86,7 @@ BLOCKED = "import sys\nfor name in {names!r}:\n    sys.modules[name] = None  # i
         (("matplotlib",), "import mpc_policy.agents.experiments.plots\n", "plot"),
         (
             ("matplotlib", "matplotlib.pyplot"),
-            "from mpc_policy.compat.env_dx.frames import pole_frame\npole_frame(0, 0, 1, 2)\n",
+            "from mpc_policy.compat.env_dx.common import pole_frame\npole_frame(0, 0, 1, 2)\n",
             "plot",
         ),
     ],

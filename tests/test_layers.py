@@ -38,12 +38,12 @@ def test_environments_import_no_solver_and_no_learning_code(path):
 # the layers below, never above. The leaves (options, reports, warnings, the cost and dynamics
 # modules a user builds on) import no other layer.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("_warnings", "options", "solution", "costs", "dynamics"),
+    ("_warnings", "options", "solution", "costs", "dynamics", "slew_rate"),
     ("numerics",),
     ("problem",),
     ("solve",),
     ("grad",),
-    ("lqr", "mpc", "constrained_mpc"),
+    ("lqr", "mpc", "constrained_mpc", "local_model", "trust_region"),
     ("policy",),
     ("sb3", "compat"),
 )
@@ -80,6 +80,30 @@ def test_the_solver_folders_import_downward_only():
             if name.startswith("mpc_policy.") and name.split(".")[1] not in ("envs", "agents"):
                 if _layer(name) > own:
                     wrong.append(f"{_module_name(path)} -> {name}")
+    assert wrong == []
+
+
+# compat translates mpc.pytorch's calls into the public API; it names no solver internals
+PUBLIC = (
+    "mpc_policy.costs",
+    "mpc_policy.dynamics",
+    "mpc_policy.local_model",
+    "mpc_policy.lqr",
+    "mpc_policy.mpc",
+    "mpc_policy.options",
+    "mpc_policy.slew_rate",
+    "mpc_policy.solution",
+    "mpc_policy.trust_region",
+)
+
+
+def test_compat_imports_only_the_public_layers():
+    wrong = []
+    for path in sorted((ROOT / "mpc_policy" / "compat").rglob("*.py")):
+        for name in _imports(path):
+            public = name.startswith("mpc_policy.compat") or name == "mpc_policy"
+            if name.startswith("mpc_policy") and not public and name not in PUBLIC:
+                wrong.append(f"{_module_name(path)} -> {name}")
     assert wrong == []
 
 

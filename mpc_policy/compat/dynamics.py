@@ -8,7 +8,8 @@ and gives the Jacobian blocks of one step through ``grad_input(x, u) -> (R, S)``
 ``NNDynamics``: x_next = [x +] W_L s(... s(W_1 [x; u] + b_1) ...) + b_L, an MLP with an
 optional passthrough of x. ``AffineDynamics``: x_next = A x + B u + c.
 ``CtrlPassthroughDynamics``: the state [u_prev; x] of the slew-rate penalty,
-[u_prev; x] -> [u; f(x, u)]. The Jacobians keep the graph to the parameters.
+[u_prev; x] -> [u; f(x, u)] (``mpc_policy.slew_rate.SlewRateDynamics`` with ``grad_input``).
+The Jacobians keep the graph to the parameters.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from typing import Any, cast
 import torch
 import torch.nn.functional as nnf
 from torch import Tensor, nn
+
+from mpc_policy.compat.problem import GradInputDynamics, received
+from mpc_policy.slew_rate import SlewRateDynamics
 
 __all__ = ["ACTS", "AffineDynamics", "CtrlPassthroughDynamics", "NNDynamics"]
 
@@ -135,23 +139,20 @@ class CtrlPassthroughDynamics(nn.Module):
     def forward(self, tilde_x: Tensor, u: Tensor) -> Tensor:
         """Next augmented states [N, m+n] (or [m+n]) for tilde_x [N, m+n], u [N, m]."""
         tilde_x, u, single = _as_rows(tilde_x, u)
-        out = torch.cat([u, self.dynamics(tilde_x[:, u.shape[-1] :], u)], dim=-1)
+        out = SlewRateDynamics(self.dynamics, u.shape[-1])(tilde_x, u)
         return out[0] if single else out
 
     def grad_input(self, tilde_x: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
         """R [N, m+n, m+n] and S [N, m+n, m] from the wrapped module's ``grad_input``."""
-        grad_input = getattr(self.dynamics, "grad_input", None)
-        if not callable(grad_input):
+        if not callable(getattr(self.dynamics, "grad_input", None)):
             raise TypeError(
                 f"dynamics: expected a module with grad_input(x, u); "
                 f"{type(self.dynamics).__name__} has none"
             )
         tilde_x, u, single = _as_rows(tilde_x, u)
-        N, m = u.shape
-        R_x, S_x = grad_input(tilde_x[:, m:], u)
-        R = nnf.pad(R_x, (m, 0, m, 0))  # the previous control enters nothing
-        top = torch.eye(m, dtype=u.dtype, device=u.device).expand(N, m, m)
-        S = torch.cat([top, S_x], dim=-2)
+        m = u.shape[-1]
+        J = SlewRateDynamics(GradInputDynamics(self.dynamics), m).jacobian(tilde_x, u)
+        R, S = J[..., :-m], J[..., -m:]
         return (R[0], S[0]) if single else (R, S)
 
 
@@ -168,10 +169,8 @@ class AffineDynamics(nn.Module):
         super().__init__()
         for name, value, dims in (("A", A, 2), ("B", B, 2), ("c", c, 1)):
             if value is not None and (not isinstance(value, Tensor) or value.dim() != dims):
-                received = tuple(value.shape) if isinstance(value, Tensor) else type(value)
-                raise ValueError(
-                    f"{name}: expected a tensor with {dims} dimensions, received {received}"
-                )
+                expected = f"a tensor with {dims} dimensions"
+                raise ValueError(f"{name}: expected {expected}, received {received(value)}")
         self.A, self.B, self.c = A, B, c
 
     def forward(self, x: Tensor, u: Tensor) -> Tensor:

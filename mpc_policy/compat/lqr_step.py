@@ -4,9 +4,9 @@
 quadratic model (C, c) and affine model (F, f) of a problem around the nominal trajectory
 (current_x [T, B, n], current_u [T, B, m]) and returns the next iterate of box-DDP:
 
-    backward:  the box-LQR recursion (``mpc_policy.numerics.riccati``) on the model in the delta
-               space, g_t = C_t tau_t + c_t, with du in [lower - u, upper - u] (and in
-               [-delta_u, delta_u]);
+    backward:  the box-LQR backward pass (``mpc_policy.local_model.feedback_gains``) on the
+               model in the delta space, g_t = C_t tau_t + c_t, with du in [lower - u,
+               upper - u] (and in [-delta_u, delta_u]);
     forward:   u = u_bar + alpha k + K (x - x_bar), clamped to the box (and to u_bar +-
                delta_u), rolled out through the TRUE dynamics, with alpha per element
                multiplied by linesearch_decay while the TRUE cost is above the nominal's.
@@ -25,11 +25,16 @@ import torch
 from torch import Tensor, nn
 
 from mpc_policy.compat import util
-from mpc_policy.compat.problem import control_bound, dynamics_terms, quadratic_terms, zero_mask
+from mpc_policy.compat.problem import (
+    control_bound,
+    dynamics_step,
+    dynamics_terms,
+    quadratic_terms,
+    zero_mask,
+)
 from mpc_policy.compat.terms import LinDx, QuadCost
+from mpc_policy.local_model import feedback_gains
 from mpc_policy.lqr import lqr_solve
-from mpc_policy.numerics.riccati import backward_recursion
-from mpc_policy.solve.rollout import rollout
 
 __all__ = ["LQRStep", "LqrBackOut", "LqrForOut"]
 
@@ -37,40 +42,36 @@ LqrBackOut = namedtuple("LqrBackOut", "n_total_qp_iter")
 LqrForOut = namedtuple("LqrForOut", "objs full_du_norm alpha_du_norm mean_alphas costs")
 
 
-class _TrueDynamics:
-    """The true dynamics as the ``step`` of a box-DDP model (time-major rows)."""
-
-    def __init__(self, dynamics: nn.Module | None, F: Tensor | None, f: Tensor | None) -> None:
-        self.dynamics, self.F, self.f = dynamics, F, f
-
-    def step(self, x: Tensor, u: Tensor, t: int) -> Tensor:
-        if self.F is not None and self.f is not None:
-            return util.bmv(self.F[:, t], torch.cat([x, u], dim=-1)) + self.f[:, t]
-        assert self.dynamics is not None
-        return self.dynamics(x, u)
-
-
-def _box(
-    lower: Tensor | None, upper: Tensor | None, u: Tensor, delta_u: float | None
-) -> tuple[Tensor | None, Tensor | None]:
-    """The box (T, B, m) of this step: the bounds, tightened to u +- delta_u; a missing
-    side is infinite when the other is set, both None when neither is."""
-    if lower is None and upper is None and delta_u is None:
-        return None, None
-    radius = float("inf") if delta_u is None else delta_u
-    lo, hi = u - radius, u + radius
-    lo = lo if lower is None else torch.maximum(lo, lower)
-    hi = hi if upper is None else torch.minimum(hi, upper)
-    return lo, hi
+def _rollout(
+    step: Callable[[Tensor, Tensor, int], Tensor],
+    x_init: Tensor,
+    nominal: tuple[Tensor, Tensor],
+    K: Tensor,
+    k: Tensor,
+    box: tuple[Tensor, Tensor] | None,
+) -> tuple[Tensor, Tensor]:
+    """x [T, B, n], u [T, B, m] of u_t = clamp(u_bar_t + k_t + K_t (x_t - x_bar_t), box_t)
+    and x_{t+1} = step(x_t, u_t, t), from x_init [B, n] (K [T, B, m, n], k [T, B, m])."""
+    (x_bar, u_bar), xs, us = nominal, [x_init], []
+    for t in range(u_bar.shape[0]):
+        u = u_bar[t] + k[t] + util.bmv(K[t], xs[t] - x_bar[t])
+        us.append(u if box is None else torch.clamp(u, box[0][t], box[1][t]))
+        if t + 1 < u_bar.shape[0]:
+            xs.append(step(xs[t], us[t], t))
+    return torch.stack(xs), torch.stack(us)
 
 
-def _time_major(bound: float | Tensor | None, like: Tensor) -> Tensor | None:
-    """A float or (B, T, m) bound as a (T, B, m) tensor shaped like u (T, B, m)."""
+def _side(bound: float | Tensor | None, sign: float, u: Tensor, delta_u: float | None) -> Tensor:
+    """(T, B, m) one side of the step's box: the bound (a float or (B, T, m)) tightened to
+    u + sign * delta_u (sign -1 lower, +1 upper)."""
+    edge = u + sign * (float("inf") if delta_u is None else delta_u)
     if bound is None:
-        return None
+        return edge
     if isinstance(bound, Tensor):
-        return bound.detach().transpose(0, 1).to(like.dtype)
-    return torch.full_like(like, float(bound))
+        limit = bound.detach().transpose(0, 1).to(u.dtype)
+    else:
+        limit = torch.full_like(u, float(bound))
+    return torch.maximum(edge, limit) if sign < 0 else torch.minimum(edge, limit)
 
 
 def LQRStep(
@@ -124,7 +125,10 @@ def LQRStep(
     zero = zero_mask(u_zero_I, T, B, n_ctrl)
     lower = control_bound("u_lower", u_lower, zero, T, B, n_ctrl, x_bar)  # float/(B, T, m)
     upper = control_bound("u_upper", u_upper, zero, T, B, n_ctrl, x_bar)
-    lo, hi = _box(_time_major(lower, u_bar), _time_major(upper, u_bar), u_bar, delta_u)
+    bounded = lower is not None or upper is not None or delta_u is not None
+    box = (
+        (_side(lower, -1.0, u_bar, delta_u), _side(upper, 1.0, u_bar, delta_u)) if bounded else None
+    )
 
     def attach(
         x_init: Tensor, terms: tuple[Tensor, Tensor, Tensor, Tensor], x: Tensor, u: Tensor
@@ -139,24 +143,23 @@ def LQRStep(
 
     def step(x_init: Tensor, C: Tensor, c: Tensor, F: Tensor, f: Tensor) -> tuple[Tensor, ...]:
         """The step on batch-first model terms (no graph)."""
-        Ct, Ft = C.transpose(0, 1), F.transpose(0, 1)
-        tau = torch.cat([x_bar, u_bar], dim=-1)
-        g = (Ct @ tau.unsqueeze(-1)).squeeze(-1) + c.transpose(0, 1)  # model gradient
-        du_lower = None if lo is None else lo - u_bar
-        du_upper = None if hi is None else hi - u_bar
-        gains = backward_recursion(Ct, g, Ft, du_lower, du_upper)
-        if true_dynamics is None or isinstance(true_dynamics, LinDx):
-            dx = LinDx(Ft, f.transpose(0, 1)) if true_dynamics is None else true_dynamics
-            model = _TrueDynamics(None, *dynamics_terms(dx.F, dx.f, T, B, n_state, d))
-        else:
-            model = _TrueDynamics(true_dynamics, None, None)
-        objective = QuadCost(Ct, c.transpose(0, 1)) if true_cost is None else true_cost
+        tau = torch.cat([x_bar, u_bar], dim=-1).transpose(0, 1)
+        g = (C @ tau.unsqueeze(-1)).squeeze(-1) + c  # (B, T, d) the model's gradient
+        du_lower, du_upper = (
+            (None,) * 2 if box is None else ((b - u_bar).transpose(0, 1) for b in box)
+        )
+        K, k = (z.transpose(0, 1) for z in feedback_gains(C, g, F, du_lower, du_upper))
+        dx = LinDx(F.transpose(0, 1), f.transpose(0, 1)) if true_dynamics is None else true_dynamics
+        advance = dynamics_step(dx, T, B, n_state, d)
+        objective = (
+            QuadCost(C.transpose(0, 1), c.transpose(0, 1)) if true_cost is None else true_cost
+        )
         old_cost = util.get_cost(T, u_bar, objective, x=x_bar)
         alphas = torch.ones(B, dtype=x_bar.dtype, device=x_bar.device)
         full_du_norm = None
         for _ in range(max_linesearch_iter):
-            scaled = gains._replace(k=gains.k * alphas.view(1, B, 1))
-            new_x, new_u = rollout(model, x_init, u_bar, x_bar, scaled, 1.0, lo, hi)  # type: ignore[arg-type]
+            scaled = k * alphas.view(1, B, 1)
+            new_x, new_u = _rollout(advance, x_init, (x_bar, u_bar), K, scaled, box)
             costs = util.get_cost(T, new_u, objective, x=new_x)
             if full_du_norm is None:
                 full_du_norm = (new_u - u_bar).transpose(0, 1).reshape(B, -1).norm(dim=1)
@@ -183,7 +186,7 @@ def LQRStep(
                 x_init.detach(), *(z.detach() for z in terms)
             )
         new_x, new_u = attach(x_init, terms, new_x, new_u)
-        qp_count = torch.tensor([float(T if lo is not None else 0)])
+        qp_count = torch.tensor([float(T if box is not None else 0)])
         return new_x, new_u, qp_count, costs, full_du_norm, mean_alphas
 
     return apply

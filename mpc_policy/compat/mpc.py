@@ -17,21 +17,17 @@ from __future__ import annotations
 
 import logging
 import warnings
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from mpc_policy.compat.dispatch import build_problem, solve
-from mpc_policy.compat.local_models import approximate_cost, linearize_dynamics
+from mpc_policy.compat import problem
 from mpc_policy.compat.lqr_step import LQRStep
-from mpc_policy.compat.modules import RowCost
-from mpc_policy.compat.problem import contiguous_grad
-from mpc_policy.compat.slew import SlewRateCost
+from mpc_policy.compat.problem import received
 from mpc_policy.compat.terms import GradMethods, LinDx, QuadCost
-from mpc_policy.compat.trust_region import solve_trust_region
-from mpc_policy.options import GradMethod, MPCOptions
-from mpc_policy.solution import Solution, SolverInfo
+from mpc_policy.local_model import linearize, quadratize
+from mpc_policy.options import GradMethod
+from mpc_policy.solution import SolverInfo
 
 __all__ = ["MPC", "GradMethods", "LinDx", "QuadCost", "SlewRateCost"]
 
@@ -39,17 +35,6 @@ logger = logging.getLogger(__name__)
 
 # backprop=False warns once per process (mpc.pytorch never read it; neither does this layer)
 _BACKPROP_WARNED = False
-
-
-_JACOBIAN = {
-    GradMethods.AUTO_DIFF: "autograd",
-    GradMethods.FINITE_DIFF: "finite_diff",
-    GradMethods.ANALYTIC: "analytic",
-}
-_RENAMED = (
-    "mpc_policy.compat passes lqr_iter as max_iter, eps as tol, linesearch_decay as "
-    "line_search_decay, max_linesearch_iter as max_line_search and diff_rule as grad_method"
-)
 
 
 def _warn_backprop() -> None:
@@ -81,7 +66,7 @@ class MPC(nn.Module):
         grad_method: ``GradMethods`` member: how dynamics modules are linearized
             (``jacobian`` "autograd", "finite_diff" or "analytic" from ``dx.grad_input``).
         delta_u: trust region: no control changes by more than this in one iteration
-            (``mpc_policy.compat.trust_region``); None (default) for none.
+            (``mpc_policy.trust_region``); None (default) for none.
         verbose: -1 no warnings, 0 warnings, 1+ a summary of each solve logged at INFO on
             the ``mpc_policy.compat.mpc`` logger.
         eps: convergence tolerance on the full control step (``tol``, relative to
@@ -152,43 +137,7 @@ class MPC(nn.Module):
         self.not_improved_lim, self.best_cost_eps = not_improved_lim, best_cost_eps
         self.diff_rule = diff_rule
         self.last_info: SolverInfo | None = None
-        self._options()
-
-    def _jacobian_method(self) -> str:
-        if self.grad_method not in _JACOBIAN:
-            raise ValueError(
-                f"grad_method: expected GradMethods.AUTO_DIFF, FINITE_DIFF or ANALYTIC, "
-                f"received {self.grad_method!r} (to check an analytic Jacobian, compare "
-                "linearize_dynamics under ANALYTIC and AUTO_DIFF)"
-            )
-        return _JACOBIAN[self.grad_method]
-
-    def _options(self) -> dict[str, Any]:
-        """The ``MPCOptions`` fields these arguments map to (checked by ``MPCOptions``)."""
-        for name, valid, expected in (
-            ("back_eps", lambda v: isinstance(v, float | int) and v > 0, "a positive float"),
-            ("best_cost_eps", lambda v: isinstance(v, float | int) and v > 0, "a positive float"),
-            ("not_improved_lim", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
-            ("slew_rate_penalty", lambda v: v is None or float(v) >= 0, "a float >= 0 or None"),
-            ("delta_u", lambda v: v is None or float(v) > 0, "a positive float or None"),
-        ):
-            value = getattr(self, name)
-            if not valid(value):
-                raise ValueError(f"{name}: expected {expected}, received {value!r}")
-        options: dict[str, Any] = {
-            "max_iter": self.lqr_iter,
-            "tol": self.eps,
-            "line_search_decay": self.linesearch_decay,
-            "max_line_search": self.max_linesearch_iter,
-            "grad_method": self.diff_rule,
-            "jacobian": self._jacobian_method(),
-            "on_unconverged": "ignore",
-        }
-        try:
-            MPCOptions.from_kwargs(**options)
-        except ValueError as error:
-            raise ValueError(f"{error} ({_RENAMED})") from error
-        return options
+        problem.native_options(self)
 
     def _policy(self) -> str:
         """mpc.pytorch's handling of unconverged elements as an ``on_unconverged`` policy."""
@@ -213,17 +162,14 @@ class MPC(nn.Module):
             x [T, B, n], u [T, B, m] and costs [B], the objective of each trajectory.
         """
         if not isinstance(x_init, Tensor) or x_init.dim() != 2 or x_init.shape[1] != self.n_state:
-            received = tuple(x_init.shape) if isinstance(x_init, Tensor) else type(x_init)
-            raise ValueError(
-                f"x_init: expected shape [B, n_state] = [B, {self.n_state}], received {received}"
-            )
+            expected = f"[B, n_state] = [B, {self.n_state}]"
+            raise ValueError(f"x_init: expected shape {expected}, received {received(x_init)}")
         batch = x_init.shape[0]
         if self.n_batch is not None and self.n_batch != batch:
             raise ValueError(
                 f"n_batch: expected the batch size of x_init ({batch}), received {self.n_batch}"
             )
-        options = self._options()
-        solution = self._solve(contiguous_grad(x_init), cost, dx, options)
+        solution = problem.solve(x_init, cost, dx, self)
         info = self.last_info = solution.info
         info.enforce(self._policy())
         x, u, costs = solution.x[..., -self.n_state :], solution.u, solution.cost
@@ -243,34 +189,6 @@ class MPC(nn.Module):
                 float(costs.detach().mean()),
             )
         return x.transpose(0, 1), u.transpose(0, 1), costs
-
-    def _solve(
-        self,
-        x_init: Tensor,
-        cost: QuadCost | nn.Module,
-        dx: LinDx | nn.Module,
-        options: dict[str, Any],
-    ) -> Solution:
-        """The native solve (with ``delta_u``'s trust region if set); x may carry u_prev."""
-        if isinstance(cost, QuadCost):
-            cost = QuadCost(contiguous_grad(cost.C), contiguous_grad(cost.c))
-        if isinstance(dx, LinDx):
-            dx = LinDx(contiguous_grad(dx.F), contiguous_grad(dx.f))
-        settings = {
-            "n_state": self.n_state,
-            "n_ctrl": self.n_ctrl,
-            "T": self.T,
-            "u_lower": contiguous_grad(self.u_lower),
-            "u_upper": contiguous_grad(self.u_upper),
-            "u_zero_I": self.u_zero_I,
-            "u_init": self.u_init,
-            "slew_rate_penalty": self.slew_rate_penalty,
-            "prev_ctrl": contiguous_grad(self.prev_ctrl),
-        }
-        problem = build_problem(x_init, cost, dx, settings, options["jacobian"])
-        if self.delta_u is None:
-            return solve(problem, options)
-        return solve_trust_region(problem, options, float(self.delta_u))
 
     def solve_lqr_subproblem(
         self,
@@ -295,21 +213,18 @@ class MPC(nn.Module):
                 f"slew_rate_penalty: expected None for solve_lqr_subproblem, received "
                 f"{self.slew_rate_penalty!r} (forward() applies the penalty)"
             )
+        names = ("u_lower", "u_upper", "u_zero_I", "delta_u", "linesearch_decay")
+        settings = {name: getattr(self, name) for name in (*names, "max_linesearch_iter")}
         step = LQRStep(
             self.n_state,
             self.n_ctrl,
             self.T,
-            self.u_lower,
-            self.u_upper,
-            self.u_zero_I,
-            self.delta_u,
-            self.linesearch_decay,
-            self.max_linesearch_iter,
             true_cost=cost,
             true_dynamics=dynamics,
             current_x=x,
             current_u=u,
             no_op_forward=no_op_forward,
+            **settings,
         )
         return step(x_init, C, c, F, f)
 
@@ -328,7 +243,8 @@ class MPC(nn.Module):
             Hessians C [T, B, n+m, n+m], linear terms c = grad - C tau [T, B, n+m] and the
             costs [T, B] at the trajectory.
         """
-        return approximate_cost(RowCost(Cf), x, u, diff)
+        C, c, costs = quadratize(problem.RowCost(Cf), x.transpose(0, 1), u.transpose(0, 1), diff)
+        return C.transpose(0, 1), c.transpose(0, 1), costs.transpose(0, 1)
 
     def linearize_dynamics(
         self, x: Tensor, u: Tensor, dynamics: nn.Module, diff: bool
@@ -344,4 +260,35 @@ class MPC(nn.Module):
         Returns:
             F [T-1, B, n, n+m] (by ``grad_method``) and f [T-1, B, n].
         """
-        return linearize_dynamics(dynamics, x, u, self._jacobian_method(), diff)
+        method = problem.jacobian_method(self.grad_method)
+        dx = problem.native_dynamics(dynamics, method)
+        F, f = linearize(dx, x.transpose(0, 1), u.transpose(0, 1), method, diff)
+        return F.transpose(0, 1), f.transpose(0, 1)
+
+
+class SlewRateCost(nn.Module):
+    """mpc.pytorch's ``SlewRateCost``: a row-wise cost plus 1/2 tau' slew_C[0] tau.
+
+    Args:
+        cost: row-wise cost module cost(tau [N, n+m]) -> [N] on the true tau = [x; u].
+        slew_C: [T, B, 2m+n, 2m+n] (or [T, 2m+n, 2m+n]) penalty matrices on the augmented
+            tau = [u_prev; x; u]; only the first step's is used (the penalty is
+            time-invariant): row i of a call gets batch element i's.
+        n_state, n_ctrl: n and m.
+    """
+
+    def __init__(self, cost: nn.Module, slew_C: Tensor, n_state: int, n_ctrl: int) -> None:
+        super().__init__()
+        self.cost, self.slew_C = cost, slew_C
+        self.n_state, self.n_ctrl = n_state, n_ctrl
+
+    def forward(self, tau: Tensor) -> Tensor:
+        """Costs [N] of augmented rows tau [N, 2m+n]."""
+        P = self.slew_C[0]  # [B, d, d] (one per row) or [d, d]
+        Ptau = (P @ tau.unsqueeze(-1)).squeeze(-1) if P.dim() == 3 else tau @ P.transpose(0, 1)
+        penalty = 0.5 * (Ptau * tau).sum(-1)
+        return self.cost(tau[:, self.n_ctrl :]) + penalty
+
+    def grad_input(self, x: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+        """Not available, as in mpc.pytorch (a cost has no dynamics Jacobian)."""
+        raise NotImplementedError("SlewRateCost.grad_input: a cost module has no grad_input")

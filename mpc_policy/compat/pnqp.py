@@ -17,7 +17,8 @@ import warnings
 import torch
 from torch import Tensor
 
-from mpc_policy.numerics.box_qp import box_qp
+from mpc_policy import box_qp
+from mpc_policy.compat.problem import received
 
 __all__ = ["pnqp"]
 
@@ -66,11 +67,9 @@ def pnqp(
         iteration (iterations - 1, the largest over the batch).
     """
     if not isinstance(H, Tensor) or H.dim() != 3 or H.shape[-1] != H.shape[-2]:
-        received = tuple(H.shape) if isinstance(H, Tensor) else type(H).__name__
-        raise ValueError(f"H: expected shape (B, k, k), received {received}")
+        raise ValueError(f"H: expected shape (B, k, k), received {received(H)}")
     if not isinstance(q, Tensor) or tuple(q.shape) != tuple(H.shape[:2]):
-        received = tuple(q.shape) if isinstance(q, Tensor) else type(q).__name__
-        raise ValueError(f"q: expected shape (B, k) = {tuple(H.shape[:2])}, received {received}")
+        raise ValueError(f"q: expected shape (B, k) = {tuple(H.shape[:2])}, received {received(q)}")
     if not isinstance(n_iter, int) or n_iter < 1:
         raise ValueError(f"n_iter: expected an integer >= 1, received {n_iter!r}")
     low, high = _bound("lower", lower, q), _bound("upper", upper, q)

@@ -1,38 +1,69 @@
-"""mpc.pytorch's time-major problem data as the batch-first terms of ``mpc_policy``.
+"""The translation: an mpc.pytorch call as a call of ``mpc_policy``'s public API.
 
 mpc.pytorch stores every per-step term time first, ``[T, B, ...]``, and lets a term drop its
-batch dimension (``[T, ...]``) or both leading dimensions (``[...]``); the solver here is
-batch first, ``(B, T, ...)`` (DESIGN.md). These functions convert, check and broadcast the
-terms of
+batch dimension (``[T, ...]``) or both leading dimensions (``[...]``); the native API is
+batch first, ``(B, T, ...)`` (DESIGN.md). Its problem
 
-    min  sum_t 1/2 tau_t' C_t tau_t + c_t' tau_t,   tau_t = [x_t; u_t]
-    s.t. x_{t+1} = F_t tau_t + f_t,  u_lower <= u_t <= u_upper,  u_t = 0 where u_zero_I
+    min  sum_t 1/2 tau_t' C_t tau_t + c_t' tau_t  (or a cost module),   tau_t = [x_t; u_t]
+    s.t. x_{t+1} = F_t tau_t + f_t  (or a dynamics module),  u_lower <= u_t <= u_upper,
+         u_t = 0 where u_zero_I
 
-Every conversion is a view (transpose or expand) of the caller's tensor, so gradients flow
-back to it.
+is solved as (``solve``):
+
+    QuadCost + LinDx   ->  ``lqr_solve`` (``lqr_trust_region`` with delta_u)
+    anything else      ->  ``MPC`` on a cost and a dynamics module (``mpc_trust_region``)
+
+after the terms are made batch first (views, so gradients flow back), ``u_zero_I`` is folded
+into the bounds, ``slew_rate_penalty`` becomes ``mpc_policy.slew_rate``'s augmented problem
+and upstream's settings become ``MPCOptions`` fields (``native_options``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from mpc_policy.compat.terms import GradMethods, LinDx, QuadCost
+from mpc_policy.costs import QuadraticCost
 from mpc_policy.dynamics import AffineDynamics
+from mpc_policy.lqr import lqr_solve
+from mpc_policy.mpc import MPC
+from mpc_policy.options import MPCOptions
+from mpc_policy.slew_rate import SlewRateCost, SlewRateDynamics, slew_rate_lqr
+from mpc_policy.solution import Solution
+from mpc_policy.trust_region import lqr_trust_region, mpc_trust_region
 
 __all__ = [
+    "GradInputDynamics",
+    "RowCost",
     "batch_first",
     "contiguous_grad",
     "control_bound",
+    "dynamics_step",
     "dynamics_terms",
-    "initial_controls",
-    "previous_controls",
+    "jacobian_method",
+    "native_dynamics",
+    "native_options",
     "quadratic_terms",
-    "time_invariant_dynamics",
+    "received",
+    "solve",
     "zero_mask",
 ]
+
+JACOBIAN = {
+    GradMethods.AUTO_DIFF: "autograd",
+    GradMethods.FINITE_DIFF: "finite_diff",
+    GradMethods.ANALYTIC: "analytic",
+}
+# the options of a box-LQR solve (its gradient is exact, whatever the rule or Jacobian)
+LQR_OPTIONS = ("max_iter", "tol", "line_search_decay", "max_line_search", "on_unconverged")
+_RENAMED = (
+    "mpc_policy.compat passes lqr_iter as max_iter, eps as tol, linesearch_decay as "
+    "line_search_decay, max_linesearch_iter as max_line_search and diff_rule as grad_method"
+)
 
 
 class _ContiguousGrad(torch.autograd.Function):
@@ -57,6 +88,11 @@ def contiguous_grad(value: Any) -> Any:
     if isinstance(value, Tensor) and value.requires_grad:
         return _ContiguousGrad.apply(value)
     return value
+
+
+def received(value: object) -> str:
+    """How an error message names what it received: a tensor's shape, else its type."""
+    return str(tuple(value.shape)) if isinstance(value, Tensor) else type(value).__name__
 
 
 def _shape(shape: Sequence[int | str]) -> str:
@@ -166,6 +202,26 @@ def time_invariant_dynamics(F: Tensor, f: Tensor) -> AffineDynamics:
     return AffineDynamics(F[:, 0], f[:, 0])
 
 
+def dynamics_step(
+    dynamics: LinDx | nn.Module, horizon: int, batch: int, n_state: int, n_tau: int
+) -> Callable[[Tensor, Tensor, int], Tensor]:
+    """x_{t+1} = step(x_t [B, n], u_t [B, m], t) of a ``LinDx`` (no graph) or a module.
+
+    Args:
+        dynamics: a ``LinDx`` in any of mpc.pytorch's forms, or a module dx(x, u).
+        horizon, batch, n_state, n_tau: T, B, n and n + m.
+    """
+    if not isinstance(dynamics, LinDx):
+        if not callable(dynamics):
+            raise TypeError(
+                f"dynamics: expected a LinDx or an nn.Module, received {type(dynamics)}"
+            )
+        return lambda x, u, t: dynamics(x, u)
+    F_term, f_term = (None if z is None else z.detach() for z in dynamics)
+    F, f = dynamics_terms(F_term, f_term, horizon, batch, n_state, n_tau)
+    return lambda x, u, t: (F[:, t] @ torch.cat([x, u], dim=-1).unsqueeze(-1)).squeeze(-1) + f[:, t]
+
+
 def control_bound(
     name: str,
     value: float | Tensor | None,
@@ -245,3 +301,161 @@ def previous_controls(prev_ctrl: Tensor | None, batch: int, n_ctrl: int, like: T
         f"prev_ctrl: expected shape (m,) = ({n_ctrl},), (B, m) = ({batch}, {n_ctrl}) or "
         f"(1, B, m), received {_shape(tuple(prev_ctrl.shape))}"
     )
+
+
+def jacobian_method(grad_method: GradMethods) -> str:
+    """The native ``jacobian`` option of a ``GradMethods`` member."""
+    if grad_method not in JACOBIAN:
+        raise ValueError(
+            f"grad_method: expected GradMethods.AUTO_DIFF, FINITE_DIFF or ANALYTIC, "
+            f"received {grad_method!r} (to check an analytic Jacobian, compare "
+            "linearize_dynamics under ANALYTIC and AUTO_DIFF)"
+        )
+    return JACOBIAN[grad_method]
+
+
+def native_options(mpc: Any) -> dict[str, Any]:
+    """The ``MPCOptions`` fields of a compat ``MPC``'s arguments (checked by ``MPCOptions``)."""
+    for name, valid, expected in (
+        ("back_eps", lambda v: isinstance(v, float | int) and v > 0, "a positive float"),
+        ("best_cost_eps", lambda v: isinstance(v, float | int) and v > 0, "a positive float"),
+        ("not_improved_lim", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
+        ("slew_rate_penalty", lambda v: v is None or float(v) >= 0, "a float >= 0 or None"),
+        ("delta_u", lambda v: v is None or float(v) > 0, "a positive float or None"),
+    ):
+        value = getattr(mpc, name)
+        if not valid(value):
+            raise ValueError(f"{name}: expected {expected}, received {value!r}")
+    options: dict[str, Any] = {
+        "max_iter": mpc.lqr_iter,
+        "tol": mpc.eps,
+        "line_search_decay": mpc.linesearch_decay,
+        "max_line_search": mpc.max_linesearch_iter,
+        "grad_method": mpc.diff_rule,
+        "jacobian": jacobian_method(mpc.grad_method),
+        "on_unconverged": "ignore",
+    }
+    try:
+        MPCOptions.from_kwargs(**options)
+    except ValueError as error:
+        raise ValueError(f"{error} ({_RENAMED})") from error
+    return options
+
+
+class GradInputDynamics(nn.Module):
+    """An mpc.pytorch dynamics module whose ``grad_input(x, u) -> (R, S)`` (R = dx'/dx
+    (N, n, n), S = dx'/du (N, n, m)) serves as the native ``jacobian(x, u) -> (N, n, n+m)``.
+
+    mpc.pytorch asks for it right after calling the module on the same rows (its
+    ``NNDynamics`` caches activations in the call): so does this.
+    """
+
+    def __init__(self, dx: nn.Module) -> None:
+        super().__init__()
+        self.dx = dx
+
+    def forward(self, x: Tensor, u: Tensor) -> Tensor:
+        """Next states (N, n) for rows x (N, n), u (N, m)."""
+        return self.dx(x, u)
+
+    def jacobian(self, x: Tensor, u: Tensor) -> Tensor:
+        """Jacobians (N, n, n+m) at rows x (N, n), u (N, m)."""
+        self.dx(x, u)
+        R, S = self.dx.grad_input(x, u)  # type: ignore[operator]
+        N, n, m = *x.shape, u.shape[-1]
+        return torch.cat([R.expand(N, n, n), S.expand(N, n, m)], dim=-1)
+
+
+def native_dynamics(dx: nn.Module, jacobian: str) -> nn.Module:
+    """A dynamics module for ``MPC``: with ``grad_input`` as its ``jacobian``, if it has one."""
+    if callable(getattr(dx, "grad_input", None)):
+        return GradInputDynamics(dx)
+    if jacobian == "analytic" and not callable(getattr(dx, "jacobian", None)):
+        raise TypeError(
+            f"dx: GradMethods.ANALYTIC (the default) needs a grad_input(x, u) method; "
+            f"{type(dx).__name__} has none (pass grad_method=GradMethods.AUTO_DIFF or "
+            "GradMethods.FINITE_DIFF)"
+        )
+    return dx
+
+
+class RowCost(nn.Module):
+    """A row-wise cost ``cost(tau (N, n+m)) -> (N,)`` as cost(x (B, T, n), u (B, T, m)) -> (B, T).
+
+    mpc.pytorch calls it once per time step on (B, n+m); here it is called once on all B*T
+    rows, the same for a cost that treats rows independently (as it must: the same module
+    serves every step).
+    """
+
+    def __init__(self, cost: nn.Module) -> None:
+        super().__init__()
+        self.cost = cost
+
+    def forward(self, x: Tensor, u: Tensor) -> Tensor:
+        """Per-step cost (B, T) for x (B, T, n), u (B, T, m)."""
+        tau = torch.cat([x, u], dim=-1)
+        out = self.cost(tau.reshape(-1, tau.shape[-1]))
+        if not isinstance(out, Tensor) or out.numel() != tau.shape[:-1].numel():
+            raise ValueError(
+                f"cost: expected cost(tau) to return one value per row, shape (N,) = "
+                f"({tau.shape[:-1].numel()},), received {received(out)}"
+            )
+        return out.reshape(tau.shape[:-1])
+
+
+def solve(x_init: Tensor, cost: QuadCost | nn.Module, dx: LinDx | nn.Module, mpc: Any) -> Solution:
+    """Solve an mpc.pytorch call on the native API (the module docstring's table).
+
+    Args:
+        x_init: [B, n] initial states.
+        cost: a ``QuadCost`` or a row-wise cost module cost(tau [N, n+m]) -> [N].
+        dx: a ``LinDx`` or a row-wise dynamics module dx(x [N, n], u [N, m]) -> [N, n].
+        mpc: the compat ``MPC``: its arguments (n_state, n_ctrl, T, the bounds, u_zero_I,
+            u_init, slew_rate_penalty, prev_ctrl, delta_u and the ``native_options``).
+
+    Returns:
+        The native ``Solution``: x (B, T, n') (n' = m + n with the slew-rate penalty, the
+        previous control first), u (B, T, m), cost (B,) and info; every tensor input's
+        gradient arrives contiguous (``contiguous_grad``).
+    """
+    n, m, T, delta_u = mpc.n_state, mpc.n_ctrl, mpc.T, mpc.delta_u
+    options, x_init, batch = native_options(mpc), contiguous_grad(x_init), x_init.shape[0]
+    if not isinstance(cost, QuadCost | nn.Module):
+        raise TypeError(f"cost: expected a QuadCost or an nn.Module, received {type(cost)}")
+    if not isinstance(dx, LinDx | nn.Module):
+        raise TypeError(f"dx: expected a LinDx or an nn.Module, received {type(dx)}")
+    zero = zero_mask(mpc.u_zero_I, T, batch, m)
+    lower = control_bound("u_lower", contiguous_grad(mpc.u_lower), zero, T, batch, m, x_init)
+    upper = control_bound("u_upper", contiguous_grad(mpc.u_upper), zero, T, batch, m, x_init)
+    u_init = initial_controls(mpc.u_init, T, batch, m, x_init)
+    gamma = mpc.slew_rate_penalty
+    if gamma is not None:
+        prev = previous_controls(contiguous_grad(mpc.prev_ctrl), batch, m, x_init)
+        x_init = torch.cat([prev, x_init], dim=-1)
+    cost_module: nn.Module
+    if isinstance(cost, QuadCost):
+        if cost.C is None:
+            raise ValueError("QuadCost.C: expected a tensor, received None")
+        C, c = quadratic_terms(contiguous_grad(cost.C), contiguous_grad(cost.c), T, batch, n + m)
+        if isinstance(dx, LinDx):
+            F, f = dynamics_terms(contiguous_grad(dx.F), contiguous_grad(dx.f), T, batch, n, n + m)
+            terms = (C, c, F, f) if gamma is None else slew_rate_lqr(C, c, F, f, gamma)
+            lqr = {k: options[k] for k in LQR_OPTIONS}
+            if delta_u is None:
+                return lqr_solve(x_init, *terms, lower, upper, **lqr)
+            return lqr_trust_region(x_init, *terms, lower, upper, float(delta_u), u_init, **lqr)
+        cost_module = QuadraticCost(C, c)
+    else:
+        cost_module = RowCost(cost)
+    dynamics: nn.Module
+    if isinstance(dx, LinDx):
+        F, f = dynamics_terms(contiguous_grad(dx.F), contiguous_grad(dx.f), T, batch, n, n + m)
+        dynamics = time_invariant_dynamics(F, f)
+    else:
+        dynamics = native_dynamics(dx, options["jacobian"])
+    if gamma is not None:
+        cost_module, dynamics = SlewRateCost(cost_module, gamma, m), SlewRateDynamics(dynamics, m)
+    controller = MPC(x_init.shape[1], m, T, lower, upper, **options)
+    if delta_u is None:
+        return controller(x_init, cost_module, dynamics, u_init)
+    return mpc_trust_region(controller, x_init, cost_module, dynamics, float(delta_u), u_init)

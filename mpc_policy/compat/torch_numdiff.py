@@ -15,13 +15,14 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from mpc_policy.compat.problem import received
+
 __all__ = ["grad", "hess"]
 
 
 def _check(inputs: Tensor) -> None:
     if not isinstance(inputs, Tensor) or inputs.dim() != 2:
-        received = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
-        raise ValueError(f"inputs: expected shape (N, k), received {received}")
+        raise ValueError(f"inputs: expected shape (N, k), received {received(inputs)}")
 
 
 def _columns(values: Tensor, rows: int) -> Tensor:

@@ -21,8 +21,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mpc_policy.compat.problem import dynamics_terms, quadratic_terms
+from mpc_policy.compat.problem import dynamics_step, quadratic_terms
 from mpc_policy.compat.terms import LinDx, QuadCost
+from mpc_policy.costs import QuadraticCost
 
 __all__ = [
     "bdiag",
@@ -171,24 +172,12 @@ def get_traj(T: int, u: Tensor, x_init: Tensor, dynamics: LinDx | nn.Module) -> 
         dynamics: a ``LinDx`` (F [T-1, B, n, n+m] and f, in mpc.pytorch's forms) or a module
             dx(x [B, n], u [B, m]) -> [B, n].
     """
-    x_t = get_data_maybe(x_init)
-    batch, n = x_t.shape
-    u = get_data_maybe(u)
-    if isinstance(dynamics, LinDx):
-        F_term = None if dynamics.F is None else dynamics.F.detach()
-        f_term = None if dynamics.f is None else dynamics.f.detach()
-        d = n + u.shape[-1]
-        F, f = dynamics_terms(F_term, f_term, T, batch, n, d)
-    elif not isinstance(dynamics, nn.Module) and not callable(dynamics):
-        raise TypeError(f"dynamics: expected a LinDx or an nn.Module, received {type(dynamics)}")
+    x_t, u = get_data_maybe(x_init), get_data_maybe(u)
+    step = dynamics_step(dynamics, T, x_t.shape[0], x_t.shape[1], x_t.shape[1] + u.shape[-1])
     xs = [x_t]
     with torch.no_grad():
         for t in range(T - 1):
-            if isinstance(dynamics, LinDx):
-                x_t = bmv(F[:, t], torch.cat([x_t, u[t]], dim=-1)) + f[:, t]
-            else:
-                x_t = dynamics(x_t, u[t])
-            xs.append(x_t)
+            xs.append(step(xs[-1], u[t], t))
     return torch.stack(xs)
 
 
@@ -219,9 +208,8 @@ def get_cost(
         if cost.C is None:
             raise ValueError("cost.C: expected a tensor, received None")
         c_term = None if cost.c is None else cost.c.detach()
-        C, c = quadratic_terms(cost.C.detach(), c_term, T, tau.shape[1], tau.shape[-1])
-        C, c = C.transpose(0, 1), c.transpose(0, 1)
-        per_step = 0.5 * (tau * (C @ tau.unsqueeze(-1)).squeeze(-1)).sum(-1) + (tau * c).sum(-1)
+        terms = quadratic_terms(cost.C.detach(), c_term, T, tau.shape[1], tau.shape[-1])
+        per_step = QuadraticCost(*terms)(x.transpose(0, 1), u.transpose(0, 1)).transpose(0, 1)
     else:
         per_step = torch.stack([cost(tau[t]) for t in range(T)])
     return per_step.sum(0)

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mpc_policy.compat.env_dx.frames import pole_frame
+from mpc_policy.compat.env_dx.common import check_params, goal_cost, pole_frame
 
 __all__ = ["CartpoleDx"]
 
@@ -36,10 +36,7 @@ class CartpoleDx(nn.Module):
         self.n_state, self.n_ctrl = 5, 1
         if params is None:
             params = torch.tensor((9.8, 1.0, 0.1, 0.5))
-        if not isinstance(params, Tensor) or params.shape != (4,):
-            received = tuple(params.shape) if isinstance(params, Tensor) else type(params)
-            raise ValueError(f"params: expected shape (4,), received {received}")
-        self.params = params
+        self.params = check_params(params, 4)
         self.force_mag = 100.0
         self.theta_threshold_radians = torch.pi
         self.x_threshold = 2.4
@@ -94,6 +91,4 @@ class CartpoleDx(nn.Module):
 
     def get_true_obj(self) -> tuple[Tensor, Tensor]:
         """The swing-up cost: diagonal weights q [6] and linear term p [6] on [x; u]."""
-        q = torch.cat([self.goal_weights, self.ctrl_penalty * torch.ones(self.n_ctrl)])
-        p_x = -torch.sqrt(self.goal_weights) * self.goal_state
-        return q, torch.cat([p_x, torch.zeros(self.n_ctrl)])
+        return goal_cost(self.goal_weights, self.goal_state, self.ctrl_penalty, self.n_ctrl)

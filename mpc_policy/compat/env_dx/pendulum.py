@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mpc_policy.compat.env_dx.frames import pole_frame
+from mpc_policy.compat.env_dx.common import check_params, goal_cost, pole_frame
 
 __all__ = ["PendulumDx"]
 
@@ -39,11 +39,7 @@ class PendulumDx(nn.Module):
         self.n_state, self.n_ctrl = 3, 1
         if params is None:
             params = torch.tensor((10.0, 1.0, 1.0) if simple else (10.0, 1.0, 1.0, 0.0, 0.0))
-        expected = 3 if simple else 5
-        if not isinstance(params, Tensor) or params.shape != (expected,):
-            received = tuple(params.shape) if isinstance(params, Tensor) else type(params)
-            raise ValueError(f"params: expected shape ({expected},), received {received}")
-        self.params = params
+        self.params = check_params(params, 3 if simple else 5)
         self.goal_state = torch.tensor([1.0, 0.0, 0.0])
         self.goal_weights = torch.tensor([1.0, 1.0, 0.1])
         self.ctrl_penalty = 0.001
@@ -86,6 +82,4 @@ class PendulumDx(nn.Module):
 
     def get_true_obj(self) -> tuple[Tensor, Tensor]:
         """The swing-up cost: diagonal weights q [4] and linear term p [4] on [x; u]."""
-        q = torch.cat([self.goal_weights, self.ctrl_penalty * torch.ones(self.n_ctrl)])
-        p_x = -torch.sqrt(self.goal_weights) * self.goal_state
-        return q, torch.cat([p_x, torch.zeros(self.n_ctrl)])
+        return goal_cost(self.goal_weights, self.goal_state, self.ctrl_penalty, self.n_ctrl)

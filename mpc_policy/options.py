@@ -20,6 +20,7 @@ Backend = Literal["auto", "compiled", "torch"]
 GradMethod = Literal["exact", "paper", "unroll"]
 JacobianMethod = Literal["autograd", "analytic", "finite_diff"]
 OnUnconverged = Literal["warn", "raise", "zero_grad", "ignore"]
+DoubleBackward = Literal["refuse", "first_order"]
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,12 @@ class MPCOptions:
             not fall at it is ``Status.INFEASIBLE``. None picks a default for the dtype (1e6
             in float64, 1e4 in float32): a multiplier update moves mu by rho times the
             error of the inner solve, so a larger rho needs a tighter ``tol``.
+        double_backward: a second derivative through ``MPC`` with ``grad_method`` "exact" or
+            "paper" (``create_graph=True``): "refuse" (a ``ValueError``: the implicit
+            gradient is exact to first order only, 0.2-0.7 % off on a pendulum) or
+            "first_order" (the local model's derivatives held constant: exact only where the
+            outer derivative of the solution vanishes, as in the Fisher-vector products of
+            TRPO's KL at the old policy). ``lqr_solve`` and "unroll" are exact either way.
     """
 
     max_iter: int = 50
@@ -102,6 +109,7 @@ class MPCOptions:
     penalty_init: float = 10.0
     penalty_growth: float = 10.0
     penalty_max: float | None = None
+    double_backward: DoubleBackward = "refuse"
 
     def __post_init__(self) -> None:
         for name, literal in (
@@ -109,6 +117,7 @@ class MPCOptions:
             ("jacobian", JacobianMethod),
             ("on_unconverged", OnUnconverged),
             ("backend", Backend),
+            ("double_backward", DoubleBackward),
         ):
             value = getattr(self, name)
             if value not in get_args(literal):

@@ -256,6 +256,24 @@ def test_double_backward_through_mpc_is_refused_by_name(grad_method: str) -> Non
     assert _lqr_double_backward_works()
 
 
+def test_first_order_double_backward_is_exact_where_the_outer_derivative_vanishes() -> None:
+    """``double_backward="first_order"`` (TRPO's Fisher-vector products): the Hessian of
+    ||u(x_init) - u(x_0)||^2 at x_0 is 2 J'J, which needs first derivatives of u only."""
+    x0 = start_states(2, seed=1)
+    cost, dynamics = pendulum_cost(), PendulumDynamics()
+    mpc = MPC(3, 1, 6, -2.0, 2.0, double_backward="first_order", max_iter=100, tol=1e-12)
+    u0 = mpc(x0, cost, dynamics).u.detach()
+    x_init = x0.clone().requires_grad_()
+    (grad,) = torch.autograd.grad((mpc(x_init, cost, dynamics).u - u0).square().sum(), x_init,
+                                  create_graph=True)  # fmt: skip
+    v = torch.randn(x0.shape, generator=torch.Generator().manual_seed(2), dtype=F64)
+    (hessian_v,) = torch.autograd.grad((grad * v).sum(), x_init)
+    jacobian = torch.autograd.functional.jacobian(lambda x: mpc(x, cost, dynamics).u, x0)
+    J = jacobian.reshape(-1, x0.numel())
+    torch.testing.assert_close(hessian_v.flatten(), 2 * J.T @ (J @ v.flatten()), rtol=1e-7,
+                               atol=1e-9)  # fmt: skip
+
+
 # ---- 5. half precision, 6. tensors on another device ----------------------------------------
 
 

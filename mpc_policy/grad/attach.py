@@ -238,13 +238,15 @@ def finish(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Batch-first x (B, T, n), u (B, T, m) and their cost (B,) from the time-major
     solution x (T, B, n), u (T, B, m): ``on_unconverged="zero_grad"`` applied, and a double
-    backward refused where the rule is exact to first order only (every rule but
-    "unroll"); ``rows`` (k,) are the finite elements (all if None), the others' cost is NaN."""
+    backward refused where the rule is exact to first order only (every rule but "unroll",
+    unless ``double_backward="first_order"``); ``rows`` (k,) are the finite elements (all if
+    None), the others' cost is NaN."""
     if options.on_unconverged == "zero_grad" and not info.all_converged:
         keep = info.converged.view(1, -1, 1)
         x = torch.where(keep, x, x.detach())
         u = torch.where(keep, u, u.detach())
-    if options.grad_method != "unroll" and (x.requires_grad or u.requires_grad):
+    exact_first_order = options.grad_method != "unroll" and options.double_backward == "refuse"
+    if exact_first_order and (x.requires_grad or u.requires_grad):
         x, u = _FirstOrder.apply(x, u)
     x, u = x.transpose(0, 1), u.transpose(0, 1)
     with on_rows(rows, x.shape[0]):

@@ -13,6 +13,7 @@ step), "rollout" otherwise (collection, ``predict``, evaluation, TD3's target ac
 from __future__ import annotations
 
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -26,6 +27,9 @@ from mpc_policy.sb3.building import action_bounds
 from mpc_policy.solution import SolverInfo
 
 __all__ = ["PHASES", "STATS", "MPCActor", "SolverHealth", "initial_log_std"]
+
+# the message of ``SolverInfo.enforce`` for unconverged elements
+_UNCONVERGED = r"\d+ of \d+ batch elements "
 
 PHASES = ("rollout", "update")
 TOTALS = (
@@ -152,7 +156,11 @@ class MPCActor:
                 f"obs: expected a Box observation (one tensor), received {type(observation)}"
             )
         start = time.perf_counter()
-        solution = self.mpc.plan(observation)
+        with warnings.catch_warnings():
+            # the report of unconverged elements is counted by solver_health and logged by
+            # MPCHealthCallback: no warning per solve in a training loop
+            warnings.filterwarnings("ignore", _UNCONVERGED, RuntimeWarning)
+            solution = self.mpc.plan(observation)
         self.solver_health.record(solution.info, self.phase, time.perf_counter() - start)
         return solution.u[:, 0]
 

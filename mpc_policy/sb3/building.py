@@ -126,7 +126,7 @@ POLICY_FOR = {
 }
 
 
-def check_building_algorithm(policy: str) -> None:
+def check_building_algorithm(policy: str) -> str | None:
     """Checks of the SB3 algorithm that is building the calling policy, if any
     (``PPO(...)``, ``SAC(...)``, ``Algo.load(..., env=...)``): the policy serves that
     algorithm (``SERVES``; an algorithm unknown here is let through), and its environment
@@ -139,20 +139,26 @@ def check_building_algorithm(policy: str) -> None:
 
     Args:
         policy: the calling policy's class name (a key of ``SERVES``).
+
+    Returns:
+        The name of the algorithm building it (its first class known to ``POLICY_FOR``,
+        e.g. "TRPO"), or None when none is found.
     """
     frame = inspect.currentframe()
     try:
         for _ in range(ALGORITHM_FRAMES):
             frame = None if frame is None else frame.f_back
             if frame is None:
-                return
+                return None
             owner = frame.f_locals.get("self")
             if isinstance(owner, BaseAlgorithm):
                 _check_served(policy, owner)
                 check_env(owner.env)
-                return
+                known = [c.__name__ for c in type(owner).__mro__ if c.__name__ in POLICY_FOR]
+                return known[0] if known else None
     finally:
         del frame
+    return None
 
 
 def _check_served(policy: str, algorithm: BaseAlgorithm) -> None:
@@ -241,8 +247,9 @@ def build_mpc(
         initial_values: {parameter name: value} set first ("cost.weights" positive).
         obs_to_state: observations (B, n_obs) -> MPC states (B, n); identity by default.
         solve_dtype: dtype of the solve (default float64; actions come back in float32).
-        solver_options: ``MPCOptions`` fields; defaults ``on_unconverged="ignore"`` (the
-            report is logged by ``MPCHealthCallback``) and ``jacobian="analytic"`` when the
+        solver_options: ``MPCOptions`` fields; defaults ``on_unconverged="zero_grad"`` (no
+            gradient from an unconverged element; the report is logged by
+            ``MPCHealthCallback`` instead of warned) and ``jacobian="analytic"`` when the
             dynamics have a ``jacobian`` method.
     """
     if mpc_policy is not None:
@@ -266,7 +273,9 @@ def build_mpc(
         mpc = copy.deepcopy(mpc_policy)
     else:
         dynamics, cost = _model(dynamics, cost, env_id, env_kwargs)
-        options = {"on_unconverged": "ignore"}
+        # a training loop: unconverged elements pass no gradient (their report goes to
+        # MPCHealthCallback, not to a warning per solve)
+        options = {"on_unconverged": "zero_grad"}
         if callable(getattr(dynamics, "jacobian", None)):
             options["jacobian"] = "analytic"
         low, high = (torch.as_tensor(b, dtype=torch.float64) for b in action_bounds(action_space))

@@ -9,6 +9,7 @@ the rest of the batch (PPO re-evaluates shuffled minibatches).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from functools import partial
 from typing import Any
@@ -64,7 +65,7 @@ class MPCActorCriticPolicy(MPCActor, ActorCriticPolicy):
         **kwargs: Any,
     ) -> None:
         check_spaces(observation_space, action_space)
-        check_building_algorithm("MPCActorCriticPolicy")
+        algorithm = check_building_algorithm("MPCActorCriticPolicy")
         if kwargs.get("use_sde"):
             raise ValueError("use_sde: expected False (gSDE needs a latent actor network)")
         if isinstance(net_arch, dict) and net_arch.get("pi"):
@@ -73,6 +74,7 @@ class MPCActorCriticPolicy(MPCActor, ActorCriticPolicy):
             )
         value_layers = net_arch.get("vf", [64, 64]) if isinstance(net_arch, dict) else net_arch
         self.mpc_kwargs = pop_mpc_kwargs(kwargs)
+        self.algorithm = algorithm
         super().__init__(
             observation_space,
             action_space,
@@ -88,6 +90,11 @@ class MPCActorCriticPolicy(MPCActor, ActorCriticPolicy):
         self.mpc = build_mpc(
             self.action_space, observation_space=self.observation_space, **self.mpc_kwargs
         )
+        if getattr(self, "algorithm", None) == "TRPO":
+            # TRPO's Fisher-vector products differentiate the KL to the old policy twice; at
+            # the old policy its first derivative in the action mean vanishes, so the terms a
+            # first-order implicit gradient misses are multiplied by zero
+            self.mpc.options = dataclasses.replace(self.mpc.options, double_backward="first_order")
         self.solver_health = SolverHealth()
         self.log_std = nn.Parameter(initial_log_std(self.log_std_init, self.action_space, False))
         self.value_net = nn.Linear(self.mlp_extractor.latent_dim_vf, 1)

@@ -265,7 +265,8 @@ def run_sweep(
         configs: JSON-serializable trial configs; duplicates run once.
         out_dir: the experiment's output folder (trial files go to ``out_dir/trials``).
         backend: "process" (default), "serial" or "ray".
-        workers: parallel trials (default: the CPU count; at most the number to run).
+        workers: parallel trials (default: the CPU count; at most the number to run); with
+            ``ray_address`` unused (the cluster runs a trial on each free CPU).
         ray_address: a Ray cluster's address; None starts a local Ray instance.
         progress: called with each record as it becomes available (reused ones first).
         rerun_stale: run again the stored trials that ran on other solver sources (their

@@ -100,16 +100,58 @@ def test_bad_arguments_are_named(tmp_path):
         run_sweep(square_trial, [], tmp_path, workers=0)
 
 
+def relative_file_trial(config: dict[str, Any]) -> dict[str, Any]:
+    """Reads a file by a path relative to the working directory (as the experiments'
+    configs name their datasets), and says where it ran."""
+    return {"text": Path(config["file"]).read_text(), "cwd": os.getcwd()}
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray instance of 2 CPUs for this module's Ray tests (started once, ~10 s)."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
 @pytest.mark.slow
-def test_ray_local_sweep_matches_and_is_reused(tmp_path):
-    pytest.importorskip("ray")
+def test_ray_sweep_runs_in_workers_and_resumes_across_backends(tmp_path, local_ray):
     out = tmp_path / "out"
-    records = run_sweep(square_trial, configs(tmp_path, [1, 2, 3]), out, backend="ray", workers=2)
-    assert [r.result["square"] for r in records] == [1, 4, 9]
-    assert all(r.result["threads"] == 1 for r in records)
-    again = run_sweep(square_trial, configs(tmp_path, [1, 2, 3]), out, backend="process")
-    assert all(r.reused for r in again)
-    assert n_calls(tmp_path) == 3
+    # a serial sitting stores two trials; the Ray sweep reuses them and runs the others
+    run_sweep(square_trial, configs(tmp_path, [1, 2]), out, backend="serial")
+    records = run_sweep(square_trial, configs(tmp_path, [1, 2, 3, 4]), out, backend="ray")
+    assert [r.result["square"] for r in records] == [1, 4, 9, 16]
+    assert [r.reused for r in records] == [True, True, False, False]
+    ran = records[2:]
+    assert all(r.result["threads"] == 1 and r.result["pid"] != os.getpid() for r in ran)
+    assert all(r.provenance is not None and not r.stale for r in ran)
+    assert n_calls(tmp_path) == 4
+    again = run_sweep(square_trial, configs(tmp_path, [1, 2, 3, 4]), out, backend="process")
+    assert all(r.reused for r in again) and n_calls(tmp_path) == 4
+
+
+@pytest.mark.slow
+def test_ray_trials_see_the_drivers_relative_paths(tmp_path, local_ray, monkeypatch):
+    # the Ray instance was started elsewhere (as a cluster's nodes are): a config's relative
+    # path still means what it means where the sweep command runs
+    monkeypatch.chdir(tmp_path)
+    Path("data.txt").write_text("stored by the driver")
+    (record,) = run_sweep(relative_file_trial, [{"file": "data.txt"}], "out", backend="ray")
+    assert record.result == {"text": "stored by the driver", "cwd": str(tmp_path)}
+    assert (tmp_path / "out" / "trials" / f"{record.key}.json").is_file()
+
+
+@pytest.mark.slow
+def test_ray_failed_trial_is_reported_and_the_rest_saved(tmp_path, local_ray):
+    out = tmp_path / "out"
+    good = configs(tmp_path, [1, 2])
+    bad = configs(tmp_path, [3], fail=True)
+    # reported as the other backends report it: the trial's own error, not Ray's wrapper
+    with pytest.raises(SweepError, match=r"1 trial\(s\) failed: \w+: RuntimeError: trial x=3 "):
+        run_sweep(square_trial, [good[0], bad[0], good[1]], out, backend="ray")
+    assert load_trial(out, good[0]) is not None and load_trial(out, good[1]) is not None
+    assert load_trial(out, bad[0]) is None
 
 
 CONFIG = """

@@ -19,14 +19,19 @@ Backends:
         every worker runs torch with one thread.
     "serial": in this process, one trial after the other (debugging).
     "ray": Ray tasks of one CPU each: a local Ray instance by default, or the cluster at
-        ``ray_address`` (``pip install ray``; the workers must be able to import the trial
-        function, e.g. through Ray's ``runtime_env``). Results come back to this process,
-        which writes the trial files, so out_dir need not be shared with the cluster.
+        ``ray_address`` (``pip install ray``; every node must be able to import the trial
+        function, i.e. have this package installed). Each task runs in this process's
+        working directory when the node sees it (a filesystem shared at the same path), so
+        the relative paths of a config (datasets, run folders) mean the same on every node.
+        Results come back to this process, which writes the trial files: the trial files
+        live where this process runs, and a rerun from there (or from any machine seeing
+        out_dir) reuses them. A task whose node dies is retried by Ray on another node.
+
+The provenance of a trial is taken where it ran (on the Ray node, in the worker process).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import multiprocessing
@@ -140,7 +145,8 @@ def _single_thread() -> None:
 
 
 def execute_trial(trial_fn: TrialFn, config: dict[str, Any]) -> TrialRecord:
-    """Run one trial with a single torch thread and time it (what every backend calls)."""
+    """Run one trial with a single torch thread and time it (what every backend calls);
+    the record holds the provenance of the code in the process that ran it."""
     _single_thread()
     start = time.perf_counter()
     result = trial_fn(config)
@@ -148,7 +154,16 @@ def execute_trial(trial_fn: TrialFn, config: dict[str, Any]) -> TrialRecord:
         raise TypeError(f"trial_fn: expected to return a dict, received {type(result)}")
     # a round trip through JSON: what is returned is what a rerun will load
     result = json.loads(json.dumps(result))
-    return TrialRecord(trial_key(config), config, result, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return TrialRecord(trial_key(config), config, result, seconds, provenance=provenance())
+
+
+def execute_trial_in(directory: str, trial_fn: TrialFn, config: dict[str, Any]) -> TrialRecord:
+    """``execute_trial`` in ``directory`` when this machine has it (a Ray task on a node
+    sharing the driver's filesystem), else in the worker's own working directory."""
+    if os.path.isdir(directory):
+        os.chdir(directory)
+    return execute_trial(trial_fn, config)
 
 
 def _run_process(
@@ -198,14 +213,21 @@ def _run_ray(
         else:
             ray.init(address=address, log_to_driver=False)
     try:
-        remote = ray.remote(num_cpus=1)(execute_trial)
-        pending = {remote.remote(trial_fn, config): config for config in configs}
+        remote = ray.remote(num_cpus=1)(execute_trial_in)
+        here = os.getcwd()
+        pending = {remote.remote(here, trial_fn, config): config for config in configs}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             config = pending.pop(done[0])
             try:
                 record = ray.get(done[0])
-            except Exception as error:  # reported with the others by run_sweep
+            except ray.exceptions.RayTaskError as error:  # the trial raised
+                # reported as the other backends report it; the remote traceback is chained
+                cause = error.cause if isinstance(error.cause, Exception) else error
+                if cause is not error:
+                    cause.__cause__ = error
+                yield config, _raiser(cause)
+            except Exception as error:  # Ray itself failed (e.g. a worker node was lost)
                 yield config, _raiser(error)
             else:
                 yield config, _constant(record)
@@ -243,7 +265,8 @@ def run_sweep(
         configs: JSON-serializable trial configs; duplicates run once.
         out_dir: the experiment's output folder (trial files go to ``out_dir/trials``).
         backend: "process" (default), "serial" or "ray".
-        workers: parallel trials (default: the CPU count; at most the number to run).
+        workers: parallel trials (default: the CPU count; at most the number to run); with
+            ``ray_address`` unused (the cluster runs a trial on each free CPU).
         ray_address: a Ray cluster's address; None starts a local Ray instance.
         progress: called with each record as it becomes available (reused ones first).
         rerun_stale: run again the stored trials that ran on other solver sources (their
@@ -293,7 +316,6 @@ def run_sweep(
             except Exception as error:
                 errors.append((key, error))
                 continue
-            record = dataclasses.replace(record, provenance=provenance())
             _write_record(trial_path(out_dir, key), record)
             records[key] = record
             if progress is not None:

@@ -22,7 +22,8 @@ environment instance.
 
 Modules: ``building`` (policy kwargs -> ``MPCPolicy``), ``actor`` (the solve an actor makes
 and its per-phase report), ``on_policy`` (PPO, A2C), ``off_policy`` (SAC, TD3),
-``callbacks`` (health logging, a progress bar).
+``callbacks`` (health logging, a progress bar); imported only when named: ``contrib``
+(sb3-contrib's TQC, CrossQ) and ``zoo`` (rl-baselines3-zoo's tuning of the MPC's knobs).
 """
 
 from mpc_policy.sb3.actor import MPCActor, SolverHealth

@@ -64,6 +64,11 @@ MPC_ARGUMENTS = (
     "solver_options",
 )
 DEFAULT_HORIZON = 10
+# what an MPC policy's kwargs errors add: rl-baselines3-zoo's tuning replaces policy_kwargs whole
+ZOO_HINT = (
+    " (rl-baselines3-zoo's -optimize replaces policy_kwargs with an MLP's: register the MPC's "
+    "sampler with --gym-packages mpc_policy.sb3.zoo, see docs/rl.md)"
+)
 # how far up the call stack a policy's constructor looks for the algorithm building it
 ALGORITHM_FRAMES = 8
 NORMALIZED_OBSERVATIONS = (
@@ -396,7 +401,7 @@ def _model(
         raise ValueError(
             "dynamics and cost: expected both modules in policy_kwargs, or an env_id "
             "naming an environment that has them (e.g. env_id='mpc_policy/Pendulum-v0'), "
-            "or an mpc_policy; received none"
+            f"or an mpc_policy; received none{ZOO_HINT}"
         )
     return dynamics, cost
 

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from mpc_policy.sb3.actor import MPCActor, SolverHealth, initial_log_std
 from mpc_policy.sb3.building import (
+    ZOO_HINT,
     build_mpc,
     check_building_algorithm,
     check_spaces,
@@ -71,6 +72,7 @@ class MPCActorCriticPolicy(MPCActor, ActorCriticPolicy):
         if isinstance(net_arch, dict) and net_arch.get("pi"):
             raise ValueError(
                 f"net_arch: expected no 'pi' layers (the actor is the MPC), got {net_arch}"
+                f"{ZOO_HINT}"
             )
         value_layers = net_arch.get("vf", [64, 64]) if isinstance(net_arch, dict) else net_arch
         self.mpc_kwargs = pop_mpc_kwargs(kwargs)

@@ -47,6 +47,9 @@ _ALL_CANDIDATES_ROWS = 320
 # pendulum in float32: rate 0.1 to 0.2, 2 to 4 steps; a Newton step costs about 1.4
 # Gauss-Newton steps there).
 _NEWTON_STEPS_LEFT = 5.0
+# A step whose cost exceeds the last by less than this many machine epsilons of the cost's
+# size, eps (1 + |cost|), is below the rounding of the cost and not refused.
+_COST_ROUNDING = 10.0
 
 
 class DDPResult(NamedTuple):
@@ -351,7 +354,7 @@ def box_ddp(
             break
         iterations = iterations + pending.long()
         # a step whose cost change is below the rounding of the cost is not refused
-        threshold = cost_bar.detach() + 10.0 * eps * (1.0 + cost_bar.detach().abs())
+        threshold = cost_bar.detach() + _COST_ROUNDING * eps * (1.0 + cost_bar.detach().abs())
         if B * options.max_line_search <= _ALL_CANDIDATES_ROWS and not affine and B > 1:
             # every step size in one rollout and one cost call: the tensor operations of a
             # single rollout, and no second rollout when some element refuses the full step

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from mpc_policy.backend import Kernels, select
+from mpc_policy.compiled_path import compiled_ddp
 from mpc_policy.constrained_mpc import constrained_forward
 from mpc_policy.contract import (
     CheckedCost,
@@ -180,7 +181,11 @@ class MPC(nn.Module):
         context = f"{checked_cost.name}, {checked_dynamics.name}"
         graph = torch.is_grad_enabled()
 
-        if opts.grad_method == "unroll":
+        compiled = compiled_ddp(cost, dynamics, x_init, u0, lower_t, upper_t, opts)
+        if not isinstance(compiled, str):
+            result, kernels = compiled
+            info = result.info
+        elif opts.grad_method == "unroll":
             kernels = select(opts.backend, x_init.device, needs_graph=graph)
             model = ModuleModel(checked_cost, checked_dynamics, opts, create_graph=graph)
             result = box_ddp(
@@ -213,6 +218,8 @@ class MPC(nn.Module):
                     kernels=kernels,
                 )
             info = result.info.clone()
+        if isinstance(compiled, str):
+            info.declined = compiled
         info.enforce(opts.on_unconverged, context)
 
         # a non-finite element is no answer: NaN out, and no part in any gradient (its rows

@@ -113,6 +113,10 @@ class SolverInfo:
         nonfinite_source: (B,) int8, where a NONFINITE element's NaN or Inf came from:
             1 the dynamics (next states or Jacobians), 2 the cost (values or derivatives),
             0 elsewhere or unknown; None when not recorded.
+        path: which forward solve ran: "compiled-ddp" (the whole box-DDP loop in one
+            compiled call, models included: ``mpc_policy.compiled_path``) or "torch"
+            (``mpc_policy.ilqr.box_ddp``).
+        declined: on the torch path, why the compiled path did not run (one line), or None.
     """
 
     iterations: Tensor
@@ -122,6 +126,8 @@ class SolverInfo:
     backend: str = "torch"
     status: Tensor | None = None
     nonfinite_source: Tensor | None = None
+    path: str = "torch"
+    declined: str | None = None
 
     def __post_init__(self) -> None:
         if self.status is None:
@@ -159,6 +165,8 @@ class SolverInfo:
             nonfinite_source=None
             if self.nonfinite_source is None
             else self.nonfinite_source.clone(),
+            path=self.path,
+            declined=self.declined,
         )
 
     def index(self, rows: Tensor) -> SolverInfo:
@@ -171,6 +179,8 @@ class SolverInfo:
             backend=self.backend,
             status=self.codes[rows],
             nonfinite_source=None if self.nonfinite_source is None else self.nonfinite_source[rows],
+            path=self.path,
+            declined=self.declined,
         )
 
     def scatter(self, rows: Tensor, other: SolverInfo) -> SolverInfo:
@@ -189,6 +199,8 @@ class SolverInfo:
             backend=self.backend,
             status=put(self.codes, other.codes),
             nonfinite_source=source,
+            path=self.path,
+            declined=self.declined,
         )
 
     @property

@@ -140,7 +140,7 @@ def compiled_ddp(
         return terms
     from mpc_policy.compiled.ddp import Twins, solve_ddp
 
-    twins = Twins(*model, *terms)
+    twins = Twins(model[0], model[1], model[2], terms[0], terms[1], terms[2], terms[3])
     out = solve_ddp(twins, x_init.detach(), u_init.detach(), lower, upper, options)
     info = SolverInfo(
         out.iterations,

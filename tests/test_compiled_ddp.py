@@ -148,14 +148,17 @@ def test_twin_derivatives_match_autograd(system: str) -> None:
     jacobian = torch.cat(jacobian, -1)
     scratch = np.empty(4), np.empty(4)
     for r in range(16):
-        xr, ur = x[r].numpy(), u[r].numpy()
-        out, J, H = np.empty(3), np.empty((3, 4)), np.zeros((4, 4))
-        models.dynamics_step(kind, p, c, 0, xr, ur, out)
-        models.dynamics_jacobian(kind, p, c, 0, xr, ur, J, *scratch)
-        models.dynamics_curvature(kind, p, c, 0, xr, ur, lam[r].numpy(), H, *scratch)
-        np.testing.assert_allclose(out, f_next[r].detach().numpy(), rtol=1e-13, atol=1e-13)
-        np.testing.assert_allclose(J, jacobian[r].detach().numpy(), rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(H, curvature[r].detach().numpy(), rtol=1e-10, atol=1e-10)
+        xs, us = np.zeros((2, 3)), np.zeros((2, 1))
+        xs[0], us[0] = x[r].numpy(), u[r].numpy()
+        lams = np.zeros((2, 3))
+        lams[1] = lam[r].numpy()
+        F, H = np.zeros((1, 1, 3, 4)), np.zeros((1, 1, 4, 4))
+        models.dynamics_step(kind, p, c, 0, xs, us, 0)
+        models.dynamics_jacobian(kind, p, c, 0, xs, us, 0, F, *scratch)
+        models.dynamics_curvature(kind, p, c, 0, xs, us, 0, lams, H, *scratch)
+        np.testing.assert_allclose(xs[1], f_next[r].detach().numpy(), rtol=1e-13, atol=1e-13)
+        np.testing.assert_allclose(F[0, 0], jacobian[r].detach().numpy(), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(H[0, 0], curvature[r].detach().numpy(), rtol=1e-10, atol=1e-10)
 
 
 def test_parameters_read_at_every_solve_and_per_element() -> None:

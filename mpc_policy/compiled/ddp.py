@@ -94,10 +94,19 @@ def _rollout(tw, b, x_init, x_bar, u_bar, K, k, alpha, feedback, lower, upper, x
                 for j in range(n):
                     value += K[t, 0, i, j] * (x[t, j] - x_bar[t, j])
             u[t, i] = min(max(value, lower[t, b, i]), upper[t, b, i])
-        total += cost_value(ck, Cq, cq, wgl, b, t, x[t], u[t])
+        total += cost_value(ck, Cq, cq, wgl, b, x, u, t)
         if t < T - 1:
-            dynamics_step(dk, p, pc, b, x[t], u[t], x[t + 1])
+            dynamics_step(dk, p, pc, b, x, u, t)
     return total
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _finite(z) -> bool:
+    """Whether every entry of a contiguous array is finite (no temporary array)."""
+    for value in z.ravel():
+        if not math.isfinite(value):
+            return False
+    return True
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -107,12 +116,12 @@ def _local_model(tw, b, x, u, C, g, F, w_row, th_row) -> int:
     dk, p, pc, ck, Cq, cq, wgl = tw
     T = x.shape[0]
     for t in range(T):
-        cost_quadratize(ck, Cq, cq, wgl, b, t, x[t], u[t], C[t, 0], g[t, 0])
+        cost_quadratize(ck, Cq, cq, wgl, b, x, u, t, C, g)
         if t < T - 1:
-            dynamics_jacobian(dk, p, pc, b, x[t], u[t], F[t, 0], w_row, th_row)
-    if not np.isfinite(F).all():
+            dynamics_jacobian(dk, p, pc, b, x, u, t, F, w_row, th_row)
+    if not _finite(F):
         return SOURCE_DYNAMICS
-    if not (np.isfinite(C).all() and np.isfinite(g).all()):
+    if not (_finite(C) and _finite(g)):
         return SOURCE_COST
     return 0
 
@@ -131,7 +140,7 @@ def _add_curvature(tw, b, x, u, g, F, C, lam, w_row, th_row) -> None:
                 s += F[t, 0, q, i] * lam[t + 1, q]
             lam[t, i] = s
     for t in range(T - 1):
-        dynamics_curvature(dk, p, pc, b, x[t], u[t], lam[t + 1], C[t, 0], w_row, th_row)
+        dynamics_curvature(dk, p, pc, b, x, u, t, lam, C, w_row, th_row)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -145,24 +154,23 @@ def _residual(b, F, u_bar, K, k, lower, upper, dx, du) -> float:
     change = 0.0
     size = 0.0
     for t in range(T):
-        now = dx[t % 2]
+        now = t % 2
         for i in range(m):
             value = u_bar[t, i] + k[t, 0, i]
             for j in range(n):
-                value += K[t, 0, i, j] * now[j]
+                value += K[t, 0, i, j] * dx[now, j]
             value = min(max(value, lower[t, b, i]), upper[t, b, i])
             du[i] = value - u_bar[t, i]
             change = max(change, abs(du[i]))
             size = max(size, abs(u_bar[t, i]))
         if t < T - 1:
-            Ft, after = F[t, 0], dx[(t + 1) % 2]
             for i in range(n):
                 s = 0.0
                 for j in range(n):
-                    s += Ft[i, j] * now[j]
+                    s += F[t, 0, i, j] * dx[now, j]
                 for j in range(m):
-                    s += Ft[i, n + j] * du[j]
-                after[i] = s
+                    s += F[t, 0, i, n + j] * du[j]
+                dx[1 - now, i] = s
     return change / (1.0 + size)
 
 
@@ -293,7 +301,7 @@ def _solve(
         x_bar[:, :] = x_try
         cost_bar = rounded[0]
         source = 0
-        if not np.isfinite(x_bar).all():
+        if not _finite(x_bar):
             source = SOURCE_DYNAMICS
         elif not math.isfinite(cost_bar):
             source = SOURCE_COST

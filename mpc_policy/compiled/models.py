@@ -1,6 +1,6 @@
 """Compiled twins of the built-in dynamics and costs: one step, its Jacobian, its curvature.
 
-Dynamics (one batch element b, one row: x (n,), u (m,)):
+Dynamics (one batch element b, one step t):
 
     kind 1, the pendulum family (``PendulumDynamics``, ``WindyPendulumDynamics``) on
     x = (cos th, sin th, w), u = (torque,), with th = atan2(sin th, cos th):
@@ -12,8 +12,10 @@ Dynamics (one batch element b, one row: x (n,), u (m,)):
 
 The parameters are an array p (P, Bp) of the module's current values (Bp = 1 shared, or
 Bp = B one per element) and the fixed constants c = (dt, max_speed) (inf: no clip).
-``step`` writes f(x, u), ``jacobian`` J = df/d[x; u] (n, n+m), ``curvature`` adds
-sum_i lam_i d2 f_i / d[x; u]2 (n+m, n+m) for costates lam (n,): the dynamics' part of the
+Every function reads row t of whole trajectories x (T, n), u (T, m) (no array views in
+the hot loop). ``step`` writes f(x_t, u_t) into x[t + 1], ``jacobian`` J = df/d[x; u]
+(n, n+m) into F[t, 0], ``curvature`` adds sum_i lam_{t+1,i} d2 f_i / d[x; u]2 (n+m, n+m)
+into C[t, 0]: the dynamics' part of the
 Lagrangian's Hessian (Newton steps), the same as autograd's second derivatives of the torch
 module (zero through an active clip).
 
@@ -71,31 +73,31 @@ def _clip(w, limit):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def dynamics_step(kind, p, c, b, x, u, out) -> None:
-    """out (n,) = f(x (n,), u (m,)) of element b."""
+def dynamics_step(kind, p, c, b, x, u, t) -> None:
+    """x[t + 1] = f(x[t], u[t]) of element b; x (T, n), u (T, m)."""
     A, Bc, D, E = _pendulum_coefficients(kind, p, b)
     dt = c[0]
-    theta = math.atan2(x[1], x[0])
-    accel = A * math.sin(theta) + Bc * math.cos(theta) + D * x[2] + E * u[0]
-    w, _ = _clip(x[2] + dt * accel, c[1])
+    theta = math.atan2(x[t, 1], x[t, 0])
+    accel = A * math.sin(theta) + Bc * math.cos(theta) + D * x[t, 2] + E * u[t, 0]
+    w, _ = _clip(x[t, 2] + dt * accel, c[1])
     theta_next = theta + dt * w
-    out[0] = math.cos(theta_next)
-    out[1] = math.sin(theta_next)
-    out[2] = w
+    x[t + 1, 0] = math.cos(theta_next)
+    x[t + 1, 1] = math.sin(theta_next)
+    x[t + 1, 2] = w
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _partials(kind, p, c, b, x, u, w_row, th_row):
-    """The rows d w' and d th' (d,) with respect to (cos, sin, w, u); returns
+def _partials(kind, p, c, b, x, u, t, w_row, th_row):
+    """The rows d w' and d th' (d,) with respect to (cos, sin, w, u) at x[t], u[t]; returns
     (th, th', active, the angle's partials th_c, th_s, A, B)."""
     A, Bc, D, E = _pendulum_coefficients(kind, p, b)
     dt = c[0]
-    cos, sin = x[0], x[1]
+    cos, sin = x[t, 0], x[t, 1]
     radius2 = cos * cos + sin * sin
     th_c, th_s = -sin / radius2, cos / radius2
     theta = math.atan2(sin, cos)
-    accel = A * math.sin(theta) + Bc * math.cos(theta) + D * x[2] + E * u[0]
-    w, inside = _clip(x[2] + dt * accel, c[1])
+    accel = A * math.sin(theta) + Bc * math.cos(theta) + D * x[t, 2] + E * u[t, 0]
+    w, inside = _clip(x[t, 2] + dt * accel, c[1])
     active = 1.0 if inside else 0.0
     a_theta = A * math.cos(theta) - Bc * math.sin(theta)
     w_row[0] = active * dt * a_theta * th_c
@@ -110,26 +112,27 @@ def _partials(kind, p, c, b, x, u, w_row, th_row):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def dynamics_jacobian(kind, p, c, b, x, u, J, w_row, th_row) -> None:
-    """J (n, d) = df/d[x; u] at x (n,), u (m,) of element b; w_row, th_row (d,) scratch."""
-    _, theta_next, _, _, _, _, _ = _partials(kind, p, c, b, x, u, w_row, th_row)
+def dynamics_jacobian(kind, p, c, b, x, u, t, F, w_row, th_row) -> None:
+    """F[t, 0] (n, d) = df/d[x; u] at x[t], u[t] of element b; w_row, th_row (d,) scratch."""
+    _, theta_next, _, _, _, _, _ = _partials(kind, p, c, b, x, u, t, w_row, th_row)
     cos_next, sin_next = math.cos(theta_next), math.sin(theta_next)
     for j in range(4):
-        J[0, j] = -sin_next * th_row[j]
-        J[1, j] = cos_next * th_row[j]
-        J[2, j] = w_row[j]
+        F[t, 0, 0, j] = -sin_next * th_row[j]
+        F[t, 0, 1, j] = cos_next * th_row[j]
+        F[t, 0, 2, j] = w_row[j]
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def dynamics_curvature(kind, p, c, b, x, u, lam, H, w_row, th_row) -> None:
-    """H (d, d) += sum_i lam_i d2 f_i / d[x; u]2 at x (n,), u (m,) of element b."""
-    theta, theta_next, active, th_c, th_s, A, Bc = _partials(kind, p, c, b, x, u, w_row, th_row)
+def dynamics_curvature(kind, p, c, b, x, u, t, lam, C, w_row, th_row) -> None:
+    """C[t, 0] (d, d) += sum_i lam[t + 1, i] d2 f_i / d[x; u]2 at x[t], u[t] of element b."""
+    theta, theta_next, active, th_c, th_s, A, Bc = _partials(kind, p, c, b, x, u, t, w_row, th_row)
     dt = c[0]
-    cos, sin = x[0], x[1]
+    cos, sin = x[t, 0], x[t, 1]
     radius4 = (cos * cos + sin * sin) ** 2
     a_theta = A * math.cos(theta) - Bc * math.sin(theta)
     a_theta2 = -A * math.sin(theta) - Bc * math.cos(theta)
     cos_next, sin_next = math.cos(theta_next), math.sin(theta_next)
+    l0, l1, l2 = lam[t + 1, 0], lam[t + 1, 1], lam[t + 1, 2]
     # second derivatives of th = atan2(sin, cos) in (cos, sin)
     th_cc = 2.0 * cos * sin / radius4
     th_cs = (sin * sin - cos * cos) / radius4
@@ -145,57 +148,53 @@ def dynamics_curvature(kind, p, c, b, x, u, lam, H, w_row, th_row) -> None:
                 th_next2 = th_ij + dt * w2
             d2_cos = -cos_next * th_row[i] * th_row[j] - sin_next * th_next2
             d2_sin = -sin_next * th_row[i] * th_row[j] + cos_next * th_next2
-            H[i, j] += lam[0] * d2_cos + lam[1] * d2_sin + lam[2] * w2
+            C[t, 0, i, j] += l0 * d2_cos + l1 * d2_sin + l2 * w2
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _tau(x, u, i):
-    n = x.shape[0]
-    return x[i] if i < n else u[i - n]
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def cost_value(kind, Cq, cq, wgl, b, t, x, u):
-    """The cost of step t of element b at x (n,), u (m,)."""
-    d = x.shape[0] + u.shape[0]
+def cost_value(kind, Cq, cq, wgl, b, x, u, t):
+    """The cost of step t of element b at x[t], u[t]; x (T, n), u (T, m)."""
+    n = x.shape[1]
+    d = n + u.shape[1]
     total = 0.0
     if kind == COST_GOAL_WEIGHTED:
-        for i in range(d):
-            tau_i = _tau(x, u, i)
-            error = tau_i - wgl[1, i]
-            total += wgl[0, i] * error * error
         linear = 0.0
         for i in range(d):
-            linear += wgl[2, i] * _tau(x, u, i)
+            tau_i = x[t, i] if i < n else u[t, i - n]
+            error = tau_i - wgl[1, i]
+            total += wgl[0, i] * error * error
+            linear += wgl[2, i] * tau_i
         return total + linear
-    C = Cq[b if Cq.shape[0] > 1 else 0, t if Cq.shape[1] > 1 else 0]
-    c = cq[b if cq.shape[0] > 1 else 0, t if cq.shape[1] > 1 else 0]
+    bi, ti = b if Cq.shape[0] > 1 else 0, t if Cq.shape[1] > 1 else 0
+    bj, tj = b if cq.shape[0] > 1 else 0, t if cq.shape[1] > 1 else 0
     for i in range(d):
         s = 0.0
         for j in range(d):
-            s += C[i, j] * _tau(x, u, j)
-        total += _tau(x, u, i) * (0.5 * s + c[i])
+            s += Cq[bi, ti, i, j] * (x[t, j] if j < n else u[t, j - n])
+        total += (x[t, i] if i < n else u[t, i - n]) * (0.5 * s + cq[bj, tj, i])
     return total
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def cost_quadratize(kind, Cq, cq, wgl, b, t, x, u, H, g) -> None:
-    """Hessian H (d, d) and gradient g (d,) of step t of element b at x (n,), u (m,)."""
-    d = x.shape[0] + u.shape[0]
+def cost_quadratize(kind, Cq, cq, wgl, b, x, u, t, C, g) -> None:
+    """Hessian C[t, 0] (d, d) and gradient g[t, 0] (d,) of step t of element b."""
+    n = x.shape[1]
+    d = n + u.shape[1]
     if kind == COST_GOAL_WEIGHTED:
         for i in range(d):
             for j in range(d):
-                H[i, j] = 0.0
-            H[i, i] = 2.0 * wgl[0, i]
-            g[i] = 2.0 * wgl[0, i] * (_tau(x, u, i) - wgl[1, i]) + wgl[2, i]
+                C[t, 0, i, j] = 0.0
+            C[t, 0, i, i] = 2.0 * wgl[0, i]
+            tau_i = x[t, i] if i < n else u[t, i - n]
+            g[t, 0, i] = 2.0 * wgl[0, i] * (tau_i - wgl[1, i]) + wgl[2, i]
         return
-    C = Cq[b if Cq.shape[0] > 1 else 0, t if Cq.shape[1] > 1 else 0]
-    c = cq[b if cq.shape[0] > 1 else 0, t if cq.shape[1] > 1 else 0]
+    bi, ti = b if Cq.shape[0] > 1 else 0, t if Cq.shape[1] > 1 else 0
+    bj, tj = b if cq.shape[0] > 1 else 0, t if cq.shape[1] > 1 else 0
     for i in range(d):
         for j in range(d):
-            H[i, j] = 0.5 * (C[i, j] + C[j, i])
+            C[t, 0, i, j] = 0.5 * (Cq[bi, ti, i, j] + Cq[bi, ti, j, i])
     for i in range(d):
         s = 0.0
         for j in range(d):
-            s += H[i, j] * _tau(x, u, j)
-        g[i] = s + c[i]
+            s += C[t, 0, i, j] * (x[t, j] if j < n else u[t, j - n])
+        g[t, 0, i] = s + cq[bj, tj, i]

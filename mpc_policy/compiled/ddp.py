@@ -427,28 +427,29 @@ def solve_ddp(
     d = n + m
     dtype = x_init.dtype
     eps = torch.finfo(dtype).eps
+    # numpy arrays wrapped as tensors after the call: no tensor operation per output
+    u = np.array(as_array(u_init), copy=True)  # a copy: the kernel writes the solution
+    real = u.dtype
     bounded = lower is not None and upper is not None
-    if lower is None:
-        lower = torch.full((T, B, m), -math.inf, dtype=dtype)
-    if upper is None:
-        upper = torch.full((T, B, m), math.inf, dtype=dtype)
-    x = torch.empty(T, B, n, dtype=dtype)
-    u = u_init.detach().clone(memory_format=torch.contiguous_format)
-    cost = torch.empty(B, dtype=dtype)
-    gains = Gains(
-        torch.empty(T, B, m, n, dtype=dtype),
-        torch.empty(T, B, m, dtype=dtype),
-        torch.empty(T, B, m, dtype=torch.bool),
-        torch.empty(T, B, m, m, dtype=dtype),
-        torch.empty(T, B, d, d, dtype=dtype),
+    lo = np.full((T, B, m), -np.inf, dtype=real) if lower is None else as_array(lower)
+    hi = np.full((T, B, m), np.inf, dtype=real) if upper is None else as_array(upper)
+    x = np.empty((T, B, n), dtype=real)
+    cost = np.empty(B, dtype=real)
+    gains = (
+        np.empty((T, B, m, n), dtype=real),
+        np.empty((T, B, m), dtype=real),
+        np.empty((T, B, m), dtype=np.bool_),
+        np.empty((T, B, m, m), dtype=real),
+        np.empty((T, B, d, d), dtype=real),
     )
-    iterations = torch.empty(B, dtype=torch.long)
-    status = torch.empty(B, dtype=torch.int8)
-    residual = torch.empty(B, dtype=dtype)
-    step_size = torch.empty(B, dtype=dtype)
-    source = torch.empty(B, dtype=torch.int8)
+    iterations = np.empty(B, dtype=np.int64)
+    status = np.empty(B, dtype=np.int8)
+    residual = np.empty(B, dtype=real)
+    step_size = np.empty(B, dtype=real)
+    source = np.empty(B, dtype=np.int8)
     curvature = options.newton_residual > 0 and options.jacobian != "finite_diff"
-    alphas = options.line_search_decay ** np.arange(options.max_line_search, dtype=np.float64)
+    # the step sizes as box_ddp forms them, in the problem's dtype
+    alphas = options.line_search_decay ** np.arange(options.max_line_search, dtype=real)
     constants = np.array(
         [
             options.tolerance(dtype),
@@ -463,20 +464,31 @@ def solve_ddp(
     _solve(
         tuple(twins),
         as_array(x_init),
-        as_array(lower),
-        as_array(upper),
+        lo,
+        hi,
         bounded,
-        alphas.astype(as_array(cost).dtype),
+        alphas,
         constants,
         settings,
-        x.numpy(),
-        u.numpy(),
-        cost.numpy(),
-        *(z.numpy() for z in gains),
-        iterations.numpy(),
-        status.numpy(),
-        residual.numpy(),
-        step_size.numpy(),
-        source.numpy(),
+        x,
+        u,
+        cost,
+        *gains,
+        iterations,
+        status,
+        residual,
+        step_size,
+        source,
     )
-    return CompiledDDPResult(x, u, cost, gains, iterations, status, residual, step_size, source)
+    tensor = torch.from_numpy
+    return CompiledDDPResult(
+        tensor(x),
+        tensor(u),
+        tensor(cost),
+        Gains(*(tensor(z) for z in gains)),
+        tensor(iterations),
+        tensor(status),
+        tensor(residual),
+        tensor(step_size),
+        tensor(source),
+    )

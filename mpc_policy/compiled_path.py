@@ -45,7 +45,8 @@ def _describe(module: Any, what: str) -> tuple[str, tuple[Tensor, ...], tuple[fl
 
 
 def _array(z: Tensor, dtype: torch.dtype) -> np.ndarray:
-    return z.detach().to(dtype).contiguous().numpy()
+    """z's values in the problem's dtype, as a float64 array (the kernel's arithmetic)."""
+    return z.detach().to(dtype).to(torch.float64).contiguous().numpy()
 
 
 def _dynamics(
@@ -63,7 +64,7 @@ def _dynamics(
         return f"dynamics ({module_name(dynamics)}): parameters of shapes {shapes}, not () or (B,)"
     width = B if any(p.dim() == 1 for p in params) else 1
     rows = torch.stack([p.detach().to(dtype).expand(width) for p in params])
-    return kind, rows.numpy(), np.array(constants, dtype=np.float64)
+    return kind, rows.to(torch.float64).numpy(), np.array(constants, dtype=np.float64)
 
 
 def _cost(
@@ -74,10 +75,10 @@ def _cost(
         return spec
     name, terms, _ = spec
     kind = _COSTS[name]
-    empty = np.zeros((1, 1, 1, 1), dtype=torch.empty(0, dtype=dtype).numpy().dtype)
+    empty = np.zeros((1, 1, 1, 1))
     if name == "goal_weighted":
         with torch.no_grad():
-            wgl = torch.stack([z.detach().to(dtype) for z in terms])
+            wgl = torch.stack([z.detach().to(dtype) for z in terms]).to(torch.float64)
         if wgl.shape != (3, d):
             return f"cost ({module_name(cost)}) has size {wgl.shape[-1]}, not n+m = {d}"
         return kind, empty, empty[..., 0], wgl.numpy()

@@ -217,3 +217,20 @@ def test_fallback_for_a_cost_without_twin() -> None:
         solution = mpc(_states(2, dtype), _Cost(), PendulumDynamics(dtype=dtype))
     assert solution.info.path == "torch"
     assert solution.info.declined == "cost (_Cost) has no compiled twin"
+
+
+def test_float32_batch_of_the_benchmark_problem() -> None:
+    """B = 64 of the benchmark's float32 pendulum (a quadratic cost, |u| <= 2): the compiled
+    path (float64 arithmetic, float32 tolerance) ends as the float32 torch path does."""
+    dtype = torch.float32
+    x_init = _states(64, dtype, seed=5)
+    cost = _cost("quadratic", dtype, 64)
+    dynamics = PendulumDynamics(dtype=dtype)
+    mpc = MPC(3, 1, T, u_lower=-2.0, u_upper=2.0, on_unconverged="ignore")
+    with torch.no_grad():
+        fast = mpc(x_init, cost, dynamics)
+        slow = mpc(x_init, cost, _twinless(dynamics))
+    assert fast.info.path == "compiled-ddp" and fast.u.dtype == dtype
+    assert fast.info.status_names == slow.info.status_names
+    torch.testing.assert_close(fast.u, slow.u, atol=2e-4, rtol=0)
+    torch.testing.assert_close(fast.cost, slow.cost, atol=1e-4, rtol=1e-5)

@@ -18,8 +18,10 @@ For dynamics and a cost with compiled twins (``mpc_policy.compiled.models``), ev
                    the element as NONFINITE; a stopped element whose Q_uu is indefinite on
                    its free controls beyond the first shift is INDEFINITE (``health``).
 
-The same decisions as box_ddp on the same data, each element on its own. Shapes, time
-first: x (T, B, n), u (T, B, m), bounds (T, B, m); the gains as ``riccati.Gains``.
+The same decisions as box_ddp on the same data, each element on its own, in float64
+arithmetic for every dtype (float32's conversions at every step cost twice the time) with the
+problem dtype's tolerance and rounding threshold; the results are rounded to that dtype.
+Shapes, time first: x (T, B, n), u (T, B, m), bounds (T, B, m); gains as ``riccati.Gains``.
 """
 
 from __future__ import annotations
@@ -428,11 +430,13 @@ def solve_ddp(
     dtype = x_init.dtype
     eps = torch.finfo(dtype).eps
     # numpy arrays wrapped as tensors after the call: no tensor operation per output
-    u = np.array(as_array(u_init), copy=True)  # a copy: the kernel writes the solution
-    real = u.dtype
+    # float64 arithmetic for every dtype (float32's rounds at each step cost latency): the
+    # tolerance and the cost's rounding threshold stay the problem dtype's
+    real = np.float64
+    u = np.array(as_array(u_init), dtype=real)  # a copy: the kernel writes the solution
     bounded = lower is not None and upper is not None
-    lo = np.full((T, B, m), -np.inf, dtype=real) if lower is None else as_array(lower)
-    hi = np.full((T, B, m), np.inf, dtype=real) if upper is None else as_array(upper)
+    lo = np.full((T, B, m), -np.inf) if lower is None else as_array(lower).astype(real)
+    hi = np.full((T, B, m), np.inf) if upper is None else as_array(upper).astype(real)
     x = np.empty((T, B, n), dtype=real)
     cost = np.empty(B, dtype=real)
     gains = (
@@ -449,7 +453,10 @@ def solve_ddp(
     source = np.empty(B, dtype=np.int8)
     curvature = options.newton_residual > 0 and options.jacobian != "finite_diff"
     # the step sizes as box_ddp forms them, in the problem's dtype
-    alphas = options.line_search_decay ** np.arange(options.max_line_search, dtype=real)
+    alphas = options.line_search_decay ** np.arange(
+        options.max_line_search, dtype=as_array(x_init).dtype
+    )
+    alphas = alphas.astype(real)
     constants = np.array(
         [
             options.tolerance(dtype),
@@ -463,7 +470,7 @@ def solve_ddp(
     settings = np.array([options.max_iter, options.qp_max_iter, int(curvature)], dtype=np.int64)
     _solve(
         tuple(twins),
-        as_array(x_init),
+        as_array(x_init).astype(real),
         lo,
         hi,
         bounded,
@@ -480,7 +487,11 @@ def solve_ddp(
         step_size,
         source,
     )
-    tensor = torch.from_numpy
+
+    def tensor(z: np.ndarray) -> Tensor:
+        out = torch.from_numpy(z)
+        return out if out.dtype != torch.float64 or dtype == torch.float64 else out.to(dtype)
+
     return CompiledDDPResult(
         tensor(x),
         tensor(u),

@@ -30,8 +30,8 @@ from mpc_policy.solution import SolverInfo, Status
 __all__ = ["PATH", "compiled_ddp"]
 
 PATH = "compiled-ddp"
-# the twins' kinds, as in mpc_policy.compiled.models (not imported: it needs numba)
-_DYNAMICS = {"pendulum": (1, 3, 1), "windy_pendulum": (2, 3, 1)}  # kind, n, m
+# the twins' kinds, n and m, as in mpc_policy.compiled.models (not imported: it needs numba)
+_DYNAMICS = {"pendulum": (1, 3, 1), "windy_pendulum": (2, 3, 1), "cartpole": (3, 5, 1)}
 _COSTS = {"quadratic": 0, "goal_weighted": 1}
 
 

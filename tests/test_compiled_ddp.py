@@ -18,19 +18,26 @@ from torch import nn
 
 from mpc_policy import MPC, GoalWeightedCost, QuadraticCost
 from mpc_policy.backend import compiled_available
-from mpc_policy.envs import PendulumDynamics, WindyPendulumDynamics, pendulum_cost
+from mpc_policy.envs import (
+    CartPoleDynamics,
+    PendulumDynamics,
+    WindyPendulumDynamics,
+    cartpole_cost,
+    pendulum_cost,
+)
 from mpc_policy.linearize import dynamics_curvature
 
 pytestmark = pytest.mark.skipif(not compiled_available(), reason="needs numba")
 
 T = 20
 SYSTEMS = {"pendulum": PendulumDynamics, "windy": WindyPendulumDynamics}
+ALL_SYSTEMS = {**SYSTEMS, "cartpole": CartPoleDynamics}
 
 
 def _twinless(dynamics: nn.Module) -> nn.Module:
     """The same dynamics as a subclass without a compiled twin (the torch path)."""
     plain_type = type("NoTwin" + type(dynamics).__name__, (type(dynamics),), {})
-    plain = plain_type(dynamics.params, dtype=dynamics.gravity.dtype)
+    plain = plain_type(dynamics.params, dtype=dynamics.gravity.dtype)  # type: ignore[call-arg]
     plain.load_state_dict(dynamics.state_dict())
     return plain
 
@@ -129,30 +136,35 @@ def test_nonfinite_rows_are_isolated(dtype: torch.dtype) -> None:
     torch.testing.assert_close(alone.u[0], fast.u[0], atol=tol, rtol=0)
 
 
-@pytest.mark.parametrize("system", sorted(SYSTEMS))
+@pytest.mark.parametrize("system", sorted(ALL_SYSTEMS))
 def test_twin_derivatives_match_autograd(system: str) -> None:
     from mpc_policy.compiled import models
 
-    dynamics = SYSTEMS[system](dtype=torch.float64)
-    kind = {"pendulum": models.DYNAMICS_PENDULUM, "windy": models.DYNAMICS_WINDY_PENDULUM}[system]
+    dynamics = ALL_SYSTEMS[system](dtype=torch.float64)
+    kind = {
+        "pendulum": models.DYNAMICS_PENDULUM,
+        "windy": models.DYNAMICS_WINDY_PENDULUM,
+        "cartpole": models.DYNAMICS_CARTPOLE,
+    }[system]
+    n = dynamics.n_state
     _, params, constants = dynamics.compiled_twin()
     p = torch.stack([q.detach() for q in params]).view(-1, 1).numpy()
     c = np.array(constants)
     gen = torch.Generator().manual_seed(3)
-    x = torch.randn(16, 3, generator=gen, dtype=torch.float64)  # off the unit circle too
-    x[:, 2] *= 4.0
+    x = torch.randn(16, n, generator=gen, dtype=torch.float64)  # off the unit circle too
+    x[:, -1] *= 4.0
     u = 3.0 * torch.randn(16, 1, generator=gen, dtype=torch.float64)
-    lam = torch.randn(16, 3, generator=gen, dtype=torch.float64)
+    lam = torch.randn(16, n, generator=gen, dtype=torch.float64)
     f_next, _, curvature = dynamics_curvature(dynamics, x, u, lam)
     jacobian = torch.func.vmap(torch.func.jacrev(lambda a, b: dynamics(a, b), argnums=(0, 1)))(x, u)
     jacobian = torch.cat(jacobian, -1)
-    scratch = np.empty(4), np.empty(4)
+    scratch = np.empty(n + 1), np.empty(n + 1)
     for r in range(16):
-        xs, us = np.zeros((2, 3)), np.zeros((2, 1))
+        xs, us = np.zeros((2, n)), np.zeros((2, 1))
         xs[0], us[0] = x[r].numpy(), u[r].numpy()
-        lams = np.zeros((2, 3))
+        lams = np.zeros((2, n))
         lams[1] = lam[r].numpy()
-        F, H = np.zeros((1, 1, 3, 4)), np.zeros((1, 1, 4, 4))
+        F, H = np.zeros((1, 1, n, n + 1)), np.zeros((1, 1, n + 1, n + 1))
         models.dynamics_step(kind, p, c, 0, xs, us, 0)
         models.dynamics_jacobian(kind, p, c, 0, xs, us, 0, F, *scratch)
         models.dynamics_curvature(kind, p, c, 0, xs, us, 0, lams, H, *scratch)
@@ -234,3 +246,41 @@ def test_float32_batch_of_the_benchmark_problem() -> None:
     assert fast.info.status_names == slow.info.status_names
     torch.testing.assert_close(fast.u, slow.u, atol=2e-4, rtol=0)
     torch.testing.assert_close(fast.cost, slow.cost, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("bounded", [True, False])
+@pytest.mark.parametrize("batch", [1, 5])
+def test_cartpole_compiled_path_equals_torch_path(
+    dtype: torch.dtype, bounded: bool, batch: int
+) -> None:
+    gen = torch.Generator().manual_seed(7)
+    theta = (torch.rand(batch, generator=gen, dtype=torch.float64) - 0.5) * 2.0 * math.pi
+    x_init = torch.stack(
+        [
+            torch.rand(batch, generator=gen, dtype=torch.float64) - 0.5,
+            torch.zeros(batch, dtype=torch.float64),
+            theta.cos(),
+            theta.sin(),
+            torch.rand(batch, generator=gen, dtype=torch.float64) - 0.5,
+        ],
+        -1,
+    ).to(dtype)
+    bound = 10.0 if bounded else None
+    mpc = MPC(5, 1, T, u_lower=-bound if bound else None, u_upper=bound, max_iter=100)
+    mpc = mpc.with_options(on_unconverged="ignore")
+    dynamics = CartPoleDynamics(dtype=dtype)
+    cost = cartpole_cost(dtype=dtype)
+    fast, fast_grads = _solve(mpc, x_init, cost, dynamics)
+    slow, slow_grads = _solve(mpc, x_init, cost, _twinless(dynamics))
+    assert fast.info.path == "compiled-ddp" and slow.info.path == "torch"
+    assert fast.info.status_names == slow.info.status_names
+    tol = 1e-8 if dtype == torch.float64 else 1e-3
+    torch.testing.assert_close(fast.u, slow.u, atol=tol * 10, rtol=0)
+    torch.testing.assert_close(fast.x, slow.x, atol=tol, rtol=0)
+    if dtype == torch.float64:
+        assert torch.equal(fast.info.iterations, slow.info.iterations)
+        for ours, theirs in zip(fast_grads, slow_grads, strict=True):
+            if ours is not None:
+                scale = theirs.abs().max().clamp(min=1.0)
+                assert (ours - theirs).abs().max() <= 1e-10 * scale

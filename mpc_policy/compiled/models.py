@@ -10,6 +10,13 @@ Dynamics (one batch element b, one step t):
     with A = 3 g / (2 l), E = 3 / (m l^2), B = D = 0 for the pendulum, and inertia
     I = m l^2 / 3, B = -wind l / I, D = -damping / I, E = 1 / I for the windy pendulum.
 
+    kind 3, the cart-pole (``CartPoleDynamics``) on x = (p, v, cos th, sin th, w), u = (force,)
+    with parameters (g, m_c, m_p, l), M = m_c + m_p, k = m_p l / M:
+        a = u / M + k w^2 sin th,   w_dot = (g sin th - a cos th) / (4 l / 3 - k cos^2 th),
+        v_dot = a - k w_dot cos th,
+        x' = (p + dt v, v + dt v_dot, cos th', sin th', w + dt w_dot),  th' = th + dt w;
+    its derivatives are taken in y = (th, w, u) and carried to x through th(cos, sin).
+
 The parameters are an array p (P, Bp) of the module's current values (Bp = 1 shared, or
 Bp = B one per element) and the fixed constants c = (dt, max_speed) (inf: no clip).
 Every function reads row t of whole trajectories x (T, n), u (T, m) (no array views in
@@ -38,6 +45,7 @@ from numba import njit
 __all__ = [
     "COST_GOAL_WEIGHTED",
     "COST_QUADRATIC",
+    "DYNAMICS_CARTPOLE",
     "DYNAMICS_PENDULUM",
     "DYNAMICS_WINDY_PENDULUM",
     "cost_quadratize",
@@ -48,7 +56,7 @@ __all__ = [
 ]
 
 COST_QUADRATIC, COST_GOAL_WEIGHTED = 0, 1
-DYNAMICS_PENDULUM, DYNAMICS_WINDY_PENDULUM = 1, 2
+DYNAMICS_PENDULUM, DYNAMICS_WINDY_PENDULUM, DYNAMICS_CARTPOLE = 1, 2, 3
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -73,8 +81,116 @@ def _clip(w, limit):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def _cartpole(p, b, theta, w, u):
+    """The cart-pole's accelerations and their first derivatives in (th, w, u):
+    (w_dot, its th, w, u partials, v_dot, its partials, and the terms the second
+    derivatives reuse: k, a, the denominator, sin, cos, a's partials, the denominator's)."""
+    j = b if p.shape[1] > 1 else 0
+    g, total, length = p[0, j], p[1, j] + p[2, j], p[3, j]
+    k = p[2, j] * length / total
+    S, K = math.sin(theta), math.cos(theta)
+    a = u / total + k * w * w * S
+    den = 4.0 / 3.0 * length - k * K * K
+    alpha = (g * S - a * K) / den
+    a_th, a_w, a_u = k * w * w * K, 2.0 * k * w * S, 1.0 / total
+    den_th = 2.0 * k * K * S
+    al_th = (g * K - a_th * K + a * S - alpha * den_th) / den
+    al_w, al_u = -a_w * K / den, -a_u * K / den
+    v_dot = a - k * alpha * K
+    v_th = a_th - k * (al_th * K - alpha * S)
+    v_w, v_u = a_w - k * al_w * K, a_u - k * al_u * K
+    terms = (k, a, den, S, K, a_th, a_w, a_u, den_th, g)
+    return alpha, al_th, al_w, al_u, v_dot, v_th, v_w, v_u, terms
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _cartpole_step(p, c, b, x, u, t) -> None:
+    dt = c[0]
+    theta = math.atan2(x[t, 3], x[t, 2])
+    alpha, _, _, _, v_dot, _, _, _, _ = _cartpole(p, b, theta, x[t, 4], u[t, 0])
+    theta_next = theta + dt * x[t, 4]
+    x[t + 1, 0] = x[t, 0] + dt * x[t, 1]
+    x[t + 1, 1] = x[t, 1] + dt * v_dot
+    x[t + 1, 2] = math.cos(theta_next)
+    x[t + 1, 3] = math.sin(theta_next)
+    x[t + 1, 4] = x[t, 4] + dt * alpha
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _cartpole_jacobian(p, c, b, x, u, t, F) -> None:
+    dt = c[0]
+    cos, sin = x[t, 2], x[t, 3]
+    radius2 = cos * cos + sin * sin
+    th_c, th_s = -sin / radius2, cos / radius2
+    theta = math.atan2(sin, cos)
+    _, al_th, al_w, al_u, _, v_th, v_w, v_u, _ = _cartpole(p, b, theta, x[t, 4], u[t, 0])
+    theta_next = theta + dt * x[t, 4]
+    cos_next, sin_next = math.cos(theta_next), math.sin(theta_next)
+    for i in range(5):
+        for j in range(6):
+            F[t, 0, i, j] = 0.0
+    F[t, 0, 0, 0], F[t, 0, 0, 1] = 1.0, dt
+    F[t, 0, 1, 1] = 1.0
+    F[t, 0, 1, 2], F[t, 0, 1, 3] = dt * v_th * th_c, dt * v_th * th_s
+    F[t, 0, 1, 4], F[t, 0, 1, 5] = dt * v_w, dt * v_u
+    for i, scale in ((2, -sin_next), (3, cos_next)):
+        F[t, 0, i, 2], F[t, 0, i, 3], F[t, 0, i, 4] = scale * th_c, scale * th_s, scale * dt
+    F[t, 0, 4, 2], F[t, 0, 4, 3] = dt * al_th * th_c, dt * al_th * th_s
+    F[t, 0, 4, 4], F[t, 0, 4, 5] = 1.0 + dt * al_w, dt * al_u
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _cartpole_curvature(p, c, b, x, u, t, lam, C) -> None:
+    """C[t, 0] += sum_i lam_{t+1,i} d2 f_i: the weighted Hessian G in y = (th, w, u),
+    carried to x by Y' G Y + G_th d2 th (Y: dy/dx)."""
+    dt = c[0]
+    cos, sin = x[t, 2], x[t, 3]
+    radius2 = cos * cos + sin * sin
+    th_c, th_s = -sin / radius2, cos / radius2
+    th_cc, th_cs = 2.0 * cos * sin / radius2**2, (sin * sin - cos * cos) / radius2**2
+    theta, w = math.atan2(sin, cos), x[t, 4]
+    alpha, al_th, al_w, al_u, _, v_th, _, _, terms = _cartpole(p, b, theta, w, u[t, 0])
+    k, a, den, S, K, a_th, a_w, a_u, den_th, g = terms
+    # second derivatives of a, the numerator, the denominator, w_dot and v_dot
+    a_thth, a_thw, a_ww = -k * w * w * S, 2.0 * k * w * K, 2.0 * k * S
+    den_thth = 2.0 * k * (K * K - S * S)
+    al_thth = (
+        -g * S - a_thth * K + 2.0 * a_th * S + a * K - 2.0 * al_th * den_th - alpha * den_thth
+    ) / den
+    al_thw = (-a_thw * K + a_w * S - al_w * den_th) / den
+    al_thu = (a_u * S - al_u * den_th) / den
+    al_ww = -a_ww * K / den
+    v_thth = a_thth - k * (al_thth * K - 2.0 * al_th * S - alpha * K)
+    v_thw = a_thw - k * (al_thw * K - al_w * S)
+    v_thu = -k * (al_thu * K - al_u * S)
+    v_ww = a_ww - k * al_ww * K
+    theta_next = theta + dt * w
+    l1, l2, l3, l4 = lam[t + 1, 1], lam[t + 1, 2], lam[t + 1, 3], lam[t + 1, 4]
+    ring = -l2 * math.cos(theta_next) - l3 * math.sin(theta_next)  # times t_y t_y'
+    G_thth = dt * (l1 * v_thth + l4 * al_thth) + ring
+    G_thw = dt * (l1 * v_thw + l4 * al_thw) + ring * dt
+    G_thu = dt * (l1 * v_thu + l4 * al_thu)
+    G_ww = dt * (l1 * v_ww + l4 * al_ww) + ring * dt * dt
+    G_th = dt * (l1 * v_th + l4 * al_th) - l2 * math.sin(theta_next) + l3 * math.cos(theta_next)
+    # Y' G Y + G_th d2 th on (cos, sin, w, u) = columns 2..5
+    Y_th = (th_c, th_s)
+    for i in range(2):
+        for j in range(2):
+            th_ij = th_cs if i != j else (th_cc if i == 0 else -th_cc)
+            C[t, 0, 2 + i, 2 + j] += G_thth * Y_th[i] * Y_th[j] + G_th * th_ij
+        C[t, 0, 2 + i, 4] += G_thw * Y_th[i]
+        C[t, 0, 4, 2 + i] += G_thw * Y_th[i]
+        C[t, 0, 2 + i, 5] += G_thu * Y_th[i]
+        C[t, 0, 5, 2 + i] += G_thu * Y_th[i]
+    C[t, 0, 4, 4] += G_ww
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def dynamics_step(kind, p, c, b, x, u, t) -> None:
     """x[t + 1] = f(x[t], u[t]) of element b; x (T, n), u (T, m)."""
+    if kind == DYNAMICS_CARTPOLE:
+        _cartpole_step(p, c, b, x, u, t)
+        return
     A, Bc, D, E = _pendulum_coefficients(kind, p, b)
     dt = c[0]
     theta = math.atan2(x[t, 1], x[t, 0])
@@ -114,6 +230,9 @@ def _partials(kind, p, c, b, x, u, t, w_row, th_row):
 @njit(cache=True, nogil=True, error_model="numpy")
 def dynamics_jacobian(kind, p, c, b, x, u, t, F, w_row, th_row) -> None:
     """F[t, 0] (n, d) = df/d[x; u] at x[t], u[t] of element b; w_row, th_row (d,) scratch."""
+    if kind == DYNAMICS_CARTPOLE:
+        _cartpole_jacobian(p, c, b, x, u, t, F)
+        return
     _, theta_next, _, _, _, _, _ = _partials(kind, p, c, b, x, u, t, w_row, th_row)
     cos_next, sin_next = math.cos(theta_next), math.sin(theta_next)
     for j in range(4):
@@ -125,6 +244,9 @@ def dynamics_jacobian(kind, p, c, b, x, u, t, F, w_row, th_row) -> None:
 @njit(cache=True, nogil=True, error_model="numpy")
 def dynamics_curvature(kind, p, c, b, x, u, t, lam, C, w_row, th_row) -> None:
     """C[t, 0] (d, d) += sum_i lam[t + 1, i] d2 f_i / d[x; u]2 at x[t], u[t] of element b."""
+    if kind == DYNAMICS_CARTPOLE:
+        _cartpole_curvature(p, c, b, x, u, t, lam, C)
+        return
     theta, theta_next, active, th_c, th_s, A, Bc = _partials(kind, p, c, b, x, u, t, w_row, th_row)
     dt = c[0]
     cos, sin = x[t, 0], x[t, 1]

@@ -8,6 +8,10 @@ The problem of ``_problems.pendulum_problem``: Pendulum-v1 dynamics without the 
 loop of ``mpc_policy.ilqr.box_ddp`` over the compiled numerics: the path before). Both run
 in this process, one thread, their rounds interleaved; medians over rounds.
 
+CasADi (``casadi``, optional) runs the same B = 1 float64 problem as a peer: multiple
+shooting, ``sqpmethod`` with ``qrqp``, started from the rollout of u = 0 as ours is; the
+gap column says how far its controls are from ours.
+
 Measured: forward under ``torch.no_grad()`` at B = 1 (float64) and B = 256 (float32),
 forward with inputs requiring grad and its backward at B = 1 (float64), the receding-horizon
 policy (``MPCPolicy`` on Pendulum-v0 with the environment's own dynamics and cost, warm start,
@@ -22,7 +26,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
@@ -51,12 +54,6 @@ def dynamics_pair(dtype: torch.dtype, params: PendulumParams) -> dict[str, Pendu
     }
 
 
-def median_ms(call: Callable[[], Any], rounds: list[float]) -> None:
-    start = time.perf_counter()
-    call()
-    rounds.append((time.perf_counter() - start) * 1e3)
-
-
 def forward_cases(rounds: int) -> list[dict[str, Any]]:
     records = []
     params = PendulumParams(max_speed=None)
@@ -74,7 +71,9 @@ def forward_cases(rounds: int) -> list[dict[str, Any]]:
         for _ in range(rounds):
             for name, dynamics in models.items():
                 with torch.no_grad():
-                    median_ms(lambda d=dynamics: mpc(x_init, cost, d), times[name])
+                    start = time.perf_counter()
+                    mpc(x_init, cost, dynamics)
+                    times[name].append((time.perf_counter() - start) * 1e3)
         gap = (solutions["compiled-ddp"].u - solutions["box_ddp"].u).abs().max().item()
         for name in models:
             records.append(
@@ -163,6 +162,74 @@ def receding(steps: int) -> list[dict[str, Any]]:
     ]
 
 
+def casadi_peer(rounds: int) -> list[dict[str, Any]]:
+    """CasADi sqpmethod + qrqp on the B = 1 float64 problem, if casadi is installed."""
+    try:
+        import casadi as ca
+    except ImportError:
+        return []
+    x_init, C, c = pendulum_problem(1, T, seed=0, dtype=torch.float64)
+    dynamics = PendulumDynamics(PendulumParams(max_speed=None), dtype=torch.float64)
+    mpc = MPC(3, 1, T, u_lower=-BOUND, u_upper=BOUND, on_unconverged="ignore")
+    with torch.no_grad():
+        ours = mpc(x_init, QuadraticCost(C, c), dynamics)
+    dt, a, b = 0.05, 1.5 * 10.0, 3.0
+    X, U, x0 = ca.SX.sym("x", 3, T), ca.SX.sym("u", 1, T), ca.SX.sym("x0", 3)
+    gaps, objective = [X[:, 0] - x0], 0
+    for t in range(T):
+        tau = ca.vertcat(X[:, t], U[:, t])
+        objective += 0.5 * ca.mtimes([tau.T, C[0, t].numpy(), tau])
+        objective += ca.mtimes(c[0, t].numpy().reshape(1, -1), tau)
+        if t < T - 1:
+            theta = ca.atan2(X[1, t], X[0, t])
+            w = X[2, t] + dt * (a * ca.sin(theta) + b * U[0, t])
+            theta = theta + dt * w
+            gaps.append(X[:, t + 1] - ca.vertcat(ca.cos(theta), ca.sin(theta), w))
+    quiet = {"print_iter": False, "print_header": False, "print_info": False}
+    options = {
+        "qpsol": "qrqp",
+        "qpsol_options": quiet,
+        "print_time": False,
+        "print_header": False,
+        "print_iteration": False,
+        "print_status": False,
+    }
+    nlp = {"x": ca.vertcat(ca.vec(X), ca.vec(U)), "p": x0, "f": objective, "g": ca.vertcat(*gaps)}
+    solver = ca.nlpsol("pendulum", "sqpmethod", nlp, options)
+    rollout = dynamics_rollout(dynamics, x_init, torch.zeros(1, T, 1, dtype=torch.float64))
+    guess = np.concatenate([rollout[0].numpy().reshape(-1), np.zeros(T)])
+    lbx = np.concatenate([np.full(3 * T, -np.inf), np.full(T, -BOUND)])
+    ubx = np.concatenate([np.full(3 * T, np.inf), np.full(T, BOUND)])
+    arguments = {"x0": guess, "p": x_init[0].numpy(), "lbx": lbx, "ubx": ubx, "lbg": 0, "ubg": 0}
+    times: list[float] = []
+    for r in range(rounds + 1):
+        start = time.perf_counter()
+        result = solver(**arguments)
+        if r > 0:
+            times.append((time.perf_counter() - start) * 1e3)
+    u = np.asarray(result["x"]).reshape(-1)[3 * T :]
+    gap = float(np.abs(u - ours.u[0, :, 0].numpy()).max())
+    iterations = float(solver.stats()["iter_count"])
+    return [
+        {
+            "case": "forward no_grad B=1 float64",
+            "path": "CasADi sqpmethod+qrqp",
+            "median_ms": statistics.median(times),
+            "iterations": iterations,
+            "max |u - u_box_ddp|": gap,
+        }
+    ]
+
+
+def dynamics_rollout(dynamics: PendulumDynamics, x_init: torch.Tensor, u: torch.Tensor):
+    """x (B, T, 3) of u (B, T, 1) rolled out from x_init (B, 3)."""
+    states = [x_init]
+    with torch.no_grad():
+        for t in range(u.shape[1] - 1):
+            states.append(dynamics(states[-1], u[:, t]))
+    return torch.stack(states, 1)
+
+
 def op_counts() -> list[dict[str, Any]]:
     x_init, C, c = pendulum_problem(1, T, seed=0, dtype=torch.float64)
     cost = QuadraticCost(C, c)
@@ -192,7 +259,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     args = parser.parse_args()
     set_single_thread()
-    records = forward_cases(args.rounds) + receding(args.steps) + op_counts()
+    records = forward_cases(args.rounds) + casadi_peer(args.rounds)
+    records += receding(args.steps) + op_counts()
     headers = ["case", "path", "median ms", "iterations (ops for the profile)", "max gap"]
     rows = [
         [r["case"], r["path"], r["median_ms"], r["iterations"], r["max |u - u_box_ddp|"]]

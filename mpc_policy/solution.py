@@ -113,10 +113,12 @@ class SolverInfo:
         nonfinite_source: (B,) int8, where a NONFINITE element's NaN or Inf came from:
             1 the dynamics (next states or Jacobians), 2 the cost (values or derivatives),
             0 elsewhere or unknown; None when not recorded.
-        path: which forward solve ran: "compiled-ddp" (the whole box-DDP loop in one
-            compiled call, models included: ``mpc_policy.compiled_path``) or "torch"
-            (``mpc_policy.ilqr.box_ddp``).
-        declined: on the torch path, why the compiled path did not run (one line), or None.
+        path: which loop ran ``MPC``'s forward solve: "compiled-ddp" (the whole box-DDP
+            loop in one compiled call, models included: ``mpc_policy.compiled_path``) or
+            "torch" (the Python loop ``mpc_policy.ilqr.box_ddp``, its numerics on
+            ``backend``); ``lqr_solve`` and constrained solves report "torch".
+        declined: for ``MPC`` on the torch path, why the compiled path did not run (one
+            line), or None.
     """
 
     iterations: Tensor

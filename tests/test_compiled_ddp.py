@@ -284,3 +284,24 @@ def test_cartpole_compiled_path_equals_torch_path(
             if ours is not None:
                 scale = theirs.abs().max().clamp(min=1.0)
                 assert (ours - theirs).abs().max() <= 1e-10 * scale
+
+
+@pytest.mark.parametrize("horizon", [1, 2])
+def test_short_horizons_warm_start_and_one_sided_bounds(horizon: int) -> None:
+    """T = 1 and 2, a warm start (left unchanged), a one-sided and a per-element bound."""
+    dtype = torch.float64
+    dynamics = PendulumDynamics(dtype=dtype)
+    cost = pendulum_cost(dtype=dtype)
+    x_init = _states(3, dtype)
+    u_init = torch.randn(3, horizon, 1, generator=torch.Generator().manual_seed(2), dtype=dtype)
+    saved = u_init.clone()
+    lower = -0.5 - torch.rand(3, horizon, 1, generator=torch.Generator().manual_seed(4))
+    for u_lower, u_upper in ((-2.0, 2.0), (None, 1.0), (lower.to(dtype), None)):
+        mpc = MPC(3, 1, horizon, u_lower=u_lower, u_upper=u_upper, on_unconverged="ignore")
+        fast = mpc(x_init, cost, dynamics, u_init=u_init)
+        slow = mpc(x_init, cost, _twinless(dynamics), u_init=u_init)
+        assert fast.info.path == "compiled-ddp"
+        assert torch.equal(u_init, saved)
+        assert fast.info.status_names == slow.info.status_names
+        assert torch.equal(fast.info.iterations, slow.info.iterations)
+        torch.testing.assert_close(fast.u, slow.u, atol=1e-12, rtol=0)

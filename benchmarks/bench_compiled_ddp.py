@@ -6,7 +6,8 @@ The problem of ``_problems.pendulum_problem``: Pendulum-v1 dynamics without the 
 "compiled-ddp" is ``MPC`` with these modules (the whole forward solve in one numba call);
 "box_ddp" is the same solve with the dynamics as a subclass without a compiled twin (the
 loop of ``mpc_policy.ilqr.box_ddp`` over the compiled numerics: the path before). Both run
-in this process, one thread, their rounds interleaved; medians over rounds.
+in this process, one thread, their rounds interleaved; medians over rounds of the process's
+CPU time (``time.process_time``: less sensitive than wall-clock time to a loaded host).
 
 CasADi (``casadi``, optional) runs the same B = 1 float64 problem as a peer: multiple
 shooting, ``sqpmethod`` with ``qrqp``, started from the rollout of u = 0 as ours is; the
@@ -71,9 +72,9 @@ def forward_cases(rounds: int) -> list[dict[str, Any]]:
         for _ in range(rounds):
             for name, dynamics in models.items():
                 with torch.no_grad():
-                    start = time.perf_counter()
+                    start = time.process_time()
                     mpc(x_init, cost, dynamics)
-                    times[name].append((time.perf_counter() - start) * 1e3)
+                    times[name].append((time.process_time() - start) * 1e3)
         gap = (solutions["compiled-ddp"].u - solutions["box_ddp"].u).abs().max().item()
         for name in models:
             records.append(
@@ -96,11 +97,11 @@ def forward_cases(rounds: int) -> list[dict[str, Any]]:
         for name, dynamics in models.items():
             leaf = x_init.clone().requires_grad_(True)
             C_leaf = C.clone().requires_grad_(True)
-            start = time.perf_counter()
+            start = time.process_time()
             solution = mpc(leaf, QuadraticCost(C_leaf, c), dynamics)
-            middle = time.perf_counter()
+            middle = time.process_time()
             (solution.u.sum() + solution.x.square().sum()).backward()
-            end = time.perf_counter()
+            end = time.process_time()
             if r > 0:
                 forward[name].append((middle - start) * 1e3)
                 backward[name].append((end - middle) * 1e3)
@@ -143,11 +144,11 @@ def receding(steps: int) -> list[dict[str, Any]]:
     iterations: dict[str, list[float]] = {name: [] for name in policies}
     for step in range(steps + 1):
         for name, policy in policies.items():
-            start = time.perf_counter()
+            start = time.process_time()
             with torch.no_grad():
                 action = policy(torch.as_tensor(obs[name]).unsqueeze(0)).numpy()[0]
             if step > 0:
-                times[name].append((time.perf_counter() - start) * 1e3)
+                times[name].append((time.process_time() - start) * 1e3)
                 iterations[name].append(float(policy.last_info.iterations.double().mean()))
             obs[name] = state[name].step(action.astype(np.float32))[0]
     return [
@@ -203,10 +204,10 @@ def casadi_peer(rounds: int) -> list[dict[str, Any]]:
     arguments = {"x0": guess, "p": x_init[0].numpy(), "lbx": lbx, "ubx": ubx, "lbg": 0, "ubg": 0}
     times: list[float] = []
     for r in range(rounds + 1):
-        start = time.perf_counter()
+        start = time.process_time()
         result = solver(**arguments)
         if r > 0:
-            times.append((time.perf_counter() - start) * 1e3)
+            times.append((time.process_time() - start) * 1e3)
     u = np.asarray(result["x"]).reshape(-1)[3 * T :]
     gap = float(np.abs(u - ours.u[0, :, 0].numpy()).max())
     iterations = float(solver.stats()["iter_count"])
@@ -269,7 +270,7 @@ def main() -> None:
     print(markdown_table(headers, rows))
     settings = {"threads": 1, "rounds": args.rounds, "steps": args.steps, "horizon": T}
     json_path, _ = write_results("bench_compiled_ddp", records, settings)
-    print(f"\nwrote {json_path} (wall-clock medians on a shared host, one thread)")
+    print(f"\nwrote {json_path} (medians of process CPU time, one thread)")
 
 
 if __name__ == "__main__":

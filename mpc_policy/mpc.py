@@ -165,9 +165,11 @@ class MPC(nn.Module):
         check_declared_sizes(dynamics, self.n_state, self.n_ctrl)
         x_init, lower, upper, u_init = self._inputs(x_init, u_init)
         if self.constraints is not None:
-            return constrained_forward(
+            solution = constrained_forward(
                 self, x_init, lower, upper, u_init, cost, dynamics, multipliers
             )
+            solution.info.declined = "constraints beside the box (the augmented Lagrangian)"
+            return solution
         if multipliers is not None:
             raise ValueError(
                 "multipliers: a warm start of the constraints' multipliers needs "

@@ -217,6 +217,20 @@ def test_fallback_reasons() -> None:
         assert solution.info.path == "torch"
 
 
+class _Torque(nn.Module):
+    def forward(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        return u - 1.5
+
+
+def test_fallback_with_constraints() -> None:
+    dtype = torch.float64
+    mpc = MPC(3, 1, T, u_lower=-2.0, u_upper=2.0, constraints=_Torque(), on_unconverged="ignore")
+    with torch.no_grad():
+        solution = mpc(_states(2, dtype), pendulum_cost(dtype=dtype), PendulumDynamics(dtype=dtype))
+    assert solution.info.path == "torch"
+    assert solution.info.declined.startswith("constraints beside the box")
+
+
 class _Cost(nn.Module):
     def forward(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         return (x * x).sum(-1) + 0.01 * (u * u).sum(-1)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from mpc_policy import MPC, GoalWeightedCost, QuadraticCost
-from mpc_policy.backend import compiled_available
+from mpc_policy.backend import ENVIRONMENT_VARIABLE, compiled_available
 from mpc_policy.envs import (
     CartPoleDynamics,
     PendulumDynamics,
@@ -28,6 +28,14 @@ from mpc_policy.envs import (
 from mpc_policy.linearize import dynamics_curvature
 
 pytestmark = pytest.mark.skipif(not compiled_available(), reason="needs numba")
+
+
+@pytest.fixture(autouse=True)
+def _default_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are about the compiled path: the default backend, whatever the
+    environment asks of the rest of the suite (``MPC_POLICY_BACKEND=torch``)."""
+    monkeypatch.delenv(ENVIRONMENT_VARIABLE, raising=False)
+
 
 T = 20
 SYSTEMS = {"pendulum": PendulumDynamics, "windy": WindyPendulumDynamics}

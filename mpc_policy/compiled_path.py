@@ -62,9 +62,13 @@ def _dynamics(
     if any(p.dim() > 1 or (p.dim() == 1 and p.shape[0] != B) for p in params):
         shapes = [tuple(p.shape) for p in params]
         return f"dynamics ({module_name(dynamics)}): parameters of shapes {shapes}, not () or (B,)"
-    width = B if any(p.dim() == 1 for p in params) else 1
-    rows = torch.stack([p.detach().to(dtype).expand(width) for p in params])
-    return kind, rows.to(torch.float64).numpy(), np.array(constants, dtype=np.float64)
+    # each value in the problem's dtype first, as the torch module reads it (``in_dtype``)
+    same = [p.detach() if p.dtype == dtype else p.detach().to(dtype) for p in params]
+    if all(p.dim() == 0 for p in same):
+        rows = np.array([[float(p)] for p in same])
+    else:
+        rows = torch.stack([p.expand(B) for p in same]).to(torch.float64).numpy()
+    return kind, rows, np.array(constants, dtype=np.float64)
 
 
 def _cost(

@@ -26,6 +26,7 @@ Shapes, time first: x (T, B, n), u (T, B, m), bounds (T, B, m); gains as ``ricca
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -411,6 +412,29 @@ class CompiledDDPResult(NamedTuple):
     source: Tensor
 
 
+@functools.cache
+def _settings(options: MPCOptions, dtype: torch.dtype) -> tuple[np.ndarray, ...]:
+    """The step sizes (as box_ddp forms them, in the problem's dtype), the float constants
+    and the integer settings of a solve, made once per (options, dtype); the kernel only
+    reads them."""
+    eps = torch.finfo(dtype).eps
+    curvature = options.newton_residual > 0 and options.jacobian != "finite_diff"
+    exponents = torch.arange(options.max_line_search, dtype=dtype).numpy()
+    alphas = (options.line_search_decay**exponents).astype(np.float64)
+    constants = np.array(
+        [
+            options.tolerance(dtype),
+            _COST_ROUNDING * eps,
+            options.regularization,
+            eps**0.5,
+            options.newton_residual,
+            _NEWTON_STEPS_LEFT,
+        ]
+    )
+    settings = np.array([options.max_iter, options.qp_max_iter, int(curvature)], dtype=np.int64)
+    return alphas, constants, settings
+
+
 def solve_ddp(
     twins: Twins,
     x_init: Tensor,
@@ -437,7 +461,6 @@ def solve_ddp(
     n = x_init.shape[1]
     d = n + m
     dtype = x_init.dtype
-    eps = torch.finfo(dtype).eps
     # numpy arrays wrapped as tensors after the call: no tensor operation per output
     # float64 arithmetic for every dtype (float32's rounds at each step cost latency): the
     # tolerance and the cost's rounding threshold stay the problem dtype's
@@ -460,23 +483,7 @@ def solve_ddp(
     residual = np.empty(B, dtype=real)
     step_size = np.empty(B, dtype=real)
     source = np.empty(B, dtype=np.int8)
-    curvature = options.newton_residual > 0 and options.jacobian != "finite_diff"
-    # the step sizes as box_ddp forms them, in the problem's dtype
-    alphas = options.line_search_decay ** np.arange(
-        options.max_line_search, dtype=as_array(x_init).dtype
-    )
-    alphas = alphas.astype(real)
-    constants = np.array(
-        [
-            options.tolerance(dtype),
-            _COST_ROUNDING * eps,
-            options.regularization,
-            eps**0.5,
-            options.newton_residual,
-            _NEWTON_STEPS_LEFT,
-        ]
-    )
-    settings = np.array([options.max_iter, options.qp_max_iter, int(curvature)], dtype=np.int64)
+    alphas, constants, settings = _settings(options, dtype)
     _solve(
         tuple(twins),
         as_array(x_init).astype(real),

@@ -36,11 +36,14 @@ _COSTS = {"quadratic": 0, "goal_weighted": 1}
 
 
 def _describe(module: Any, what: str) -> tuple[str, tuple[Tensor, ...], tuple[float, ...]] | str:
+    """The module's ``compiled_twin()`` description, or why there is none."""
     describe = getattr(module, "compiled_twin", None)
     with torch.no_grad():
         spec = describe() if callable(describe) else None
     if spec is None:
         return f"{what} ({module_name(module)}) has no compiled twin"
+    if spec[0] not in (_DYNAMICS if what == "dynamics" else _COSTS):
+        return f"{what} ({module_name(module)}) describes an unknown twin {spec[0]!r}"
     return spec
 
 
@@ -52,6 +55,7 @@ def _array(z: Tensor, dtype: torch.dtype) -> np.ndarray:
 def _dynamics(
     dynamics: Any, B: int, n: int, m: int, dtype: torch.dtype
 ) -> tuple[int, np.ndarray, np.ndarray] | str:
+    """The dynamics twin's kind, parameters (P, 1 or B) and constants, or why not."""
     spec = _describe(dynamics, "dynamics")
     if isinstance(spec, str):
         return spec
@@ -74,6 +78,8 @@ def _dynamics(
 def _cost(
     cost: Any, B: int, T: int, d: int, dtype: torch.dtype
 ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray] | str:
+    """The cost twin's kind and its terms (C, c of a quadratic cost; w, goal, linear of a
+    goal-weighted one), or why not."""
     spec = _describe(cost, "cost")
     if isinstance(spec, str):
         return spec

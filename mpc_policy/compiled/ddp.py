@@ -376,6 +376,10 @@ def _solve(
         if source != 0:
             status[b] = _NONFINITE
             residual = math.nan
+            # no gains of use (and none of the last element's): no feedback, all free
+            K[:] = 0.0
+            k[:] = 0.0
+            free[:] = True
         elif indefinite:
             status[b] = _INDEFINITE
         elif converged:

@@ -106,6 +106,15 @@ class CartPoleDynamics(SystemDynamics):
         self.pole_mass = nn.Parameter(torch.tensor(float(params.pole_mass), dtype=dtype))
         self.half_length = nn.Parameter(torch.tensor(float(params.half_length), dtype=dtype))
 
+    def compiled_twin(self) -> tuple[str, tuple[Tensor, ...], tuple[float, ...]] | None:
+        """The compiled solver's description of this module: "cartpole", its current
+        parameters (g, m_c, m_p, l; each () or (B,)) and (dt,), read at every solve
+        (``mpc_policy.solve.compiled_path``). None for a subclass."""
+        if type(self) is CartPoleDynamics:
+            params = (self.gravity, self.cart_mass, self.pole_mass, self.half_length)
+            return "cartpole", params, (float(self.dt),)
+        return None
+
     def _constants(self, like: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(g, m_c, m_p, l) in the dtype of ``like``."""
         params = (self.gravity, self.cart_mass, self.pole_mass, self.half_length)

@@ -20,6 +20,7 @@ smooth model.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -118,6 +119,17 @@ class PendulumDynamics(SystemDynamics):
         """Derivatives of th_ddot with respect to th, th_dot and the torque."""
         a, b = self._coefficients(theta.dtype)
         return a * torch.cos(theta), 0.0, b
+
+    def compiled_twin(self) -> tuple[str, tuple[Tensor, ...], tuple[float, ...]] | None:
+        """The compiled solver's description of this module: its kind, its current
+        parameters (each () or (B,)) and its fixed constants (dt, max_speed; inf = no clip),
+        read at every solve (``mpc_policy.solve.compiled_path``). None for a subclass, whose
+        dynamics this description may not match."""
+        speed = math.inf if self.max_speed is None else float(self.max_speed)
+        constants = (float(self.dt), speed)
+        if type(self) is PendulumDynamics:
+            return "pendulum", (self.gravity, self.mass, self.length), constants
+        return None
 
     def forward(self, x: Tensor, u: Tensor) -> Tensor:
         """Next state (..., 3) for x (..., 3) = (cos th, sin th, th_dot), u (..., 1)."""

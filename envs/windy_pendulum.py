@@ -18,6 +18,7 @@ upright costs a steady torque F_w l.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -58,6 +59,14 @@ class WindyPendulumDynamics(PendulumDynamics):
         super().__init__(params, dtype=dtype)
         self.damping = nn.Parameter(self.gravity.new_tensor(float(params.damping)))
         self.wind = nn.Parameter(self.gravity.new_tensor(float(params.wind)))
+
+    def compiled_twin(self) -> tuple[str, tuple[Tensor, ...], tuple[float, ...]] | None:
+        """As ``PendulumDynamics.compiled_twin``, with the damping and the wind."""
+        speed = math.inf if self.max_speed is None else float(self.max_speed)
+        if type(self) is WindyPendulumDynamics:
+            params = (self.gravity, self.mass, self.length, self.damping, self.wind)
+            return "windy_pendulum", params, (float(self.dt), speed)
+        return None
 
     def _constants(self, like: Tensor) -> tuple[Tensor, ...]:
         params = (self.gravity, self.mass, self.length, self.damping, self.wind)

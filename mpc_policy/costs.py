@@ -79,6 +79,13 @@ class QuadraticCost(nn.Module):
         gradient = torch.matmul(C, tau.unsqueeze(-1)).squeeze(-1) + self.c
         return C.expand(B, T, d, d), gradient.expand(B, T, d)
 
+    def compiled_twin(self) -> tuple[str, tuple[Tensor, ...], tuple[float, ...]] | None:
+        """The compiled solver's description of this cost: "quadratic", (C, c) as given
+        (read at every solve, ``mpc_policy.solve.compiled_path``); None for a subclass."""
+        if type(self) is QuadraticCost:
+            return "quadratic", (self.C, self.c), ()
+        return None
+
     def select_batch(self, index: Tensor) -> QuadraticCost:
         """The cost of the batch elements ``index`` (k,) (all, when shared)."""
         C = self.C[index] if self.C.dim() == 4 else self.C
@@ -133,6 +140,14 @@ class GoalWeightedCost(nn.Module):
     def weights(self) -> Tensor:
         """(n+m,) the positive weights w."""
         return nnf.softplus(self.raw_weights)
+
+    def compiled_twin(self) -> tuple[str, tuple[Tensor, ...], tuple[float, ...]] | None:
+        """The compiled solver's description of this cost: "goal_weighted", (weights, goal,
+        linear) at their current values (``mpc_policy.solve.compiled_path``); None for a
+        subclass."""
+        if type(self) is GoalWeightedCost:
+            return "goal_weighted", (self.weights, self.goal, self.linear), ()
+        return None
 
     def _check(self, x: Tensor, u: Tensor) -> None:
         d = x.shape[-1] + u.shape[-1]

@@ -50,6 +50,7 @@ from mpc_policy.problem.validation import (
 )
 from mpc_policy.solution import Solution, Status
 from mpc_policy.solve.backend import Kernels, select
+from mpc_policy.solve.compiled_path import compiled_ddp
 from mpc_policy.solve.ddp import DDPResult, box_ddp
 
 __all__ = ["MPC"]
@@ -175,7 +176,7 @@ class MPC(nn.Module):
                 f"constraints ({type(self.constraints).__name__})", self.constraints
             )
         if self.constraints is not None:
-            return constrained_forward(
+            solution = constrained_forward(
                 opts,
                 (self.n_state, self.n_ctrl, self.horizon),
                 self.constraints,
@@ -187,6 +188,8 @@ class MPC(nn.Module):
                 dynamics,
                 multipliers,
             )
+            solution.info.declined = "constraints beside the box (the augmented Lagrangian)"
+            return solution
         if multipliers is not None:
             raise ValueError(
                 "multipliers: a warm start of the constraints' multipliers needs "
@@ -197,8 +200,18 @@ class MPC(nn.Module):
         u0 = u_init.detach().transpose(0, 1)
         checked_cost = CheckedCost(cost)
         checked_dynamics = CheckedDynamics(dynamics, self.n_state, self.n_ctrl, x_init.shape[0])
-        result, kernels = self._solve(checked_cost, checked_dynamics, x_init, u0, lower_t, upper_t)
-        info = result.info if opts.grad_method == "unroll" else result.info.clone()
+        # the whole forward solve as one compiled call where the modules have compiled twins
+        # (solve/compiled_path.py), else the box-DDP loop; the same gradient either way
+        compiled = compiled_ddp(cost, dynamics, x_init, u0, lower_t, upper_t, opts)
+        if isinstance(compiled, str):
+            result, kernels = self._solve(
+                checked_cost, checked_dynamics, x_init, u0, lower_t, upper_t
+            )
+            info = result.info if opts.grad_method == "unroll" else result.info.clone()
+            info.declined = compiled
+        else:
+            result, kernels = compiled
+            info = result.info
         stopped = (info.codes == int(Status.MAX_ITER)) | (info.codes == int(Status.STALLED))
         hint = ""
         if opts.on_unconverged != "ignore" and bool(stopped.any()):

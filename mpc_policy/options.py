@@ -22,6 +22,19 @@ JacobianMethod = Literal["autograd", "analytic", "finite_diff"]
 OnUnconverged = Literal["warn", "raise", "zero_grad", "ignore"]
 DoubleBackward = Literal["refuse", "first_order"]
 
+# The tuned constants of every box-DDP loop (torch: solve/ddp.py, solve/newton.py; compiled:
+# numerics/compiled/box_lqr.py, numerics/compiled/ddp.py), written once.
+# A step whose cost exceeds the last by less than this many machine epsilons of the cost's
+# size, eps (1 + |cost|), is below the rounding of the cost and not refused.
+COST_ROUNDING = 10.0
+# Newton steps (one more call of the model's curvature per step) pay where Gauss-Newton
+# would take many more steps: an element takes them once its last step's contraction of the
+# residual, kept up, would need more than this many steps to reach the tolerance (a
+# swing-up pendulum with a heavy torque weight: rate 0.5, 15 steps in float64; the paper's
+# pendulum in float32: rate 0.1 to 0.2, 2 to 4 steps; a Newton step costs about 1.4
+# Gauss-Newton steps there).
+NEWTON_STEPS_LEFT = 5.0
+
 
 @dataclass(frozen=True)
 class MPCOptions:
@@ -214,7 +227,7 @@ class MPCOptions:
         """The relative rounding of a cost in a dtype: a line-search step whose cost rises by
         less than cost_rounding * (1 + |cost|) is not refused (the acceptance rule of every
         box-DDP loop, torch and compiled)."""
-        return 10.0 * torch.finfo(dtype).eps
+        return COST_ROUNDING * torch.finfo(dtype).eps
 
     def cost_threshold(self, cost: Tensor) -> Tensor:
         """(B,) the cost a line-search step from ``cost`` (B,) must not exceed."""

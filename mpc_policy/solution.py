@@ -95,6 +95,12 @@ class SolverInfo:
             1 the dynamics (next states or Jacobians), 2 the cost (values or derivatives),
             3 the constraints (their values, with a cost that stayed finite), 0 elsewhere
             or unknown; None when not recorded.
+        path: which loop ran ``MPC``'s forward solve: "compiled-ddp" (the whole box-DDP
+            loop in one compiled call, models included: ``mpc_policy.solve.compiled_path``) or
+            "torch" (the Python loop ``mpc_policy.solve.ddp.box_ddp``, its numerics on
+            ``backend``); ``lqr_solve`` and constrained solves report "torch".
+        declined: for ``MPC`` on the torch path, why the compiled path did not run (one
+            line), or None.
     """
 
     iterations: Tensor
@@ -104,6 +110,8 @@ class SolverInfo:
     backend: str = "torch"
     status: Tensor | None = None
     nonfinite_source: Tensor | None = None
+    path: str = "torch"
+    declined: str | None = None
 
     def __post_init__(self) -> None:
         if self.status is None:
@@ -141,6 +149,8 @@ class SolverInfo:
             nonfinite_source=None
             if self.nonfinite_source is None
             else self.nonfinite_source.clone(),
+            path=self.path,
+            declined=self.declined,
         )
 
     def index(self, rows: Tensor) -> SolverInfo:
@@ -153,6 +163,8 @@ class SolverInfo:
             backend=self.backend,
             status=self.codes[rows],
             nonfinite_source=None if self.nonfinite_source is None else self.nonfinite_source[rows],
+            path=self.path,
+            declined=self.declined,
         )
 
     def scatter(self, rows: Tensor, other: SolverInfo) -> SolverInfo:
@@ -171,6 +183,8 @@ class SolverInfo:
             backend=self.backend,
             status=put(self.codes, other.codes),
             nonfinite_source=source,
+            path=self.path,
+            declined=self.declined,
         )
 
     @property

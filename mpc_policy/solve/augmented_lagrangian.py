@@ -1,7 +1,7 @@
 """Augmented-Lagrangian box-DDP: inequality constraints g(x_t, u_t) <= 0 beside the exact box.
 
 For multipliers lam (T, p) >= 0 and a penalty rho > 0 of its own, every batch element solves
-by box-DDP (``ilqr.box_ddp``, on the compiled kernels where they serve)
+by box-DDP (``solve.ddp.box_ddp``, on the compiled kernels where they serve)
 
     min_{x, u}  sum_t C(x_t, u_t) + sum_{t, i} psi(g_{t,i}(x_t, u_t); lam_{t,i}, rho)
     s.t.        x_1 = x_init,  x_{t+1} = f(x_t, u_t),  u_lower <= u_t <= u_upper,

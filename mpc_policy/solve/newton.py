@@ -15,19 +15,11 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from mpc_policy.options import MPCOptions
+from mpc_policy.options import NEWTON_STEPS_LEFT, MPCOptions
 from mpc_policy.solve.backend import Kernels
 from mpc_policy.solve.rollout import Model
 
 __all__ = ["NewtonSwitch"]
-
-# Newton steps (one more call of the model's curvature per step) pay where Gauss-Newton
-# would take many more steps: an element takes them once its last step's contraction of the
-# residual, kept up, would need more than this many steps to reach the tolerance (a
-# swing-up pendulum with a heavy torque weight: rate 0.5, 15 steps in float64; the paper's
-# pendulum in float32: rate 0.1 to 0.2, 2 to 4 steps; a Newton step costs about 1.4
-# Gauss-Newton steps there).
-_NEWTON_STEPS_LEFT = 5.0
 
 
 @dataclasses.dataclass
@@ -95,7 +87,7 @@ class NewtonSwitch:
             return
         rate = residual / self.last_residual
         steps_left = torch.log(tol / residual) / torch.log(rate)
-        slow = (rate >= 1.0) | (steps_left > _NEWTON_STEPS_LEFT)
+        slow = (rate >= 1.0) | (steps_left > NEWTON_STEPS_LEFT)
         near = residual <= options.newton_residual
         self.newton = near & ~self.gauss_newton & (self.newton | slow)
         self.last_residual = residual

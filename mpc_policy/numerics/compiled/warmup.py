@@ -11,13 +11,15 @@ of that dtype uses."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
-from mpc_policy.numerics.compiled import adjoint, box_lqr, riccati, rollout
+from mpc_policy.numerics.compiled import adjoint, box_lqr, ddp, models, riccati, rollout
 from mpc_policy.numerics.compiled._cache import cache_directory
 from mpc_policy.options import MPCOptions
 
@@ -65,6 +67,21 @@ def _call_every_kernel(dtype: torch.dtype) -> None:
     adjoint.adjoint_solve(solved.gains, F, c)
     adjoint.costates_from_gradient(c, F)
     adjoint.implicit_gradients(solved.gains, C, c, F, tau, c, True, True, True)
+    # the whole box-DDP loop with a compiled model (float64 arithmetic for every dtype: one
+    # specialization serves both)
+    empty = np.zeros((1, 1, 1, 1))
+    twins = ddp.Twins(
+        models.DYNAMICS_PENDULUM,
+        np.array([[10.0], [1.0], [1.0]]),
+        np.array([0.05, math.inf]),
+        models.COST_QUADRATIC,
+        np.eye(4).reshape(1, 1, 4, 4),
+        np.zeros((1, 1, 4)),
+        empty[0, 0, :1],
+    )
+    start = torch.tensor([[1.0, 0.0, 0.5], [0.0, 1.0, 0.0]], dtype=dtype)
+    bound = torch.full((T, B, 1), 2.0, dtype=dtype)
+    ddp.solve_ddp(twins, start, torch.zeros(T, B, 1, dtype=dtype), -bound, bound, MPCOptions())
 
 
 def _entry_kernels() -> list:
@@ -76,6 +93,7 @@ def _entry_kernels() -> list:
         adjoint._adjoint,
         adjoint._costates,
         adjoint._implicit,
+        ddp._solve,
     ]
 
 

@@ -1,0 +1,524 @@
+"""The whole box-DDP solve of a nonlinear problem with a compiled model: one kernel call.
+
+For dynamics and a cost with compiled twins (``models``), every phase of
+``mpc_policy.solve.ddp.box_ddp`` runs inside one numba loop, one batch element after another:
+
+    local model:   C_t, g_t = cost Hessian and gradient, F_t = dynamics Jacobian at tau_bar;
+                   a Newton step adds sum_i lam_{t+1,i} d2 f_i (lam: costates of g, F);
+    backward pass: the box-LQR recursion (``riccati._recursion_element``) with the box
+                   [lower - u_bar, upper - u_bar];
+    fixed point:   the full step on the linearized dynamics changes no control by more than
+                   tol (1 + max |u_bar|) (eq. (11));
+    Newton switch: residual <= newton_residual and the last contraction slow (more than
+                   ``options.NEWTON_STEPS_LEFT`` steps to go), as box_ddp decides it;
+    line search:   the first alpha in (1, decay, decay^2, ...) whose rolled-out cost is at
+                   most cost_bar + ``options.COST_ROUNDING`` eps (1 + |cost_bar|); none refuses
+                   a Newton step (Gauss-Newton from then on) or stalls a Gauss-Newton one;
+    health:        non-finite trajectory, cost or local model (the dynamics first) freeze
+                   the element as NONFINITE; a stopped element whose Q_uu is indefinite on
+                   its free controls beyond the first shift is INDEFINITE (``health``).
+
+The same decisions as box_ddp on the same data, each element on its own, in float64
+arithmetic for every dtype (float32's conversions at every step cost twice the time) with the
+problem dtype's tolerance and rounding threshold; the results are rounded to that dtype.
+Shapes, time first: x (T, B, n), u (T, B, m), bounds (T, B, m); gains as ``riccati.Gains``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mpc_policy.numerics.compiled._arrays import as_array
+from mpc_policy.numerics.compiled._cache import kernel
+from mpc_policy.numerics.compiled._linalg import cholesky, masked_cholesky
+from mpc_policy.numerics.compiled.models import (
+    cost_quadratize,
+    cost_value,
+    dynamics_curvature,
+    dynamics_jacobian,
+    dynamics_step,
+)
+from mpc_policy.numerics.compiled.riccati import _recursion_element, recursion_scratch
+from mpc_policy.numerics.riccati import Gains
+from mpc_policy.options import COST_ROUNDING, NEWTON_STEPS_LEFT, MPCOptions
+from mpc_policy.solution import SOURCE_COST, SOURCE_DYNAMICS, Status
+
+__all__ = ["CompiledDDPResult", "Twins", "solve_ddp"]
+
+_CONVERGED, _MAX_ITER, _STALLED = int(Status.CONVERGED), int(Status.MAX_ITER), int(Status.STALLED)
+_NONFINITE, _INDEFINITE = int(Status.NONFINITE), int(Status.INDEFINITE)
+
+
+class Twins(NamedTuple):
+    """The compiled twins of a problem's modules, with their current parameter values.
+
+    Attributes:
+        dynamics_kind: a ``models.DYNAMICS_*`` code.
+        dynamics_params: (P, Bp) the module's parameters (Bp = 1 shared, or B).
+        dynamics_constants: (dt, max_speed), float64.
+        cost_kind: a ``models.COST_*`` code.
+        C: (Bc, Tc, d, d) a quadratic cost's terms (Bc, Tc in {1, B} and {1, T}).
+        c: (Bc, Tc, d) its linear terms.
+        wgl: (3, d) a goal-weighted cost's weights, goal and linear term.
+    """
+
+    dynamics_kind: int
+    dynamics_params: np.ndarray
+    dynamics_constants: np.ndarray
+    cost_kind: int
+    C: np.ndarray
+    c: np.ndarray
+    wgl: np.ndarray
+
+
+@kernel(nogil=True, error_model="numpy")
+def _rollout(tw, b, x_init, x_bar, u_bar, K, k, alpha, feedback, lower, upper, x, u) -> float:
+    """Element b's rollout into x (T, n), u (T, m) under u_t = clamp(u_bar_t (+ alpha k_t +
+    K_t (x_t - x_bar_t) with ``feedback``)); returns its cost. x_bar (T, n), u_bar (T, m),
+    K (T, 1, m, n), k (T, 1, m) are the element's."""
+    dk, p, pc, ck, Cq, cq, wgl = tw
+    T, m = u.shape
+    n = x.shape[1]
+    for i in range(n):
+        x[0, i] = x_init[b, i]
+    total = 0.0
+    for t in range(T):
+        for i in range(m):
+            value = u_bar[t, i]
+            if feedback:
+                value += alpha * k[t, 0, i]
+                for j in range(n):
+                    value += K[t, 0, i, j] * (x[t, j] - x_bar[t, j])
+            u[t, i] = min(max(value, lower[t, b, i]), upper[t, b, i])
+        total += cost_value(ck, Cq, cq, wgl, b, x, u, t)
+        if t < T - 1:
+            dynamics_step(dk, p, pc, b, x, u, t)
+    return total
+
+
+@kernel(nogil=True, error_model="numpy")
+def _finite(z) -> bool:
+    """Whether every entry of a contiguous array is finite: z * 0 is 0 for a finite entry
+    and NaN otherwise, summed in four independent chains (no branch, no temporary)."""
+    flat = z.ravel()
+    size = flat.shape[0]
+    s0 = s1 = s2 = s3 = 0.0
+    whole = size - size % 4
+    for i in range(0, whole, 4):
+        s0 += flat[i] * 0.0
+        s1 += flat[i + 1] * 0.0
+        s2 += flat[i + 2] * 0.0
+        s3 += flat[i + 3] * 0.0
+    for i in range(whole, size):
+        s0 += flat[i] * 0.0
+    return s0 + s1 + s2 + s3 == 0.0
+
+
+@kernel(nogil=True, error_model="numpy")
+def _local_model(tw, b, x, u, C, g, F, w_row, th_row) -> int:
+    """C (T, 1, d, d), g (T, 1, d), F (T-1, 1, n, d) at x (T, n), u (T, m); returns the
+    non-finite source (0, ``SOURCE_DYNAMICS`` or ``SOURCE_COST``)."""
+    dk, p, pc, ck, Cq, cq, wgl = tw
+    T = x.shape[0]
+    for t in range(T):
+        cost_quadratize(ck, Cq, cq, wgl, b, x, u, t, C, g)
+        if t < T - 1:
+            dynamics_jacobian(dk, p, pc, b, x, u, t, F, w_row, th_row)
+    if not _finite(F):
+        return SOURCE_DYNAMICS
+    if not (_finite(C) and _finite(g)):
+        return SOURCE_COST
+    return 0
+
+
+@kernel(nogil=True, error_model="numpy")
+def _add_curvature(tw, b, x, u, g, F, C, lam, w_row, th_row) -> None:
+    """C[:-1] += sum_i lam_{t+1,i} d2 f_i at the trajectory, lam the costates of (g, F)."""
+    dk, p, pc = tw[0], tw[1], tw[2]
+    T, n = x.shape
+    for i in range(n):
+        lam[T - 1, i] = g[T - 1, 0, i]
+    for t in range(T - 2, -1, -1):
+        for i in range(n):
+            s = g[t, 0, i]
+            for q in range(n):
+                s += F[t, 0, q, i] * lam[t + 1, q]
+            lam[t, i] = s
+    for t in range(T - 1):
+        dynamics_curvature(dk, p, pc, b, x, u, t, lam, C, w_row, th_row)
+
+
+@kernel(nogil=True, error_model="numpy")
+def _residual(b, F, u_bar, K, k, lower, upper, dx, du) -> float:
+    """The full step on the linearized dynamics, dx_1 = 0, u_t = clamp(u_bar_t + k_t +
+    K_t dx_t), dx_{t+1} = F_t [dx_t; u_t - u_bar_t]: max |u - u_bar| / (1 + max |u_bar|).
+    dx (2, n) and du (m,) are scratch."""
+    T, m = u_bar.shape
+    n = dx.shape[1]
+    dx[0] = 0.0
+    change = 0.0
+    size = 0.0
+    for t in range(T):
+        now = t % 2
+        for i in range(m):
+            value = u_bar[t, i] + k[t, 0, i]
+            for j in range(n):
+                value += K[t, 0, i, j] * dx[now, j]
+            value = min(max(value, lower[t, b, i]), upper[t, b, i])
+            du[i] = value - u_bar[t, i]
+            change = max(change, abs(du[i]))
+            size = max(size, abs(u_bar[t, i]))
+        if t < T - 1:
+            for i in range(n):
+                s = 0.0
+                for j in range(n):
+                    s += F[t, 0, i, j] * dx[now, j]
+                for j in range(m):
+                    s += F[t, 0, i, n + j] * du[j]
+                dx[1 - now, i] = s
+    return change / (1.0 + size)
+
+
+@kernel(nogil=True, error_model="numpy")
+def _indefinite(C, F, K, free, regularization, n) -> bool:
+    """Whether the stopped element's point is no minimum (``health.indefinite_rows``): some
+    C_t is not positive definite after the first shift, and the recursion without
+    regularization, on the free set and with the feedback K of the last pass, meets a Q_uu
+    indefinite on the free controls beyond the first shift."""
+    T, d = C.shape[0], C.shape[2]
+    m = d - n
+    dtype = C.dtype
+    work = np.empty((d, d), dtype=dtype)
+    L = np.empty((d, d), dtype=dtype)
+    suspect = False
+    for t in range(T):
+        largest = 0.0
+        for i in range(d):
+            largest = max(largest, abs(C[t, 0, i, i]))
+        work[:, :] = C[t, 0]
+        for i in range(d):
+            work[i, i] += regularization * (1.0 + largest)
+        if not cholesky(work, L):
+            suspect = True
+            break
+    if not suspect:
+        return False
+    V = np.zeros((n, n), dtype=dtype)
+    Q = np.empty((d, d), dtype=dtype)
+    Q_uu = np.empty((m, m), dtype=dtype)
+    L_m = np.empty((m, m), dtype=dtype)
+    work_m = np.empty((m, m), dtype=dtype)
+    bad = False
+    for t in range(T - 1, -1, -1):
+        Q[:, :] = C[t, 0]
+        if t < T - 1:
+            Ft = F[t, 0]
+            for i in range(d):
+                for j in range(d):
+                    s = 0.0
+                    for p in range(n):
+                        for q in range(n):
+                            s += Ft[p, i] * V[p, q] * Ft[q, j]
+                    Q[i, j] += s
+        largest = 0.0
+        for i in range(m):
+            largest = max(largest, abs(Q[n + i, n + i]))
+        Q_uu[:, :] = Q[n:, n:]
+        for i in range(m):
+            Q_uu[i, i] += regularization * (1.0 + largest)
+        if not masked_cholesky(Q_uu, free[t, 0], L_m, work_m):
+            bad = True
+        for i in range(n):
+            for j in range(n):
+                s = Q[i, j]
+                for p in range(m):
+                    s += Q[i, n + p] * K[t, 0, p, j]
+                V[i, j] = s
+        for i in range(n):
+            for j in range(i + 1, n):
+                mean = 0.5 * (V[i, j] + V[j, i])
+                V[i, j] = mean
+                V[j, i] = mean
+    return bad
+
+
+@kernel(nogil=True, error_model="numpy")
+def _solve(
+    tw,
+    x_init,
+    lower,
+    upper,
+    bounded,
+    alphas,
+    constants,
+    settings,
+    x_out,
+    u_out,
+    cost_out,
+    K_out,
+    k_out,
+    free_out,
+    chol_out,
+    Q_out,
+    iterations,
+    status,
+    residual_out,
+    step_out,
+    source_out,
+) -> None:
+    T, B, n = x_out.shape
+    m = u_out.shape[2]
+    d = n + m
+    dtype = x_out.dtype
+    tol, rounding, regularization, qp_tol = constants[0], constants[1], constants[2], constants[3]
+    newton_residual, newton_steps_left = constants[4], constants[5]
+    max_iter, qp_max_iter, curvature_on = settings[0], settings[1], settings[2] != 0
+    # the element's arrays, (T, 1, ...) for the recursion
+    C = np.empty((T, 1, d, d), dtype=dtype)
+    g = np.empty((T, 1, d), dtype=dtype)
+    F = np.zeros((max(T - 1, 0), 1, n, d), dtype=dtype)
+    du_lower = np.empty((T, 1, m), dtype=dtype)
+    du_upper = np.empty((T, 1, m), dtype=dtype)
+    K = np.zeros((T, 1, m, n), dtype=dtype)
+    k = np.zeros((T, 1, m), dtype=dtype)
+    free = np.ones((T, 1, m), dtype=np.bool_)
+    chol = np.zeros((T, 1, m, m), dtype=dtype)
+    Q = np.zeros((T, 1, d, d), dtype=dtype)
+    shift = np.zeros((T, 1), dtype=dtype)
+    scratch = recursion_scratch(n, m, dtype)
+    x_bar = np.empty((T, n), dtype=dtype)
+    u_bar = np.empty((T, m), dtype=dtype)
+    x_try = np.empty((T, n), dtype=dtype)
+    u_try = np.empty((T, m), dtype=dtype)
+    lam = np.empty((T, n), dtype=dtype)
+    dx = np.empty((2, n), dtype=dtype)
+    du = np.empty(m, dtype=dtype)
+    w_row = np.empty(d, dtype=dtype)
+    th_row = np.empty(d, dtype=dtype)
+    rounded = np.empty(2, dtype=dtype)  # costs and thresholds in the problem's dtype
+    for b in range(B):
+        for t in range(T):
+            for i in range(m):
+                u_bar[t, i] = min(max(u_out[t, b, i], lower[t, b, i]), upper[t, b, i])
+        rounded[0] = _rollout(
+            tw, b, x_init, x_bar, u_bar, K, k, 0.0, False, lower, upper, x_try, u_try
+        )
+        x_bar[:, :] = x_try
+        cost_bar = rounded[0]
+        source = 0
+        if not _finite(x_bar):
+            source = SOURCE_DYNAMICS
+        elif not math.isfinite(cost_bar):
+            source = SOURCE_COST
+        converged = stalled = newton = gauss_newton = stepping = False
+        count = 0
+        step_size = 0.0
+        residual = math.inf
+        last_residual = math.inf
+        while source == 0:
+            source = _local_model(tw, b, x_bar, u_bar, C, g, F, w_row, th_row)
+            if source != 0:
+                break
+            for t in range(T):
+                for i in range(m):
+                    du_lower[t, 0, i] = lower[t, b, i] - u_bar[t, i]
+                    du_upper[t, 0, i] = upper[t, b, i] - u_bar[t, i]
+            stepping = curvature_on and newton and not gauss_newton
+            if stepping:
+                _add_curvature(tw, b, x_bar, u_bar, g, F, C, lam, w_row, th_row)
+            _recursion_element(
+                C, g, F, du_lower, du_upper, bounded, 0, regularization, qp_max_iter, qp_tol,
+                K, k, free, chol, Q, shift, scratch,
+            )  # fmt: skip
+            # the fixed-point test on the full step of the convex approximation (eq. (11))
+            residual = _residual(b, F, u_bar, K, k, lower, upper, dx, du)
+            converged = residual <= tol
+            if curvature_on:
+                rate = residual / last_residual
+                steps = np.log(tol / residual) / np.log(rate)
+                slow = rate >= 1.0 or steps > newton_steps_left
+                newton = residual <= newton_residual and not gauss_newton and (newton or slow)
+                last_residual = residual
+            if converged or count >= max_iter:
+                break
+            count += 1
+            rounded[1] = cost_bar + rounding * (1.0 + abs(cost_bar))
+            accepted = False
+            for a in range(alphas.shape[0]):
+                rounded[0] = _rollout(
+                    tw, b, x_init, x_bar, u_bar, K, k, alphas[a], True, lower, upper, x_try,
+                    u_try,
+                )  # fmt: skip
+                if rounded[0] <= rounded[1]:
+                    x_bar[:, :] = x_try
+                    u_bar[:, :] = u_try
+                    cost_bar = rounded[0]
+                    step_size = alphas[a]
+                    accepted = True
+                    break
+            if not accepted:
+                step_size = 0.0
+                if stepping:
+                    gauss_newton = True  # a refused Newton step: Gauss-Newton from here on
+                else:
+                    stalled = True
+                    break
+        indefinite = source == 0 and not stalled
+        if indefinite:
+            indefinite = _indefinite(C, F, K, free, regularization, n)
+        if source != 0:
+            status[b] = _NONFINITE
+            residual = math.nan
+            # no gains of use (and none of the last element's): no feedback, all free
+            K[:] = 0.0
+            k[:] = 0.0
+            free[:] = True
+        elif indefinite:
+            status[b] = _INDEFINITE
+        elif converged:
+            status[b] = _CONVERGED
+        elif stalled:
+            status[b] = _STALLED
+        else:
+            status[b] = _MAX_ITER
+        iterations[b] = count
+        residual_out[b] = residual
+        step_out[b] = step_size
+        source_out[b] = source
+        cost_out[b] = cost_bar
+        x_out[:, b] = x_bar
+        u_out[:, b] = u_bar
+        K_out[:, b] = K[:, 0]
+        k_out[:, b] = k[:, 0]
+        free_out[:, b] = free[:, 0]
+        chol_out[:, b] = chol[:, 0]
+        Q_out[:, b] = Q[:, 0]
+
+
+class CompiledDDPResult(NamedTuple):
+    """Outcome of ``solve_ddp``, time first; per-element reports (B,)."""
+
+    x: Tensor
+    u: Tensor
+    cost: Tensor
+    gains: Gains
+    iterations: Tensor
+    status: Tensor
+    residual: Tensor
+    step_size: Tensor
+    source: Tensor
+
+
+@functools.cache
+def _settings(options: MPCOptions, dtype: torch.dtype) -> tuple[np.ndarray, ...]:
+    """The step sizes (as box_ddp forms them, in the problem's dtype), the float constants
+    and the integer settings of a solve, made once per (options, dtype); the kernel only
+    reads them."""
+    eps = torch.finfo(dtype).eps
+    curvature = options.newton_residual > 0 and options.jacobian != "finite_diff"
+    exponents = torch.arange(options.max_line_search, dtype=dtype).numpy()
+    alphas = (options.line_search_decay**exponents).astype(np.float64)
+    constants = np.array(
+        [
+            options.tolerance(dtype),
+            COST_ROUNDING * eps,
+            options.regularization,
+            eps**0.5,
+            options.newton_residual,
+            NEWTON_STEPS_LEFT,
+        ]
+    )
+    settings = np.array([options.max_iter, options.qp_max_iter, int(curvature)], dtype=np.int64)
+    return alphas, constants, settings
+
+
+def solve_ddp(
+    twins: Twins,
+    x_init: Tensor,
+    u_init: Tensor,
+    lower: Tensor | None,
+    upper: Tensor | None,
+    options: MPCOptions,
+) -> CompiledDDPResult:
+    """Box-DDP on a batch of problems with compiled twins, as ``box_ddp`` would run it.
+
+    Args:
+        twins: the compiled cost and dynamics with their parameters.
+        x_init: (B, n) initial states.
+        u_init: (T, B, m) initial controls (projected onto the box here).
+        lower: (T, B, m) control lower bounds, or None (unbounded).
+        upper: (T, B, m) control upper bounds, or None.
+        options: the solve's options (iterations, tolerance, line search, Newton steps).
+
+    Returns:
+        The trajectory, its cost, the gains of the last backward pass and the per-element
+        iterations, ``Status`` codes, residuals, last step sizes and non-finite sources.
+    """
+    T, B, m = u_init.shape
+    n = x_init.shape[1]
+    d = n + m
+    dtype = x_init.dtype
+    # numpy arrays wrapped as tensors after the call: no tensor operation per output
+    # float64 arithmetic for every dtype (float32's rounds at each step cost latency): the
+    # tolerance and the cost's rounding threshold stay the problem dtype's
+    real = np.float64
+    u = np.array(as_array(u_init), dtype=real)  # a copy: the kernel writes the solution
+    bounded = lower is not None and upper is not None
+    lo = np.full((T, B, m), -np.inf) if lower is None else as_array(lower).astype(real)
+    hi = np.full((T, B, m), np.inf) if upper is None else as_array(upper).astype(real)
+    x = np.empty((T, B, n), dtype=real)
+    cost = np.empty(B, dtype=real)
+    gains = (
+        np.empty((T, B, m, n), dtype=real),
+        np.empty((T, B, m), dtype=real),
+        np.empty((T, B, m), dtype=np.bool_),
+        np.empty((T, B, m, m), dtype=real),
+        np.empty((T, B, d, d), dtype=real),
+    )
+    iterations = np.empty(B, dtype=np.int64)
+    status = np.empty(B, dtype=np.int8)
+    residual = np.empty(B, dtype=real)
+    step_size = np.empty(B, dtype=real)
+    source = np.empty(B, dtype=np.int8)
+    alphas, constants, settings = _settings(options, dtype)
+    _solve(
+        tuple(twins),
+        as_array(x_init).astype(real),
+        lo,
+        hi,
+        bounded,
+        alphas,
+        constants,
+        settings,
+        x,
+        u,
+        cost,
+        *gains,
+        iterations,
+        status,
+        residual,
+        step_size,
+        source,
+    )
+
+    def tensor(z: np.ndarray) -> Tensor:
+        out = torch.from_numpy(z)
+        return out if out.dtype != torch.float64 or dtype == torch.float64 else out.to(dtype)
+
+    return CompiledDDPResult(
+        tensor(x),
+        tensor(u),
+        tensor(cost),
+        Gains(*(tensor(z) for z in gains)),
+        tensor(iterations),
+        tensor(status),
+        tensor(residual),
+        tensor(step_size),
+        tensor(source),
+    )

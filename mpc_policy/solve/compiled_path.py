@@ -1,0 +1,166 @@
+"""The compiled forward path of ``MPC``: the whole box-DDP solve in one numba call.
+
+The forward solve needs no autograd graph, only values and derivatives at each iterate, so
+for a cost and dynamics with compiled twins it runs as one kernel
+(``mpc_policy.numerics.compiled.ddp``), model included, each batch element on its own. The backward
+is the torch path's: one linearization with autograd at the fixed point and the implicit
+LQR solve. A module describes its twin by ``compiled_twin() -> (kind, parameters,
+constants)`` (the built-in pendulums, ``QuadraticCost``, ``GoalWeightedCost``); the
+parameters are read at every solve, shared (a scalar or a vector) or one per batch element.
+
+The path is taken when the backend is compiled (CPU tensors, numba importable), both modules
+have twins of matching sizes, and ``grad_method`` is not "unroll"; ``compiled_ddp`` says why
+not otherwise (``SolverInfo.declined``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mpc_policy.options import MPCOptions
+from mpc_policy.problem.contract import module_name
+from mpc_policy.solution import SolverInfo, Status
+from mpc_policy.solve.backend import Kernels, select
+from mpc_policy.solve.ddp import DDPResult
+
+__all__ = ["PATH", "compiled_ddp"]
+
+PATH = "compiled-ddp"
+# the twins' kinds, n and m, as in numerics/compiled/models.py (not imported: it needs numba)
+_DYNAMICS = {"pendulum": (1, 3, 1), "windy_pendulum": (2, 3, 1), "cartpole": (3, 5, 1)}
+_COSTS = {"quadratic": 0, "goal_weighted": 1}
+
+
+def _describe(module: Any, what: str) -> tuple[str, tuple[Tensor, ...], tuple[float, ...]] | str:
+    """The module's ``compiled_twin()`` description, or why there is none."""
+    describe = getattr(module, "compiled_twin", None)
+    with torch.no_grad():
+        spec = describe() if callable(describe) else None
+    if spec is None:
+        return f"{what} ({module_name(module)}) has no compiled twin"
+    if spec[0] not in (_DYNAMICS if what == "dynamics" else _COSTS):
+        return f"{what} ({module_name(module)}) describes an unknown twin {spec[0]!r}"
+    return spec
+
+
+def _array(z: Tensor, dtype: torch.dtype) -> np.ndarray:
+    """z's values in the problem's dtype, as a float64 array (the kernel's arithmetic)."""
+    return z.detach().to(dtype).to(torch.float64).contiguous().numpy()
+
+
+def _dynamics(
+    dynamics: Any, B: int, n: int, m: int, dtype: torch.dtype
+) -> tuple[int, np.ndarray, np.ndarray] | str:
+    """The dynamics twin's kind, parameters (P, 1 or B) and constants, or why not."""
+    spec = _describe(dynamics, "dynamics")
+    if isinstance(spec, str):
+        return spec
+    name, params, constants = spec
+    kind, n_twin, m_twin = _DYNAMICS[name]
+    if (n, m) != (n_twin, m_twin):
+        return f"dynamics ({module_name(dynamics)}) has n={n_twin}, m={m_twin}, not {n}, {m}"
+    if any(p.dim() > 1 or (p.dim() == 1 and p.shape[0] != B) for p in params):
+        shapes = [tuple(p.shape) for p in params]
+        return f"dynamics ({module_name(dynamics)}): parameters of shapes {shapes}, not () or (B,)"
+    # each value in the problem's dtype first, as the torch module reads it (``in_dtype``)
+    same = [p.detach() if p.dtype == dtype else p.detach().to(dtype) for p in params]
+    if all(p.dim() == 0 for p in same):
+        rows = np.array([[float(p)] for p in same])
+    else:
+        rows = torch.stack([p.expand(B) for p in same]).to(torch.float64).numpy()
+    return kind, rows, np.array(constants, dtype=np.float64)
+
+
+def _cost(
+    cost: Any, B: int, T: int, d: int, dtype: torch.dtype
+) -> tuple[int, np.ndarray, np.ndarray, np.ndarray] | str:
+    """The cost twin's kind and its terms (C, c of a quadratic cost; w, goal, linear of a
+    goal-weighted one), or why not."""
+    spec = _describe(cost, "cost")
+    if isinstance(spec, str):
+        return spec
+    name, terms, _ = spec
+    kind = _COSTS[name]
+    empty = np.zeros((1, 1, 1, 1))
+    if name == "goal_weighted":
+        with torch.no_grad():
+            wgl = torch.stack([z.detach().to(dtype) for z in terms]).to(torch.float64)
+        if wgl.shape != (3, d):
+            return f"cost ({module_name(cost)}) has size {wgl.shape[-1]}, not n+m = {d}"
+        return kind, empty, empty[..., 0], wgl.numpy()
+    C, c = terms
+    while C.dim() < 4:
+        C = C.unsqueeze(0)
+    while c.dim() < 3:
+        c = c.unsqueeze(0)
+    if (
+        C.dim() != 4
+        or c.dim() != 3
+        or C.shape[0] not in (1, B)
+        or C.shape[1] not in (1, T)
+        or c.shape[0] not in (1, B)
+        or c.shape[1] not in (1, T)
+        or C.shape[-2:] != (d, d)
+        or c.shape[-1] != d
+    ):
+        return f"cost ({module_name(cost)}): terms of shapes {tuple(C.shape)}, {tuple(c.shape)}"
+    return kind, _array(C, dtype), _array(c, dtype), empty[0, 0, :1]
+
+
+def compiled_ddp(
+    cost: Any,
+    dynamics: Any,
+    x_init: Tensor,
+    u_init: Tensor,
+    lower: Tensor | None,
+    upper: Tensor | None,
+    options: MPCOptions,
+) -> tuple[DDPResult, Kernels] | str:
+    """The box-DDP solve on the compiled path, or the one-line reason it does not run.
+
+    Args:
+        cost: the user's cost module.
+        dynamics: the user's dynamics module.
+        x_init: (B, n) initial states.
+        u_init: (T, B, m) initial controls.
+        lower: (T, B, m) control lower bounds, or None.
+        upper: (T, B, m) control upper bounds, or None.
+        options: the solver options.
+
+    Returns:
+        The result (time-major, as ``box_ddp``'s, its info's ``path`` "compiled-ddp") and the
+        kernels of the backward; or the reason the torch path runs instead.
+    """
+    if options.grad_method == "unroll":
+        return "grad_method='unroll' differentiates through the iterations"
+    kernels = select(options.backend, x_init.device)
+    if kernels.name != "compiled":
+        return f"the backend is {kernels.name} (compiled needs CPU tensors and numba)"
+    T, B, m = u_init.shape
+    n = x_init.shape[1]
+    dtype = x_init.dtype
+    model = _dynamics(dynamics, B, n, m, dtype)
+    if isinstance(model, str):
+        return model
+    terms = _cost(cost, B, T, n + m, dtype)
+    if isinstance(terms, str):
+        return terms
+    from mpc_policy.numerics.compiled.ddp import Twins, solve_ddp
+
+    twins = Twins(model[0], model[1], model[2], terms[0], terms[1], terms[2], terms[3])
+    out = solve_ddp(twins, x_init.detach(), u_init.detach(), lower, upper, options)
+    info = SolverInfo(
+        out.iterations,
+        out.status == int(Status.CONVERGED),
+        out.residual,
+        out.step_size,
+        backend=kernels.name,
+        status=out.status,
+        nonfinite_source=out.source,
+        path=PATH,
+    )
+    return DDPResult(out.x, out.u, out.cost, out.gains, info), kernels

@@ -61,6 +61,7 @@ class _Iterate:
     u: Tensor
     cost: Tensor
     source: Tensor  # where a non-finite value came from (0: nowhere)
+    nonfinite: Tensor  # source > 0, kept with it
     any_nonfinite: bool
     converged: Tensor
     stalled: Tensor
@@ -69,10 +70,6 @@ class _Iterate:
     residual: Tensor
     gains: Gains | None = None
     local_model: tuple[Tensor, Tensor] | None = None  # the last pass's C and F
-
-    @property
-    def nonfinite(self) -> Tensor:
-        return self.source > 0
 
     @property
     def frozen(self) -> Tensor:
@@ -101,6 +98,7 @@ def _start(
         u,
         cost,
         source,
+        source > 0,
         any_nonfinite,
         converged=no,
         stalled=no,
@@ -118,7 +116,7 @@ def _local_model(model: Model, it: _Iterate) -> tuple[Tensor, Tensor, Tensor]:
     found, new = nonfinite_source((F,), (C, g))
     if new:
         it.source = torch.where(it.nonfinite, it.source, found)
-        it.any_nonfinite = True
+        it.nonfinite, it.any_nonfinite = it.source > 0, True
     if it.any_nonfinite:
         C, g, F = neutral_model(C, g, F, it.nonfinite)
     it.local_model = (C, F)
@@ -293,7 +291,7 @@ def box_ddp(
                     kernels,
                 )
         C, g, F = _local_model(model, it)
-        moved = ~it.frozen
+        moved = ~it.frozen  # converged, stalled and non-finite elements are frozen
         stepping, C = switch.curvature_terms(it.x, it.u, C, g, F, moved, kernels)
         du_lower = None if lower is None else lower - it.u
         du_upper = None if upper is None else upper - it.u

@@ -220,8 +220,8 @@ def test_stop_after_below_one_is_refused_before_anything_runs(tmp_path, capsys):
 
 
 def test_the_library_refuses_stop_after_below_one_too(tmp_path):
+    from mpc_policy.agents.config import load_config
     from mpc_policy.agents.run import pipeline
-    from mpc_policy.agents.run.config import load_config
 
     config = load_config(CONFIG, "quick", [f"output_dir={tmp_path}"])
     with pytest.raises(ValueError, match="stop_after: expected None or an integer >= 1"):

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .config import ExperimentConfig
+    from ..config import ExperimentConfig
 
 __all__ = ["main"]
 
@@ -135,7 +135,7 @@ def _show_library_messages() -> None:
 def _smaller_budget(path: str, config: ExperimentConfig) -> str | None:
     """When the run trains on fewer epochs or trajectories than the config file as written
     (a ``quick`` profile: a smoke test), the two budgets in words; else None."""
-    from .config import load_config
+    from ..config import load_config
 
     try:
         written = load_config(path)
@@ -153,9 +153,9 @@ def _smaller_budget(path: str, config: ExperimentConfig) -> str | None:
 
 
 def _execute(args: argparse.Namespace, caught: list[warnings.WarningMessage]) -> None:
+    from ..config import load_config
     from ..data.datasets import load_dataset
     from . import report
-    from .config import load_config
     from .experiment import resolve
     from .pipeline import collect, evaluate, train
 

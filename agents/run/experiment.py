@@ -20,10 +20,10 @@ from typing import Any
 
 from mpc_policy.envs.registry import System, get_system
 
+from ..config import DataConfig, EvaluateConfig, ExperimentConfig, ModelConfig
 from ..learners.models import build_learner
 from ..train.bc import Loop
 from ..train.optimization import OptimizerSettings
-from .config import DataConfig, EvaluateConfig, ExperimentConfig, ModelConfig
 
 __all__ = ["Experiment", "resolve"]
 

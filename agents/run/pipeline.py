@@ -26,18 +26,18 @@ from torch import nn
 
 from mpc_policy.policy import MPCPolicy
 
+from ..config import ExperimentConfig
 from ..data.atomic import atomic_write, atomic_write_json
 from ..data.datasets import DatasetError, ExpertDataset, collect_dataset, load_dataset
 from ..data.expert import MPCExpert
 from ..learners.models import DYNAMICS_METHODS, ModelReport, build_learner, parameter_groups
-from ..learners.sysid import SysIdObjective
 from ..train.bc import Trainer, TrainResult
 from ..train.checkpoint import RunCheckpoints, load_checkpoint
 from ..train.guards import RunLock
 from ..train.logging import TrainingLog
 from ..train.objectives import ImitationObjective, WarmStarts
 from ..train.optimization import Optimization
-from .config import ExperimentConfig
+from ..train.sysid import SysIdObjective
 from .evaluate import evaluate_policy
 from .experiment import Experiment, resolve
 

@@ -243,3 +243,18 @@ def test_registering_the_environments_imports_none_of_them():
         "mpc_policy.envs.pendulum:PendulumEnv",
         "mpc_policy/CartPole-v0",
     ]
+
+
+def test_every_test_file_is_marked_with_registered_layers():
+    """``pytest -m <layer>`` finds a layer's tests: each test file has its layers in
+    tests/conftest.py, each of them a marker registered in pyproject.toml."""
+    import tomllib
+
+    from tests.conftest import TEST_LAYERS
+
+    files = sorted(path.name for path in (ROOT / "tests").glob("test_*.py"))
+    assert sorted(TEST_LAYERS) == files
+    pytest_options = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]
+    registered = {line.split(":")[0] for line in pytest_options["ini_options"]["markers"]}
+    used = {layer for layers in TEST_LAYERS.values() for layer in layers}
+    assert used <= registered and all(TEST_LAYERS.values())

@@ -193,6 +193,22 @@ def _imported_modules(path: Path, modules: set[str]) -> set[str]:
     return names
 
 
+def test_the_numerics_warn_of_nothing():
+    """The kernels report what they found (``Gains.shift``); the layers above decide what is
+    worth a warning and point it at the user's line (``mpc_policy._warnings``)."""
+    wrong = []
+    for path in sorted((ROOT / "mpc_policy" / "numerics").rglob("*.py")):
+        names = _imports(path) | {
+            f"{node.module}.{alias.name}"
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.ImportFrom) and node.module
+            for alias in node.names
+        }
+        found = sorted(n for n in names if n == "warnings" or n.startswith("mpc_policy._warnings"))
+        wrong += [f"{_module_name(path)} -> {name}" for name in found]
+    assert wrong == []
+
+
 def test_the_solver_has_no_import_circle():
     graph = {_module_name(path): set[str]() for path in _solver_modules()}
     for path in _solver_modules():

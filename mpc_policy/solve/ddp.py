@@ -30,6 +30,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from mpc_policy._warnings import warn_regularized
 from mpc_policy.numerics.riccati import Gains
 from mpc_policy.options import MPCOptions
 from mpc_policy.solution import SolverInfo
@@ -135,12 +136,17 @@ def _backward_pass(
     options: MPCOptions,
     warn: bool,
 ) -> Gains:
-    """Gains of the moved elements (T, B, ...); the others keep ``gains`` (still exact)."""
+    """Gains of the moved elements (T, B, ...); the others keep ``gains`` (still exact).
+    ``warn``: warn about the regularized Q_uu of the moved elements (box-DDP on a nonconvex
+    problem meets indefinite Q_uu routinely far from the solution and does not warn)."""
     settings = {"regularization": options.regularization, "qp_max_iter": options.qp_max_iter}
     if gains is not None and kernels.name == "compiled":
-        return kernels.backward_recursion(
-            C, g, F, du_lower, du_upper, warn=warn, active=moved, out=gains, **settings
+        updated = kernels.backward_recursion(
+            C, g, F, du_lower, du_upper, active=moved, out=gains, **settings
         )
+        if warn:
+            warn_regularized(updated.shift, moved)
+        return updated
     rows = None if gains is None or bool(moved.all()) else torch.nonzero(moved).squeeze(-1)
 
     def pick(z: Tensor) -> Tensor:
@@ -152,9 +158,10 @@ def _backward_pass(
         pick(F),
         None if du_lower is None else pick(du_lower),
         None if du_upper is None else pick(du_upper),
-        warn=warn,
         **settings,
     )
+    if warn:
+        warn_regularized(fresh.shift, None)
     if gains is None or rows is None:
         return fresh
     return Gains(*(old.index_copy(1, rows, new) for old, new in zip(gains, fresh)))

@@ -266,6 +266,7 @@ def _solve(
     free_out,
     chol_out,
     Q_out,
+    shift_out,
     iterations,
     status,
     residual_out,
@@ -379,6 +380,7 @@ def _solve(
             K[:] = 0.0
             k[:] = 0.0
             free[:] = True
+            shift[:] = 0.0
         elif indefinite:
             status[b] = _INDEFINITE
         elif converged:
@@ -399,6 +401,7 @@ def _solve(
         free_out[:, b] = free[:, 0]
         chol_out[:, b] = chol[:, 0]
         Q_out[:, b] = Q[:, 0]
+        shift_out[:, b] = shift[:, 0]
 
 
 class CompiledDDPResult(NamedTuple):
@@ -480,6 +483,7 @@ def solve_ddp(
         np.empty((T, B, m), dtype=np.bool_),
         np.empty((T, B, m, m), dtype=real),
         np.empty((T, B, d, d), dtype=real),
+        np.empty((T, B), dtype=real),
     )
     iterations = np.empty(B, dtype=np.int64)
     status = np.empty(B, dtype=np.int8)

@@ -395,7 +395,7 @@ def test_solving_the_moving_elements_alone_changes_no_answer(
 
 
 def test_a_module_holding_per_element_data_is_not_restricted() -> None:
-    contract = importlib.import_module("mpc_policy.problem.contract")
+    restriction = importlib.import_module("mpc_policy.problem.restriction")
 
     class PerElement(torch.nn.Module):
         def __init__(self) -> None:
@@ -403,15 +403,15 @@ def test_a_module_holding_per_element_data_is_not_restricted() -> None:
             self.gain = torch.nn.Parameter(torch.ones(8, 1))
 
     rows = torch.tensor([0, 3])
-    assert contract.restrictable(PerElement(), 8, rows) is None
+    assert restriction.restrictable(PerElement(), 8, rows) is None
     shared = PendulumDynamics()
-    assert contract.restrictable(shared, 8, rows) is shared
+    assert restriction.restrictable(shared, 8, rows) is shared
 
 
 def test_a_lone_element_with_per_element_data_is_not_tiled() -> None:
     """The line search tiles a batch for its candidates (rows repeated): a module of B = 1
     holding a (1, ...) tensor may hold that element's data, and is then not tiled."""
-    contract = importlib.import_module("mpc_policy.problem.contract")
+    restriction = importlib.import_module("mpc_policy.problem.restriction")
 
     class PerElement(torch.nn.Module):
         def __init__(self) -> None:
@@ -419,8 +419,8 @@ def test_a_lone_element_with_per_element_data_is_not_tiled() -> None:
             self.gain = torch.nn.Parameter(torch.ones(1, 1))
 
     tiled = torch.zeros(10, dtype=torch.long)
-    assert contract.restrictable(PerElement(), 1, tiled) is None
-    assert contract.restrictable(PerElement(), 1, torch.zeros(1, dtype=torch.long)) is not None
+    assert restriction.restrictable(PerElement(), 1, tiled) is None
+    assert restriction.restrictable(PerElement(), 1, torch.zeros(1, dtype=torch.long)) is not None
 
 
 @pytest.mark.parametrize("backend", ["compiled", "torch"])

@@ -32,8 +32,9 @@ from mpc_policy.grad.fixed_point import implicit_solution
 from mpc_policy.grad.kkt import kkt_solution
 from mpc_policy.options import MPCOptions
 from mpc_policy.problem.constraints import CheckedConstraints
-from mpc_policy.problem.contract import CheckedCost, CheckedDynamics, on_rows, restrict
+from mpc_policy.problem.contract import CheckedCost, CheckedDynamics
 from mpc_policy.problem.module_model import ModuleModel
+from mpc_policy.problem.restriction import on_rows, restrict
 from mpc_policy.solution import SolverInfo
 from mpc_policy.solve.augmented_lagrangian import ALResult
 from mpc_policy.solve.backend import Kernels

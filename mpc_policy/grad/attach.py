@@ -189,10 +189,11 @@ def attach(
     result = problem.result
     bad = info.nonfinite
     rows = torch.nonzero(~bad).flatten() if bool(bad.any()) else None
-    nan = torch.tensor(float("nan"), dtype=result.x.dtype, device=result.x.device)
-    keep = ~bad.view(1, -1, 1)
-    x = torch.where(keep, result.x.detach(), nan)
-    u = torch.where(keep, result.u.detach(), nan)
+    x, u = result.x.detach(), result.u.detach()
+    if rows is not None:
+        nan = torch.tensor(float("nan"), dtype=x.dtype, device=x.device)
+        keep = ~bad.view(1, -1, 1)
+        x, u = torch.where(keep, x, nan), torch.where(keep, u, nan)
     with on_rows(rows, bad.shape[0]):
         # an empty batch has no gradient to attach (and no KKT rows to shape)
         finite = rows is None or rows.numel() > 0

@@ -25,6 +25,7 @@ parameters shared by the whole batch.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -103,12 +104,18 @@ class _InputGuard:
 
     The first call runs on copies and compares them with the originals afterwards: a function
     that wrote into them runs on copies from then on, any other on the originals (no copy
-    per call for the usual, out-of-place module).
+    per call for the usual, out-of-place module). The verdict is kept with the module (its
+    ``kind`` of call: "forward", "jacobian", "quadratize"), so a later solve with the same
+    module does not copy and compare again.
     """
 
-    def __init__(self, name: str, function: Callable[..., Any]) -> None:
+    def __init__(
+        self, name: str, function: Callable[..., Any], owner: object = None, kind: str = ""
+    ) -> None:
         self.name, self.function = name, function
-        self.copies: bool | None = None
+        self.owner, self.kind = owner, kind
+        verdicts = _verdicts_of(owner)
+        self.copies: bool | None = None if verdicts is None else verdicts.get(kind)
 
     def __call__(self, *args: Tensor) -> Any:
         if self.copies is False:
@@ -117,7 +124,28 @@ class _InputGuard:
         out = _call(self.name, self.function, *copies)
         if self.copies is None:
             self.copies = not all(_unchanged(a, c) for a, c in zip(args, copies, strict=True))
+            verdicts = _verdicts_of(self.owner, create=True)
+            if verdicts is not None:
+                verdicts[self.kind] = self.copies
         return out
+
+
+# the guards' verdicts per user module (weakly held: a module's verdicts go with it)
+_VERDICTS: weakref.WeakKeyDictionary[Any, dict[str, bool]] = weakref.WeakKeyDictionary()
+
+
+def _verdicts_of(owner: object, create: bool = False) -> dict[str, bool] | None:
+    """The verdicts kept for ``owner`` (None when there is no owner or it cannot be held
+    weakly)."""
+    if owner is None:
+        return None
+    try:
+        verdicts = _VERDICTS.get(owner)
+        if verdicts is None and create:
+            verdicts = _VERDICTS[owner] = {}
+    except TypeError:  # not weakly referenceable (or unhashable): decide per solve
+        return None
+    return verdicts
 
 
 def _unchanged(original: Tensor, copy: Tensor) -> bool:
@@ -187,8 +215,11 @@ class CheckedDynamics:
         self.name = f"dynamics ({module_name(module)})"
         has_jacobian = callable(getattr(module, "jacobian", None))
         self.jacobian = self._jacobian if has_jacobian else None
-        self._forward = _InputGuard(self.name, module)
-        self._analytic = _InputGuard(self.name, getattr(module, "jacobian", None) or module)
+        self._forward = _InputGuard(self.name, module, module, "forward")
+        jacobian = getattr(module, "jacobian", None)
+        self._analytic = _InputGuard(
+            self.name, jacobian or module, module, "jacobian" if jacobian else "forward"
+        )
 
     def _rows(self, x: Tensor, u: Tensor) -> tuple[Tensor, Tensor, torch.Size]:
         lead = x.shape[:-1]
@@ -285,8 +316,11 @@ class CheckedCost:
         self.name = f"cost ({module_name(module)})"
         has_quadratize = callable(getattr(module, "quadratize", None))
         self.quadratize = self._quadratize if has_quadratize else None
-        self._forward = _InputGuard(self.name, module)
-        self._quadratic = _InputGuard(self.name, getattr(module, "quadratize", None) or module)
+        self._forward = _InputGuard(self.name, module, module, "forward")
+        quadratize = getattr(module, "quadratize", None)
+        self._quadratic = _InputGuard(
+            self.name, quadratize or module, module, "quadratize" if quadratize else "forward"
+        )
 
     @staticmethod
     def _hint(out: object, B: int, T: int) -> str:

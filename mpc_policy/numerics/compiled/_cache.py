@@ -41,8 +41,9 @@ __all__ = ["CACHE_ENVIRONMENT_VARIABLE", "cache_directory", "cache_root", "kerne
 
 CACHE_ENVIRONMENT_VARIABLE = "MPC_POLICY_CACHE_DIR"
 _HASH_LENGTH = 16
-# CPU seconds to compile every kernel of one dtype (2-core machine); quoted in the message
-_COMPILE_SECONDS = 15
+# CPU seconds to compile every kernel (2-core machine, `mpc-policy warmup`: 34 s for the first
+# dtype, the compiled box-DDP loop included, 10 s for the second); quoted in the message
+_COMPILE_SECONDS = 45
 
 logger = logging.getLogger(__name__)
 
@@ -178,8 +179,9 @@ def _announce() -> None:
         return
     _announced = True
     logger.info(
-        "mpc_policy: compiling the solver's CPU kernels (numba), once per install and dtype: "
-        "about %d s of CPU per dtype; cached in %s (`mpc-policy warmup` compiles ahead)",
+        "mpc_policy: compiling the solver's CPU kernels (numba), once per install: up to "
+        "about %d s of CPU for every kernel of both dtypes; cached in %s (`mpc-policy "
+        "warmup` compiles ahead)",
         _COMPILE_SECONDS,
         cache_directory(),
     )

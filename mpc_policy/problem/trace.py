@@ -287,7 +287,9 @@ def _translate(
         value = {"zeros": 0.0, "ones": 1.0, "zeros_like": 0.0, "ones_like": 1.0}.get(name)
         if value is None:
             value = float(args[0] if name == "scalar_tensor" else args[1])
-        return add("fill", (value,), shape)
+        dtype = node.meta["val"].dtype
+        rounded = torch.tensor(value, dtype=dtype).item() if dtype.is_floating_point else value
+        return add("fill", (float(rounded),), shape)
     raise UnsupportedGraph(f"aten.{name} is not supported by the compiled path")
 
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-from mpc_policy import MPC, GoalWeightedCost
+from mpc_policy import MPC, GoalWeightedCost, QuadraticCost
 from mpc_policy.problem.linearize import dynamics_curvature
 from mpc_policy.problem.trace import flat_parameters, trace
 from mpc_policy.solve.backend import ENVIRONMENT_VARIABLE, compiled_available
@@ -121,18 +121,19 @@ def _solve(mpc: MPC, x_init: torch.Tensor, cost: nn.Module, dynamics: nn.Module)
 def test_traced_path_equals_torch_path(
     dtype: torch.dtype, bounded: bool, model: str, batch: int
 ) -> None:
-    """B = 1, and B = 4 with a NaN row (non-finite from the dynamics, the others unaffected)."""
+    """B = 1, and B = 4 with a NaN row (non-finite, the others unaffected)."""
     bound = 2.0 if bounded else None
     mpc = MPC(3, 1, T, u_lower=-bound if bound else None, u_upper=bound, max_iter=100)
     mpc = mpc.with_options(on_unconverged="ignore")
     dynamics = MODELS[model]().to(dtype)
-    cost = GoalWeightedCost(
-        torch.tensor([1.0, 1.0, 0.1, 0.1], dtype=dtype),
-        torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=dtype),
-    )
-    x_init = _states(batch, dtype)
+    weights = torch.tensor([1.0, 1.0, 0.1, 0.1], dtype=dtype)
+    C = torch.diag(2.0 * weights).expand(batch, T, 4, 4).clone()
+    c = (-2.0 * weights * torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=dtype)).expand(batch, T, 4)
+    c = c.clone()
     if batch > 1:
-        x_init[2, 1] = math.nan
+        c[2, 5, 0] = math.nan  # a non-finite row (from the cost)
+    cost = QuadraticCost(C, c)
+    x_init = _states(batch, dtype)
     fast, fast_grads = _solve(mpc, x_init, cost, dynamics)
     slow, slow_grads = _solve(mpc, x_init, cost, _opted_out(dynamics))
     assert fast.info.path == "compiled-ddp" and fast.info.declined is None

@@ -356,7 +356,26 @@ class _Builder:
         a = _View(A.buf, A.offset, shape, tuple(sa))
         b = _View(B.buf, B.offset, shape, tuple(sb))
         factor = "" if scale == 1.0 else f"{scale!r} * "
-        self.e.loop(shape, t, "+=", factor + "{0} * {1}", [a, b])
+        if _numel(shape) <= UNROLL:
+            self.e.loop(shape, t, "+=", factor + "{0} * {1}", [a, b])
+            return
+        # the sum over l in a local: stores into w (which the operands may alias) stay
+        # out of the inner loop
+        e, depth, names = self.e, 0, []
+        for k, size in enumerate(shape[:-1]):
+            if size == 1:
+                names.append(0)
+                continue
+            e.lines.append("    " + "    " * depth + f"for i{k} in range({size}):")
+            names.append(f"i{k}")
+            depth += 1
+        pad = "    " + "    " * depth
+        last = f"i{len(shape) - 1}"
+        e.lines.append(f"{pad}s = 0.0")
+        e.lines.append(f"{pad}for {last} in range({shape[-1]}):")
+        index = [*names, last]
+        e.lines.append(f"{pad}    s += {_access(a, index)} * {_access(b, index)}")
+        e.lines.append(f"{pad}{_access(t, [*names, 0])} += {factor}s")
 
     def zeros(self, shape: tuple[int, ...]) -> _View:
         out = self.e.fresh(shape)

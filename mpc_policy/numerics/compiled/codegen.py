@@ -162,29 +162,44 @@ class _Emitter:
         return view
 
     def loop(
-        self, shape: tuple[int, ...], target: _View, assign: str, expr: str, ops: list
+        self,
+        shape: tuple[int, ...],
+        target: _View,
+        assign: str,
+        expr: str,
+        ops: list,
+        tri: bool = False,
     ) -> None:
         """target[i] (assign) expr(ops[k][i]) over the loop shape; target and ops are views
-        already broadcast to it (or numbers). expr names the operands {0}, {1}, ..."""
+        already broadcast to it (or numbers). expr names the operands {0}, {1}, ...
+        ``tri``: the first two dims are second-order directions (k1, k2), of which only
+        k1 <= k2 is computed (second derivatives are symmetric)."""
         if _numel(shape) == 0:
             return
         if _numel(shape) <= UNROLL:
             for index in _indices(shape):
+                if tri and index[1] < index[0]:
+                    continue
                 values = [_access(op, index) for op in ops]
                 self.lines.append(f"    {_access(target, index)} {assign} {expr.format(*values)}")
             return
+        names, pad = self.header(shape, tri)
+        values = [_access(op, names) for op in ops]
+        self.lines.append(f"{pad}{_access(target, names)} {assign} {expr.format(*values)}")
+
+    def header(self, shape: tuple[int, ...], tri: bool) -> tuple[list[str | int], str]:
+        """The loop statements over shape (dims of size 1 fixed at 0): index names, indent."""
         depth = 0
         names: list[str | int] = []
         for k, size in enumerate(shape):
             if size == 1:
                 names.append(0)
                 continue
-            self.lines.append("    " + "    " * depth + f"for i{k} in range({size}):")
+            start = "i0, " if tri and k == 1 else ""
+            self.lines.append("    " + "    " * depth + f"for i{k} in range({start}{size}):")
             names.append(f"i{k}")
             depth += 1
-        values = [_access(op, names) for op in ops]
-        pad = "    " + "    " * depth
-        self.lines.append(f"{pad}{_access(target, names)} {assign} {expr.format(*values)}")
+        return names, "    " + "    " * depth
 
 
 def _indices(shape: tuple[int, ...]) -> list[tuple[int, ...]]:
@@ -307,7 +322,7 @@ class _Builder:
             return None
         out = e.fresh(full)
         for k, (expr, extra) in enumerate(terms):
-            e.loop(full, out, "=" if k == 0 else "+=", expr, base + extra)
+            e.loop(full, out, "=" if k == 0 else "+=", expr, base + extra, level == 2)
         return out
 
     # -- structure -----------------------------------------------------------------------
@@ -324,7 +339,7 @@ class _Builder:
 
     def materialize(self, view: _View, lead: int) -> _View:
         out = self.e.fresh(view.shape)
-        self.e.loop(view.shape, out, "=", "{0}", [view])
+        self.e.loop(view.shape, out, "=", "{0}", [view], lead == 2)
         return out
 
     def contraction(
@@ -356,20 +371,14 @@ class _Builder:
         a = _View(A.buf, A.offset, shape, tuple(sa))
         b = _View(B.buf, B.offset, shape, tuple(sb))
         factor = "" if scale == 1.0 else f"{scale!r} * "
+        tri = lead == 2
         if _numel(shape) <= UNROLL:
-            self.e.loop(shape, t, "+=", factor + "{0} * {1}", [a, b])
+            self.e.loop(shape, t, "+=", factor + "{0} * {1}", [a, b], tri)
             return
         # the sum over l in a local: stores into w (which the operands may alias) stay
         # out of the inner loop
-        e, depth, names = self.e, 0, []
-        for k, size in enumerate(shape[:-1]):
-            if size == 1:
-                names.append(0)
-                continue
-            e.lines.append("    " + "    " * depth + f"for i{k} in range({size}):")
-            names.append(f"i{k}")
-            depth += 1
-        pad = "    " + "    " * depth
+        e = self.e
+        names, pad = e.header(shape[:-1], tri)
         last = f"i{len(shape) - 1}"
         e.lines.append(f"{pad}s = 0.0")
         e.lines.append(f"{pad}for {last} in range({shape[-1]}):")
@@ -528,14 +537,14 @@ class _Builder:
                 source = p.v if level == 0 else getattr(p, f"d{level}")
                 block = _view_op("slice", target, level, (dim, start, start + size, 1))
                 if source is None:
-                    e.loop(block.shape, block, "=", "0.0", [])
+                    e.loop(block.shape, block, "=", "0.0", [], level == 2)
                 else:
                     src = (
                         _broadcast(source, level, tuple(range(level)), level, block.shape[level:])
                         if level
                         else source
                     )
-                    e.loop(block.shape, block, "=", "{0}", [src])
+                    e.loop(block.shape, block, "=", "{0}", [src], level == 2)
             start += size
         return out
 
@@ -555,7 +564,7 @@ class _Builder:
             target = out.v if level == 0 else e.fresh((*(e.d,) * level, *shape))
             if level:
                 setattr(out, f"d{level}", target)
-            e.loop(target.shape, target, "=", "0.0", [])
+            e.loop(target.shape, target, "=", "0.0", [], level == 2)
             # the target seen on the source's full shape, stride 0 along the reduced dims
             kept = [k for k in range(rank) if k not in dims]
             strides = list(target.strides[:level]) + [0] * rank
@@ -564,7 +573,7 @@ class _Builder:
             for j, k in enumerate(kept):
                 strides[level + k] = tail[k] if keepdim else tail[j]
             t = _View(target.buf, target.offset, source.shape, tuple(strides))
-            e.loop(source.shape, t, "+=", factor + "{0}", [source])
+            e.loop(source.shape, t, "+=", factor + "{0}", [source], level == 2)
         return out
 
     def _mm(self, node: Node) -> _Value:
@@ -601,7 +610,7 @@ class _Builder:
                 None if bias is None else (bias.v if level == 0 else getattr(bias, f"d{level}"))
             )
             if bias_level is None or beta == 0.0:
-                e.loop(target.shape, target, "=", "0.0", [])
+                e.loop(target.shape, target, "=", "0.0", [], level == 2)
             else:
                 src = _broadcast(bias_level, level, tuple(range(level)), level, shape)
                 e.loop(
@@ -610,6 +619,7 @@ class _Builder:
                     "=",
                     ("" if beta == 1.0 else f"{beta!r} * ") + "{0}",
                     [src],
+                    level == 2,
                 )
             K = tuple(range(level))
             if level == 0:
@@ -720,7 +730,7 @@ def generate(graph: list[Node], output: int, n: int, m: int) -> tuple[str, int]:
                 for j in range(d):
                     for k in range(d):
                         terms = " + ".join(
-                            f"a[row + {i}] * {_access(flat(out.d2, 2), (j, k, i))}"
+                            f"a[row + {i}] * {_access(flat(out.d2, 2), (min(j, k), max(j, k), i))}"
                             for i in range(n)
                         )
                         e.lines.append(f"    b[base + {j * d + k}] += {terms}")

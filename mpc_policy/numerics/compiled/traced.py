@@ -79,7 +79,8 @@ _compiled: dict[str, TracedFunctions] = {}
 def _header(cache: bool) -> str:
     return (
         "import math\n\nfrom numba import cfunc\n\n"
-        f"_DECORATE = cfunc({SIGNATURE!r}, cache={cache}, error_model='numpy')\n\n\n"
+        f"_DECORATE = cfunc({SIGNATURE!r}, cache={cache}, error_model='numpy', "
+        "fastmath={'reassoc', 'contract'})\n\n\n"
     )
 
 
@@ -119,7 +120,8 @@ def compile_traced(source: str, work: int) -> TracedFunctions:
         source: the generated functions' source.
         work: the scratch size they need.
     """
-    key = hashlib.sha256(f"{source}\0{numba.__version__}".encode()).hexdigest()[:20]
+    text = f"{_header(True)}{source}\0{numba.__version__}"
+    key = hashlib.sha256(text.encode()).hexdigest()[:20]
     done = _compiled.get(key)
     if done is None:
         module = _load(source, key)

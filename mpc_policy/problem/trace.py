@@ -95,7 +95,7 @@ def trace(module: nn.Module, n: int, m: int) -> Traced | str:
             found = _trace(module, n, m)
         except UnsupportedGraph as error:
             found = str(error)
-        except Exception as error:  # noqa: BLE001 - any failure to trace is a reason
+        except Exception as error:  # any failure to trace is a reason
             text = str(error).strip().splitlines()[0] if str(error).strip() else ""
             found = f"its forward does not trace ({type(error).__name__}: {text[:120]})"
         _traces[key] = found
@@ -183,7 +183,7 @@ def _trace(module: nn.Module, n: int, m: int) -> Traced:
 
 def _translate(
     name: str, overload: str, node: Any, arg: Any, add: Any, integer: dict[Any, list[int]]
-) -> Any:  # noqa: C901
+) -> Any:
     args, kwargs, shape = node.args, node.kwargs, _shape(node)
 
     def get(k: int, key: str, default: Any) -> Any:
@@ -255,14 +255,15 @@ def _translate(
         for a in args[0]:
             inner = tuple(_shape(a))
             d = dim % rank
-            parts.append(add("unsqueeze", (arg(a), d), inner[:d] + (1,) + inner[d:]))
+            parts.append(add("unsqueeze", (arg(a), d), (*inner[:d], 1, *inner[d:])))
         return add("cat", (tuple(parts), dim % rank), shape)
     if name == "index" and overload == "Tensor":
         indices = args[1]
         used = [k for k, index in enumerate(indices) if index is not None]
         if len(used) != 1 or indices[used[0]] not in integer:
             raise UnsupportedGraph(
-                "aten.index with tensor-valued or several indices is not supported by the compiled path"
+                "aten.index with tensor-valued or several indices is not supported by the "
+                "compiled path"
             )
         return add("gather", (arg(args[0]), used[0], tuple(integer[indices[used[0]]])), shape)
     if name == "index_select" and args[2] in integer:
@@ -303,7 +304,7 @@ def flat_parameters(module: nn.Module, traced: Traced, dtype: torch.dtype) -> np
     """The module's current parameters and buffers in the trace's order, each in the
     problem's dtype as the torch module computes with them, then the constants: (P, 1)
     float64."""
-    state = dict(module.named_parameters())
+    state: dict[str, Tensor] = dict(module.named_parameters())
     state.update(module.named_buffers())
     with torch.no_grad():
         parts = [state[name].detach().to(dtype).reshape(-1) for name in traced.names]
@@ -363,7 +364,10 @@ def check_traced(module: nn.Module, traced: Traced, functions: Any, n: int, m: i
         _pointer(p), _pointer(xs), _pointer(us), _pointer(work), 0, _pointer(F), _pointer(F)
     )
     if not np.allclose(got, expected.numpy(), rtol=1e-9, atol=1e-12, equal_nan=True):
-        return "the traced step differs from its forward on a batch (do its rows depend on each other?)"
+        return (
+            "the traced step differs from its forward on a batch "
+            "(do its rows depend on each other?)"
+        )
     if not np.allclose(F[0, 0], jacobian.numpy(), rtol=1e-9, atol=1e-12, equal_nan=True):
         return "the traced Jacobian differs from autograd's"
     return None

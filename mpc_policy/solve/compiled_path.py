@@ -134,7 +134,9 @@ def _cost(
     """The cost twin's kind and its terms (C, c of a quadratic cost; w, goal, linear of a
     goal-weighted one), or why not."""
     spec = _describe(cost, "cost")
-    if spec is None or isinstance(spec, str):
+    if spec is None:
+        return f"cost ({module_name(cost)}) has no compiled twin"
+    if isinstance(spec, str):
         return spec
     name, terms, _ = spec
     kind = _COSTS[name]

@@ -28,7 +28,10 @@ from typing import Any
 
 __all__ = ["SIGNATURE", "Node", "Ref", "UnsupportedGraph", "generate"]
 
-SIGNATURE = "void(CPointer(float64), CPointer(float64), CPointer(float64), CPointer(float64), int64, CPointer(float64), CPointer(float64))"
+SIGNATURE = (
+    "void(CPointer(float64), CPointer(float64), CPointer(float64), CPointer(float64), int64, "
+    "CPointer(float64), CPointer(float64))"
+)
 UNROLL = 64
 
 
@@ -205,7 +208,7 @@ class _Emitter:
 def _indices(shape: tuple[int, ...]) -> list[tuple[int, ...]]:
     out: list[tuple[int, ...]] = [()]
     for size in shape:
-        out = [index + (i,) for index in out for i in range(size)]
+        out = [(*index, i) for index in out for i in range(size)]
     return out
 
 
@@ -275,13 +278,13 @@ class _Builder:
         second: dict[tuple[int, int], str],
     ) -> _Value:
         e = self.e
-        names = {"abc"[k]: "{%d}" % k for k in range(len(operands))}
+        names = {"abc"[k]: f"{{{k}}}" for k in range(len(operands))}
         vals = [o.v if isinstance(o, _Value) else float(o) for o in operands]
         y = e.fresh(shape)
         ops = [_broadcast(v, 0, (), 0, shape) for v in vals]
         e.loop(shape, y, "=", _sub(value, names), ops)
         out = _Value(y)
-        names_y = {**names, "y": "{%d}" % len(operands)}
+        names_y = {**names, "y": f"{{{len(operands)}}}"}
         if e.order >= 1:
             out.d1 = self._tangent(1, shape, operands, vals, y, first, second, names_y)
         if e.order >= 2:
@@ -398,10 +401,10 @@ class _Builder:
             return float(arg)
         raise UnsupportedGraph(f"an argument {arg!r} is not supported")
 
-    def run(self, node: Node) -> _Value:  # noqa: C901 - one dispatch over the operations
+    def run(self, node: Node) -> _Value:  # one dispatch over the operations
         e, op, args, shape = self.e, node.op, node.args, node.shape
         if op in ("x", "u"):
-            size, first = (e.n, 0) if op == "x" else (e.m, e.n)
+            size, column = (e.n, 0) if op == "x" else (e.m, e.n)
             v = e.fresh((1, size))
             e.lines.append(f"    for i in range({size}):")
             e.lines.append(f"        w[{v.offset} + i] = {op}[t * {size} + i]")
@@ -409,7 +412,7 @@ class _Builder:
             if e.order >= 1:
                 d1 = self.zeros((e.d, 1, size))
                 e.lines.append(f"    for i in range({size}):")
-                e.lines.append(f"        w[{d1.offset} + ({first} + i) * {size} + i] = 1.0")
+                e.lines.append(f"        w[{d1.offset} + ({column} + i) * {size} + i] = 1.0")
                 out.d1 = d1
             return out
         if op == "param":
@@ -535,6 +538,7 @@ class _Builder:
             for level in (0, *levels):
                 target = out.v if level == 0 else getattr(out, f"d{level}")
                 source = p.v if level == 0 else getattr(p, f"d{level}")
+                assert isinstance(target, _View)
                 block = _view_op("slice", target, level, (dim, start, start + size, 1))
                 if source is None:
                     e.loop(block.shape, block, "=", "0.0", [], level == 2)
@@ -564,6 +568,7 @@ class _Builder:
             target = out.v if level == 0 else e.fresh((*(e.d,) * level, *shape))
             if level:
                 setattr(out, f"d{level}", target)
+            assert isinstance(target, _View) and isinstance(source, _View)
             e.loop(target.shape, target, "=", "0.0", [], level == 2)
             # the target seen on the source's full shape, stride 0 along the reduced dims
             kept = [k for k in range(rank) if k not in dims]
@@ -682,6 +687,11 @@ def _view_op(op: str, v: _View, lead: int, args: tuple[Any, ...]) -> _View:
     return replace(v, offset=offset, shape=tuple(shape), strides=tuple(strides))
 
 
+def _flat(v: _View, lead: int, n: int) -> _View:
+    """The output (1, n) (or (n,)) view as (lead dirs..., n)."""
+    return _View(v.buf, v.offset, (*v.shape[:lead], n), (*v.strides[:lead], v.strides[-1]))
+
+
 def generate(graph: list[Node], output: int, n: int, m: int) -> tuple[str, int]:
     """The source of the functions ``step``, ``jacobian``, ``curvature`` (module level, each
     decorated with ``@_DECORATE``) and the scratch size w needs.
@@ -709,19 +719,16 @@ def generate(graph: list[Node], output: int, n: int, m: int) -> tuple[str, int]:
             raise UnsupportedGraph(
                 f"the output has shape {getattr(out.v, 'shape', ())}, not (1, {n})"
             )
-        flat = lambda v, lead: _View(
-            v.buf, v.offset, (*v.shape[:lead], n), (*v.strides[:lead], v.strides[-1])
-        )  # noqa: E731
         if order == 0:
             target = _View("x", 0, (n,), (1,))
             e.lines.append(f"    base = (t + 1) * {n}")
-            e.loop((n,), target, "=", "{0}", [flat(out.v, 0)])
+            e.loop((n,), target, "=", "{0}", [_flat(out.v, 0, n)])
             e.lines[-n:] = [line.replace("x[", "x[base + ") for line in e.lines[-n:]]
         elif order == 1:
             e.lines.append(f"    base = t * {n * d}")
             for i in range(n):
                 for j in range(d):
-                    value = "0.0" if out.d1 is None else _access(flat(out.d1, 1), (j, i))
+                    value = "0.0" if out.d1 is None else _access(_flat(out.d1, 1, n), (j, i))
                     e.lines.append(f"    a[base + {i * d + j}] = {value}")
         else:
             e.lines.append(f"    base = t * {d * d}")
@@ -729,8 +736,9 @@ def generate(graph: list[Node], output: int, n: int, m: int) -> tuple[str, int]:
             if out.d2 is not None:
                 for j in range(d):
                     for k in range(d):
+                        upper = (min(j, k), max(j, k))  # only k1 <= k2 was computed
                         terms = " + ".join(
-                            f"a[row + {i}] * {_access(flat(out.d2, 2), (min(j, k), max(j, k), i))}"
+                            f"a[row + {i}] * {_access(_flat(out.d2, 2, n), (*upper, i))}"
                             for i in range(n)
                         )
                         e.lines.append(f"    b[base + {j * d + k}] += {terms}")

@@ -21,9 +21,9 @@ The parameters are an array p (P, Bp) of the module's current values (Bp = 1 sha
 Bp = B one per element) and the fixed constants c = (dt, max_speed) (inf: no clip).
 Every function reads row t of whole trajectories x (T, n), u (T, m) (no array views in
 the hot loop). Kind 4 is a traced module (``traced``, ``codegen``): its generated
-functions, called by address, with p its flat parameters (P, 1). ``step`` writes f(x_t, u_t) into x[t + 1], ``jacobian`` J = df/d[x; u]
-(n, n+m) into F[t, 0], ``curvature`` adds sum_i lam_{t+1,i} d2 f_i / d[x; u]2 (n+m, n+m)
-into C[t, 0]: the dynamics' part of the
+functions, called by address, with p its flat parameters (P, 1). ``step`` writes
+f(x_t, u_t) into x[t + 1], ``jacobian`` J = df/d[x; u] (n, n+m) into F[t, 0], ``curvature``
+adds sum_i lam_{t+1,i} d2 f_i / d[x; u]2 (n+m, n+m) into C[t, 0]: the dynamics' part of the
 Lagrangian's Hessian (Newton steps), the same as autograd's second derivatives of the torch
 module (zero through an active clip).
 

@@ -44,7 +44,7 @@ class TracedFunctions(NamedTuple):
 
 
 @intrinsic
-def call(typingctx, address, p, x, u, w, t, a, b):  # type: ignore[no-untyped-def]
+def call(typingctx, address, p, x, u, w, t, a, b):
     """address(p, x, u, w, t, a, b): the generated function at ``address`` on the data of
     C-contiguous float64 arrays p, x, u, w, a, b and the row t."""
     for array in (p, x, u, w, a, b):
@@ -54,7 +54,7 @@ def call(typingctx, address, p, x, u, w, t, a, b):  # type: ignore[no-untyped-de
             return None
     sig = types.void(address, p, x, u, w, t, a, b)
 
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+    def codegen(context, builder, signature, args):
         double = ir.DoubleType().as_pointer()
         i64 = ir.IntType(64)
         pointers = []
@@ -97,7 +97,7 @@ def _load(source: str, key: str) -> Any:
             os.replace(temporary, path)  # never rewritten: numba's stamp stays valid
     except OSError:
         namespace: dict[str, Any] = {}
-        exec(compile(_header(False) + source, f"<traced {key}>", "exec"), namespace)  # noqa: S102
+        exec(compile(_header(False) + source, f"<traced {key}>", "exec"), namespace)
         return _Namespace(namespace)
     name = f"mpc_policy_traced_{key}"
     spec = importlib.util.spec_from_file_location(name, path)

@@ -10,13 +10,15 @@ The generated source is its own cache key: it is written once to
 ``<cache root>/numba/traced/<hash>.py`` (hash of the source and numba's version, never
 rewritten) and compiled with numba's own file cache beside it, so a later process loads the
 machine code. Where the cache folder cannot be written, the source is compiled in memory,
-once per process. Either way a process compiles a given source at most once (``_compiled``).
+once per process. A first compilation on a machine is announced at level INFO. Either
+way a process compiles a given source at most once (``_compiled``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import os
 import sys
 import tempfile
@@ -32,6 +34,8 @@ from mpc_policy.numerics.compiled._cache import cache_root
 from mpc_policy.numerics.compiled.codegen import SIGNATURE
 
 __all__ = ["TracedFunctions", "call", "compile_traced"]
+
+logger = logging.getLogger(__name__)
 
 
 class TracedFunctions(NamedTuple):
@@ -91,6 +95,11 @@ def _load(source: str, key: str) -> Any:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         if not path.exists():
+            logger.info(
+                "mpc_policy: compiling a traced dynamics module's step and derivatives (numba), "
+                "once per machine: a few seconds of CPU; cached in %s",
+                folder,
+            )
             handle, temporary = tempfile.mkstemp(dir=folder, suffix=".tmp")
             with os.fdopen(handle, "w", encoding="utf-8") as out:
                 out.write(_header(True) + source)

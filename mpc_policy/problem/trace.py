@@ -156,7 +156,10 @@ def _trace(module: nn.Module, n: int, m: int) -> Traced:
             continue
         if node.op == "output":
             result = node.args[0]
-            result = result[0] if isinstance(result, list | tuple) else result
+            if isinstance(result, list | tuple):
+                result = result[0] if len(result) == 1 else None
+            if not isinstance(result, torch.fx.Node):
+                raise UnsupportedGraph("its forward returns no single tensor")
             output = arg(result).index
             continue
         name = node.target._opname if hasattr(node.target, "_opname") else str(node.target)
@@ -342,8 +345,9 @@ def check_traced(module: nn.Module, traced: Traced, functions: Any, n: int, m: i
 
     with torch.no_grad():
         expected = forward(x, u)
-    if tuple(expected.shape) != (4, n):
-        return f"its forward on a batch of 4 rows gives shape {tuple(expected.shape)}, not (4, {n})"
+    if not isinstance(expected, Tensor) or tuple(expected.shape) != (4, n):
+        shape = tuple(expected.shape) if isinstance(expected, Tensor) else type(expected).__name__
+        return f"its forward on a batch of 4 rows gives {shape}, not shape (4, {n})"
     jacobian = torch.autograd.functional.jacobian(
         lambda z: forward(z[None, :n], z[None, n:])[0], torch.cat([x[0], u[0]])
     )

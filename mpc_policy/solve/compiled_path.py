@@ -86,7 +86,10 @@ def _traced(
         from mpc_policy.numerics.compiled.traced import compile_traced
 
         functions = compile_traced(traced.source, traced.work)
-        reason = check_traced(dynamics, traced, functions, n, m)
+        try:
+            reason = check_traced(dynamics, traced, functions, n, m)
+        except Exception as error:  # the module fails on a batch: the torch path says how
+            reason = f"its forward fails on a batch of rows ({type(error).__name__})"
         done = _checked[id(traced)] = (traced, functions) if reason is None else reason
     if isinstance(done, str):
         return f"dynamics ({name}): {done}"

@@ -19,7 +19,7 @@ policy (``MPCPolicy`` on Pendulum-v0 with the environment's own dynamics and cos
 float64, B = 1, per step), and the torch (aten) operations of one B = 1 forward
 (``torch.profiler``).
 
-Usage: ``python benchmarks/bench_compiled_ddp.py [--rounds 30] [--steps 100]``.
+Usage: ``python benchmarks/bench_compiled_ddp.py [--rounds 30] [--steps 100] [--out DIR]``.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 from _problems import pendulum_problem
-from _timing import markdown_table, set_single_thread, write_results
+from _timing import add_output_argument, markdown_table, set_single_thread, write_results
 from torch.profiler import ProfilerActivity, profile
 
 from mpc_policy import MPC, MPCPolicy, QuadraticCost
@@ -319,6 +319,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--steps", type=int, default=100)
+    add_output_argument(parser)
     args = parser.parse_args()
     set_single_thread()
     records = forward_cases(args.rounds) + casadi_peer(args.rounds)
@@ -330,7 +331,7 @@ def main() -> None:
     ]
     print(markdown_table(headers, rows))
     settings = {"threads": 1, "rounds": args.rounds, "steps": args.steps, "horizon": T}
-    json_path, _ = write_results("bench_compiled_ddp", records, settings)
+    json_path, _ = write_results("bench_compiled_ddp", records, settings, args.out)
     print(f"\nwrote {json_path} (medians of process CPU time, one thread)")
 
 

@@ -37,7 +37,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import EvalCallback
 from stable_baselines3.common.env_util import make_vec_env
 
-from mpc_policy.agents.run.yaml_profiles import merge, parse_override, read_profile
+from mpc_policy.agents.yaml_profiles import merge, parse_override, read_profile
 from mpc_policy.sb3 import EvaluationCurve, MPCActorCriticPolicy, MPCHealthCallback, TqdmCallback
 
 

@@ -15,8 +15,9 @@ import warnings
 from types import FrameType
 
 import torch
+from torch import Tensor
 
-__all__ = ["user_stacklevel", "warn"]
+__all__ = ["user_stacklevel", "warn", "warn_regularized"]
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _USER_FACING = (os.path.join(_PACKAGE, "sb3") + os.sep,)
@@ -43,3 +44,29 @@ def user_stacklevel() -> int:
 def warn(message: str, category: type[Warning] = RuntimeWarning) -> None:
     """``warnings.warn(message, category)`` pointed at the user's line."""
     warnings.warn(message, category, stacklevel=user_stacklevel())
+
+
+def warn_regularized(shift: Tensor, mask: Tensor | None) -> None:
+    """Warn about the steps whose Q_uu needed a diagonal shift, latest time step first, each
+    warning pointed at the user's line. The numerics report the shifts (``Gains.shift``);
+    the layers above decide which are worth a warning.
+
+    Args:
+        shift: (T, B) the shift each step and element needed (0 where none).
+        mask: (B,) the elements worth a warning, or None for all.
+    """
+    needed = shift > 0
+    if mask is not None:
+        needed = needed & mask.view(1, -1)
+    if not bool(needed.any()):
+        return
+    for t in range(shift.shape[0] - 1, -1, -1):
+        reported = torch.nonzero(needed[t]).flatten().tolist()
+        if reported:
+            warnings.warn(
+                f"Q_uu at time step {t + 1} is not positive definite for batch elements "
+                f"{reported[:10]}; regularized by adding up to "
+                f"{float(shift[t].max()):.2e} * I",
+                RuntimeWarning,
+                stacklevel=user_stacklevel(),
+            )

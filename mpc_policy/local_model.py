@@ -21,6 +21,7 @@ from contextlib import nullcontext
 import torch
 from torch import Tensor, nn
 
+from mpc_policy._warnings import warn_regularized
 from mpc_policy.numerics.riccati import backward_recursion
 from mpc_policy.problem.contract import CheckedDynamics
 from mpc_policy.problem.linearize import cost_derivatives, dynamics_jacobian
@@ -100,4 +101,5 @@ def feedback_gains(
     gains = backward_recursion(
         C.transpose(0, 1), g.transpose(0, 1), F.transpose(0, 1), lower, upper
     )
+    warn_regularized(gains.shift, None)
     return gains.K.transpose(0, 1), gains.k.transpose(0, 1)

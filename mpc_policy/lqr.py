@@ -22,9 +22,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mpc_policy._warnings import warn_regularized
 from mpc_policy.grad.implicit_lqr import implicit_lqr
 from mpc_policy.numerics.condensed import solve_condensed
-from mpc_policy.numerics.riccati import Gains, warn_regularized
+from mpc_policy.numerics.riccati import Gains
 from mpc_policy.options import MPCOptions
 from mpc_policy.problem.validation import (
     check_bounds,
@@ -107,6 +108,7 @@ def _finish_stalled(
     x_sub, u_sub = rollout(sub, x_init[index], u_sub, kernels=kernels)
     free_sub = qp.free.view(-1, T, m).transpose(0, 1).contiguous()
     factors = kernels.factorize(sub.C, sub.F, free_sub, regularization=options.regularization)
+    warn_regularized(factors.shift, None)
     x, u = x.clone(), u.clone()
     x[:, index], u[:, index] = x_sub, u_sub
     merged = []
@@ -253,6 +255,7 @@ def lqr_solve(
             gains = kernels.backward_recursion(
                 model.C, g, model.F, None, None, regularization=opts.regularization
             )
+            warn_regularized(gains.shift, None)
             x_sol, u_sol = rollout(model, x0, zeros, x_bar, gains, kernels=kernels)
             done = torch.ones(B, dtype=torch.bool, device=x0.device)
             info = ddp_info(

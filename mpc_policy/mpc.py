@@ -47,6 +47,7 @@ from mpc_policy.problem.validation import (
     check_untransformed,
     complete_bounds,
     expand_bound,
+    scalar_bounds_valid,
 )
 from mpc_policy.solution import Solution, Status
 from mpc_policy.solve.backend import Kernels, select
@@ -133,8 +134,10 @@ class MPC(nn.Module):
         B, T, m = x_init.shape[0], self.horizon, self.n_ctrl
         lower = expand_bound("u_lower", self.u_lower, B, T, m, x_init)
         upper = expand_bound("u_upper", self.u_upper, B, T, m, x_init)
-        check_bounds(lower, upper)
+        if not scalar_bounds_valid(self.u_lower, self.u_upper):
+            check_bounds(lower, upper)  # tensors (or invalid numbers: the same message)
         lower, upper = complete_bounds(lower, upper)
+        given = u_init is not None
         if u_init is None:
             u_init = torch.zeros(B, T, m, dtype=x_init.dtype, device=x_init.device)
         else:
@@ -146,7 +149,7 @@ class MPC(nn.Module):
                     f"received {tuple(u_init.shape)}"
                 )
             u_init = u_init.to(x_init.dtype)
-        check_finite(x_init=x_init, u_init=u_init)
+        check_finite(x_init=x_init, u_init=u_init if given else None)  # zeros are finite
         return x_init, lower, upper, u_init
 
     # a compile boundary: torch.compile runs the solve eagerly (its data-dependent loop and
@@ -212,11 +215,13 @@ class MPC(nn.Module):
         else:
             result, kernels = compiled
             info = result.info
-        stopped = (info.codes == int(Status.MAX_ITER)) | (info.codes == int(Status.STALLED))
         hint = ""
-        if opts.on_unconverged != "ignore" and bool(stopped.any()):
-            # a module that answers differently each call keeps the solve from a fixed point
-            hint = determinism_hint(checked_cost, checked_dynamics, result.x, result.u)
+        if opts.on_unconverged != "ignore" and not info.all_converged:
+            stopped = (info.codes == int(Status.MAX_ITER)) | (info.codes == int(Status.STALLED))
+            if bool(stopped.any()):
+                # a module that answers differently each call keeps the solve from a fixed
+                # point
+                hint = determinism_hint(checked_cost, checked_dynamics, result.x, result.u)
         info.enforce(opts.on_unconverged, f"{checked_cost.name}, {checked_dynamics.name}", hint)
         problem = GradientProblem(
             checked_cost,

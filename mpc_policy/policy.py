@@ -14,7 +14,6 @@ one observation's answer never depends on the rest of the batch.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -128,6 +127,9 @@ class MPCPolicy(nn.Module):
         self.warm_start = warm_start
         self._warm_plan: Tensor | None = None
         self.last_info: SolverInfo | None = None
+        # the MPC of the last call, reused while its sizes and options hold (a tuple: not a
+        # submodule, so neither state_dict nor modules() see it)
+        self._solver: tuple[MPC] | None = None
 
     def reset_warm_start(self, rows: Tensor | np.ndarray | None = None) -> None:
         """Forget the cached plans: all of them, or those of ``rows`` (a (B,) bool mask)."""
@@ -154,8 +156,8 @@ class MPCPolicy(nn.Module):
         """Cache the plan u (B, T, m) shifted by one step, its last control repeated."""
         u = u.detach()
         # a non-finite row (``Status.NONFINITE``) starts its next solve from zeros
-        u = torch.where(torch.isfinite(u), u, torch.zeros_like(u))
-        self._warm_plan = torch.cat([u[:, 1:], u[:, -1:]], dim=1)
+        shifted = torch.cat([u[:, 1:], u[:, -1:]], dim=1)
+        self._warm_plan = shifted.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
 
     def extra_repr(self) -> str:
         return f"horizon={self.horizon}, n_ctrl={self.n_ctrl}, solve_dtype={self.solve_dtype}"
@@ -174,6 +176,25 @@ class MPCPolicy(nn.Module):
             return self._bounds[name]
         bound: Tensor = getattr(self, name)
         return bound.to(dtype=like.dtype, device=like.device)
+
+    def _controller(self, n_state: int, n_ctrl: int, like: Tensor) -> MPC:
+        """The MPC of these sizes with the current options and bounds (in ``like``'s dtype),
+        built once and rebuilt only when a size, the horizon or ``options`` changes."""
+        lower, upper = self._bound("u_lower", like), self._bound("u_upper", like)
+        cached = None if self._solver is None else self._solver[0]
+        if (
+            cached is None
+            or cached.options is not self.options
+            or (cached.n_state, cached.n_ctrl, cached.horizon) != (n_state, n_ctrl, self.horizon)
+        ):
+            cached = MPC(n_state, n_ctrl, self.horizon, lower, upper)
+            cached.options = self.options  # frozen: shared, not copied
+            self._solver = (cached,)
+        if cached.u_lower is not lower:
+            cached.u_lower = lower
+        if cached.u_upper is not upper:
+            cached.u_upper = upper
+        return cached
 
     def plan(
         self,
@@ -208,8 +229,8 @@ class MPCPolicy(nn.Module):
             obs = obs.unsqueeze(0)
         if obs.dim() != 2:
             raise ValueError(f"obs: expected shape (B, n_obs), received {tuple(obs.shape)}")
-        finite = torch.isfinite(obs).all(-1)
-        if not bool(finite.all()):
+        if not bool(torch.isfinite(obs).all()):
+            finite = torch.isfinite(obs).all(-1)
             rows = torch.nonzero(~finite).flatten().tolist()
             raise ValueError(
                 f"obs: rows {rows[:10]} of {obs.shape[0]} contain NaN or Inf; an MPC policy "
@@ -234,14 +255,7 @@ class MPCPolicy(nn.Module):
                 "cannot tell the control size m: give the dynamics module an integer "
                 "`n_ctrl` attribute, pass tensor bounds, or pass u_init"
             )
-        mpc = MPC(
-            int(x_init.shape[1]),
-            n_ctrl,
-            self.horizon,
-            self._bound("u_lower", x_init),
-            self._bound("u_upper", x_init),
-            **asdict(self.options),
-        )
+        mpc = self._controller(int(x_init.shape[1]), n_ctrl, x_init)
         solution = mpc(x_init, self.cost, self.dynamics, u_init)
         self.last_info = solution.info
         if self.warm_start:

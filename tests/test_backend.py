@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import functools
 import importlib
+import warnings
 
 import pytest
 import torch
 from torch import Tensor
 
 from mpc_policy import MPC, GoalWeightedCost, lqr_solve
+from mpc_policy._warnings import warn_regularized
 from mpc_policy.solve import backend as backend_module
 from mpc_policy.solve.backend import TORCH, select
 from tests.oracles import BoxLQRProblem, random_box_lqr, random_box_qp
@@ -89,8 +91,8 @@ def test_recursion_and_factorization_kernels_equal_torch(
         T, B, n, m, seed=T + m, dtype=dtype, indefinite=indefinite
     )
     bounds = (lower, upper) if bounded else (None, None)
-    ours = compiled_riccati.backward_recursion(C, grad, F, *bounds, warn=False)
-    reference = torch_riccati.backward_recursion(C, grad, F, *bounds, warn=False)
+    ours = compiled_riccati.backward_recursion(C, grad, F, *bounds)
+    reference = torch_riccati.backward_recursion(C, grad, F, *bounds)
     if indefinite and dtype == torch.float32:
         pytest.skip(
             "float32 with an indefinite Q_uu: the two Cholesky codes may succeed at different "
@@ -102,8 +104,8 @@ def test_recursion_and_factorization_kernels_equal_torch(
             assert torch.equal(a, b)
         else:
             _close(a, b, dtype)
-    ours_f = compiled_riccati.factorize(C, F, reference.free, warn=False)
-    reference_f = torch_riccati.factorize(C, F, reference.free, warn=False)
+    ours_f = compiled_riccati.factorize(C, F, reference.free)
+    reference_f = torch_riccati.factorize(C, F, reference.free)
     for name, a, b in zip(reference_f._fields, ours_f, reference_f):
         if name == "free":
             assert torch.equal(a, b)
@@ -147,12 +149,21 @@ def test_recursion_of_active_elements_only_keeps_the_others() -> None:
 
 
 def test_regularization_warnings_are_the_same() -> None:
+    """Both recursions report the same shifts (the kernels do not warn: the layers above
+    warn about them), so the warnings said of them are the same."""
     C, grad, F, lower, upper = _riccati_data(4, 6, 2, 2, seed=5, dtype=F64, indefinite=True)
-    with pytest.warns(RuntimeWarning) as ours:
-        compiled_riccati.backward_recursion(C, grad, F, lower, upper)
-    with pytest.warns(RuntimeWarning) as reference:
-        torch_riccati.backward_recursion(C, grad, F, lower, upper)
-    assert [str(w.message) for w in ours] == [str(w.message) for w in reference]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a kernel that warned would fail here
+        shifts = [
+            recursion(C, grad, F, lower, upper).shift
+            for recursion in (compiled_riccati.backward_recursion, torch_riccati.backward_recursion)
+        ]
+    said = []
+    for shift in shifts:
+        with pytest.warns(RuntimeWarning) as caught:
+            warn_regularized(shift, None)
+        said.append([str(w.message) for w in caught])
+    assert said[0] == said[1]
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -384,7 +395,7 @@ def test_solving_the_moving_elements_alone_changes_no_answer(
 
 
 def test_a_module_holding_per_element_data_is_not_restricted() -> None:
-    contract = importlib.import_module("mpc_policy.problem.contract")
+    restriction = importlib.import_module("mpc_policy.problem.restriction")
 
     class PerElement(torch.nn.Module):
         def __init__(self) -> None:
@@ -392,15 +403,15 @@ def test_a_module_holding_per_element_data_is_not_restricted() -> None:
             self.gain = torch.nn.Parameter(torch.ones(8, 1))
 
     rows = torch.tensor([0, 3])
-    assert contract.restrictable(PerElement(), 8, rows) is None
+    assert restriction.restrictable(PerElement(), 8, rows) is None
     shared = PendulumDynamics()
-    assert contract.restrictable(shared, 8, rows) is shared
+    assert restriction.restrictable(shared, 8, rows) is shared
 
 
 def test_a_lone_element_with_per_element_data_is_not_tiled() -> None:
     """The line search tiles a batch for its candidates (rows repeated): a module of B = 1
     holding a (1, ...) tensor may hold that element's data, and is then not tiled."""
-    contract = importlib.import_module("mpc_policy.problem.contract")
+    restriction = importlib.import_module("mpc_policy.problem.restriction")
 
     class PerElement(torch.nn.Module):
         def __init__(self) -> None:
@@ -408,8 +419,8 @@ def test_a_lone_element_with_per_element_data_is_not_tiled() -> None:
             self.gain = torch.nn.Parameter(torch.ones(1, 1))
 
     tiled = torch.zeros(10, dtype=torch.long)
-    assert contract.restrictable(PerElement(), 1, tiled) is None
-    assert contract.restrictable(PerElement(), 1, torch.zeros(1, dtype=torch.long)) is not None
+    assert restriction.restrictable(PerElement(), 1, tiled) is None
+    assert restriction.restrictable(PerElement(), 1, torch.zeros(1, dtype=torch.long)) is not None
 
 
 @pytest.mark.parametrize("backend", ["compiled", "torch"])

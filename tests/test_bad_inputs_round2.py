@@ -196,6 +196,17 @@ def test_a_cost_writing_into_its_input_changes_nothing() -> None:
         torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-9)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_module_writing_into_its_input_is_guarded_in_every_later_solve(backend: str) -> None:
+    # the guard's verdict is kept with the module: the second solve copies from its first call
+    dynamics, cost = InPlaceDynamics("copy_"), InPlaceCost()
+    expected = _gradients(PendulumDynamics(), pendulum_cost(), backend)
+    for _ in range(2):
+        received = _gradients(dynamics, cost, backend)
+        for want, got in zip(expected, received, strict=True):
+            torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-9)
+
+
 class UnbindThenAdd(PendulumDynamics):
     """Writes into its input after taking views of it that autograd must keep."""
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from mpc_policy.agents.config import load_config
 from mpc_policy.agents.data.datasets import (
     DatasetError,
     ExpertDataset,
@@ -22,7 +23,6 @@ from mpc_policy.agents.data.datasets import (
     load_dataset,
 )
 from mpc_policy.agents.run.cli import main
-from mpc_policy.agents.run.config import load_config
 from mpc_policy.agents.run.pipeline import collect, train
 from mpc_policy.agents.train.guards import (
     RunLock,

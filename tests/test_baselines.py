@@ -8,17 +8,17 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mpc_policy.agents.data.datasets import collect_dataset
-from mpc_policy.agents.learners.nn_baseline import SequenceNetwork
-from mpc_policy.agents.learners.sysid import transition_loss
-from mpc_policy.agents.run import pipeline
-from mpc_policy.agents.run.config import (
+from mpc_policy.agents.config import (
     DataConfig,
     EvaluateConfig,
     ExperimentConfig,
     ModelConfig,
     TrainConfig,
 )
+from mpc_policy.agents.data.datasets import collect_dataset
+from mpc_policy.agents.learners.nn_baseline import SequenceNetwork
+from mpc_policy.agents.run import pipeline
+from mpc_policy.agents.train.sysid import transition_loss
 from mpc_policy.envs import PendulumDynamics
 from mpc_policy.envs.params import PendulumParams
 

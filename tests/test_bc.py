@@ -10,16 +10,16 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mpc_policy.agents.data.datasets import load_dataset
-from mpc_policy.agents.learners.models import build_learner
-from mpc_policy.agents.run import pipeline
-from mpc_policy.agents.run.config import (
+from mpc_policy.agents.config import (
     DataConfig,
     EvaluateConfig,
     ExperimentConfig,
     ModelConfig,
     TrainConfig,
 )
+from mpc_policy.agents.data.datasets import load_dataset
+from mpc_policy.agents.learners.models import build_learner
+from mpc_policy.agents.run import pipeline
 from mpc_policy.agents.train.checkpoint import capture_rng, restore_rng, save_checkpoint
 from mpc_policy.agents.train.objectives import Batch, ImitationObjective
 from mpc_policy.envs.registry import get_system

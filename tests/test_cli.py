@@ -97,6 +97,38 @@ def test_subcommands_one_by_one_with_a_stopped_and_resumed_training(tmp_path, ca
     assert "policy  return" in capsys.readouterr().out
 
 
+def test_each_command_builds_the_learner_once_and_loads_the_dataset_once(tmp_path, monkeypatch):
+    """``pipeline.run`` sequences the steps for every command: one learner, built when the
+    config is checked, is trained and then evaluated; the dataset file is read once."""
+    from mpc_policy import MPCPolicy
+
+    built: list[int] = []
+    loaded: list[str] = []
+    init, load = MPCPolicy.__init__, np.load
+
+    def counting_init(self, *args, **kwargs):
+        built.append(1)
+        init(self, *args, **kwargs)
+
+    def counting_load(file, *args, **kwargs):
+        loaded.append(Path(file).name)
+        return load(file, *args, **kwargs)
+
+    monkeypatch.setattr(MPCPolicy, "__init__", counting_init)
+    monkeypatch.setattr(np, "load", counting_load)
+    # collected afresh, reused with the training done, then each step alone
+    for command, builds, loads in (
+        ("run", 1, 1),
+        ("run", 1, 1),
+        ("collect", 1, 1),
+        ("train", 1, 1),
+        ("evaluate", 1, 0),
+    ):
+        built.clear(), loaded.clear()
+        assert main(tiny(command, tmp_path)) == 0
+        assert (command, len(built), loaded) == (command, builds, ["dataset.npz"] * loads)
+
+
 @pytest.mark.slow
 def test_a_killed_training_run_resumes_where_it_stopped(tmp_path):
     args = tiny("train", tmp_path, "--set", "train.epochs=30")
@@ -220,8 +252,8 @@ def test_stop_after_below_one_is_refused_before_anything_runs(tmp_path, capsys):
 
 
 def test_the_library_refuses_stop_after_below_one_too(tmp_path):
+    from mpc_policy.agents.config import load_config
     from mpc_policy.agents.run import pipeline
-    from mpc_policy.agents.run.config import load_config
 
     config = load_config(CONFIG, "quick", [f"output_dir={tmp_path}"])
     with pytest.raises(ValueError, match="stop_after: expected None or an integer >= 1"):

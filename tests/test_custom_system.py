@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from mpc_policy.agents.run import pipeline
-from mpc_policy.agents.run.cli import main
-from mpc_policy.agents.run.config import (
+from mpc_policy.agents.config import (
     DataConfig,
     EvaluateConfig,
     ExperimentConfig,
     ModelConfig,
     TrainConfig,
 )
+from mpc_policy.agents.run import pipeline
+from mpc_policy.agents.run.cli import main
 from mpc_policy.costs import GoalWeightedCost
 from mpc_policy.envs import DynamicsEnv, SystemDynamics
 from mpc_policy.envs.model import stack_jacobian

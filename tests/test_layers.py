@@ -1,6 +1,7 @@
 """Imports point one way: the solver's folders stack numerics < problem < solve < grad < the
 public layers < policy < sb3 and compat; the environments need no solver and no learning code;
-the learning code builds on both (STYLE.md, "Imports point one way")."""
+the learning code builds on both, its folders stacked config < data < learners < train < run <
+experiments (STYLE.md, "Imports point one way")."""
 
 from __future__ import annotations
 
@@ -83,6 +84,74 @@ def test_the_solver_folders_import_downward_only():
     assert wrong == []
 
 
+# The learning code's layers (agents/), lowest first, as the solver's: the configuration is a
+# leaf; expert data; the learners; their training (objectives, trainer, checkpoints); running
+# an experiment (the command, the pipeline); the paper's experiments on top.
+AGENT_LAYERS: tuple[tuple[str, ...], ...] = (
+    ("config", "yaml_profiles"),
+    ("data",),
+    ("learners",),
+    ("train",),
+    ("run",),
+    ("experiments",),
+)
+
+
+def _agent_layer(module: str) -> int:
+    """The layer of ``mpc_policy.agents.<part>...``."""
+    part = module.split(".")[2]
+    for level, names in enumerate(AGENT_LAYERS):
+        if part in names:
+            return level
+    raise AssertionError(f"mpc_policy.agents.{part} is in no layer: add it to AGENT_LAYERS")
+
+
+def _agent_imports(path: Path) -> set[str]:
+    """The ``mpc_policy.agents`` modules ``path`` imports, relative imports resolved,
+    function-level (lazy) imports included."""
+    parts = path.relative_to(ROOT / "agents").with_suffix("").parts
+    package = ["mpc_policy", "agents", *parts[:-1]]
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                base = (node.module or "").split(".")
+            else:
+                base = package[: len(package) - node.level + 1] + (
+                    node.module.split(".") if node.module else []
+                )
+            names.add(".".join(base))
+            if node.module is None:  # from . import report: the module report
+                names.update(".".join([*base, alias.name]) for alias in node.names)
+    return {name for name in names if name.startswith("mpc_policy.agents.")}
+
+
+def _agent_modules() -> list[Path]:
+    # agents/__init__.py is the package's docstring; it imports nothing
+    return [
+        p for p in sorted((ROOT / "agents").rglob("*.py")) if p != ROOT / "agents" / "__init__.py"
+    ]
+
+
+def test_the_agents_folders_import_downward_only():
+    wrong = []
+    for path in _agent_modules():
+        name = "mpc_policy.agents." + ".".join(
+            path.relative_to(ROOT / "agents").with_suffix("").parts
+        )
+        own = _agent_layer(name)
+        for imported in _agent_imports(path):
+            if _agent_layer(imported) > own:
+                wrong.append(f"{name} -> {imported}")
+    assert wrong == []
+
+
+def test_the_agents_package_imports_nothing_at_import_time():
+    assert _imports(ROOT / "agents" / "__init__.py") == set()
+
+
 # compat translates mpc.pytorch's calls into the public API; it names no solver internals
 PUBLIC = (
     "mpc_policy.costs",
@@ -122,6 +191,22 @@ def _imported_modules(path: Path, modules: set[str]) -> set[str]:
                 elif node.module in modules:
                     names.add(node.module)
     return names
+
+
+def test_the_numerics_warn_of_nothing():
+    """The kernels report what they found (``Gains.shift``); the layers above decide what is
+    worth a warning and point it at the user's line (``mpc_policy._warnings``)."""
+    wrong = []
+    for path in sorted((ROOT / "mpc_policy" / "numerics").rglob("*.py")):
+        names = _imports(path) | {
+            f"{node.module}.{alias.name}"
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.ImportFrom) and node.module
+            for alias in node.names
+        }
+        found = sorted(n for n in names if n == "warnings" or n.startswith("mpc_policy._warnings"))
+        wrong += [f"{_module_name(path)} -> {name}" for name in found]
+    assert wrong == []
 
 
 def test_the_solver_has_no_import_circle():
@@ -174,3 +259,18 @@ def test_registering_the_environments_imports_none_of_them():
         "mpc_policy.envs.pendulum:PendulumEnv",
         "mpc_policy/CartPole-v0",
     ]
+
+
+def test_every_test_file_is_marked_with_registered_layers():
+    """``pytest -m <layer>`` finds a layer's tests: each test file has its layers in
+    tests/conftest.py, each of them a marker registered in pyproject.toml."""
+    import tomllib
+
+    from tests.conftest import TEST_LAYERS
+
+    files = sorted(path.name for path in (ROOT / "tests").glob("test_*.py"))
+    assert sorted(TEST_LAYERS) == files
+    pytest_options = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]
+    registered = {line.split(":")[0] for line in pytest_options["ini_options"]["markers"]}
+    used = {layer for layers in TEST_LAYERS.values() for layer in layers}
+    assert used <= registered and all(TEST_LAYERS.values())

@@ -14,14 +14,13 @@ pytest.importorskip("h5py")
 
 from mpc_policy import MPCPolicy
 from mpc_policy.agents.data.datasets import DatasetError, collect_dataset
-from mpc_policy.agents.data.minari_io import (
+from mpc_policy.agents.data.minari_io import export_minari, import_minari, trainer_splits
+from mpc_policy.agents.train.objectives import (
+    Batch,
     FirstControlObjective,
-    export_minari,
+    ImitationObjective,
     imitation_objective,
-    import_minari,
-    trainer_splits,
 )
-from mpc_policy.agents.train.objectives import Batch, ImitationObjective
 from mpc_policy.envs import PendulumDynamics, pendulum_cost
 
 

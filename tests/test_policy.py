@@ -3,6 +3,7 @@ gradients to the model's parameters, and argument checks."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 
 from mpc_policy.envs import PendulumDynamics, pendulum_cost, pendulum_state
 from mpc_policy.envs.params import PendulumParams
+from mpc_policy.mpc import MPC
 from mpc_policy.policy import MPCPolicy
 
 ANGLES = [(0.4, 0.0), (-1.2, 0.7), (1.5, -0.9), (0.05, 0.3), (-0.6, -0.2), (1.0, 1.0)]
@@ -263,3 +265,20 @@ def test_a_model_around_the_policy_compiles_with_inductor():
     """Inductor's backward failed with "donated buffers" on the traced solver; about 15 s
     on a busy 2-core machine."""
     _compiled_matches_eager("inductor")
+
+
+def test_the_controller_is_built_once_and_rebuilt_when_the_options_change(states):
+    policy = make_policy(on_unconverged="ignore")
+    with torch.no_grad():
+        first = policy.plan(states)
+        controller = policy._solver[0]
+        again = policy.plan(states)
+        assert policy._solver[0] is controller  # reused: no MPC per call
+        torch.testing.assert_close(again.u, first.u, atol=0.0, rtol=0.0)
+        policy.options = dataclasses.replace(policy.options, max_iter=1)
+        short = policy.plan(states)
+    assert policy._solver[0] is not controller
+    assert policy._solver[0].options.max_iter == 1
+    assert int(short.info.iterations.max()) <= 1
+    assert not any(key.startswith("_solver") for key in policy.state_dict())
+    assert all(not isinstance(module, MPC) for module in policy.modules())

@@ -16,10 +16,10 @@ its physics as plain data (``params={...}``), so ``recover_environment()`` rebui
 Imported, a dataset written here comes back array for array. Any other Minari dataset of a
 registered system (a recorded ``gymnasium`` run, another tool's) has no plans: it imports
 with horizon H = 1, its nominal actions being the actions taken, and behaviour cloning then
-matches the learner's first control to them (``FirstControlObjective``,
-``imitation_objective``): the learner still plans over its own horizon. Its states are its
-observations (every built-in system observes its MPC state); actions are clipped to the
-system's control bound (what the environment applied).
+matches the learner's first control to them (``FirstControlObjective`` and
+``imitation_objective`` in ``mpc_policy.agents.train.objectives``): the learner still plans
+over its own horizon. Its states are its observations (every built-in system observes its
+MPC state); actions are clipped to the system's control bound (what the environment applied).
 
 Minari is imported only when these functions run: ``pip install "minari[create,hdf5]"``
 (it needs numpy >= 2).
@@ -34,12 +34,10 @@ from typing import Any
 
 import gymnasium
 import numpy as np
-from torch import Tensor, nn
+from torch import Tensor
 
 from mpc_policy.envs.registry import SYSTEMS, System, get_system
-from mpc_policy.solution import SolverInfo
 
-from ..train.objectives import Batch, ImitationObjective, WarmStarts
 from .datasets import (
     FORMAT_VERSION,
     SPLITS,
@@ -51,9 +49,7 @@ from .datasets import (
 
 __all__ = [
     "METADATA_KEY",
-    "FirstControlObjective",
     "export_minari",
-    "imitation_objective",
     "import_minari",
     "trainer_splits",
 ]
@@ -328,38 +324,3 @@ def trainer_splits(dataset: ExpertDataset) -> dict[str, dict[str, Tensor]]:
             "x_plan": data["nominal_states"],
         }
     return splits
-
-
-class FirstControlObjective(ImitationObjective):
-    """Imitation of the first control only: E || u_1(x; theta) - u_expert ||^2, for data
-    without the expert's plans (the learner plans over its own horizon; its first control
-    is compared with the action taken).
-    """
-
-    def predict(self, batch: Batch) -> tuple[Tensor, SolverInfo | None]:
-        """The learner's first controls (B, 1, m) and the solver's report."""
-        u, info = super().predict(batch)
-        return u[:, :1], info
-
-
-def imitation_objective(
-    dataset: ExpertDataset, learner: nn.Module, *, warm_start: bool = True
-) -> ImitationObjective:
-    """The behaviour-cloning objective the data allow: whole plans where the dataset has
-    the expert's (``ImitationObjective``), the first control where it has not
-    (``FirstControlObjective``, for ``import_minari`` of a foreign dataset).
-
-    Args:
-        dataset: the expert data.
-        learner: an ``MPCPolicy`` (or a ``SequenceNetwork`` for data with plans).
-        warm_start: warm-start each sample's solve from its last plan (an MPC learner).
-    """
-    plans = dataset.metadata["expert"].get("plans", True)
-    warm = None
-    horizon = getattr(learner, "horizon", None)
-    if warm_start and isinstance(horizon, int):
-        sizes = {s: len(dataset.split(s)) for s in SPLITS}
-        warm = WarmStarts(sizes, horizon, int(dataset["actions"].shape[-1]))
-    if plans:
-        return ImitationObjective(learner, warm)
-    return FirstControlObjective(learner, warm)

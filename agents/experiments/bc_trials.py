@@ -3,7 +3,7 @@
 A trial config (a flat, JSON-serializable dict written by the experiment's YAML) names a
 system, a method (nn, sysid, mpc.dx, mpc.cost, mpc.cost.dx), a training-set size and a
 seed, plus the dataset, the learner's starting point and the optimizer. ``bc_trial``
-turns it into an ``mpc_policy.agents.run.config.ExperimentConfig`` and trains with
+turns it into an ``mpc_policy.agents.config.ExperimentConfig`` and trains with
 ``mpc_policy.agents.run.pipeline.train`` (checkpointed and resumable), whose result holds the
 per-epoch curves (in memory, float64; tensorboard is an output only). For learners of the
 dynamics the curves include the next-state (sysid) loss of the learned model on the test
@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from ..config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
 from ..learners.models import COST_METHODS, DYNAMICS_METHODS
-from ..run.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
 from ..run.pipeline import collect, train
 from .runner import (
     SweepConfig,

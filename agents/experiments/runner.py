@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..run.provenance import provenance
-from ..run.yaml_profiles import read_profile
+from ..yaml_profiles import read_profile
 from .sweep import BACKENDS, TrialFn, TrialRecord, load_trial, run_sweep
 
 __all__ = [
@@ -80,7 +80,7 @@ class SweepConfig:
 
 def load_sweep_config(path: str | Path, profile: str, overrides: Sequence[str] = ()) -> SweepConfig:
     """Read a sweep config file, apply one of its profiles and then ``section.key=value``
-    overrides (``mpc_policy.agents.run.yaml_profiles``, as ``mpc-policy --profile --set``).
+    overrides (``mpc_policy.agents.yaml_profiles``, as ``mpc-policy --profile --set``).
 
     Raises:
         ValueError: the file lacks a field, ``profile`` is not one of its profiles, or an

@@ -1,3 +1,4 @@
 """The learners of an experiment: the MPC policy's learned parts and the paper's baselines
-(``nn``, ``sysid``).
+(the ``nn`` network; ``sysid`` learns the MPC policy's dynamics with its own objective,
+``mpc_policy.agents.train.sysid``).
 """

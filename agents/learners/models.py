@@ -24,7 +24,7 @@ from mpc_policy.envs.model import SystemDynamics
 from mpc_policy.envs.registry import System
 from mpc_policy.policy import MPCPolicy
 
-from ..run.config import ModelConfig
+from ..config import ModelConfig
 from .nn_baseline import SequenceNetwork
 
 __all__ = [

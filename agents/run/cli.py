@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .config import ExperimentConfig
+    from ..config import ExperimentConfig
 
 __all__ = ["main"]
 
@@ -135,7 +135,7 @@ def _show_library_messages() -> None:
 def _smaller_budget(path: str, config: ExperimentConfig) -> str | None:
     """When the run trains on fewer epochs or trajectories than the config file as written
     (a ``quick`` profile: a smoke test), the two budgets in words; else None."""
-    from .config import load_config
+    from ..config import load_config
 
     try:
         written = load_config(path)
@@ -152,16 +152,46 @@ def _smaller_budget(path: str, config: ExperimentConfig) -> str | None:
     )
 
 
+def _account(method: str, run_dir: Path) -> Any:
+    """The ``pipeline.Events`` that print each step's account as it ends, and keep what the
+    verdict needs (``training``, ``evaluation``, ``expert_converged``)."""
+    from . import pipeline, report
+
+    class Account(pipeline.Events):
+        training: dict[str, Any] | None = None
+        evaluation: dict[str, Any] | None = None
+        expert_converged: float | None = None
+
+        def collected(self, dataset: Any, path: Path, reused: bool) -> None:
+            self.expert_converged = float(dataset["converged"].mean())
+            print(
+                f"{'reused' if reused else 'collected'} {len(dataset)} expert steps "
+                f"({dataset.metadata['splits']} episodes) in {path}; "
+                f"{100 * dataset['converged'].mean():.1f}% of the expert's solves converged"
+            )
+
+        def trained(self, result: Any) -> None:
+            self.training = result.to_dict()
+            report.describe_training(method, self.training, print)
+            print(f"  tensorboard: tensorboard --logdir {run_dir / 'tensorboard'}")
+
+        def evaluating(self, checkpoint: str) -> None:
+            print(f"evaluation of the {checkpoint} checkpoint:")
+
+        def evaluated(self, results: dict[str, Any]) -> None:
+            self.evaluation = results
+            report.describe_evaluation(results, print)
+
+    return Account()
+
+
 def _execute(args: argparse.Namespace, caught: list[warnings.WarningMessage]) -> None:
-    from ..data.datasets import load_dataset
-    from . import report
-    from .config import load_config
-    from .experiment import resolve
-    from .pipeline import collect, evaluate, train
+    from ..config import load_config
+    from . import pipeline, report
 
     config = load_config(args.config, args.profile, args.overrides)
     try:
-        experiment = resolve(config)
+        experiment, learner = pipeline.prepare(config)
     except ValueError as error:
         raise ValueError(f"config {args.config}: {error}") from None
     args.run_dir = experiment.run_dir
@@ -169,32 +199,26 @@ def _execute(args: argparse.Namespace, caught: list[warnings.WarningMessage]) ->
     print(
         f"experiment {experiment.name} ({experiment.system.name}, {method}) in {experiment.run_dir}"
     )
-    trained: dict[str, Any] | None = None
-    evaluation: dict[str, Any] | None = None
-    expert_converged: float | None = None
-    if args.command in ("collect", "run"):
-        path, reused = collect(experiment, overwrite=args.command == "collect" and args.restart)
-        dataset = load_dataset(path)
-        expert_converged = float(dataset["converged"].mean())
-        print(
-            f"{'reused' if reused else 'collected'} {len(dataset)} expert steps "
-            f"({dataset.metadata['splits']} episodes) in {path}; "
-            f"{100 * dataset['converged'].mean():.1f}% of the expert's solves converged"
-        )
-    if args.command in ("train", "run"):
-        stop_after = args.stop_after if args.command == "train" else None
-        trained = train(experiment, args.restart, stop_after, args.apply_new_settings).to_dict()
-        report.describe_training(method, trained, print)
-        print(f"  tensorboard: tensorboard --logdir {experiment.run_dir / 'tensorboard'}")
-    if args.command in ("evaluate", "run"):
-        checkpoint = args.checkpoint if args.command == "evaluate" else "best"
-        print(f"evaluation of the {checkpoint} checkpoint:")
-        evaluation = evaluate(experiment, checkpoint, gif=args.gif or None)
-        report.describe_evaluation(evaluation, print)
+    command = args.command
+    account = _account(method, experiment.run_dir)
+    pipeline.run(
+        experiment,
+        restart=command in ("train", "run") and args.restart,
+        apply_new_settings=getattr(args, "apply_new_settings", False),
+        gif=getattr(args, "gif", False) or None,
+        steps=pipeline.STEPS if command == "run" else (command,),
+        overwrite=command == "collect" and args.restart,
+        stop_after=getattr(args, "stop_after", None),
+        checkpoint=getattr(args, "checkpoint", "best"),
+        learner=learner,
+        events=account,
+    )
     _report_warnings(caught)
-    if args.command == "run":
+    if command == "run":
         budget = _smaller_budget(args.config, config)
-        print(report.verdict(trained, evaluation, budget, expert_converged))
+        print(
+            report.verdict(account.training, account.evaluation, budget, account.expert_converged)
+        )
     print(f"results: {experiment.run_dir / 'results.json'}")
 
 

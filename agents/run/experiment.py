@@ -6,7 +6,8 @@ choice with the paper's defaults filled in, the training loop's settings, the da
 metadata a run expects, and the run's identity (the resolved configuration as plain
 values, stamped on checkpoints and written to ``config.yaml``). It also checks what the
 file alone cannot tell: the system's parameters, that the learner builds and that the
-run folder and dataset paths can be a folder and a file. Below this
+run folder and dataset paths can be a folder and a file. ``prepare`` also hands out the
+learner that check built, at its starting point: a run builds its learner once. Below this
 module nothing reads the config: the pipeline hands each step its own values.
 """
 
@@ -18,14 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+
 from mpc_policy.envs.registry import System, get_system
 
+from ..config import DataConfig, EvaluateConfig, ExperimentConfig, ModelConfig
 from ..learners.models import build_learner
 from ..train.bc import Loop
 from ..train.optimization import OptimizerSettings
-from .config import DataConfig, EvaluateConfig, ExperimentConfig, ModelConfig
 
-__all__ = ["Experiment", "resolve"]
+__all__ = ["Experiment", "prepare", "resolve"]
 
 
 @dataclass(frozen=True)
@@ -85,8 +89,20 @@ class Experiment:
         }
 
 
-def _check(config: ExperimentConfig, system: System) -> None:
+def _fresh_learner(system: System, model: ModelConfig, data: DataConfig, seed: int) -> nn.Module:
+    """The learner at its starting point: built with torch's global generator seeded by
+    ``seed`` (``train.seed``: a network's initial weights), that generator's state restored
+    afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_learner(system, model, data.horizon, data.env_params)
+
+
+def _check(config: ExperimentConfig, system: System) -> nn.Module:
     """What the file alone cannot tell: the system's parameters and the learner build.
+
+    Returns:
+        The learner built, at its starting point (``_fresh_learner``).
 
     Raises:
         ValueError: naming the key (``data.env_params``, ``model.dynamics_init``,
@@ -103,7 +119,7 @@ def _check(config: ExperimentConfig, system: System) -> None:
             raise ValueError(
                 f"model.dynamics_init.{name}: expected a finite number, received {value}"
             )
-    build_learner(system, config.model, config.data.horizon, config.data.env_params)
+    return _fresh_learner(system, config.model, config.data, config.train.seed)
 
 
 def _check_paths(config: ExperimentConfig) -> None:
@@ -138,11 +154,24 @@ def resolve(config: ExperimentConfig | Experiment) -> Experiment:
     """
     if isinstance(config, Experiment):
         return config
+    return prepare(config)[0]
+
+
+def prepare(config: ExperimentConfig | Experiment) -> tuple[Experiment, nn.Module]:
+    """The ``Experiment`` of a config and its learner at its starting point, built once: for
+    a config, the learner its check built (``resolve``); for an ``Experiment``, built here.
+
+    Raises:
+        ValueError: as ``resolve``.
+    """
+    if isinstance(config, Experiment):
+        learner = _fresh_learner(config.system, config.model, config.data, config.loop.seed)
+        return config, learner
     system = get_system(config.system)
-    _check(config, system)
+    learner = _check(config, system)
     _check_paths(config)
     train = config.train
-    return Experiment(
+    experiment = Experiment(
         name=config.name,
         system=system,
         run_dir=config.run_dir,
@@ -168,3 +197,4 @@ def resolve(config: ExperimentConfig | Experiment) -> Experiment:
         evaluate=config.evaluate,
         identity=config.to_dict(),
     )
+    return experiment, learner

@@ -1,8 +1,11 @@
-"""The steps of an experiment: collect, train, evaluate, and all three.
+"""The steps of an experiment: collect, train, evaluate, and ``run``, the one sequence of them.
 
 Each step takes an ``Experiment`` (``mpc_policy.agents.run.experiment.resolve``; a config is
-resolved on the way in) and hands the modules below it their own values. Everything an
-experiment writes goes under its run folder (``run_dir``):
+resolved on the way in) and hands the modules below it their own values. ``run`` sequences
+the steps it is asked for (the ``mpc-policy`` command asks it for each of its commands, and
+hears of each step through ``Events``): one learner, built when the config is checked, is
+trained and then evaluated, and the dataset file is read once. Everything an experiment
+writes goes under its run folder (``run_dir``):
 
     dataset.npz           expert data (unless ``data.path`` points elsewhere)
     config.yaml           the resolved configuration
@@ -17,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -26,24 +30,54 @@ from torch import nn
 
 from mpc_policy.policy import MPCPolicy
 
+from ..config import ExperimentConfig
 from ..data.atomic import atomic_write, atomic_write_json
 from ..data.datasets import DatasetError, ExpertDataset, collect_dataset, load_dataset
 from ..data.expert import MPCExpert
-from ..learners.models import DYNAMICS_METHODS, ModelReport, build_learner, parameter_groups
-from ..learners.sysid import SysIdObjective
+from ..learners.models import DYNAMICS_METHODS, ModelReport, parameter_groups
 from ..train.bc import Trainer, TrainResult
-from ..train.checkpoint import RunCheckpoints, load_checkpoint
+from ..train.checkpoint import RunCheckpoints
 from ..train.guards import RunLock
 from ..train.logging import TrainingLog
 from ..train.objectives import ImitationObjective, WarmStarts
 from ..train.optimization import Optimization
-from .config import ExperimentConfig
+from ..train.sysid import SysIdObjective
 from .evaluate import evaluate_policy
-from .experiment import Experiment, resolve
+from .experiment import Experiment, prepare, resolve
+from .trained import restore_learner
 
-__all__ = ["collect", "evaluate", "load_policy", "resolve", "run", "train"]
+__all__ = [
+    "STEPS",
+    "Events",
+    "collect",
+    "evaluate",
+    "load_policy",
+    "prepare",
+    "resolve",
+    "run",
+    "train",
+]
 
 Config: TypeAlias = ExperimentConfig | Experiment
+# the steps of an experiment, in the order ``run`` takes them
+STEPS = ("collect", "train", "evaluate")
+
+
+class Events:
+    """What the caller of ``run`` hears of its steps (the ``mpc-policy`` command prints
+    them); each method does nothing here."""
+
+    def collected(self, dataset: ExpertDataset, path: Path, reused: bool) -> None:
+        """The dataset was collected (``reused`` False) or an existing file reused."""
+
+    def trained(self, result: TrainResult) -> None:
+        """Training ended (or stopped after ``stop_after`` epochs)."""
+
+    def evaluating(self, checkpoint: str) -> None:
+        """The evaluation of ``checkpoint`` starts."""
+
+    def evaluated(self, results: dict[str, Any]) -> None:
+        """The evaluation ended (``results`` as ``evaluate`` returns them)."""
 
 
 def _update_results(experiment: Experiment, section: str, values: dict[str, Any]) -> Path:
@@ -60,12 +94,17 @@ def collect(config: Config, overwrite: bool = False) -> tuple[Path, bool]:
     Returns:
         The dataset path and whether an existing file was reused.
     """
-    experiment = resolve(config)
+    path, reused = _collect(resolve(config), overwrite)
+    return path, reused is not None
+
+
+def _collect(experiment: Experiment, overwrite: bool) -> tuple[Path, ExpertDataset | None]:
+    """``collect``: the dataset path, and the dataset read from the file reused (checked
+    against the experiment), or None where it was collected afresh and written."""
     path = experiment.dataset_path
     if path.is_file() and not overwrite:
         try:
-            load_dataset(path, expect=experiment.expected_metadata())
-            return path, True
+            return path, load_dataset(path, expect=experiment.expected_metadata())
         except DatasetError as error:
             raise DatasetError(
                 f"{error} (pass --restart or --overwrite to replace the file)"
@@ -82,7 +121,7 @@ def collect(config: Config, overwrite: bool = False) -> tuple[Path, bool]:
         expert_options=data.expert_options,
         progress=experiment.progress,
     )
-    return dataset.save(path), False
+    return dataset.save(path), None
 
 
 def _splits(experiment: Experiment, dataset: ExpertDataset) -> dict[str, dict[str, torch.Tensor]]:
@@ -140,27 +179,49 @@ def train(
     Raises:
         ValueError: ``stop_after`` is below 1 (it would train nothing).
     """
+    _check_stop_after(stop_after)
+    experiment, learner = prepare(config)
+    return _train(experiment, learner, None, restart, stop_after, apply_new_settings)
+
+
+def _check_stop_after(stop_after: int | None) -> None:
     if stop_after is not None and (isinstance(stop_after, bool) or stop_after < 1):
         raise ValueError(f"stop_after: expected None or an integer >= 1, received {stop_after!r}")
-    experiment = resolve(config)
-    with RunLock(experiment.run_dir):
-        return _train(experiment, restart, stop_after, apply_new_settings)
 
 
 def _train(
-    experiment: Experiment, restart: bool, stop_after: int | None, apply_new_settings: bool
+    experiment: Experiment,
+    learner: nn.Module,
+    dataset: ExpertDataset | None,
+    restart: bool,
+    stop_after: int | None,
+    apply_new_settings: bool,
+) -> TrainResult:
+    """``train`` of ``learner`` (at its starting point, ``prepare``) on ``dataset`` (None:
+    read from the experiment's file), the run folder locked."""
+    with RunLock(experiment.run_dir):
+        return _fit(experiment, learner, dataset, restart, stop_after, apply_new_settings)
+
+
+def _fit(
+    experiment: Experiment,
+    learner: nn.Module,
+    dataset: ExpertDataset | None,
+    restart: bool,
+    stop_after: int | None,
+    apply_new_settings: bool,
 ) -> TrainResult:
     run_dir = experiment.run_dir
     if restart:
         for folder in ("checkpoints", "tensorboard"):
             shutil.rmtree(run_dir / folder, ignore_errors=True)
-    dataset = load_dataset(experiment.dataset_path, expect=experiment.expected_metadata())
+    if dataset is None:
+        dataset = load_dataset(experiment.dataset_path, expect=experiment.expected_metadata())
     text = yaml.safe_dump(experiment.identity, sort_keys=False)
     atomic_write(run_dir / "config.yaml", lambda file: file.write(text.encode()))
+    # the generator as the learner's build left it seeded (``prepare``): what training draws
+    # from it, and its checkpoints keep, is seeded by train.seed
     torch.manual_seed(experiment.loop.seed)
-    learner = build_learner(
-        experiment.system, experiment.model, experiment.data.horizon, experiment.data.env_params
-    )
     splits = _splits(experiment, dataset)
     groups = parameter_groups(learner)
     if not groups:
@@ -192,40 +253,6 @@ def _train(
     return result
 
 
-# what a checkpoint's learner is, as (section, key) of its saved config: a checkpoint whose
-# values differ was trained for another experiment and is refused
-LEARNER_IDENTITY = (
-    (None, "system"),
-    ("model", "method"),
-    ("model", "hidden_size"),
-    ("data", "horizon"),
-)
-
-
-def _check_learner_identity(path: Path, saved: Any, experiment: Experiment) -> None:
-    """Refuse a checkpoint saved by a run of another system, method or horizon.
-
-    Raises:
-        ValueError: naming the differing keys, the checkpoint's values and this run's.
-    """
-    if not isinstance(saved, dict):
-        return  # a checkpoint without its config: ``load_state_dict`` still checks shapes
-    ours = experiment.identity
-    differ = []
-    for section, key in LEARNER_IDENTITY:
-        theirs = saved if section is None else saved.get(section) or {}
-        mine = ours if section is None else ours[section]
-        name = key if section is None else f"{section}.{key}"
-        if key in theirs and theirs[key] != mine[key]:
-            differ.append(f"{name} {theirs[key]!r} (this config: {mine[key]!r})")
-    if differ:
-        raise ValueError(
-            f"checkpoint {str(path)!r}: saved by another experiment "
-            f"({saved.get('name', '?')!r}): " + ", ".join(differ) + "; evaluate it with the "
-            "config that trained it, or pass this run's own checkpoint"
-        )
-
-
 def load_policy(
     config: Config, checkpoint: str = "best", on_unconverged: str | None = None
 ) -> nn.Module:
@@ -236,29 +263,8 @@ def load_policy(
         ValueError: the checkpoint was saved by a run of another system, method, horizon
             or network size (its saved config says so), or its tensors do not fit.
     """
-    experiment = resolve(config)
-    path = (
-        experiment.run_dir / "checkpoints" / f"{checkpoint}.pt"
-        if checkpoint in ("best", "last")
-        else Path(checkpoint)
-    )
-    state = load_checkpoint(path)
-    _check_learner_identity(path, state.get("config"), experiment)
-    learner = build_learner(
-        experiment.system,
-        experiment.model,
-        experiment.data.horizon,
-        experiment.data.env_params,
-        on_unconverged=on_unconverged,
-    )
-    try:
-        learner.load_state_dict(state["model"])
-    except (KeyError, RuntimeError) as error:
-        first = str(error).strip().splitlines()[0]
-        raise ValueError(
-            f"checkpoint {str(path)!r}: does not fit this experiment's learner ({first})"
-        ) from None
-    return learner.eval()
+    experiment, learner = prepare(config)
+    return restore_learner(experiment, learner, checkpoint, on_unconverged)
 
 
 def evaluate(config: Config, checkpoint: str = "best", gif: bool | None = None) -> dict[str, Any]:
@@ -268,7 +274,14 @@ def evaluate(config: Config, checkpoint: str = "best", gif: bool | None = None) 
     Nothing is differentiated here: the policy's unconverged solves are reported (the
     ``unconverged_fraction`` of each result), not warned about one by one.
     """
-    experiment = resolve(config)
+    experiment, learner = prepare(config)
+    return _evaluate(experiment, learner, checkpoint, gif)
+
+
+def _evaluate(
+    experiment: Experiment, learner: nn.Module, checkpoint: str, gif: bool | None
+) -> dict[str, Any]:
+    """``evaluate`` with ``learner`` (this experiment's) holding the checkpoint."""
     settings, data = experiment.evaluate, experiment.data
     make_gif = settings.gif if gif is None else gif
     common: dict[str, Any] = {
@@ -278,7 +291,7 @@ def evaluate(config: Config, checkpoint: str = "best", gif: bool | None = None) 
         "success_angle": settings.success_angle,
         "progress": experiment.progress,
     }
-    policy = load_policy(experiment, checkpoint, on_unconverged="ignore")
+    policy = restore_learner(experiment, learner, checkpoint, on_unconverged="ignore")
     gif_path = experiment.run_dir / "rollout.gif" if make_gif else None
     results = {
         "checkpoint": checkpoint,
@@ -311,16 +324,65 @@ def run(
     restart: bool = False,
     apply_new_settings: bool = False,
     gif: bool | None = None,
+    *,
+    steps: Sequence[str] = STEPS,
+    overwrite: bool = False,
+    stop_after: int | None = None,
+    checkpoint: str = "best",
+    learner: nn.Module | None = None,
+    events: Events | None = None,
 ) -> dict[str, Any]:
-    """Collect (or reuse) the data, train, evaluate; return where everything went."""
-    experiment = resolve(config)
-    dataset, reused = collect(experiment)
-    result = train(experiment, restart=restart, apply_new_settings=apply_new_settings)
-    evaluation = evaluate(experiment, gif=gif)
-    return {
-        "dataset": str(dataset),
-        "dataset_reused": reused,
-        "train": result.to_dict(),
-        "evaluation": evaluation,
-        "results": str(experiment.run_dir / "results.json"),
-    }
+    """Collect (or reuse) the data, train, evaluate: the ``steps`` asked for, in that order,
+    with one learner (trained, then holding the evaluated checkpoint) and the dataset file
+    read once.
+
+    Args:
+        config: the experiment.
+        restart: training starts afresh (``train``'s).
+        apply_new_settings: as ``train``'s.
+        gif: as ``evaluate``'s.
+        steps: some of ``STEPS`` ("collect", "train", "evaluate").
+        overwrite: collect afresh even where a dataset file exists (``collect``'s).
+        stop_after: as ``train``'s.
+        checkpoint: the checkpoint evaluated, as ``evaluate``'s.
+        learner: this experiment's learner at its starting point (``prepare``'s, when the
+            caller resolved the config that way); None: built here.
+        events: hears of each step (``Events``).
+
+    Returns:
+        Where everything went: "dataset" and "dataset_reused" (collect), "train" (the
+        ``TrainResult`` as a dict), "evaluation" (``evaluate``'s results) for the steps
+        run, and "results" (the ``results.json`` path).
+
+    Raises:
+        ValueError: an unknown step, or ``stop_after`` below 1, before anything runs.
+    """
+    unknown = [step for step in steps if step not in STEPS]
+    if unknown or not steps:
+        raise ValueError(f"steps: expected some of {list(STEPS)}, received {list(steps)}")
+    if "train" in steps:
+        _check_stop_after(stop_after)
+    if learner is None:
+        experiment, learner = prepare(config)
+    else:
+        experiment = resolve(config)
+    events = events or Events()
+    summary: dict[str, Any] = {}
+    dataset = None
+    if "collect" in steps:
+        path, dataset = _collect(experiment, overwrite)
+        reused = dataset is not None
+        if dataset is None:
+            dataset = load_dataset(path, expect=experiment.expected_metadata())
+        events.collected(dataset, path, reused)
+        summary.update(dataset=str(path), dataset_reused=reused)
+    if "train" in steps:
+        result = _train(experiment, learner, dataset, restart, stop_after, apply_new_settings)
+        events.trained(result)
+        summary["train"] = result.to_dict()
+    if "evaluate" in steps:
+        events.evaluating(checkpoint)
+        summary["evaluation"] = _evaluate(experiment, learner, checkpoint, gif)
+        events.evaluated(summary["evaluation"])
+    summary["results"] = str(experiment.run_dir / "results.json")
+    return summary

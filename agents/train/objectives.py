@@ -6,7 +6,9 @@ and reports diagnostics (distances to the truth, learned values) at the end of e
 ``ImitationObjective`` minimizes the imitation loss
 E || u_{1:T}(x; theta) - u_{1:T}(x; theta_expert) ||^2 with an ``MPCPolicy`` (warm-started
 per sample, as in the paper's code) or a network (``SequenceNetwork``); the sysid
-baseline's transition loss E || f(x_t, u_t; theta) - x_{t+1} ||^2 is here too.
+baseline's transition loss E || f(x_t, u_t; theta) - x_{t+1} ||^2 is here too (its objective,
+``SysIdObjective``, in ``sysid``). ``FirstControlObjective`` imitates the first control only,
+for data without the expert's plans; ``imitation_objective`` picks the one a dataset allows.
 """
 
 from __future__ import annotations
@@ -20,15 +22,18 @@ from torch import Tensor, nn
 from mpc_policy.policy import MPCPolicy
 from mpc_policy.solution import SolverInfo
 
+from ..data.datasets import SPLITS, ExpertDataset
 from ..learners.models import ModelReport, parameter_values
 from ..learners.nn_baseline import SequenceNetwork
 
 __all__ = [
     "Batch",
+    "FirstControlObjective",
     "ImitationObjective",
     "Objective",
     "WarmStarts",
     "imitation_loss",
+    "imitation_objective",
     "transition_loss",
 ]
 
@@ -195,3 +200,38 @@ class ImitationObjective:
         saved = state.get("warm_starts")
         if self.warm_starts is not None and saved is not None:
             self.warm_starts.buffers = {k: v.clone() for k, v in saved.items()}
+
+
+class FirstControlObjective(ImitationObjective):
+    """Imitation of the first control only: E || u_1(x; theta) - u_expert ||^2, for data
+    without the expert's plans (the learner plans over its own horizon; its first control
+    is compared with the action taken).
+    """
+
+    def predict(self, batch: Batch) -> tuple[Tensor, SolverInfo | None]:
+        """The learner's first controls (B, 1, m) and the solver's report."""
+        u, info = super().predict(batch)
+        return u[:, :1], info
+
+
+def imitation_objective(
+    dataset: ExpertDataset, learner: nn.Module, *, warm_start: bool = True
+) -> ImitationObjective:
+    """The behaviour-cloning objective the data allow: whole plans where the dataset has
+    the expert's (``ImitationObjective``), the first control where it has not
+    (``FirstControlObjective``, for ``import_minari`` of a foreign dataset).
+
+    Args:
+        dataset: the expert data.
+        learner: an ``MPCPolicy`` (or a ``SequenceNetwork`` for data with plans).
+        warm_start: warm-start each sample's solve from its last plan (an MPC learner).
+    """
+    plans = dataset.metadata["expert"].get("plans", True)
+    warm = None
+    horizon = getattr(learner, "horizon", None)
+    if warm_start and isinstance(horizon, int):
+        sizes = {s: len(dataset.split(s)) for s in SPLITS}
+        warm = WarmStarts(sizes, horizon, int(dataset["actions"].shape[-1]))
+    if plans:
+        return ImitationObjective(learner, warm)
+    return FirstControlObjective(learner, warm)

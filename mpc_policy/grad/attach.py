@@ -32,8 +32,9 @@ from mpc_policy.grad.fixed_point import implicit_solution
 from mpc_policy.grad.kkt import kkt_solution
 from mpc_policy.options import MPCOptions
 from mpc_policy.problem.constraints import CheckedConstraints
-from mpc_policy.problem.contract import CheckedCost, CheckedDynamics, on_rows, restrict
+from mpc_policy.problem.contract import CheckedCost, CheckedDynamics
 from mpc_policy.problem.module_model import ModuleModel
+from mpc_policy.problem.restriction import on_rows, restrict
 from mpc_policy.solution import SolverInfo
 from mpc_policy.solve.augmented_lagrangian import ALResult
 from mpc_policy.solve.backend import Kernels
@@ -188,10 +189,11 @@ def attach(
     result = problem.result
     bad = info.nonfinite
     rows = torch.nonzero(~bad).flatten() if bool(bad.any()) else None
-    nan = torch.tensor(float("nan"), dtype=result.x.dtype, device=result.x.device)
-    keep = ~bad.view(1, -1, 1)
-    x = torch.where(keep, result.x.detach(), nan)
-    u = torch.where(keep, result.u.detach(), nan)
+    x, u = result.x.detach(), result.u.detach()
+    if rows is not None:
+        nan = torch.tensor(float("nan"), dtype=x.dtype, device=x.device)
+        keep = ~bad.view(1, -1, 1)
+        x, u = torch.where(keep, x, nan), torch.where(keep, u, nan)
     with on_rows(rows, bad.shape[0]):
         # an empty batch has no gradient to attach (and no KKT rows to shape)
         finite = rows is None or rows.numel() > 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from mpc_policy._warnings import warn_regularized
 from mpc_policy.grad.implicit_lqr import implicit_lqr
 from mpc_policy.options import MPCOptions
 from mpc_policy.problem.contract import CheckedCost, CheckedDynamics
@@ -113,8 +114,10 @@ def implicit_solution(
     C, c, F, f, H = lqr_data_at(cost, dynamics, x, u, options, kernels)
     H_data, F_data = H.detach().contiguous(), F.detach().contiguous()
     gains = kernels.factorize(
-        H_data, F_data, free.contiguous(), regularization=options.regularization, warn=converged
+        H_data, F_data, free.contiguous(), regularization=options.regularization
     )
+    # at a converged fixed point an indefinite Q_uu,ff means a saddle, not a minimum
+    warn_regularized(gains.shift, converged)
     # the backward's numerics read detached, contiguous copies made once here
     data = (H_data, c.detach().contiguous(), F_data)
     return implicit_lqr(x_init, C, c, F, f, lower, upper, x, u, gains, options.backend, data)

@@ -24,18 +24,16 @@ d = n + m; bounds (T, B, m) or None.
 
 from __future__ import annotations
 
-import warnings
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from mpc_policy._warnings import user_stacklevel
 from mpc_policy.numerics.box_qp import box_qp, clamped_set, masked_cholesky, masked_solve
 
 _MAX_SHIFTS = 40
 
-__all__ = ["Gains", "backward_recursion", "factorize", "warn_regularized"]
+__all__ = ["Gains", "backward_recursion", "factorize"]
 
 
 class Gains(NamedTuple):
@@ -47,6 +45,10 @@ class Gains(NamedTuple):
         free: (T, B, m) free controls of each step's box QP.
         chol: (T, B, m, m) Cholesky factors of Q_uu on the free set.
         Q: (T, B, d, d) the Q matrices of the recursion.
+        shift: (T, B) the diagonal shift each step's Q_uu (on the free set, for
+            ``factorize``) needed to be positive definite; 0 where none. The kernels
+            report it and do not warn: the solver's layers decide what is worth a warning
+            (``mpc_policy._warnings.warn_regularized``).
     """
 
     K: Tensor
@@ -54,6 +56,7 @@ class Gains(NamedTuple):
     free: Tensor
     chol: Tensor
     Q: Tensor
+    shift: Tensor
 
 
 def _regularize(Q_uu: Tensor, regularization: float) -> tuple[Tensor, Tensor, Tensor]:
@@ -88,30 +91,6 @@ def _regularize(Q_uu: Tensor, regularization: float) -> tuple[Tensor, Tensor, Te
     return Q_uu + shift.view(-1, 1, 1) * eye, L, shift
 
 
-def warn_regularized(shift: Tensor, mask: Tensor | None) -> None:
-    """Warn about the steps whose Q_uu needed a diagonal shift, latest time step first.
-
-    Args:
-        shift: (T, B) the shift each step and element needed (0 where none).
-        mask: (B,) the elements worth a warning, or None for all.
-    """
-    needed = shift > 0
-    if mask is not None:
-        needed = needed & mask.view(1, -1)
-    if not bool(needed.any()):
-        return
-    for t in range(shift.shape[0] - 1, -1, -1):
-        reported = torch.nonzero(needed[t]).flatten().tolist()
-        if reported:
-            warnings.warn(
-                f"Q_uu at time step {t + 1} is not positive definite for batch elements "
-                f"{reported[:10]}; regularized by adding up to "
-                f"{float(shift[t].max()):.2e} * I",
-                RuntimeWarning,
-                stacklevel=user_stacklevel(),
-            )
-
-
 def backward_recursion(
     C: Tensor,
     g: Tensor,
@@ -121,7 +100,6 @@ def backward_recursion(
     *,
     regularization: float = 1e-8,
     qp_max_iter: int = 30,
-    warn: bool = True,
 ) -> Gains:
     """Backward pass of box-DDP on the quadratic model (Appendix A, MPCstep).
 
@@ -137,11 +115,9 @@ def backward_recursion(
         upper: (T, B, m) upper bounds on the control step du, or None.
         regularization: first diagonal shift for a Q_uu that is not positive definite.
         qp_max_iter: projected-Newton iterations per box QP.
-        warn: warn when a Q_uu is regularized (box-DDP on a nonconvex problem meets
-            indefinite Q_uu routinely far from the solution and does not warn).
 
     Returns:
-        The ``Gains`` of the recursion.
+        The ``Gains`` of the recursion, the regularization shifts included.
     """
     T, B, d = g.shape
     n = F.shape[-2]
@@ -196,14 +172,13 @@ def backward_recursion(
         chols.append(L)
         Ps.append(P)
     gains = torch.stack(Gs[::-1])
-    if warn:
-        warn_regularized(torch.stack(shifts[::-1]), None)
     return Gains(
         gains[..., :n],
         gains[..., n],
         torch.stack(frees[::-1]),
         torch.stack(chols[::-1]),
         torch.stack(Ps[::-1])[..., :d],
+        torch.stack(shifts[::-1]),
     )
 
 
@@ -275,7 +250,6 @@ def factorize(
     free: Tensor,
     *,
     regularization: float = 1e-8,
-    warn: bool | Tensor = True,
 ) -> Gains:
     """Backward recursion with a fixed free set (no box QP): the factorization of eq. (9).
 
@@ -288,11 +262,9 @@ def factorize(
         F: (T-1, B, n, d) dynamics Jacobians.
         free: (T, B, m) free controls at the solution.
         regularization: first diagonal shift for a Q_uu,ff that is not positive definite.
-        warn: whether a regularization warns, or a (B,) mask of the elements that do (at
-            a converged fixed point an indefinite Q_uu,ff means a saddle, not a minimum).
 
     Returns:
-        ``Gains`` with k = 0.
+        ``Gains`` with k = 0, the regularization shifts included.
     """
     T = C.shape[0]
     n = F.shape[-2]
@@ -321,8 +293,7 @@ def factorize(
         chols.append(L)
         Qs.append(Q)
         shifts.append(shift)
-    if warn is not False:
-        warn_regularized(torch.stack(shifts[::-1]), warn if isinstance(warn, Tensor) else None)
     K = torch.stack(Ks[::-1])
     chol = torch.stack(chols[::-1])
-    return Gains(K, torch.zeros_like(K[..., 0]), free, chol, torch.stack(Qs[::-1]))
+    Q_all = torch.stack(Qs[::-1])
+    return Gains(K, torch.zeros_like(K[..., 0]), free, chol, Q_all, torch.stack(shifts[::-1]))

@@ -25,12 +25,14 @@ parameters shared by the whole batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
+
+from mpc_policy.problem.restriction import holds_batch
 
 __all__ = [
     "CheckedCost",
@@ -39,8 +41,6 @@ __all__ = [
     "determinism_hint",
     "in_place_error",
     "module_name",
-    "on_rows",
-    "restrict",
 ]
 
 
@@ -104,12 +104,18 @@ class _InputGuard:
 
     The first call runs on copies and compares them with the originals afterwards: a function
     that wrote into them runs on copies from then on, any other on the originals (no copy
-    per call for the usual, out-of-place module).
+    per call for the usual, out-of-place module). The verdict is kept with the module (its
+    ``kind`` of call: "forward", "jacobian", "quadratize"), so a later solve with the same
+    module does not copy and compare again.
     """
 
-    def __init__(self, name: str, function: Callable[..., Any]) -> None:
+    def __init__(
+        self, name: str, function: Callable[..., Any], owner: object = None, kind: str = ""
+    ) -> None:
         self.name, self.function = name, function
-        self.copies: bool | None = None
+        self.owner, self.kind = owner, kind
+        verdicts = _verdicts_of(owner)
+        self.copies: bool | None = None if verdicts is None else verdicts.get(kind)
 
     def __call__(self, *args: Tensor) -> Any:
         if self.copies is False:
@@ -118,7 +124,28 @@ class _InputGuard:
         out = _call(self.name, self.function, *copies)
         if self.copies is None:
             self.copies = not all(_unchanged(a, c) for a, c in zip(args, copies, strict=True))
+            verdicts = _verdicts_of(self.owner, create=True)
+            if verdicts is not None:
+                verdicts[self.kind] = self.copies
         return out
+
+
+# the guards' verdicts per user module (weakly held: a module's verdicts go with it)
+_VERDICTS: weakref.WeakKeyDictionary[Any, dict[str, bool]] = weakref.WeakKeyDictionary()
+
+
+def _verdicts_of(owner: object, create: bool = False) -> dict[str, bool] | None:
+    """The verdicts kept for ``owner`` (None when there is no owner or it cannot be held
+    weakly)."""
+    if owner is None:
+        return None
+    try:
+        verdicts = _VERDICTS.get(owner)
+        if verdicts is None and create:
+            verdicts = _VERDICTS[owner] = {}
+    except TypeError:  # not weakly referenceable (or unhashable): decide per solve
+        return None
+    return verdicts
 
 
 def _unchanged(original: Tensor, copy: Tensor) -> bool:
@@ -188,8 +215,11 @@ class CheckedDynamics:
         self.name = f"dynamics ({module_name(module)})"
         has_jacobian = callable(getattr(module, "jacobian", None))
         self.jacobian = self._jacobian if has_jacobian else None
-        self._forward = _InputGuard(self.name, module)
-        self._analytic = _InputGuard(self.name, getattr(module, "jacobian", None) or module)
+        self._forward = _InputGuard(self.name, module, module, "forward")
+        jacobian = getattr(module, "jacobian", None)
+        self._analytic = _InputGuard(
+            self.name, jacobian or module, module, "jacobian" if jacobian else "forward"
+        )
 
     def _rows(self, x: Tensor, u: Tensor) -> tuple[Tensor, Tensor, torch.Size]:
         lead = x.shape[:-1]
@@ -238,7 +268,7 @@ class CheckedDynamics:
         try:
             return guard(x, u)
         except Exception as error:
-            if B is None or not fits or N == B or not _holds_batch(self.module, B):
+            if B is None or not fits or N == B or not holds_batch(self.module, B):
                 raise
             try:
                 out = guard(x.view(-1, B, x.shape[-1]), u.view(-1, B, u.shape[-1]))
@@ -274,11 +304,6 @@ def _flat(out: Any, rows: int) -> Any:
     return out
 
 
-def _holds_batch(module: object, batch: int) -> bool:
-    """Whether a module holds a tensor whose leading dimension is ``batch``."""
-    return any(t.dim() > 0 and t.shape[0] == batch for t in _tensors(module, set()))
-
-
 class CheckedCost:
     """A cost module with its returns checked.
 
@@ -291,8 +316,11 @@ class CheckedCost:
         self.name = f"cost ({module_name(module)})"
         has_quadratize = callable(getattr(module, "quadratize", None))
         self.quadratize = self._quadratize if has_quadratize else None
-        self._forward = _InputGuard(self.name, module)
-        self._quadratic = _InputGuard(self.name, getattr(module, "quadratize", None) or module)
+        self._forward = _InputGuard(self.name, module, module, "forward")
+        quadratize = getattr(module, "quadratize", None)
+        self._quadratic = _InputGuard(
+            self.name, quadratize or module, module, "quadratize" if quadratize else "forward"
+        )
 
     @staticmethod
     def _hint(out: object, B: int, T: int) -> str:
@@ -357,82 +385,3 @@ def determinism_hint(cost: CheckedCost, dynamics: CheckedDynamics, x: Tensor, u:
         "controls: a module that draws noise on every call has no fixed point (draw the "
         "noise once, outside the solve, and pass it in as a tensor, or seed it per call)"
     )
-
-
-@contextmanager
-def on_rows(index: Tensor | None, batch: int) -> Iterator[None]:
-    """Errors raised while modules run on the elements ``index`` (k,) of a batch of B only
-    get a note saying so (a module with per-element parameters needs ``select_batch``)."""
-    try:
-        yield
-    except Exception as error:
-        if index is not None and hasattr(error, "add_note"):
-            error.add_note(
-                f"the solver evaluated the cost and the dynamics on {index.numel()} of the "
-                f"{batch} batch elements (the others are NONFINITE); a module with "
-                "per-element parameters needs a select_batch(index) method "
-                "(mpc_policy.problem.contract)"
-            )
-        raise
-
-
-def restrict(module: nn.Module, index: Tensor) -> nn.Module:
-    """The module restricted to the batch elements ``index`` (k,).
-
-    A module with per-batch-element parameters provides ``select_batch(index)``; any other
-    module is shared by all elements and returned as it is.
-    """
-    select = getattr(module, "select_batch", None)
-    if callable(select):
-        selected: nn.Module = select(index)
-        return selected
-    return module
-
-
-def _tensors(module: object, seen: set[int]) -> Iterator[Tensor]:
-    """Every tensor a module holds: parameters, buffers and tensor attributes, recursively."""
-    if id(module) in seen:
-        return
-    seen.add(id(module))
-    if isinstance(module, nn.Module):
-        yield from module.parameters(recurse=False)
-        yield from module.buffers(recurse=False)
-        for child in module.children():
-            yield from _tensors(child, seen)
-    for value in vars(module).values() if hasattr(module, "__dict__") else ():
-        if isinstance(value, Tensor):
-            yield value
-        elif isinstance(value, nn.Module):
-            yield from _tensors(value, seen)
-
-
-@contextmanager
-def _ordinary_tensors() -> Iterator[None]:
-    """Inside a solve's inference mode: make ordinary tensors, without a graph. A module
-    restricted there is differentiated later (its local models), and an inference tensor
-    cannot be saved for backward; the solve needs no graph to its parameters."""
-    if not torch.is_inference_mode_enabled():
-        yield
-        return
-    with torch.inference_mode(False), torch.no_grad():
-        yield
-
-
-def restrictable(module: Callable[..., Any], batch: int, index: Tensor) -> Any | None:
-    """The module for the batch elements ``index`` (k,) of B = ``batch``, or None when the
-    solver cannot tell that it is right for a part of the batch.
-
-    A module with ``select_batch`` gives its own restriction. A module holding a tensor
-    whose first dimension is B (B > 1, or any B when ``index`` repeats elements, as the
-    line search's candidates do) may hold per-element data without saying so: None, and the
-    solver keeps evaluating it on the whole batch. Any other module is shared by all elements
-    and serves as it is.
-    """
-    select = getattr(module, "select_batch", None)
-    if callable(select):
-        with _ordinary_tensors():
-            return select(index)
-    suspect = batch > 1 or index.numel() > batch
-    if suspect and any(t.dim() > 0 and t.shape[0] == batch for t in _tensors(module, set())):
-        return None
-    return module

@@ -11,8 +11,9 @@ from __future__ import annotations
 from torch import Tensor
 
 from mpc_policy.options import MPCOptions
-from mpc_policy.problem.contract import CheckedCost, CheckedDynamics, restrictable
+from mpc_policy.problem.contract import CheckedCost, CheckedDynamics
 from mpc_policy.problem.linearize import cost_derivatives, dynamics_curvature, dynamics_jacobian
+from mpc_policy.problem.restriction import restrictable
 
 __all__ = ["ModuleModel"]
 
@@ -67,7 +68,7 @@ class ModuleModel:
 
     def restrict(self, rows: Tensor, batch: int) -> ModuleModel | None:
         """The problem of the batch elements ``rows`` (k,) of ``batch``, or None when a
-        module cannot be restricted safely (``contract.restrictable``)."""
+        module cannot be restricted safely (``restriction.restrictable``)."""
         cost = restrictable(self.cost.module, batch, rows)
         dynamics = restrictable(self.dynamics.module, batch, rows)
         if cost is None or dynamics is None:

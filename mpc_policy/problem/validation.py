@@ -21,6 +21,7 @@ __all__ = [
     "complete_bounds",
     "expand_batched",
     "expand_bound",
+    "scalar_bounds_valid",
 ]
 
 
@@ -57,10 +58,18 @@ def _transform(value: Tensor) -> str | None:
     return "a torch.func transform (grad, jacrev, jacfwd, vjp or jvp)"
 
 
+def _inside_transform() -> bool:
+    """Whether a torch.func transform is running (only then can a module hold its tensors,
+    through ``functional_call``): outside, the scan of the module's tensors is skipped."""
+    functorch = getattr(torch._C, "_functorch", None)
+    level = getattr(functorch, "maybe_current_level", None)
+    return level is None or level() is not None
+
+
 def check_untransformed(name: str, module: object) -> None:
     """A module's parameters and buffers must not be tensors of a torch.func transform
     (``torch.func.functional_call`` under ``grad`` or ``vmap``)."""
-    if not isinstance(module, torch.nn.Module):
+    if not isinstance(module, torch.nn.Module) or not _inside_transform():
         return
     for key, tensor in [*module.named_parameters(), *module.named_buffers()]:
         transform = _transform(tensor)
@@ -222,6 +231,20 @@ def check_bounds(lower: Tensor | None, upper: Tensor | None) -> None:
                 f"u_lower must not exceed u_upper: at index (batch, time, control) = {index}, "
                 f"u_lower = {float(lower[index]):g} > u_upper = {float(upper[index]):g}"
             )
+
+
+def scalar_bounds_valid(lower: object, upper: object) -> bool:
+    """Whether bounds given as Python numbers (or None) pass ``check_bounds``, decided
+    without a tensor operation; False for tensors and for invalid numbers (``check_bounds``
+    then runs and names the problem)."""
+    for bound in (lower, upper):
+        if bound is not None and (type(bound) not in (int, float) or bound != bound):
+            return False
+    if lower is not None and lower == float("inf"):
+        return False
+    if upper is not None and upper == float("-inf"):
+        return False
+    return lower is None or upper is None or lower <= upper  # type: ignore[operator]
 
 
 def complete_bounds(

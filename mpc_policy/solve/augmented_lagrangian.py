@@ -30,7 +30,8 @@ from torch import Tensor
 
 from mpc_policy.options import MPCOptions
 from mpc_policy.problem.constraints import CheckedConstraints, complementarity
-from mpc_policy.problem.contract import CheckedCost, restrictable
+from mpc_policy.problem.contract import CheckedCost
+from mpc_policy.problem.restriction import restrictable
 from mpc_policy.solution import SOURCE_CONSTRAINTS, SOURCE_COST, SolverInfo, Status
 from mpc_policy.solve.backend import Kernels
 from mpc_policy.solve.ddp import Model, box_ddp
@@ -111,7 +112,7 @@ class AugmentedCost:
 
     def select_batch(self, index: Tensor) -> AugmentedCost | None:
         """The augmented cost of the elements ``index`` (k,), or None when the user's cost or
-        constraints cannot be restricted safely (``contract.restrictable``)."""
+        constraints cannot be restricted safely (``restriction.restrictable``)."""
         batch = self.penalty.shape[0]
         cost = restrictable(self.cost.module, batch, index)
         constraints = restrictable(self.constraints.module, batch, index)

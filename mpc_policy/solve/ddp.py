@@ -30,6 +30,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from mpc_policy._warnings import warn_regularized
 from mpc_policy.numerics.riccati import Gains
 from mpc_policy.options import MPCOptions
 from mpc_policy.solution import SolverInfo
@@ -61,6 +62,7 @@ class _Iterate:
     u: Tensor
     cost: Tensor
     source: Tensor  # where a non-finite value came from (0: nowhere)
+    nonfinite: Tensor  # source > 0, kept with it
     any_nonfinite: bool
     converged: Tensor
     stalled: Tensor
@@ -69,10 +71,6 @@ class _Iterate:
     residual: Tensor
     gains: Gains | None = None
     local_model: tuple[Tensor, Tensor] | None = None  # the last pass's C and F
-
-    @property
-    def nonfinite(self) -> Tensor:
-        return self.source > 0
 
     @property
     def frozen(self) -> Tensor:
@@ -101,6 +99,7 @@ def _start(
         u,
         cost,
         source,
+        source > 0,
         any_nonfinite,
         converged=no,
         stalled=no,
@@ -118,7 +117,7 @@ def _local_model(model: Model, it: _Iterate) -> tuple[Tensor, Tensor, Tensor]:
     found, new = nonfinite_source((F,), (C, g))
     if new:
         it.source = torch.where(it.nonfinite, it.source, found)
-        it.any_nonfinite = True
+        it.nonfinite, it.any_nonfinite = it.source > 0, True
     if it.any_nonfinite:
         C, g, F = neutral_model(C, g, F, it.nonfinite)
     it.local_model = (C, F)
@@ -137,12 +136,17 @@ def _backward_pass(
     options: MPCOptions,
     warn: bool,
 ) -> Gains:
-    """Gains of the moved elements (T, B, ...); the others keep ``gains`` (still exact)."""
+    """Gains of the moved elements (T, B, ...); the others keep ``gains`` (still exact).
+    ``warn``: warn about the regularized Q_uu of the moved elements (box-DDP on a nonconvex
+    problem meets indefinite Q_uu routinely far from the solution and does not warn)."""
     settings = {"regularization": options.regularization, "qp_max_iter": options.qp_max_iter}
     if gains is not None and kernels.name == "compiled":
-        return kernels.backward_recursion(
-            C, g, F, du_lower, du_upper, warn=warn, active=moved, out=gains, **settings
+        updated = kernels.backward_recursion(
+            C, g, F, du_lower, du_upper, active=moved, out=gains, **settings
         )
+        if warn:
+            warn_regularized(updated.shift, moved)
+        return updated
     rows = None if gains is None or bool(moved.all()) else torch.nonzero(moved).squeeze(-1)
 
     def pick(z: Tensor) -> Tensor:
@@ -154,9 +158,10 @@ def _backward_pass(
         pick(F),
         None if du_lower is None else pick(du_lower),
         None if du_upper is None else pick(du_upper),
-        warn=warn,
         **settings,
     )
+    if warn:
+        warn_regularized(fresh.shift, None)
     if gains is None or rows is None:
         return fresh
     return Gains(*(old.index_copy(1, rows, new) for old, new in zip(gains, fresh)))
@@ -293,7 +298,7 @@ def box_ddp(
                     kernels,
                 )
         C, g, F = _local_model(model, it)
-        moved = ~it.frozen
+        moved = ~it.frozen  # converged, stalled and non-finite elements are frozen
         stepping, C = switch.curvature_terms(it.x, it.u, C, g, F, moved, kernels)
         du_lower = None if lower is None else lower - it.u
         du_upper = None if upper is None else upper - it.u

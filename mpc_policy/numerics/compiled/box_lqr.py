@@ -227,6 +227,7 @@ def solve_box_lqr(
         torch.ones(T, B, m, dtype=torch.bool),
         torch.zeros(T, B, m, m, dtype=dtype),
         torch.zeros(T, B, d, d, dtype=dtype),
+        torch.zeros(T, B, dtype=dtype),  # the last backward pass's shifts
     )
     shift = torch.zeros(T, B, dtype=dtype)
     iterations = torch.zeros(B, dtype=torch.long)
@@ -248,12 +249,12 @@ def solve_box_lqr(
         x.numpy(),
         u.numpy(),
         cost.numpy(),
-        *(z.numpy() for z in gains),
+        *(z.numpy() for z in gains[:5]),
         shift.numpy(),
         np.empty((T, B, d), dtype=constants.dtype),
         np.empty((T, B, m), dtype=constants.dtype),
         np.empty((T, B, m), dtype=constants.dtype),
-        np.zeros((T, B), dtype=constants.dtype),
+        gains.shift.numpy(),
         iterations.numpy(),
         converged.numpy(),
         stalled.numpy(),

@@ -95,7 +95,8 @@ def scratch(m, dtype):
     return vectors, masks, matrices
 
 
-@kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
+# _nrt=False: no reference counting of its views (it allocates nothing; see riccati.py)
+@kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True, _nrt=False)
 def box_qp_element(
     Q, q, lower, upper, x, free_out, chol_out, max_iter, tol, decay, max_line_search, work_arrays
 ):

@@ -81,7 +81,9 @@ class Twins(NamedTuple):
     dynamics_work: np.ndarray
 
 
-@kernel(nogil=True, error_model="numpy")
+# the per-iteration kernels allocate nothing: _nrt=False spares them the reference counting
+# of every array argument and view (riccati.py); _solve allocates and keeps it
+@kernel(nogil=True, error_model="numpy", _nrt=False)
 def _rollout(tw, b, x_init, x_bar, u_bar, K, k, alpha, feedback, lower, upper, x, u) -> float:
     """Element b's rollout into x (T, n), u (T, m) under u_t = clamp(u_bar_t (+ alpha k_t +
     K_t (x_t - x_bar_t) with ``feedback``)); returns its cost. x_bar (T, n), u_bar (T, m),
@@ -124,16 +126,20 @@ def _finite(z) -> bool:
     return s0 + s1 + s2 + s3 == 0.0
 
 
-@kernel(nogil=True, error_model="numpy")
-def _local_model(tw, b, x, u, C, g, F, w_row, th_row) -> int:
-    """C (T, 1, d, d), g (T, 1, d), F (T-1, 1, n, d) at x (T, n), u (T, m); returns the
-    non-finite source (0, ``SOURCE_DYNAMICS`` or ``SOURCE_COST``)."""
+@kernel(nogil=True, error_model="numpy", _nrt=False)
+def _local_model(tw, b, x, u, C, g, F, w_row, th_row) -> None:
+    """C (T, 1, d, d), g (T, 1, d), F (T-1, 1, n, d) at x (T, n), u (T, m)."""
     dk, p, pc, ck, Cq, cq, wgl, code, work = tw
     T = x.shape[0]
     for t in range(T):
         cost_quadratize(ck, Cq, cq, wgl, b, x, u, t, C, g)
         if t < T - 1:
             dynamics_jacobian(dk, p, pc, b, x, u, t, F, w_row, th_row, code, work)
+
+
+@kernel(nogil=True, error_model="numpy")
+def _nonfinite_source(C, g, F) -> int:
+    """The local model's non-finite source: 0, ``SOURCE_DYNAMICS`` or ``SOURCE_COST``."""
     if not _finite(F):
         return SOURCE_DYNAMICS
     if not (_finite(C) and _finite(g)):
@@ -141,7 +147,7 @@ def _local_model(tw, b, x, u, C, g, F, w_row, th_row) -> int:
     return 0
 
 
-@kernel(nogil=True, error_model="numpy")
+@kernel(nogil=True, error_model="numpy", _nrt=False)
 def _add_curvature(tw, b, x, u, g, F, C, lam, w_row, th_row) -> None:
     """C[:-1] += sum_i lam_{t+1,i} d2 f_i at the trajectory, lam the costates of (g, F)."""
     dk, p, pc, code, work = tw[0], tw[1], tw[2], tw[7], tw[8]
@@ -158,7 +164,7 @@ def _add_curvature(tw, b, x, u, g, F, C, lam, w_row, th_row) -> None:
         dynamics_curvature(dk, p, pc, b, x, u, t, lam, C, w_row, th_row, code, work)
 
 
-@kernel(nogil=True, error_model="numpy")
+@kernel(nogil=True, error_model="numpy", _nrt=False)
 def _residual(b, F, u_bar, K, k, lower, upper, dx, du) -> float:
     """The full step on the linearized dynamics, dx_1 = 0, u_t = clamp(u_bar_t + k_t +
     K_t dx_t), dx_{t+1} = F_t [dx_t; u_t - u_bar_t]: max |u - u_bar| / (1 + max |u_bar|).
@@ -270,6 +276,7 @@ def _solve(
     free_out,
     chol_out,
     Q_out,
+    shift_out,
     iterations,
     status,
     residual_out,
@@ -326,7 +333,8 @@ def _solve(
         residual = math.inf
         last_residual = math.inf
         while source == 0:
-            source = _local_model(tw, b, x_bar, u_bar, C, g, F, w_row, th_row)
+            _local_model(tw, b, x_bar, u_bar, C, g, F, w_row, th_row)
+            source = _nonfinite_source(C, g, F)
             if source != 0:
                 break
             for t in range(T):
@@ -383,6 +391,7 @@ def _solve(
             K[:] = 0.0
             k[:] = 0.0
             free[:] = True
+            shift[:] = 0.0
         elif indefinite:
             status[b] = _INDEFINITE
         elif converged:
@@ -403,6 +412,7 @@ def _solve(
         free_out[:, b] = free[:, 0]
         chol_out[:, b] = chol[:, 0]
         Q_out[:, b] = Q[:, 0]
+        shift_out[:, b] = shift[:, 0]
 
 
 class CompiledDDPResult(NamedTuple):
@@ -484,6 +494,7 @@ def solve_ddp(
         np.empty((T, B, m), dtype=np.bool_),
         np.empty((T, B, m, m), dtype=real),
         np.empty((T, B, d, d), dtype=real),
+        np.empty((T, B), dtype=real),
     )
     iterations = np.empty(B, dtype=np.int64)
     status = np.empty(B, dtype=np.int8)

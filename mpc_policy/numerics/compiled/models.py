@@ -63,7 +63,9 @@ DYNAMICS_PENDULUM, DYNAMICS_WINDY_PENDULUM, DYNAMICS_CARTPOLE = 1, 2, 3
 DYNAMICS_TRACED = 4
 
 
-@kernel(nogil=True, error_model="numpy")
+# every twin kernel allocates nothing: _nrt=False, no reference counting of its arrays
+# (called per step inside the solve's loop; see ddp.py)
+@kernel(nogil=True, error_model="numpy", _nrt=False)
 def _pendulum_coefficients(kind, p, b):
     """(A, B, D, E) of w_ddot = A sin th + B cos th + D w + E u for element b."""
     j = b if p.shape[1] > 1 else 0
@@ -74,7 +76,7 @@ def _pendulum_coefficients(kind, p, b):
     return 1.5 * g / length, -p[4, j] * length / inertia, -p[3, j] / inertia, 1.0 / inertia
 
 
-@kernel(nogil=True, error_model="numpy")
+@kernel(nogil=True, error_model="numpy", _nrt=False)
 def _clip(w, limit):
     """w clipped to [-limit, limit] (NaN stays NaN), and whether it was inside."""
     if w > limit:
@@ -84,7 +86,7 @@ def _clip(w, limit):
     return w, w == w
 
 
-@kernel(nogil=True, error_model="numpy")
+@kernel(nogil=True, error_model="numpy", _nrt=False)
 def _cartpole(p, b, theta, w, u):
     """The cart-pole's accelerations and their first derivatives in (th, w, u):
     (w_dot, its th, w, u partials, v_dot, its partials, and the terms the second
@@ -107,7 +109,7 @@ def _cartpole(p, b, theta, w, u):
     return alpha, al_th, al_w, al_u, v_dot, v_th, v_w, v_u, terms
 
 
-@kernel(nogil=True, error_model="numpy")
+@kernel(nogil=True, error_model="numpy", _nrt=False)
 def _cartpole_step(p, c, b, x, u, t) -> None:
     dt = c[0]
     theta = math.atan2(x[t, 3], x[t, 2])
@@ -120,7 +122,7 @@ def _cartpole_step(p, c, b, x, u, t) -> None:
     x[t + 1, 4] = x[t, 4] + dt * alpha
 
 
-@kernel(nogil=True, error_model="numpy")
+@kernel(nogil=True, error_model="numpy", _nrt=False)
 def _cartpole_jacobian(p, c, b, x, u, t, F) -> None:
     dt = c[0]
     cos, sin = x[t, 2], x[t, 3]
@@ -143,7 +145,7 @@ def _cartpole_jacobian(p, c, b, x, u, t, F) -> None:
     F[t, 0, 4, 4], F[t, 0, 4, 5] = 1.0 + dt * al_w, dt * al_u
 
 
-@kernel(nogil=True, error_model="numpy")
+@kernel(nogil=True, error_model="numpy", _nrt=False)
 def _cartpole_curvature(p, c, b, x, u, t, lam, C) -> None:
     """C[t, 0] += sum_i lam_{t+1,i} d2 f_i: the weighted Hessian G in y = (th, w, u),
     carried to x by Y' G Y + G_th d2 th (Y: dy/dx)."""
@@ -189,7 +191,7 @@ def _cartpole_curvature(p, c, b, x, u, t, lam, C) -> None:
     C[t, 0, 4, 4] += G_ww
 
 
-@kernel(nogil=True, error_model="numpy")
+@kernel(nogil=True, error_model="numpy", _nrt=False)
 def dynamics_step(kind, p, c, b, x, u, t, code, work) -> None:
     """x[t + 1] = f(x[t], u[t]) of element b; x (T, n), u (T, m); a traced model's functions
     are at the addresses ``code`` (step, jacobian, curvature) with the scratch ``work``."""
@@ -210,7 +212,7 @@ def dynamics_step(kind, p, c, b, x, u, t, code, work) -> None:
     x[t + 1, 2] = w
 
 
-@kernel(nogil=True, error_model="numpy")
+@kernel(nogil=True, error_model="numpy", _nrt=False)
 def _partials(kind, p, c, b, x, u, t, w_row, th_row):
     """The rows d w' and d th' (d,) with respect to (cos, sin, w, u) at x[t], u[t]; returns
     (th, th', active, the angle's partials th_c, th_s, A, B)."""
@@ -235,7 +237,7 @@ def _partials(kind, p, c, b, x, u, t, w_row, th_row):
     return theta, theta + dt * w, active, th_c, th_s, A, Bc
 
 
-@kernel(nogil=True, error_model="numpy")
+@kernel(nogil=True, error_model="numpy", _nrt=False)
 def dynamics_jacobian(kind, p, c, b, x, u, t, F, w_row, th_row, code, work) -> None:
     """F[t, 0] (n, d) = df/d[x; u] at x[t], u[t] of element b; w_row, th_row (d,) scratch."""
     if kind == DYNAMICS_TRACED:
@@ -252,7 +254,7 @@ def dynamics_jacobian(kind, p, c, b, x, u, t, F, w_row, th_row, code, work) -> N
         F[t, 0, 2, j] = w_row[j]
 
 
-@kernel(nogil=True, error_model="numpy")
+@kernel(nogil=True, error_model="numpy", _nrt=False)
 def dynamics_curvature(kind, p, c, b, x, u, t, lam, C, w_row, th_row, code, work) -> None:
     """C[t, 0] (d, d) += sum_i lam[t + 1, i] d2 f_i / d[x; u]2 at x[t], u[t] of element b."""
     if kind == DYNAMICS_TRACED:
@@ -287,7 +289,7 @@ def dynamics_curvature(kind, p, c, b, x, u, t, lam, C, w_row, th_row, code, work
             C[t, 0, i, j] += l0 * d2_cos + l1 * d2_sin + l2 * w2
 
 
-@kernel(nogil=True, error_model="numpy")
+@kernel(nogil=True, error_model="numpy", _nrt=False)
 def cost_value(kind, Cq, cq, wgl, b, x, u, t):
     """The cost of step t of element b at x[t], u[t]; x (T, n), u (T, m)."""
     n = x.shape[1]
@@ -311,7 +313,7 @@ def cost_value(kind, Cq, cq, wgl, b, x, u, t):
     return total
 
 
-@kernel(nogil=True, error_model="numpy")
+@kernel(nogil=True, error_model="numpy", _nrt=False)
 def cost_quadratize(kind, Cq, cq, wgl, b, x, u, t, C, g) -> None:
     """Hessian C[t, 0] (d, d) and gradient g[t, 0] (d,) of step t of element b."""
     n = x.shape[1]

@@ -56,8 +56,8 @@ def _call_every_kernel(dtype: torch.dtype) -> None:
     x_init = torch.ones(B, n, dtype=dtype)
     lower = torch.full((T, B, m), -0.5, dtype=dtype)
     upper = torch.full((T, B, m), 0.5, dtype=dtype)
-    gains = riccati.backward_recursion(C, c, F, lower, upper, warn=False)
-    riccati.factorize(C, F, gains.free, warn=False)
+    gains = riccati.backward_recursion(C, c, F, lower, upper)
+    riccati.factorize(C, F, gains.free)
     alphas = 0.5 ** torch.arange(3, dtype=dtype)
     rollout.affine_rollout(F, f, x_init, gains.k, None, None, None, alphas, lower, upper)
     solved = box_lqr.solve_box_lqr(

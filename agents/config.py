@@ -4,7 +4,7 @@ A file holds the sections ``data``, ``model``, ``train`` and ``evaluate`` (each 
 defaults below) plus ``name`` and ``system`` (a registered system's name,
 ``mpc_policy.envs.registry``), and optionally named ``profiles`` whose entries override the
 top level (e.g. a ``quick`` profile with a tiny budget); command-line overrides
-``section.key=value`` apply last (``mpc_policy.agents.run.yaml_profiles``). Every key is checked:
+``section.key=value`` apply last (``mpc_policy.agents.yaml_profiles``). Every key is checked:
 an unknown key or a value of the wrong type is a ``ValueError`` naming it.
 """
 

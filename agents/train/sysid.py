@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from mpc_policy.policy import MPCPolicy
 from mpc_policy.solution import SolverInfo
 
-from ..train.objectives import Batch, ImitationObjective, imitation_loss, transition_loss
+from .objectives import Batch, ImitationObjective, imitation_loss, transition_loss
 
 __all__ = ["SysIdObjective", "transition_loss"]
 

@@ -15,16 +15,29 @@ v (shape S) has its first tangents (d, *S) and, in the curvature, its second tan
 (d, d, *S), with y = g(a, b): dy = g_a da + g_b db and ddy = g_a dda + g_b ddb +
 sum g_ij da_i (x) db_j. Every tensor is a strided view into a scratch vector w or into p, so
 views, transposes and broadcasts cost nothing; each operation is one loop nest over its
-output (unrolled when it has at most ``UNROLL`` elements), written into w at fixed offsets.
+output (``_emit``: unrolled when it has at most ``UNROLL`` elements), written into w at fixed
+offsets.
 The derivative rules are autograd's (relu' = [a > 0], clamp' = [lo <= a <= hi], a tie of
 maximum splits the gradient), so the Jacobian equals the torch module's.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Any
+
+from mpc_policy.numerics.compiled._emit import (
+    UNROLL,
+    Emitter,
+    UnsupportedGraph,
+    View,
+    access,
+    broadcast,
+    contiguous,
+    flat,
+    numel,
+    view_op,
+)
 
 __all__ = ["SIGNATURE", "Node", "Ref", "UnsupportedGraph", "generate"]
 
@@ -32,11 +45,6 @@ SIGNATURE = (
     "void(CPointer(float64), CPointer(float64), CPointer(float64), CPointer(float64), int64, "
     "CPointer(float64), CPointer(float64))"
 )
-UNROLL = 64
-
-
-class UnsupportedGraph(ValueError):
-    """A graph the generator cannot emit (the message names the operation)."""
 
 
 @dataclass(frozen=True)
@@ -54,26 +62,6 @@ class Node:
     op: str
     args: tuple[Any, ...]
     shape: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class _View:
-    buf: str
-    offset: int
-    shape: tuple[int, ...]
-    strides: tuple[int, ...]
-
-
-def _contiguous(shape: tuple[int, ...]) -> tuple[int, ...]:
-    strides, step = [], 1
-    for size in reversed(shape):
-        strides.append(step)
-        step *= size
-    return tuple(reversed(strides))
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    return math.prod(shape)
 
 
 # elementwise rules: value, first partials, second partials ("" = zero), in a, b, c, y
@@ -142,111 +130,9 @@ OPS = frozenset(_UNARY) | frozenset(_BINARY) | STRUCTURAL
 class _Value:
     """A node's value and its first and second tangents (None: zero)."""
 
-    v: _View | float
-    d1: _View | None = None
-    d2: _View | None = None
-
-
-@dataclass
-class _Emitter:
-    n: int
-    m: int
-    order: int
-    lines: list[str] = field(default_factory=list)
-    size: int = 0
-
-    @property
-    def d(self) -> int:
-        return self.n + self.m
-
-    def fresh(self, shape: tuple[int, ...]) -> _View:
-        view = _View("w", self.size, shape, _contiguous(shape))
-        self.size += max(_numel(shape), 1)
-        return view
-
-    def loop(
-        self,
-        shape: tuple[int, ...],
-        target: _View,
-        assign: str,
-        expr: str,
-        ops: list,
-        tri: bool = False,
-    ) -> None:
-        """target[i] (assign) expr(ops[k][i]) over the loop shape; target and ops are views
-        already broadcast to it (or numbers). expr names the operands {0}, {1}, ...
-        ``tri``: the first two dims are second-order directions (k1, k2), of which only
-        k1 <= k2 is computed (second derivatives are symmetric)."""
-        if _numel(shape) == 0:
-            return
-        if _numel(shape) <= UNROLL:
-            for index in _indices(shape):
-                if tri and index[1] < index[0]:
-                    continue
-                values = [_access(op, index) for op in ops]
-                self.lines.append(f"    {_access(target, index)} {assign} {expr.format(*values)}")
-            return
-        names, pad = self.header(shape, tri)
-        values = [_access(op, names) for op in ops]
-        self.lines.append(f"{pad}{_access(target, names)} {assign} {expr.format(*values)}")
-
-    def header(self, shape: tuple[int, ...], tri: bool) -> tuple[list[str | int], str]:
-        """The loop statements over shape (dims of size 1 fixed at 0): index names, indent."""
-        depth = 0
-        names: list[str | int] = []
-        for k, size in enumerate(shape):
-            if size == 1:
-                names.append(0)
-                continue
-            start = "i0, " if tri and k == 1 else ""
-            self.lines.append("    " + "    " * depth + f"for i{k} in range({start}{size}):")
-            names.append(f"i{k}")
-            depth += 1
-        return names, "    " + "    " * depth
-
-
-def _indices(shape: tuple[int, ...]) -> list[tuple[int, ...]]:
-    out: list[tuple[int, ...]] = [()]
-    for size in shape:
-        out = [(*index, i) for index in out for i in range(size)]
-    return out
-
-
-def _access(op: _View | float, index: Any) -> str:
-    if not isinstance(op, _View):
-        return f"({float(op)!r})"
-    constant = op.offset
-    terms = []
-    for i, stride in zip(index, op.strides, strict=True):
-        if stride == 0:
-            continue
-        if isinstance(i, int):
-            constant += i * stride
-        else:
-            terms.append(f"{i} * {stride}" if stride != 1 else i)
-    text = " + ".join([*terms, str(constant)] if constant or not terms else terms)
-    return f"{op.buf}[{text}]"
-
-
-def _broadcast(
-    view: _View | float, lead: int, places: tuple[int, ...], K: int, S: tuple[int, ...]
-) -> _View | float:
-    """view (shape (lead dirs..., *s)) as a view of shape (K dirs..., *S): its direction dim i
-    at position places[i], other direction dims and broadcast value dims of stride 0."""
-    if not isinstance(view, _View):
-        return view
-    strides = [0] * (K + len(S))
-    for i, place in enumerate(places):
-        strides[place] = view.strides[i]
-    vshape, vstrides = view.shape[lead:], view.strides[lead:]
-    offset = len(S) - len(vshape)
-    if offset < 0:
-        raise UnsupportedGraph(f"cannot broadcast {view.shape} to {S}")
-    for k, (size, stride) in enumerate(zip(vshape, vstrides, strict=True)):
-        if size != 1:
-            strides[K + offset + k] = stride
-    shape = (*[0] * K, *S)
-    return _View(view.buf, view.offset, tuple(shape), tuple(strides))
+    v: View | float
+    d1: View | None = None
+    d2: View | None = None
 
 
 def _sub(template: str, names: dict[str, str]) -> str:
@@ -265,7 +151,7 @@ def _sub(template: str, names: dict[str, str]) -> str:
 
 class _Builder:
     def __init__(self, graph: list[Node], n: int, m: int, order: int) -> None:
-        self.graph, self.e = graph, _Emitter(n, m, order)
+        self.graph, self.e = graph, Emitter(n, m, order)
         self.values: list[_Value] = []
 
     # -- elementwise with derivatives ---------------------------------------------------
@@ -281,7 +167,7 @@ class _Builder:
         names = {"abc"[k]: f"{{{k}}}" for k in range(len(operands))}
         vals = [o.v if isinstance(o, _Value) else float(o) for o in operands]
         y = e.fresh(shape)
-        ops = [_broadcast(v, 0, (), 0, shape) for v in vals]
+        ops = [broadcast(v, 0, (), 0, shape) for v in vals]
         e.loop(shape, y, "=", _sub(value, names), ops)
         out = _Value(y)
         names_y = {**names, "y": f"{{{len(operands)}}}"}
@@ -291,12 +177,12 @@ class _Builder:
             out.d2 = self._tangent(2, shape, operands, vals, y, first, second, names_y)
         return out
 
-    def _tangent(self, level, shape, operands, vals, y, first, second, names) -> _View | None:
+    def _tangent(self, level, shape, operands, vals, y, first, second, names) -> View | None:
         e, d = self.e, self.e.d
         K = level
         full = (*(d,) * K, *shape)
         terms: list[tuple[str, list]] = []
-        base = [_broadcast(v, 0, (), K, shape) for v in vals] + [_broadcast(y, 0, (), K, shape)]
+        base = [broadcast(v, 0, (), K, shape) for v in vals] + [broadcast(y, 0, (), K, shape)]
         for k, o in enumerate(operands):
             if not isinstance(o, _Value) or not first[k]:
                 continue
@@ -306,7 +192,7 @@ class _Builder:
                 terms.append(
                     (
                         f"({_sub(first[k], names)}) * {{{len(base)}}}",
-                        [_broadcast(tangent, K, places, K, shape)],
+                        [broadcast(tangent, K, places, K, shape)],
                     )
                 )
         if level == 2:
@@ -316,8 +202,8 @@ class _Builder:
                     continue
                 if oi.d1 is None or oj.d1 is None:
                     continue
-                a = _broadcast(oi.d1, 1, (0,), 2, shape)
-                b = _broadcast(oj.d1, 1, (1,), 2, shape)
+                a = broadcast(oi.d1, 1, (0,), 2, shape)
+                b = broadcast(oj.d1, 1, (1,), 2, shape)
                 terms.append(
                     (f"({_sub(rule, names)}) * {{{len(base)}}} * {{{len(base) + 1}}}", [a, b])
                 )
@@ -340,17 +226,17 @@ class _Builder:
     def copy(self, x: _Value, shape: tuple[int, ...]) -> _Value:
         return self.elementwise(shape, "a", [x], ["1.0"], {})
 
-    def materialize(self, view: _View, lead: int) -> _View:
+    def materialize(self, view: View, lead: int) -> View:
         out = self.e.fresh(view.shape)
         self.e.loop(view.shape, out, "=", "{0}", [view], lead == 2)
         return out
 
     def contraction(
         self,
-        target: _View,
+        target: View,
         lead: int,
-        A: _View | None,
-        B: _View | None,
+        A: View | None,
+        B: View | None,
         pa: tuple[int, ...],
         pb: tuple[int, ...],
         scale: float,
@@ -362,7 +248,7 @@ class _Builder:
         p_, r_ = target.shape[lead:]
         q_ = A.shape[-1]
         shape = (*dirs, p_, r_, q_)
-        t = _View(target.buf, target.offset, shape, (*target.strides, 0))
+        t = View(target.buf, target.offset, shape, (*target.strides, 0))
         sa = [0] * len(shape)
         for i, place in enumerate(pa):
             sa[place] = A.strides[i]
@@ -371,11 +257,11 @@ class _Builder:
         for i, place in enumerate(pb):
             sb[place] = B.strides[i]
         sb[lead + 2], sb[lead + 1] = B.strides[-2], B.strides[-1]
-        a = _View(A.buf, A.offset, shape, tuple(sa))
-        b = _View(B.buf, B.offset, shape, tuple(sb))
+        a = View(A.buf, A.offset, shape, tuple(sa))
+        b = View(B.buf, B.offset, shape, tuple(sb))
         factor = "" if scale == 1.0 else f"{scale!r} * "
         tri = lead == 2
-        if _numel(shape) <= UNROLL:
+        if numel(shape) <= UNROLL:
             self.e.loop(shape, t, "+=", factor + "{0} * {1}", [a, b], tri)
             return
         # the sum over l in a local: stores into w (which the operands may alias) stay
@@ -386,10 +272,10 @@ class _Builder:
         e.lines.append(f"{pad}s = 0.0")
         e.lines.append(f"{pad}for {last} in range({shape[-1]}):")
         index = [*names, last]
-        e.lines.append(f"{pad}    s += {_access(a, index)} * {_access(b, index)}")
-        e.lines.append(f"{pad}{_access(t, [*names, 0])} += {factor}s")
+        e.lines.append(f"{pad}    s += {access(a, index)} * {access(b, index)}")
+        e.lines.append(f"{pad}{access(t, [*names, 0])} += {factor}s")
 
-    def zeros(self, shape: tuple[int, ...]) -> _View:
+    def zeros(self, shape: tuple[int, ...]) -> View:
         out = self.e.fresh(shape)
         self.e.loop(shape, out, "=", "0.0", [])
         return out
@@ -417,7 +303,7 @@ class _Builder:
             return out
         if op == "param":
             (offset,) = args
-            return _Value(_View("p", offset, shape, _contiguous(shape)))
+            return _Value(View("p", offset, shape, contiguous(shape)))
         if op == "fill":
             v = e.fresh(shape)
             e.loop(shape, v, "=", repr(float(args[0])), [])
@@ -480,7 +366,7 @@ class _Builder:
         if op == "copy":
             return self.copy(self._value(args[0]), shape)
         if op in ("select", "slice", "unsqueeze", "squeeze", "permute", "expand"):
-            return self.lift(lambda v, lead: _view_op(op, v, lead, args[1:]), self._value(args[0]))
+            return self.lift(lambda v, lead: view_op(op, v, lead, args[1:]), self._value(args[0]))
         if op == "reshape":
             x = self._value(args[0])
             return self.lift(lambda v, lead: self._reshape(v, lead, shape), x)
@@ -490,8 +376,8 @@ class _Builder:
             x, dim, index = self._value(args[0]), args[1], args[2]
             parts = [
                 self.lift(
-                    lambda v, lead, i=i: _view_op(
-                        "unsqueeze", _view_op("select", v, lead, (dim, i)), lead, (dim,)
+                    lambda v, lead, i=i: view_op(
+                        "unsqueeze", view_op("select", v, lead, (dim, i)), lead, (dim,)
                     ),
                     x,
                 )
@@ -510,16 +396,16 @@ class _Builder:
             raise UnsupportedGraph("a number where a tensor was expected")
         return x
 
-    def _reshape(self, v: _View, lead: int, shape: tuple[int, ...]) -> _View:
+    def _reshape(self, v: View, lead: int, shape: tuple[int, ...]) -> View:
         tail = v.shape[lead:]
         strides = v.strides[lead:]
         if any(
-            s != c for s, c, size in zip(strides, _contiguous(tail), tail, strict=True) if size != 1
+            s != c for s, c, size in zip(strides, contiguous(tail), tail, strict=True) if size != 1
         ):
             v = self.materialize(v, lead)
         full = (*v.shape[:lead], *shape)
-        inner = _contiguous(shape)
-        return _View(v.buf, v.offset, full, (*v.strides[:lead], *inner))
+        inner = contiguous(shape)
+        return View(v.buf, v.offset, full, (*v.strides[:lead], *inner))
 
     def _cat(self, parts: list[_Value], dim: int, shape: tuple[int, ...]) -> _Value:
         e = self.e
@@ -533,18 +419,18 @@ class _Builder:
             setattr(out, f"d{level}", e.fresh(full))
         start = 0
         for p in parts:
-            assert isinstance(p.v, _View)
+            assert isinstance(p.v, View)
             size = p.v.shape[dim]
             for level in (0, *levels):
                 target = out.v if level == 0 else getattr(out, f"d{level}")
                 source = p.v if level == 0 else getattr(p, f"d{level}")
-                assert isinstance(target, _View)
-                block = _view_op("slice", target, level, (dim, start, start + size, 1))
+                assert isinstance(target, View)
+                block = view_op("slice", target, level, (dim, start, start + size, 1))
                 if source is None:
                     e.loop(block.shape, block, "=", "0.0", [], level == 2)
                 else:
                     src = (
-                        _broadcast(source, level, tuple(range(level)), level, block.shape[level:])
+                        broadcast(source, level, tuple(range(level)), level, block.shape[level:])
                         if level
                         else source
                     )
@@ -556,7 +442,7 @@ class _Builder:
         self, x: _Value, dims: tuple[int, ...], shape: tuple[int, ...], scale: float
     ) -> _Value:
         e = self.e
-        assert isinstance(x.v, _View)
+        assert isinstance(x.v, View)
         rank = len(x.v.shape)
         dims = tuple(sorted({dim % rank for dim in dims} if dims else set(range(rank))))
         out = _Value(e.fresh(shape))
@@ -568,7 +454,7 @@ class _Builder:
             target = out.v if level == 0 else e.fresh((*(e.d,) * level, *shape))
             if level:
                 setattr(out, f"d{level}", target)
-            assert isinstance(target, _View) and isinstance(source, _View)
+            assert isinstance(target, View) and isinstance(source, View)
             e.loop(target.shape, target, "=", "0.0", [], level == 2)
             # the target seen on the source's full shape, stride 0 along the reduced dims
             kept = [k for k in range(rank) if k not in dims]
@@ -577,7 +463,7 @@ class _Builder:
             keepdim = len(shape) == rank
             for j, k in enumerate(kept):
                 strides[level + k] = tail[k] if keepdim else tail[j]
-            t = _View(target.buf, target.offset, source.shape, tuple(strides))
+            t = View(target.buf, target.offset, source.shape, tuple(strides))
             e.loop(source.shape, t, "+=", factor + "{0}", [source], level == 2)
         return out
 
@@ -595,7 +481,7 @@ class _Builder:
             bias = self._value(node.args[0])
             A, B = self._value(node.args[1]), self._value(node.args[2])
             beta, alpha = float(node.args[3]), float(node.args[4])
-        assert isinstance(A.v, _View) and isinstance(B.v, _View)
+        assert isinstance(A.v, View) and isinstance(B.v, View)
         out = _Value(e.fresh(shape))
         for level in range(0, e.order + 1):
             if level == 0:
@@ -610,14 +496,14 @@ class _Builder:
                     continue
                 target = e.fresh((*(e.d,) * level, *shape))
                 setattr(out, f"d{level}", target)
-            assert isinstance(target, _View)
+            assert isinstance(target, View)
             bias_level = (
                 None if bias is None else (bias.v if level == 0 else getattr(bias, f"d{level}"))
             )
             if bias_level is None or beta == 0.0:
                 e.loop(target.shape, target, "=", "0.0", [], level == 2)
             else:
-                src = _broadcast(bias_level, level, tuple(range(level)), level, shape)
+                src = broadcast(bias_level, level, tuple(range(level)), level, shape)
                 e.loop(
                     target.shape,
                     target,
@@ -638,58 +524,6 @@ class _Builder:
                 self.contraction(target, 2, A.d1, B.d1, (0,), (1,), alpha)
                 self.contraction(target, 2, A.d1, B.d1, (1,), (0,), alpha)
         return out
-
-
-def _view_op(op: str, v: _View, lead: int, args: tuple[Any, ...]) -> _View:
-    """ATen's view operations on the value dims of v (after ``lead`` direction dims)."""
-    shape, strides, offset = list(v.shape), list(v.strides), v.offset
-    rank = len(shape) - lead
-    if op == "select":
-        dim = args[0] % rank + lead
-        index = args[1] % shape[dim]
-        offset += index * strides[dim]
-        del shape[dim], strides[dim]
-    elif op == "slice":
-        dim = args[0] % rank + lead
-        size = shape[dim]
-        start = 0 if args[1] is None else args[1]
-        end = size if args[2] is None else args[2]
-        start = min(max(start + size if start < 0 else start, 0), size)
-        end = min(max(end + size if end < 0 else end, start), size)
-        step = args[3]
-        offset += start * strides[dim]
-        shape[dim] = (end - start + step - 1) // step
-        strides[dim] *= step
-    elif op == "unsqueeze":
-        dim = args[0] % (rank + 1) + lead
-        shape.insert(dim, 1)
-        strides.insert(dim, 0)
-    elif op == "squeeze":
-        dims = (
-            {d % rank + lead for d in args[0]}
-            if args[0] is not None
-            else set(range(lead, len(shape)))
-        )
-        keep = [k for k in range(len(shape)) if k < lead or k not in dims or shape[k] != 1]
-        shape, strides = [shape[k] for k in keep], [strides[k] for k in keep]
-    elif op == "permute":
-        order = list(range(lead)) + [d % rank + lead for d in args[0]]
-        shape, strides = [shape[k] for k in order], [strides[k] for k in order]
-    elif op == "expand":
-        sizes = list(args[0])
-        new = len(sizes) - rank
-        head_shape, head_strides = shape[:lead], strides[:lead]
-        tail_shape, tail_strides = [1] * new + shape[lead:], [0] * new + strides[lead:]
-        for k, size in enumerate(sizes):
-            if size != -1 and tail_shape[k] == 1 and size != 1:
-                tail_shape[k], tail_strides[k] = size, 0
-        shape, strides = head_shape + tail_shape, head_strides + tail_strides
-    return replace(v, offset=offset, shape=tuple(shape), strides=tuple(strides))
-
-
-def _flat(v: _View, lead: int, n: int) -> _View:
-    """The output (1, n) (or (n,)) view as (lead dirs..., n)."""
-    return _View(v.buf, v.offset, (*v.shape[:lead], n), (*v.strides[:lead], v.strides[-1]))
 
 
 def generate(graph: list[Node], output: int, n: int, m: int) -> tuple[str, int]:
@@ -715,20 +549,20 @@ def generate(graph: list[Node], output: int, n: int, m: int) -> tuple[str, int]:
             builder.values.append(builder.run(node))
         out = builder.values[output]
         e = builder.e
-        if not isinstance(out.v, _View) or out.v.shape[-1] != n or _numel(out.v.shape) != n:
+        if not isinstance(out.v, View) or out.v.shape[-1] != n or numel(out.v.shape) != n:
             raise UnsupportedGraph(
                 f"the output has shape {getattr(out.v, 'shape', ())}, not (1, {n})"
             )
         if order == 0:
-            target = _View("x", 0, (n,), (1,))
+            target = View("x", 0, (n,), (1,))
             e.lines.append(f"    base = (t + 1) * {n}")
-            e.loop((n,), target, "=", "{0}", [_flat(out.v, 0, n)])
+            e.loop((n,), target, "=", "{0}", [flat(out.v, 0, n)])
             e.lines[-n:] = [line.replace("x[", "x[base + ") for line in e.lines[-n:]]
         elif order == 1:
             e.lines.append(f"    base = t * {n * d}")
             for i in range(n):
                 for j in range(d):
-                    value = "0.0" if out.d1 is None else _access(_flat(out.d1, 1, n), (j, i))
+                    value = "0.0" if out.d1 is None else access(flat(out.d1, 1, n), (j, i))
                     e.lines.append(f"    a[base + {i * d + j}] = {value}")
         else:
             e.lines.append(f"    base = t * {d * d}")
@@ -738,7 +572,7 @@ def generate(graph: list[Node], output: int, n: int, m: int) -> tuple[str, int]:
                     for k in range(d):
                         upper = (min(j, k), max(j, k))  # only k1 <= k2 was computed
                         terms = " + ".join(
-                            f"a[row + {i}] * {_access(_flat(out.d2, 2, n), (*upper, i))}"
+                            f"a[row + {i}] * {access(flat(out.d2, 2, n), (*upper, i))}"
                             for i in range(n)
                         )
                         e.lines.append(f"    b[base + {j * d + k}] += {terms}")

@@ -235,3 +235,25 @@ def test_untraceable_modules_fall_back_with_a_reason(module: type, reason: str) 
     assert solution.info.path == "torch"
     assert solution.info.declined.startswith(reason), solution.info.declined
     assert "\n" not in solution.info.declined
+
+
+def test_compat_pendulum_dx_traces_through_unbind_and_tensor_attributes() -> None:
+    """mpc.pytorch's ``PendulumDx`` (``torch.unbind``, a plain tensor attribute of its
+    parameters) runs on the compiled path and equals its torch path."""
+    from mpc_policy.compat.env_dx.pendulum import PendulumDx
+
+    dtype = torch.float64
+    dynamics = PendulumDx().to(dtype)
+    plain = type("PlainPendulumDx", (PendulumDx,), {"compiled_twin": lambda self: None})()
+    plain.load_state_dict(dynamics.state_dict())
+    plain = plain.to(dtype)
+    mpc = MPC(3, 1, T, u_lower=-2.0, u_upper=2.0, on_unconverged="ignore")
+    cost = GoalWeightedCost(
+        torch.tensor([1.0, 1.0, 0.1, 0.001], dtype=dtype),
+        torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=dtype),
+    )
+    x_init = _states(3, dtype)
+    fast, slow = mpc(x_init, cost, dynamics), mpc(x_init, cost, plain)
+    assert fast.info.path == "compiled-ddp" and slow.info.path == "torch"
+    assert fast.info.status_names == slow.info.status_names
+    torch.testing.assert_close(fast.u, slow.u, atol=1e-9, rtol=0)

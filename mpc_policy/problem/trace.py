@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,10 +115,13 @@ def _trace(module: nn.Module, n: int, m: int) -> Traced:
         return torch.func.functional_call(module, state, (args[-2], args[-1]))
 
     rows = (torch.zeros(1, n, dtype=torch.float64), torch.zeros(1, m, dtype=torch.float64))
-    graph_module = make_fx(forward, tracing_mode="fake")(*examples, *rows)
+    graph_module = make_fx(forward, tracing_mode="fake", _allow_non_fake_inputs=True)(
+        *examples, *rows
+    )
     offsets = np.cumsum([0] + [z.numel() for z in examples]).tolist()
     constants: list[np.ndarray] = []
     integer: dict[Any, list[int]] = {}
+    unbound: dict[Any, tuple[Ref, int]] = {}
     nodes: list[Node] = []
     refs: dict[Any, Any] = {}
     placeholder = 0
@@ -162,8 +166,15 @@ def _trace(module: nn.Module, n: int, m: int) -> Traced:
                 raise UnsupportedGraph("its forward returns no single tensor")
             output = arg(result).index
             continue
+        if node.target is operator.getitem and node.args[0] in unbound:
+            whole, dim = unbound[node.args[0]]  # x.unbind(dim)[k] is x.select(dim, k)
+            refs[node] = add("select", (whole, dim, int(node.args[1])), _shape(node))
+            continue
         name = node.target._opname if hasattr(node.target, "_opname") else str(node.target)
         overload = getattr(node.target, "_overloadname", "")
+        if name == "unbind":
+            unbound[node] = (arg(node.args[0]), int(node.args[1]) if len(node.args) > 1 else 0)
+            continue
         if name.endswith("_") and not name.startswith("_"):
             raise UnsupportedGraph(f"aten.{name} (in place) is not supported by the compiled path")
         value = node.meta.get("val")

@@ -257,3 +257,25 @@ def test_compat_pendulum_dx_traces_through_unbind_and_tensor_attributes() -> Non
     assert fast.info.path == "compiled-ddp" and slow.info.path == "torch"
     assert fast.info.status_names == slow.info.status_names
     torch.testing.assert_close(fast.u, slow.u, atol=1e-9, rtol=0)
+
+
+class Guarded(Pendulum):
+    """Non-finite constants in the graph: NaN outside a domain, an infinite clamp bound."""
+
+    def forward(self, x, u, dt=0.05):
+        out = super().forward(x, u.clamp(max=math.inf), dt)
+        return torch.where(x[..., 2:].abs() > 1e6, torch.full_like(out, math.nan), out)
+
+
+def test_non_finite_constants_compile() -> None:
+    dtype = torch.float64
+    dynamics = Guarded().to(dtype)
+    mpc = MPC(3, 1, T, u_lower=-2.0, u_upper=2.0, on_unconverged="ignore")
+    cost = GoalWeightedCost(
+        torch.tensor([1.0, 1.0, 0.1, 0.001], dtype=dtype),
+        torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=dtype),
+    )
+    x_init = _states(2, dtype)
+    fast, slow = mpc(x_init, cost, dynamics), mpc(x_init, cost, _opted_out(dynamics))
+    assert fast.info.path == "compiled-ddp", fast.info.declined
+    torch.testing.assert_close(fast.u, slow.u, atol=1e-9, rtol=0)

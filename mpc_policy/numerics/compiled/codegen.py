@@ -23,6 +23,7 @@ maximum splits the gradient), so the Jacobian equals the torch module's.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -576,7 +577,8 @@ def generate(graph: list[Node], output: int, n: int, m: int) -> tuple[str, int]:
                             for i in range(n)
                         )
                         e.lines.append(f"    b[base + {j * d + k}] += {terms}")
-        body = "\n".join(e.lines) or "    pass"
+        # non-finite literals (a NaN constant, an infinite bound) as names numba knows
+        body = re.sub(r"\b(nan|inf)\b", r"math.\1", "\n".join(e.lines)) or "    pass"
         sources.append(f"@_DECORATE\ndef {name}(p, x, u, w, t, a, b):\n{body}\n")
         size = max(size, e.size)
     return "\n\n".join(sources), max(size, 1)

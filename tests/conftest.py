@@ -61,6 +61,7 @@ TEST_LAYERS: dict[str, tuple[str, ...]] = {
     "test_solver_contract.py": ("solve", "grad", "api"),
     "test_solver_fastpaths.py": ("numerics", "solve"),
     "test_sweep.py": ("agents",),
+    "test_traced_models.py": ("numerics", "problem", "solve"),
     "test_trust_region.py": ("api", "solve", "grad"),
     "test_zoo.py": ("sb3",),
 }

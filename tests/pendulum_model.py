@@ -24,6 +24,11 @@ class PendulumDynamics(nn.Module):
         self.l = nn.Parameter(torch.tensor(l, dtype=torch.float64))
         self.dt = dt
 
+    def compiled_twin(self) -> None:
+        """None: the tests using this model exercise the box_ddp loop (a module without
+        this method is traced to the compiled path, tests/test_traced_models.py)."""
+        return None
+
     def forward(self, x: Tensor, u: Tensor) -> Tensor:
         cos, sin, velocity = x.unbind(-1)
         g, m, l = (p.to(x.dtype) for p in (self.g, self.m, self.l))

@@ -8,6 +8,12 @@ LQR solve. A module describes its twin by ``compiled_twin() -> (kind, parameters
 constants)`` (the built-in pendulums, ``QuadraticCost``, ``GoalWeightedCost``); the
 parameters are read at every solve, shared (a scalar or a vector) or one per batch element.
 
+A dynamics module without ``compiled_twin`` is traced (``mpc_policy.problem.trace``): its
+forward on one row becomes generated numba functions (step, Jacobian, curvature) called by
+address from the same kernel, with its parameters read at every solve. A module that declares
+``compiled_twin()`` and returns None (the built-ins' subclasses) is not traced. A traced twin
+is checked once against the module's forward on a batch of rows before its first use.
+
 The path is taken when the backend is compiled (CPU tensors, numba importable), both modules
 have twins of matching sizes, and ``grad_method`` is not "unroll"; ``compiled_ddp`` says why
 not otherwise (``SolverInfo.declined``).
@@ -19,10 +25,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from mpc_policy.options import MPCOptions
 from mpc_policy.problem.contract import module_name
+from mpc_policy.problem.trace import Traced, check_traced, flat_parameters, trace
 from mpc_policy.solution import SolverInfo, Status
 from mpc_policy.solve.backend import Kernels, select
 from mpc_policy.solve.ddp import DDPResult
@@ -33,11 +40,17 @@ PATH = "compiled-ddp"
 # the twins' kinds, n and m, as in numerics/compiled/models.py (not imported: it needs numba)
 _DYNAMICS = {"pendulum": (1, 3, 1), "windy_pendulum": (2, 3, 1), "cartpole": (3, 5, 1)}
 _COSTS = {"quadratic": 0, "goal_weighted": 1}
+_TRACED = 4
 
 
-def _describe(module: Any, what: str) -> tuple[str, tuple[Tensor, ...], tuple[float, ...]] | str:
-    """The module's ``compiled_twin()`` description, or why there is none."""
+def _describe(
+    module: Any, what: str
+) -> tuple[str, tuple[Tensor, ...], tuple[float, ...]] | str | None:
+    """The module's ``compiled_twin()`` description, why there is none, or None where the
+    module declares nothing (a dynamics module is then traced)."""
     describe = getattr(module, "compiled_twin", None)
+    if describe is None and what == "dynamics":
+        return None
     with torch.no_grad():
         spec = describe() if callable(describe) else None
     if spec is None:
@@ -52,11 +65,48 @@ def _array(z: Tensor, dtype: torch.dtype) -> np.ndarray:
     return z.detach().to(dtype).to(torch.float64).contiguous().numpy()
 
 
+_NO_CODE = np.zeros(3, dtype=np.int64)
+_NO_WORK = np.zeros(1)
+# a traced twin's compiled functions, or the reason it failed its check (per trace)
+_checked: dict[int, tuple[Traced, Any] | str] = {}
+
+
+def _traced(
+    dynamics: Any, n: int, m: int, dtype: torch.dtype
+) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | str:
+    """The traced twin of a dynamics module without ``compiled_twin``, or why not."""
+    name = module_name(dynamics)
+    if not isinstance(dynamics, nn.Module):
+        return f"dynamics ({name}) is not an nn.Module and has no compiled twin"
+    traced = trace(dynamics, n, m)
+    if isinstance(traced, str):
+        return f"dynamics ({name}): {traced}"
+    done = _checked.get(id(traced))
+    if done is None:
+        from mpc_policy.numerics.compiled.traced import compile_traced
+
+        functions = compile_traced(traced.source, traced.work)
+        try:
+            reason = check_traced(dynamics, traced, functions, n, m)
+        except Exception as error:  # the module fails on a batch: the torch path says how
+            reason = f"its forward fails on a batch of rows ({type(error).__name__})"
+        done = _checked[id(traced)] = (traced, functions) if reason is None else reason
+    if isinstance(done, str):
+        return f"dynamics ({name}): {done}"
+    functions = done[1]
+    code = np.array(functions.addresses, dtype=np.int64)
+    params = flat_parameters(dynamics, traced, dtype)
+    return _TRACED, params, _NO_WORK, code, np.empty(functions.work)
+
+
 def _dynamics(
     dynamics: Any, B: int, n: int, m: int, dtype: torch.dtype
-) -> tuple[int, np.ndarray, np.ndarray] | str:
-    """The dynamics twin's kind, parameters (P, 1 or B) and constants, or why not."""
+) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | str:
+    """The dynamics twin's kind, parameters (P, 1 or B), constants, a traced model's function
+    addresses and scratch; or why not."""
     spec = _describe(dynamics, "dynamics")
+    if spec is None:
+        return _traced(dynamics, n, m, dtype)
     if isinstance(spec, str):
         return spec
     name, params, constants = spec
@@ -72,7 +122,13 @@ def _dynamics(
         rows = np.array([[float(p)] for p in same])
     else:
         rows = torch.stack([p.expand(B) for p in same]).to(torch.float64).numpy()
-    return kind, rows, np.array(constants, dtype=np.float64)
+    return (
+        kind,
+        np.ascontiguousarray(rows),
+        np.array(constants, dtype=np.float64),
+        _NO_CODE,
+        _NO_WORK,
+    )
 
 
 def _cost(
@@ -81,6 +137,8 @@ def _cost(
     """The cost twin's kind and its terms (C, c of a quadratic cost; w, goal, linear of a
     goal-weighted one), or why not."""
     spec = _describe(cost, "cost")
+    if spec is None:
+        return f"cost ({module_name(cost)}) has no compiled twin"
     if isinstance(spec, str):
         return spec
     name, terms, _ = spec
@@ -151,7 +209,7 @@ def compiled_ddp(
         return terms
     from mpc_policy.numerics.compiled.ddp import Twins, solve_ddp
 
-    twins = Twins(model[0], model[1], model[2], terms[0], terms[1], terms[2], terms[3])
+    twins = Twins(model[0], model[1], model[2], terms[0], terms[1], terms[2], terms[3], *model[3:])
     out = solve_ddp(twins, x_init.detach(), u_init.detach(), lower, upper, options)
     info = SolverInfo(
         out.iterations,

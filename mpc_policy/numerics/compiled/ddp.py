@@ -66,6 +66,8 @@ class Twins(NamedTuple):
         C: (Bc, Tc, d, d) a quadratic cost's terms (Bc, Tc in {1, B} and {1, T}).
         c: (Bc, Tc, d) its linear terms.
         wgl: (3, d) a goal-weighted cost's weights, goal and linear term.
+        dynamics_code: (3,) int64, a traced model's function addresses (else zeros).
+        dynamics_work: (W,) float64, a traced model's scratch (else any size).
     """
 
     dynamics_kind: int
@@ -75,6 +77,8 @@ class Twins(NamedTuple):
     C: np.ndarray
     c: np.ndarray
     wgl: np.ndarray
+    dynamics_code: np.ndarray
+    dynamics_work: np.ndarray
 
 
 # the per-iteration kernels allocate nothing: _nrt=False spares them the reference counting
@@ -84,7 +88,7 @@ def _rollout(tw, b, x_init, x_bar, u_bar, K, k, alpha, feedback, lower, upper, x
     """Element b's rollout into x (T, n), u (T, m) under u_t = clamp(u_bar_t (+ alpha k_t +
     K_t (x_t - x_bar_t) with ``feedback``)); returns its cost. x_bar (T, n), u_bar (T, m),
     K (T, 1, m, n), k (T, 1, m) are the element's."""
-    dk, p, pc, ck, Cq, cq, wgl = tw
+    dk, p, pc, ck, Cq, cq, wgl, code, work = tw
     T, m = u.shape
     n = x.shape[1]
     for i in range(n):
@@ -100,7 +104,7 @@ def _rollout(tw, b, x_init, x_bar, u_bar, K, k, alpha, feedback, lower, upper, x
             u[t, i] = min(max(value, lower[t, b, i]), upper[t, b, i])
         total += cost_value(ck, Cq, cq, wgl, b, x, u, t)
         if t < T - 1:
-            dynamics_step(dk, p, pc, b, x, u, t)
+            dynamics_step(dk, p, pc, b, x, u, t, code, work)
     return total
 
 
@@ -125,12 +129,12 @@ def _finite(z) -> bool:
 @kernel(nogil=True, error_model="numpy", _nrt=False)
 def _local_model(tw, b, x, u, C, g, F, w_row, th_row) -> None:
     """C (T, 1, d, d), g (T, 1, d), F (T-1, 1, n, d) at x (T, n), u (T, m)."""
-    dk, p, pc, ck, Cq, cq, wgl = tw
+    dk, p, pc, ck, Cq, cq, wgl, code, work = tw
     T = x.shape[0]
     for t in range(T):
         cost_quadratize(ck, Cq, cq, wgl, b, x, u, t, C, g)
         if t < T - 1:
-            dynamics_jacobian(dk, p, pc, b, x, u, t, F, w_row, th_row)
+            dynamics_jacobian(dk, p, pc, b, x, u, t, F, w_row, th_row, code, work)
 
 
 @kernel(nogil=True, error_model="numpy")
@@ -146,7 +150,7 @@ def _nonfinite_source(C, g, F) -> int:
 @kernel(nogil=True, error_model="numpy", _nrt=False)
 def _add_curvature(tw, b, x, u, g, F, C, lam, w_row, th_row) -> None:
     """C[:-1] += sum_i lam_{t+1,i} d2 f_i at the trajectory, lam the costates of (g, F)."""
-    dk, p, pc = tw[0], tw[1], tw[2]
+    dk, p, pc, code, work = tw[0], tw[1], tw[2], tw[7], tw[8]
     T, n = x.shape
     for i in range(n):
         lam[T - 1, i] = g[T - 1, 0, i]
@@ -157,7 +161,7 @@ def _add_curvature(tw, b, x, u, g, F, C, lam, w_row, th_row) -> None:
                 s += F[t, 0, q, i] * lam[t + 1, q]
             lam[t, i] = s
     for t in range(T - 1):
-        dynamics_curvature(dk, p, pc, b, x, u, t, lam, C, w_row, th_row)
+        dynamics_curvature(dk, p, pc, b, x, u, t, lam, C, w_row, th_row, code, work)
 
 
 @kernel(nogil=True, error_model="numpy", _nrt=False)

@@ -20,9 +20,10 @@ Dynamics (one batch element b, one step t):
 The parameters are an array p (P, Bp) of the module's current values (Bp = 1 shared, or
 Bp = B one per element) and the fixed constants c = (dt, max_speed) (inf: no clip).
 Every function reads row t of whole trajectories x (T, n), u (T, m) (no array views in
-the hot loop). ``step`` writes f(x_t, u_t) into x[t + 1], ``jacobian`` J = df/d[x; u]
-(n, n+m) into F[t, 0], ``curvature`` adds sum_i lam_{t+1,i} d2 f_i / d[x; u]2 (n+m, n+m)
-into C[t, 0]: the dynamics' part of the
+the hot loop). Kind 4 is a traced module (``traced``, ``codegen``): its generated
+functions, called by address, with p its flat parameters (P, 1). ``step`` writes
+f(x_t, u_t) into x[t + 1], ``jacobian`` J = df/d[x; u] (n, n+m) into F[t, 0], ``curvature``
+adds sum_i lam_{t+1,i} d2 f_i / d[x; u]2 (n+m, n+m) into C[t, 0]: the dynamics' part of the
 Lagrangian's Hessian (Newton steps), the same as autograd's second derivatives of the torch
 module (zero through an active clip).
 
@@ -41,12 +42,14 @@ from __future__ import annotations
 import math
 
 from mpc_policy.numerics.compiled._cache import kernel
+from mpc_policy.numerics.compiled.traced import call
 
 __all__ = [
     "COST_GOAL_WEIGHTED",
     "COST_QUADRATIC",
     "DYNAMICS_CARTPOLE",
     "DYNAMICS_PENDULUM",
+    "DYNAMICS_TRACED",
     "DYNAMICS_WINDY_PENDULUM",
     "cost_quadratize",
     "cost_value",
@@ -57,6 +60,7 @@ __all__ = [
 
 COST_QUADRATIC, COST_GOAL_WEIGHTED = 0, 1
 DYNAMICS_PENDULUM, DYNAMICS_WINDY_PENDULUM, DYNAMICS_CARTPOLE = 1, 2, 3
+DYNAMICS_TRACED = 4
 
 
 # every twin kernel allocates nothing: _nrt=False, no reference counting of its arrays
@@ -188,8 +192,12 @@ def _cartpole_curvature(p, c, b, x, u, t, lam, C) -> None:
 
 
 @kernel(nogil=True, error_model="numpy", _nrt=False)
-def dynamics_step(kind, p, c, b, x, u, t) -> None:
-    """x[t + 1] = f(x[t], u[t]) of element b; x (T, n), u (T, m)."""
+def dynamics_step(kind, p, c, b, x, u, t, code, work) -> None:
+    """x[t + 1] = f(x[t], u[t]) of element b; x (T, n), u (T, m); a traced model's functions
+    are at the addresses ``code`` (step, jacobian, curvature) with the scratch ``work``."""
+    if kind == DYNAMICS_TRACED:
+        call(code[0], p, x, u, work, t, x, x)
+        return
     if kind == DYNAMICS_CARTPOLE:
         _cartpole_step(p, c, b, x, u, t)
         return
@@ -230,8 +238,11 @@ def _partials(kind, p, c, b, x, u, t, w_row, th_row):
 
 
 @kernel(nogil=True, error_model="numpy", _nrt=False)
-def dynamics_jacobian(kind, p, c, b, x, u, t, F, w_row, th_row) -> None:
+def dynamics_jacobian(kind, p, c, b, x, u, t, F, w_row, th_row, code, work) -> None:
     """F[t, 0] (n, d) = df/d[x; u] at x[t], u[t] of element b; w_row, th_row (d,) scratch."""
+    if kind == DYNAMICS_TRACED:
+        call(code[1], p, x, u, work, t, F, F)
+        return
     if kind == DYNAMICS_CARTPOLE:
         _cartpole_jacobian(p, c, b, x, u, t, F)
         return
@@ -244,8 +255,11 @@ def dynamics_jacobian(kind, p, c, b, x, u, t, F, w_row, th_row) -> None:
 
 
 @kernel(nogil=True, error_model="numpy", _nrt=False)
-def dynamics_curvature(kind, p, c, b, x, u, t, lam, C, w_row, th_row) -> None:
+def dynamics_curvature(kind, p, c, b, x, u, t, lam, C, w_row, th_row, code, work) -> None:
     """C[t, 0] (d, d) += sum_i lam[t + 1, i] d2 f_i / d[x; u]2 at x[t], u[t] of element b."""
+    if kind == DYNAMICS_TRACED:
+        call(code[2], p, x, u, work, t, lam, C)
+        return
     if kind == DYNAMICS_CARTPOLE:
         _cartpole_curvature(p, c, b, x, u, t, lam, C)
         return

@@ -78,6 +78,8 @@ def _call_every_kernel(dtype: torch.dtype) -> None:
         np.eye(4).reshape(1, 1, 4, 4),
         np.zeros((1, 1, 4)),
         empty[0, 0, :1],
+        np.zeros(3, dtype=np.int64),
+        np.zeros(1),
     )
     start = torch.tensor([[1.0, 0.0, 0.5], [0.0, 1.0, 0.0]], dtype=dtype)
     bound = torch.full((T, B, 1), 2.0, dtype=dtype)

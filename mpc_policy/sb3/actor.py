@@ -23,7 +23,7 @@ from stable_baselines3.common.type_aliases import PyTorchObs
 from torch import Tensor
 
 from mpc_policy.policy import MPCPolicy
-from mpc_policy.sb3.building import action_bounds
+from mpc_policy.sb3.checks import action_bounds
 from mpc_policy.solution import SolverInfo
 
 __all__ = ["PHASES", "STATS", "MPCActor", "SolverHealth", "initial_log_std"]

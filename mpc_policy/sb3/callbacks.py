@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 from mpc_policy.costs import GoalWeightedCost
 from mpc_policy.policy import MPCPolicy
 from mpc_policy.sb3.actor import MPCActor, SolverHealth
-from mpc_policy.sb3.building import check_env, learned_values
+from mpc_policy.sb3.building import learned_values
+from mpc_policy.sb3.checks import check_env
 
 __all__ = ["EvaluationCurve", "MPCHealthCallback", "TqdmCallback", "parameter_scalars"]
 

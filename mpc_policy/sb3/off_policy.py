@@ -26,13 +26,8 @@ from torch import Tensor, nn
 
 from mpc_policy.policy import MPCPolicy
 from mpc_policy.sb3.actor import MPCActor, SolverHealth, initial_log_std
-from mpc_policy.sb3.building import (
-    action_bounds,
-    build_mpc,
-    check_building_algorithm,
-    check_spaces,
-    pop_mpc_kwargs,
-)
+from mpc_policy.sb3.building import build_mpc, pop_mpc_kwargs
+from mpc_policy.sb3.checks import action_bounds, check_building_algorithm, check_spaces
 
 __all__ = [
     "MPCDeterministicActor",

@@ -22,13 +22,8 @@ from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import Tensor, nn
 
 from mpc_policy.sb3.actor import MPCActor, SolverHealth, initial_log_std
-from mpc_policy.sb3.building import (
-    ZOO_HINT,
-    build_mpc,
-    check_building_algorithm,
-    check_spaces,
-    pop_mpc_kwargs,
-)
+from mpc_policy.sb3.building import ZOO_HINT, build_mpc, pop_mpc_kwargs
+from mpc_policy.sb3.checks import check_building_algorithm, check_spaces
 
 __all__ = ["MPCActorCriticPolicy"]
 

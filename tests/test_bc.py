@@ -243,6 +243,7 @@ def test_tensorboard_scalars_hold_the_expected_tags_and_values(data_path, tmp_pa
         "solver/iterations_mean",
         "solver/iterations_max",
         "solver/unconverged_fraction",
+        "solver/solves",
         "train/lr",
     }
     assert expected <= set(logged)
@@ -253,6 +254,9 @@ def test_tensorboard_scalars_hold_the_expected_tags_and_values(data_path, tmp_pa
     assert start["model_error/dynamics_params_mse"] == pytest.approx((25 + 4 + 0.25) / 3)
     assert [s for s, _ in logged["solver/unconverged_fraction"]] == [1, 2]
     assert all(0.0 <= v <= 1.0 for _, v in logged["solver/unconverged_fraction"])
+    # the elements solved, as SB3's MPCHealthCallback counts them: each training trajectory
+    # (n_train = 6) once per epoch
+    assert [v for _, v in logged["solver/solves"]] == [6.0, 6.0]
     assert dict(logged["train/lr"])[1] == pytest.approx(1e-2)  # the paper's default
 
 

@@ -191,6 +191,7 @@ class Trainer:
             scalars["solver/iterations_mean"] = float(iterations.mean())
             scalars["solver/iterations_max"] = float(iterations.max())
             scalars["solver/unconverged_fraction"] = float((~converged).double().mean())
+            scalars["solver/solves"] = float(iterations.numel())  # elements solved, as SB3's
         scalars["train/lr"] = self.optimization.lr
         return scalars
 

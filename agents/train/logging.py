@@ -13,12 +13,12 @@ Every trainer writes, at step = epoch (0 is the model before training):
     model_error/<name>                   distances to the true parameters (where known)
     params/<group>/<name>                each learned physical parameter and cost entry
                                          (params/dynamics/mass, params/cost/weight_<i>)
-    solver/iterations_mean, solver/iterations_max, solver/unconverged_fraction
+    solver/iterations_mean, solver/iterations_max, solver/unconverged_fraction, solver/solves
     train/lr
 
 The ``params/...`` and ``solver/...`` tags are one scheme with SB3 runs
-(``mpc_policy.sb3.MPCHealthCallback``, which adds ``solver/solves``, ``solver/solve_time_*``
-and ``solver/rollout/...`` for acting): the same name means the same statistic.
+(``mpc_policy.sb3.MPCHealthCallback``, which adds ``solver/solve_time_*`` and
+``solver/rollout/...`` for acting): the same name means the same statistic.
 
 Every run (re)opens its folder with ``purge_step`` = the first epoch it will write, so
 events that a killed run wrote after its last checkpoint are discarded, not duplicated.

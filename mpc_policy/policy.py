@@ -154,7 +154,7 @@ class MPCPolicy(nn.Module):
 
     def _remember(self, u: Tensor) -> None:
         """Cache the plan u (B, T, m) shifted by one step, its last control repeated."""
-        u = u.detach()
+        u = u.detach() if u.requires_grad else u
         # a non-finite row (``Status.NONFINITE``) starts its next solve from zeros
         shifted = torch.cat([u[:, 1:], u[:, -1:]], dim=1)
         self._warm_plan = shifted.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from mpc_policy.mpc import MPC
 from mpc_policy.options import MPCOptions
+from mpc_policy.problem.validation import all_finite
 from mpc_policy.solution import Solution, SolverInfo
 
 __all__ = ["MPCPolicy"]
@@ -229,7 +230,7 @@ class MPCPolicy(nn.Module):
             obs = obs.unsqueeze(0)
         if obs.dim() != 2:
             raise ValueError(f"obs: expected shape (B, n_obs), received {tuple(obs.shape)}")
-        if not bool(torch.isfinite(obs).all()):
+        if not all_finite(obs):
             finite = torch.isfinite(obs).all(-1)
             rows = torch.nonzero(~finite).flatten().tolist()
             raise ValueError(

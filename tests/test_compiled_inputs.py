@@ -90,3 +90,24 @@ def test_returned_cost_is_the_cost_modules_value() -> None:
     with torch.no_grad():
         solution = MPC(3, 1, T, -2.0, 2.0, on_unconverged="ignore")(_states(), cost, dynamics)
         assert torch.equal(solution.cost, cost(solution.x, solution.u).sum(-1))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf"), None])
+def test_all_finite_on_every_kind_of_tensor(bad: float | None) -> None:
+    """The numpy check (plain CPU tensors) and the torch one (a graph, bfloat16, a
+    non-contiguous view) answer alike."""
+    from mpc_policy.problem.validation import all_finite
+
+    base = torch.arange(12.0, dtype=torch.float64).view(3, 4)
+    if bad is not None:
+        base[1, 2] = bad
+    kinds = [
+        base,
+        base.float(),
+        base.t(),
+        base.expand(2, 3, 4),
+        base.clone().requires_grad_(),
+        base.to(torch.bfloat16),
+    ]
+    for tensor in kinds:
+        assert all_finite(tensor) is (bad is None), tensor.dtype

@@ -200,7 +200,7 @@ class MPC(nn.Module):
             )
         lower_t = None if lower is None else lower.transpose(0, 1)
         upper_t = None if upper is None else upper.transpose(0, 1)
-        u0 = u_init.detach().transpose(0, 1)
+        u0 = (u_init.detach() if u_init.requires_grad else u_init).transpose(0, 1)
         checked_cost = CheckedCost(cost)
         checked_dynamics = CheckedDynamics(dynamics, self.n_state, self.n_ctrl, x_init.shape[0])
         # the whole forward solve as one compiled call where the modules have compiled twins

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from mpc_policy.mpc import MPC
 from mpc_policy.options import MPCOptions
+from mpc_policy.problem.validation import all_finite
 from mpc_policy.solution import Solution, SolverInfo
 
 __all__ = ["MPCPolicy"]
@@ -154,7 +155,7 @@ class MPCPolicy(nn.Module):
 
     def _remember(self, u: Tensor) -> None:
         """Cache the plan u (B, T, m) shifted by one step, its last control repeated."""
-        u = u.detach()
+        u = u.detach() if u.requires_grad else u
         # a non-finite row (``Status.NONFINITE``) starts its next solve from zeros
         shifted = torch.cat([u[:, 1:], u[:, -1:]], dim=1)
         self._warm_plan = shifted.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
@@ -229,7 +230,7 @@ class MPCPolicy(nn.Module):
             obs = obs.unsqueeze(0)
         if obs.dim() != 2:
             raise ValueError(f"obs: expected shape (B, n_obs), received {tuple(obs.shape)}")
-        if not bool(torch.isfinite(obs).all()):
+        if not all_finite(obs):
             finite = torch.isfinite(obs).all(-1)
             rows = torch.nonzero(~finite).flatten().tolist()
             raise ValueError(

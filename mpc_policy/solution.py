@@ -243,7 +243,7 @@ class SolverInfo:
             context: appended to the message (e.g. the modules that were solved).
             hint: a sentence appended after it (e.g. a module found not deterministic).
         """
-        if self.all_converged or policy == "ignore":
+        if policy == "ignore" or self.all_converged:  # "ignore" first: no tensor op
             return
         message = self.describe_unconverged() + (f" [{context}]" if context else "") + hint
         if policy == "raise":

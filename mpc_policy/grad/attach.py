@@ -168,6 +168,11 @@ def _restricted(
     )
 
 
+def _values(z: Tensor) -> Tensor:
+    """z without its graph (z itself where it has none: no tensor operation)."""
+    return z.detach() if z.requires_grad else z
+
+
 def attach(
     rule: Rule,
     problem: GradientProblem,
@@ -189,7 +194,7 @@ def attach(
     result = problem.result
     bad = info.nonfinite
     rows = torch.nonzero(~bad).flatten() if bool(bad.any()) else None
-    x, u = result.x.detach(), result.u.detach()
+    x, u = _values(result.x), _values(result.u)
     if rows is not None:
         nan = torch.tensor(float("nan"), dtype=x.dtype, device=x.device)
         keep = ~bad.view(1, -1, 1)

@@ -117,11 +117,12 @@ def _dynamics(
         shapes = [tuple(p.shape) for p in params]
         return f"dynamics ({module_name(dynamics)}): parameters of shapes {shapes}, not () or (B,)"
     # each value in the problem's dtype first, as the torch module reads it (``in_dtype``)
-    same = [p.detach() if p.dtype == dtype else p.detach().to(dtype) for p in params]
-    if all(p.dim() == 0 for p in same):
-        rows = np.array([[float(p)] for p in same])
-    else:
-        rows = torch.stack([p.expand(B) for p in same]).to(torch.float64).numpy()
+    with torch.no_grad():  # values only: one stack, no per-parameter detach or item
+        same = [p if p.dtype == dtype else p.to(dtype) for p in params]
+        if all(p.dim() == 0 for p in same):
+            rows = torch.stack(same).to(torch.float64).numpy().reshape(-1, 1)
+        else:
+            rows = torch.stack([p.expand(B) for p in same]).to(torch.float64).numpy()
     return (
         kind,
         np.ascontiguousarray(rows),
@@ -146,7 +147,7 @@ def _cost(
     empty = np.zeros((1, 1, 1, 1))
     if name == "goal_weighted":
         with torch.no_grad():
-            wgl = torch.stack([z.detach().to(dtype) for z in terms]).to(torch.float64)
+            wgl = torch.stack([z.to(dtype) for z in terms]).to(torch.float64)
         if wgl.shape != (3, d):
             return f"cost ({module_name(cost)}) has size {wgl.shape[-1]}, not n+m = {d}"
         return kind, empty, empty[..., 0], wgl.numpy()
@@ -210,7 +211,8 @@ def compiled_ddp(
     from mpc_policy.numerics.compiled.ddp import Twins, solve_ddp
 
     twins = Twins(model[0], model[1], model[2], terms[0], terms[1], terms[2], terms[3], *model[3:])
-    out = solve_ddp(twins, x_init.detach(), u_init.detach(), lower, upper, options)
+    # solve_ddp reads values only (it detaches where needed): no tensor op here
+    out = solve_ddp(twins, x_init, u_init, lower, upper, options)
     info = SolverInfo(
         out.iterations,
         out.status == int(Status.CONVERGED),

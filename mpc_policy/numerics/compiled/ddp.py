@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mpc_policy.numerics.compiled._arrays import as_array
+from mpc_policy.numerics.compiled._arrays import as_array, as_strided
 from mpc_policy.numerics.compiled._cache import kernel
 from mpc_policy.numerics.compiled.ddp_steps import (
     _add_curvature,
@@ -308,10 +308,19 @@ def solve_ddp(
     # float64 arithmetic for every dtype (float32's rounds at each step cost latency): the
     # tolerance and the cost's rounding threshold stay the problem dtype's
     real = np.float64
-    u = np.array(as_array(u_init), dtype=real)  # a copy: the kernel writes the solution
+    u = np.array(as_strided(u_init), real, order="C")  # a copy: the kernel writes the solution
     bounded = lower is not None and upper is not None
-    lo = np.full((T, B, m), -np.inf) if lower is None else as_array(lower).astype(real)
-    hi = np.full((T, B, m), np.inf) if upper is None else as_array(upper).astype(real)
+    # one C-ordered numpy copy of the (often transposed, expanded) controls and bounds
+    lo = (
+        np.full((T, B, m), -np.inf)
+        if lower is None
+        else np.array(as_strided(lower), real, order="C")
+    )
+    hi = (
+        np.full((T, B, m), np.inf)
+        if upper is None
+        else np.array(as_strided(upper), real, order="C")
+    )
     x = np.empty((T, B, n), dtype=real)
     cost = np.empty(B, dtype=real)
     gains = (

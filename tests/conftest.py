@@ -32,6 +32,7 @@ TEST_LAYERS: dict[str, tuple[str, ...]] = {
     "test_compat_modules.py": ("compat",),
     "test_compat_steps.py": ("compat",),
     "test_compiled_ddp.py": ("numerics", "solve"),
+    "test_compiled_inputs.py": ("numerics", "solve", "problem"),
     "test_constraints.py": ("problem", "solve", "grad", "api"),
     "test_constraints_cartpole.py": ("envs", "agents"),
     "test_costs.py": ("problem",),

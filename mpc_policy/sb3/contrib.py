@@ -20,15 +20,10 @@ is refused when the algorithm builds it, naming the policy to use.
 
 from __future__ import annotations
 
-from typing import Any, cast
-
-from gymnasium import spaces
 from sb3_contrib.crossq.policies import CrossQPolicy
 from sb3_contrib.tqc.policies import TQCPolicy
-from stable_baselines3.common.type_aliases import Schedule
 
-from mpc_policy.sb3.building import build_mpc
-from mpc_policy.sb3.off_policy import MPCSquashedActor, off_policy_mpc_kwargs
+from mpc_policy.sb3.off_policy import MPCSquashedActor, SquashedMPCPolicy
 
 __all__ = ["MPCCrossQActor", "MPCCrossQPolicy", "MPCTQCPolicy"]
 
@@ -42,78 +37,18 @@ class MPCCrossQActor(MPCSquashedActor):
         """CrossQ's switch of the batch-norm layers' mode: there are none."""
 
 
-def _squashed_actor(policy: Any, actor_class: type[MPCSquashedActor]) -> MPCSquashedActor:
-    mpc = build_mpc(
-        policy.action_space, observation_space=policy.observation_space, **policy.mpc_kwargs
-    )
-    log_std_init = cast(float | None, policy.actor_kwargs["log_std_init"])
-    actor = actor_class(
-        policy.observation_space, policy.action_space, mpc, log_std_init, policy.normalize_images
-    )
-    return actor.to(policy.device)
-
-
-class MPCTQCPolicy(TQCPolicy):
+class MPCTQCPolicy(SquashedMPCPolicy, TQCPolicy):
     """TQC policy with an ``MPCSquashedActor``. Args as ``TQCPolicy``'s plus the MPC's
     (``build_mpc``); ``log_std_init`` is the pre-tanh log standard deviation (None: log
     0.25); the actor part of ``net_arch`` is unused."""
 
-    mpc_kwargs: dict[str, Any]
-
-    def __init__(
-        self,
-        observation_space: spaces.Space,
-        action_space: spaces.Box,
-        lr_schedule: Schedule,
-        log_std_init: float | None = None,
-        **kwargs: Any,
-    ) -> None:
-        self.mpc_kwargs = off_policy_mpc_kwargs(
-            "MPCTQCPolicy", observation_space, action_space, kwargs
-        )
-        super().__init__(
-            observation_space,
-            action_space,
-            lr_schedule,
-            log_std_init=log_std_init,  # type: ignore[arg-type]
-            **kwargs,
-        )
-
-    def make_actor(self, features_extractor: Any = None) -> MPCSquashedActor:  # type: ignore[override]
-        return _squashed_actor(self, MPCSquashedActor)
-
-    def _get_constructor_parameters(self) -> dict[str, Any]:
-        return {**super()._get_constructor_parameters(), **self.mpc_kwargs}
+    serves = "MPCTQCPolicy"
 
 
-class MPCCrossQPolicy(CrossQPolicy):
+class MPCCrossQPolicy(SquashedMPCPolicy, CrossQPolicy):
     """CrossQ policy with an ``MPCCrossQActor``. Args as ``CrossQPolicy``'s plus the
     MPC's (``build_mpc``); ``log_std_init`` as ``MPCTQCPolicy``'s; the actor part of
     ``net_arch`` and the batch-norm settings apply to the critics only."""
 
-    mpc_kwargs: dict[str, Any]
-
-    def __init__(
-        self,
-        observation_space: spaces.Space,
-        action_space: spaces.Box,
-        lr_schedule: Schedule,
-        log_std_init: float | None = None,
-        **kwargs: Any,
-    ) -> None:
-        self.mpc_kwargs = off_policy_mpc_kwargs(
-            "MPCCrossQPolicy", observation_space, action_space, kwargs
-        )
-        super().__init__(
-            observation_space,
-            action_space,
-            lr_schedule,
-            log_std_init=log_std_init,  # type: ignore[arg-type]
-            **kwargs,
-        )
-
-    def make_actor(self, features_extractor: Any = None) -> MPCCrossQActor:  # type: ignore[override]
-        return cast(MPCCrossQActor, _squashed_actor(self, MPCCrossQActor))
-
-    def _get_constructor_parameters(self) -> dict[str, Any]:
-        return {**super()._get_constructor_parameters(), **self.mpc_kwargs}
+    serves = "MPCCrossQPolicy"
+    actor_class = MPCCrossQActor

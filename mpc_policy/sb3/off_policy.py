@@ -34,6 +34,7 @@ __all__ = [
     "MPCSACPolicy",
     "MPCSquashedActor",
     "MPCTD3Policy",
+    "SquashedMPCPolicy",
     "off_policy_mpc_kwargs",
 ]
 
@@ -133,11 +134,15 @@ def off_policy_mpc_kwargs(
     return pop_mpc_kwargs(kwargs)
 
 
-class MPCSACPolicy(SACPolicy):
-    """SAC policy with an ``MPCSquashedActor``. Args as ``SACPolicy``'s plus the MPC's
-    (``build_mpc``); ``log_std_init`` is the pre-tanh log standard deviation (None: log
-    0.25)."""
+class SquashedMPCPolicy:
+    """What every policy with an ``MPCSquashedActor`` adds to its SB3 class (SAC, and
+    sb3-contrib's TQC and CrossQ): the MPC's arguments popped from the kwargs and checked,
+    the actor built on the MPC, and the arguments saved with the model. Put it first among
+    the bases, before the SB3 policy class; ``serves`` is the name ``SERVES`` knows it by and
+    ``actor_class`` the actor it builds."""
 
+    serves: str
+    actor_class: type[MPCSquashedActor] = MPCSquashedActor
     mpc_kwargs: dict[str, Any]
 
     def __init__(
@@ -149,30 +154,40 @@ class MPCSACPolicy(SACPolicy):
         **kwargs: Any,
     ) -> None:
         self.mpc_kwargs = off_policy_mpc_kwargs(
-            "MPCSACPolicy", observation_space, action_space, kwargs
+            self.serves, observation_space, action_space, kwargs
         )
-        super().__init__(
+        super().__init__(  # type: ignore[call-arg]
             observation_space,
             action_space,
             lr_schedule,
-            log_std_init=log_std_init,  # type: ignore[arg-type]
+            log_std_init=log_std_init,
             **kwargs,
         )
 
-    def make_actor(self, features_extractor: Any = None) -> MPCSquashedActor:  # type: ignore[override]
-        actor = MPCSquashedActor(
-            self.observation_space,
-            self.action_space,
+    def make_actor(self, features_extractor: Any = None) -> Any:
+        """The ``actor_class`` on the MPC (SB3's ``make_actor`` types an MLP actor)."""
+        policy = cast(Any, self)
+        actor = self.actor_class(
+            policy.observation_space,
+            policy.action_space,
             build_mpc(
-                self.action_space, observation_space=self.observation_space, **self.mpc_kwargs
+                policy.action_space, observation_space=policy.observation_space, **self.mpc_kwargs
             ),
-            cast(float | None, self.actor_kwargs["log_std_init"]),
-            self.normalize_images,
+            cast(float | None, policy.actor_kwargs["log_std_init"]),
+            policy.normalize_images,
         )
-        return actor.to(self.device)
+        return actor.to(policy.device)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
-        return {**super()._get_constructor_parameters(), **self.mpc_kwargs}
+        return {**super()._get_constructor_parameters(), **self.mpc_kwargs}  # type: ignore[misc]
+
+
+class MPCSACPolicy(SquashedMPCPolicy, SACPolicy):
+    """SAC policy with an ``MPCSquashedActor``. Args as ``SACPolicy``'s plus the MPC's
+    (``build_mpc``); ``log_std_init`` is the pre-tanh log standard deviation (None: log
+    0.25)."""
+
+    serves = "MPCSACPolicy"
 
 
 class MPCTD3Policy(TD3Policy):

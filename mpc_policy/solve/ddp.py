@@ -175,6 +175,31 @@ def _fixed_point_test(it: _Iterate, u_full: Tensor, tol: float) -> None:
     it.converged = it.converged | ((it.residual <= tol) & ~it.nonfinite)
 
 
+def _report(
+    it: _Iterate, C: Tensor, F: Tensor, left: Tensor, options: MPCOptions, kernels: Kernels
+) -> SolverInfo:
+    """The per-element report of the iterate, with the local model C, F of its last gains.
+
+    A fixed point is a minimum only with positive curvature on the free controls; an
+    element still moving without it is heading for no minimizer (a cost unbounded below):
+    INDEFINITE. The elements ``left`` (B,) (those a part-batch solve takes on) are not
+    tested here.
+    """
+    assert it.gains is not None
+    candidates = ~it.stalled & ~it.nonfinite & ~left
+    indefinite = indefinite_rows(C, F, it.gains, candidates, options.regularization)
+    return ddp_info(
+        it.iterations,
+        it.converged,
+        it.stalled,
+        it.source,
+        indefinite,
+        it.residual,
+        it.step_size,
+        kernels.name,
+    )
+
+
 def _continue_on_rows(
     sub_model: Model,
     it: _Iterate,
@@ -206,20 +231,7 @@ def _continue_on_rows(
         ),
     )
     assert it.local_model is not None and it.gains is not None
-    moving = ~it.frozen
-    indefinite = indefinite_rows(
-        *it.local_model, it.gains, ~it.stalled & ~it.nonfinite & ~moving, options.regularization
-    )
-    info = ddp_info(
-        it.iterations,
-        it.converged,
-        it.stalled,
-        it.source,
-        indefinite,
-        it.residual,
-        it.step_size,
-        kernels.name,
-    )
+    info = _report(it, *it.local_model, it.frozen, options, kernels)
     # an element the part-batch solve finds converged at once took its last step here: keep
     # that step's size
     untouched = sub.info.iterations == 0
@@ -327,19 +339,5 @@ def box_ddp(
         it.x, it.u, it.cost = step.x, step.u, step.cost
 
     assert it.gains is not None
-    # a fixed point is a minimum only with positive curvature on the free controls; an
-    # element still moving without it is heading for no minimizer (a cost unbounded below)
-    indefinite = indefinite_rows(
-        C, F, it.gains, ~it.stalled & ~it.nonfinite, options.regularization
-    )
-    info = ddp_info(
-        it.iterations,
-        it.converged,
-        it.stalled,
-        it.source,
-        indefinite,
-        it.residual,
-        it.step_size,
-        kernels.name,
-    )
+    info = _report(it, C, F, torch.zeros_like(it.converged), options, kernels)
     return DDPResult(it.x, it.u, it.cost, it.gains, info)

@@ -48,6 +48,22 @@ class TwinlessPendulum(PendulumDynamics):
     """The same dynamics without a compiled twin: MPC runs the box_ddp loop."""
 
 
+def _sqp_solver(ca: Any, X: Any, U: Any, x0: Any, objective: Any, gaps: list, name: str) -> Any:
+    """CasADi's sqpmethod with qrqp on the multiple-shooting problem (states X, controls U,
+    parameter x0, the dynamics' gaps as equality constraints), silent."""
+    quiet = {"print_iter": False, "print_header": False, "print_info": False}
+    options = {
+        "qpsol": "qrqp",
+        "qpsol_options": quiet,
+        "print_time": False,
+        "print_header": False,
+        "print_iteration": False,
+        "print_status": False,
+    }
+    nlp = {"x": ca.vertcat(ca.vec(X), ca.vec(U)), "p": x0, "f": objective, "g": ca.vertcat(*gaps)}
+    return ca.nlpsol(name, "sqpmethod", nlp, options)
+
+
 def dynamics_pair(dtype: torch.dtype, params: PendulumParams) -> dict[str, PendulumDynamics]:
     return {
         "compiled-ddp": PendulumDynamics(params, dtype=dtype),
@@ -183,17 +199,7 @@ def casadi_receding(steps: int) -> list[dict[str, Any]]:
             w = ca.fmin(ca.fmax(X[2, t] + dt * (a * ca.sin(theta) + b * U[0, t]), -speed), speed)
             theta = theta + dt * w
             gaps.append(X[:, t + 1] - ca.vertcat(ca.cos(theta), ca.sin(theta), w))
-    quiet = {"print_iter": False, "print_header": False, "print_info": False}
-    options = {
-        "qpsol": "qrqp",
-        "qpsol_options": quiet,
-        "print_time": False,
-        "print_header": False,
-        "print_iteration": False,
-        "print_status": False,
-    }
-    nlp = {"x": ca.vertcat(ca.vec(X), ca.vec(U)), "p": x0, "f": objective, "g": ca.vertcat(*gaps)}
-    solver = ca.nlpsol("receding", "sqpmethod", nlp, options)
+    solver = _sqp_solver(ca, X, U, x0, objective, gaps, "receding")
     lbx = np.concatenate([np.full(3 * T, -np.inf), np.full(T, -BOUND)])
     ubx = np.concatenate([np.full(3 * T, np.inf), np.full(T, BOUND)])
     env = gym.make("mpc_policy/Pendulum-v0")
@@ -247,17 +253,7 @@ def casadi_peer(rounds: int) -> list[dict[str, Any]]:
             w = X[2, t] + dt * (a * ca.sin(theta) + b * U[0, t])
             theta = theta + dt * w
             gaps.append(X[:, t + 1] - ca.vertcat(ca.cos(theta), ca.sin(theta), w))
-    quiet = {"print_iter": False, "print_header": False, "print_info": False}
-    options = {
-        "qpsol": "qrqp",
-        "qpsol_options": quiet,
-        "print_time": False,
-        "print_header": False,
-        "print_iteration": False,
-        "print_status": False,
-    }
-    nlp = {"x": ca.vertcat(ca.vec(X), ca.vec(U)), "p": x0, "f": objective, "g": ca.vertcat(*gaps)}
-    solver = ca.nlpsol("pendulum", "sqpmethod", nlp, options)
+    solver = _sqp_solver(ca, X, U, x0, objective, gaps, "pendulum")
     rollout = dynamics_rollout(dynamics, x_init, torch.zeros(1, T, 1, dtype=torch.float64))
     guess = np.concatenate([rollout[0].numpy().reshape(-1), np.zeros(T)])
     lbx = np.concatenate([np.full(3 * T, -np.inf), np.full(T, -BOUND)])

@@ -49,7 +49,7 @@ from mpc_policy.problem.validation import (
     expand_bound,
     scalar_bounds_valid,
 )
-from mpc_policy.solution import Solution, Status
+from mpc_policy.solution import Solution, SolverInfo, Status
 from mpc_policy.solve.backend import Kernels, select
 from mpc_policy.solve.compiled_path import compiled_ddp
 from mpc_policy.solve.ddp import DDPResult, box_ddp
@@ -122,6 +122,28 @@ class MPC(nn.Module):
     def extra_repr(self) -> str:
         return f"n_state={self.n_state}, n_ctrl={self.n_ctrl}, horizon={self.horizon}"
 
+    def _bounds(self, B: int, like: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """The checked bounds as (B, T, m) tensors (both or neither) in ``like``'s dtype and
+        device; bounds given as numbers are expanded once per batch size, dtype and device
+        (read-only views: no layer writes into a bound)."""
+        lower, upper = self.u_lower, self.u_upper
+        numbers = scalar_bounds_valid(lower, upper)
+        # made in inference mode they could not be saved for a backward outside it
+        inference = torch.is_inference_mode_enabled()
+        key = (lower, upper, B, self.horizon, self.n_ctrl, like.dtype, like.device, inference)
+        cached = self.__dict__.get("_number_bounds")
+        if numbers and cached is not None and cached[0] == key:
+            return cached[1], cached[2]
+        T, m = self.horizon, self.n_ctrl
+        lower_t = expand_bound("u_lower", lower, B, T, m, like)
+        upper_t = expand_bound("u_upper", upper, B, T, m, like)
+        if not numbers:
+            check_bounds(lower_t, upper_t)  # tensors (or invalid numbers: the same message)
+        lower_t, upper_t = complete_bounds(lower_t, upper_t)
+        if numbers:
+            self.__dict__["_number_bounds"] = (key, lower_t, upper_t)
+        return lower_t, upper_t
+
     def _inputs(
         self, x_init: Tensor, u_init: Tensor | None
     ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor]:
@@ -132,11 +154,7 @@ class MPC(nn.Module):
                 f"received {tuple(x_init.shape)}"
             )
         B, T, m = x_init.shape[0], self.horizon, self.n_ctrl
-        lower = expand_bound("u_lower", self.u_lower, B, T, m, x_init)
-        upper = expand_bound("u_upper", self.u_upper, B, T, m, x_init)
-        if not scalar_bounds_valid(self.u_lower, self.u_upper):
-            check_bounds(lower, upper)  # tensors (or invalid numbers: the same message)
-        lower, upper = complete_bounds(lower, upper)
+        lower, upper = self._bounds(B, x_init)
         given = u_init is not None
         if u_init is None:
             u_init = torch.zeros(B, T, m, dtype=x_init.dtype, device=x_init.device)
@@ -152,9 +170,6 @@ class MPC(nn.Module):
         check_finite(x_init=x_init, u_init=u_init if given else None)  # zeros are finite
         return x_init, lower, upper, u_init
 
-    # a compile boundary: torch.compile runs the solve eagerly (its data-dependent loop and
-    # its implicit backward cannot be traced) and compiles the model around it
-    @torch.compiler.disable
     def forward(
         self,
         x_init: Tensor,
@@ -162,6 +177,21 @@ class MPC(nn.Module):
         dynamics: nn.Module,
         u_init: Tensor | None = None,
         multipliers: Tensor | None = None,
+    ) -> Solution:
+        # a compile boundary: under torch.compile the solve runs eagerly (its data-dependent
+        # loop and its implicit backward cannot be traced) and the model around it compiles;
+        # outside it no wrapper is crossed (torch.compiler.disable's costs 8 us a call)
+        if torch.compiler.is_compiling():
+            return _eager_forward(self, x_init, cost, dynamics, u_init, multipliers)
+        return self._forward(x_init, cost, dynamics, u_init, multipliers)
+
+    def _forward(
+        self,
+        x_init: Tensor,
+        cost: nn.Module,
+        dynamics: nn.Module,
+        u_init: Tensor | None,
+        multipliers: Tensor | None,
     ) -> Solution:
         opts = self.options
         for name, module in (("cost", cost), ("dynamics", dynamics)):
@@ -212,17 +242,16 @@ class MPC(nn.Module):
             )
             info = result.info if opts.grad_method == "unroll" else result.info.clone()
             info.declined = compiled
+        elif not torch.is_grad_enabled():
+            # no graph can be built (acting, evaluation): the kernel's trajectory and cost
+            x, u, value = compiled.values()
+            info = compiled.info
+            self._enforce(info, checked_cost, checked_dynamics, x, u)
+            return Solution(x, u, value, info)
         else:
-            result, kernels = compiled
+            result, kernels = compiled.result(), compiled.kernels
             info = result.info
-        hint = ""
-        if opts.on_unconverged != "ignore" and not info.all_converged:
-            stopped = (info.codes == int(Status.MAX_ITER)) | (info.codes == int(Status.STALLED))
-            if bool(stopped.any()):
-                # a module that answers differently each call keeps the solve from a fixed
-                # point
-                hint = determinism_hint(checked_cost, checked_dynamics, result.x, result.u)
-        info.enforce(opts.on_unconverged, f"{checked_cost.name}, {checked_dynamics.name}", hint)
+        self._enforce(info, checked_cost, checked_dynamics, result.x, result.u, time_major=True)
         problem = GradientProblem(
             checked_cost,
             checked_dynamics,
@@ -240,6 +269,29 @@ class MPC(nn.Module):
         )
         x, u, value = finish(x, u, info, rows, cost, checked_cost, opts)
         return Solution(x, u, value, info)
+
+    def _enforce(
+        self,
+        info: SolverInfo,
+        cost: CheckedCost,
+        dynamics: CheckedDynamics,
+        x: Tensor,
+        u: Tensor,
+        time_major: bool = False,
+    ) -> None:
+        """``on_unconverged`` applied to the report of the solution x, u ((B, T, ...), or
+        (T, B, ...) when ``time_major``), with a hint where a module is not deterministic."""
+        opts = self.options
+        hint = ""
+        if opts.on_unconverged != "ignore" and not info.all_converged:
+            stopped = (info.codes == int(Status.MAX_ITER)) | (info.codes == int(Status.STALLED))
+            if bool(stopped.any()):
+                # a module that answers differently each call keeps the solve from a fixed
+                # point
+                if not time_major:
+                    x, u = x.transpose(0, 1), u.transpose(0, 1)
+                hint = determinism_hint(cost, dynamics, x, u)
+        info.enforce(opts.on_unconverged, f"{cost.name}, {dynamics.name}", hint)
 
     def _solve(
         self,
@@ -286,3 +338,7 @@ class MPC(nn.Module):
                 kernels=kernels,
             )
         return result, kernels
+
+
+# MPC.forward under torch.compile: run eagerly, a graph break around the solve
+_eager_forward = torch.compiler.disable(MPC._forward)

@@ -156,9 +156,11 @@ class MPCPolicy(nn.Module):
     def _remember(self, u: Tensor) -> None:
         """Cache the plan u (B, T, m) shifted by one step, its last control repeated."""
         u = u.detach() if u.requires_grad else u
-        # a non-finite row (``Status.NONFINITE``) starts its next solve from zeros
         shifted = torch.cat([u[:, 1:], u[:, -1:]], dim=1)
-        self._warm_plan = shifted.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+        # a non-finite row (``Status.NONFINITE``) starts its next solve from zeros
+        if not all_finite(shifted):
+            shifted.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+        self.__dict__["_warm_plan"] = shifted  # a plain attribute: no module bookkeeping
 
     def extra_repr(self) -> str:
         return f"horizon={self.horizon}, n_ctrl={self.n_ctrl}, solve_dtype={self.solve_dtype}"
@@ -219,6 +221,18 @@ class MPCPolicy(nn.Module):
             the cost, the dynamics and ``obs_to_state``; and ``info``, also kept in
             ``self.last_info``.
         """
+        solution, out = self._solve(obs, u_init, episode_start)
+        return Solution(
+            solution.x.to(out), solution.u.to(out), solution.cost.to(out), solution.info
+        )
+
+    def _solve(
+        self,
+        obs: Tensor | np.ndarray,
+        u_init: Tensor | None,
+        episode_start: Tensor | np.ndarray | None,
+    ) -> tuple[Solution, torch.dtype]:
+        """``plan``'s solution in the solve's dtype, and the observations' dtype."""
         if isinstance(obs, np.ndarray):
             obs = torch.as_tensor(obs)
         if not isinstance(obs, Tensor) or not obs.is_floating_point():
@@ -258,13 +272,10 @@ class MPCPolicy(nn.Module):
             )
         mpc = self._controller(int(x_init.shape[1]), n_ctrl, x_init)
         solution = mpc(x_init, self.cost, self.dynamics, u_init)
-        self.last_info = solution.info
+        self.__dict__["last_info"] = solution.info  # a plain attribute: no module bookkeeping
         if self.warm_start:
             self._remember(solution.u)
-        out = obs.dtype
-        return Solution(
-            solution.x.to(out), solution.u.to(out), solution.cost.to(out), solution.info
-        )
+        return solution, obs.dtype
 
     def forward(
         self,
@@ -273,4 +284,5 @@ class MPCPolicy(nn.Module):
         episode_start: Tensor | np.ndarray | None = None,
     ) -> Tensor:
         """The first control u_1 (B, m) of the plan for observations (B, n_obs)."""
-        return self.plan(obs, u_init, episode_start).u[:, 0]
+        solution, out = self._solve(obs, u_init, episode_start)
+        return solution.u[:, 0].to(out)

@@ -2,8 +2,9 @@
 bounds whatever their layout (expanded, transposed, with a graph), so every layout gives the
 same solution as its contiguous copy and the kernel keeps one specialization per layout of
 the problem (no recompilation for a bound given as a float, (m,), (B, T, m) or with a
-graph); and the returned cost stays the cost module's value (the kernel's own sum is not
-bit-equal to it, so it is not returned)."""
+graph); and the returned cost: where a gradient can flow, the cost module's value (it is
+differentiable); under no_grad, the kernel's own float64 sum, equal to it to rounding (the
+module is not called again: a policy step spends its time elsewhere)."""
 
 from __future__ import annotations
 
@@ -84,12 +85,23 @@ def test_bound_layouts_give_the_contiguous_solution(warm: bool) -> None:
     assert len(_solve.signatures) == signatures
 
 
-def test_returned_cost_is_the_cost_modules_value() -> None:
-    dynamics = PendulumDynamics(PendulumParams(), dtype=torch.float64)
-    cost = pendulum_cost(dtype=torch.float64)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_returned_cost_is_the_cost_modules_value(dtype: torch.dtype) -> None:
+    dynamics = PendulumDynamics(PendulumParams(), dtype=dtype)
+    cost = pendulum_cost(dtype=dtype)
+    mpc = MPC(3, 1, T, -2.0, 2.0, on_unconverged="ignore")
+    x_init = _states().to(dtype).requires_grad_()
+    solution = mpc(x_init, cost, dynamics)
+    assert solution.cost.requires_grad
+    assert torch.equal(solution.cost, cost(solution.x, solution.u).sum(-1))
     with torch.no_grad():
-        solution = MPC(3, 1, T, -2.0, 2.0, on_unconverged="ignore")(_states(), cost, dynamics)
-        assert torch.equal(solution.cost, cost(solution.x, solution.u).sum(-1))
+        values = mpc(x_init, cost, dynamics)
+        module_value = cost(values.x, values.u).sum(-1)
+    assert values.info.path == "compiled-ddp"
+    assert torch.equal(values.u, solution.u.detach())
+    eps = torch.finfo(dtype).eps
+    torch.testing.assert_close(values.cost, module_value, rtol=8 * eps, atol=0.0)
+    assert not torch.equal(values.cost, torch.zeros_like(values.cost))
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf"), None])

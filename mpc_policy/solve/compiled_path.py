@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mpc_policy.numerics.compiled._arrays import as_array
+from mpc_policy.numerics.riccati import Gains
 from mpc_policy.options import MPCOptions
 from mpc_policy.problem.contract import module_name
 from mpc_policy.problem.trace import Traced, check_traced, flat_parameters, trace
@@ -34,13 +36,14 @@ from mpc_policy.solution import SolverInfo, Status
 from mpc_policy.solve.backend import Kernels, select
 from mpc_policy.solve.ddp import DDPResult
 
-__all__ = ["PATH", "compiled_ddp"]
+__all__ = ["PATH", "CompiledSolve", "compiled_ddp"]
 
 PATH = "compiled-ddp"
 # the twins' kinds, n and m, as in numerics/compiled/models.py (not imported: it needs numba)
 _DYNAMICS = {"pendulum": (1, 3, 1), "windy_pendulum": (2, 3, 1), "cartpole": (3, 5, 1)}
 _COSTS = {"quadratic": 0, "goal_weighted": 1}
 _TRACED = 4
+_CONVERGED, _NONFINITE = int(Status.CONVERGED), int(Status.NONFINITE)
 
 
 def _describe(
@@ -51,8 +54,13 @@ def _describe(
     describe = getattr(module, "compiled_twin", None)
     if describe is None and what == "dynamics":
         return None
-    with torch.no_grad():
-        spec = describe() if callable(describe) else None
+    if not callable(describe):
+        spec = None
+    elif torch.is_grad_enabled():  # values only (a derived parameter builds no graph)
+        with torch.no_grad():
+            spec = describe()
+    else:
+        spec = describe()
     if spec is None:
         return f"{what} ({module_name(module)}) has no compiled twin"
     if spec[0] not in (_DYNAMICS if what == "dynamics" else _COSTS):
@@ -117,11 +125,14 @@ def _dynamics(
         shapes = [tuple(p.shape) for p in params]
         return f"dynamics ({module_name(dynamics)}): parameters of shapes {shapes}, not () or (B,)"
     # each value in the problem's dtype first, as the torch module reads it (``in_dtype``)
-    with torch.no_grad():  # values only: one stack, no per-parameter detach or item
-        same = [p if p.dtype == dtype else p.to(dtype) for p in params]
-        if all(p.dim() == 0 for p in same):
-            rows = torch.stack(same).to(torch.float64).numpy().reshape(-1, 1)
-        else:
+    if all(p.dim() == 0 for p in params):  # shared: one float each, no tensor operation
+        values = [float(p.detach() if p.requires_grad else p) for p in params]
+        if dtype == torch.float32:
+            values = [float(np.float32(v)) for v in values]
+        rows = np.array(values, dtype=np.float64).reshape(-1, 1)
+    else:
+        with torch.no_grad():
+            same = [p if p.dtype == dtype else p.to(dtype) for p in params]
             rows = torch.stack([p.expand(B) for p in same]).to(torch.float64).numpy()
     return (
         kind,
@@ -146,11 +157,11 @@ def _cost(
     kind = _COSTS[name]
     empty = np.zeros((1, 1, 1, 1))
     if name == "goal_weighted":
-        with torch.no_grad():
-            wgl = torch.stack([z.to(dtype) for z in terms]).to(torch.float64)
-        if wgl.shape != (3, d):
-            return f"cost ({module_name(cost)}) has size {wgl.shape[-1]}, not n+m = {d}"
-        return kind, empty, empty[..., 0], wgl.numpy()
+        if any(z.shape != (d,) for z in terms):
+            return f"cost ({module_name(cost)}) has size {terms[0].shape[-1]}, not n+m = {d}"
+        # numpy views where the dtype is the problem's (no tensor operation), else rounded
+        wgl = np.array([_array(z, dtype) if z.dtype != dtype else as_array(z) for z in terms])
+        return kind, empty, empty[..., 0], wgl.astype(np.float64, copy=False)
     C, c = terms
     while C.dim() < 4:
         C = C.unsqueeze(0)
@@ -170,6 +181,60 @@ def _cost(
     return kind, _array(C, dtype), _array(c, dtype), empty[0, 0, :1]
 
 
+class CompiledSolve:
+    """A compiled solve: its report and its outputs, wrapped as tensors on demand.
+
+    Args:
+        out: the kernel's outputs (``numerics.compiled.ddp.CompiledDDPResult``: float64
+            arrays, time first).
+        dtype: the problem's dtype (float32 outputs are rounded to it as they are wrapped).
+        kernels: the kernels of the backward.
+
+    Attributes:
+        info: the per-element report (``path`` "compiled-ddp").
+        kernels: as given.
+    """
+
+    def __init__(self, out: Any, dtype: torch.dtype, kernels: Kernels) -> None:
+        self._out = out
+        self._dtype = dtype
+        self.kernels = kernels
+        wrap = torch.from_numpy
+        self.info = SolverInfo(
+            wrap(out.iterations),
+            wrap(out.status == _CONVERGED),
+            self._real(out.residual),
+            self._real(out.step_size),
+            backend=kernels.name,
+            status=wrap(out.status),
+            nonfinite_source=wrap(out.source),
+            path=PATH,
+        )
+
+    def _real(self, z: np.ndarray) -> Tensor:
+        out = torch.from_numpy(z)
+        return out if self._dtype == torch.float64 else out.to(self._dtype)
+
+    def result(self) -> DDPResult:
+        """The result as ``box_ddp`` returns it (time-major x, u, their cost, the last gains:
+        what the gradient rules read)."""
+        out, real = self._out, self._real
+        K, k, free, chol, Q, shift = out.gains
+        gains = Gains(real(K), real(k), torch.from_numpy(free), real(chol), real(Q), real(shift))
+        return DDPResult(real(out.x), real(out.u), real(out.cost), gains, self.info)
+
+    def values(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Batch-first x (B, T, n), u (B, T, m) and cost (B,) for a call that needs no
+        gradient: NaN for the NONFINITE elements, no module called again (the cost is the
+        kernel's float64 evaluation rounded to the dtype: the cost module's to rounding)."""
+        out = self._out
+        x, u, cost = out.x, out.u, out.cost
+        bad = out.status == _NONFINITE
+        if bad.any():
+            x[:, bad], u[:, bad], cost[bad] = np.nan, np.nan, np.nan
+        return self._real(x).transpose(0, 1), self._real(u).transpose(0, 1), self._real(cost)
+
+
 def compiled_ddp(
     cost: Any,
     dynamics: Any,
@@ -178,7 +243,7 @@ def compiled_ddp(
     lower: Tensor | None,
     upper: Tensor | None,
     options: MPCOptions,
-) -> tuple[DDPResult, Kernels] | str:
+) -> CompiledSolve | str:
     """The box-DDP solve on the compiled path, or the one-line reason it does not run.
 
     Args:
@@ -191,8 +256,8 @@ def compiled_ddp(
         options: the solver options.
 
     Returns:
-        The result (time-major, as ``box_ddp``'s, its info's ``path`` "compiled-ddp") and the
-        kernels of the backward; or the reason the torch path runs instead.
+        The solve (its report, and its result as ``box_ddp``'s or as values), or the reason
+        the torch path runs instead.
     """
     if options.grad_method == "unroll":
         return "grad_method='unroll' differentiates through the iterations"
@@ -212,15 +277,4 @@ def compiled_ddp(
 
     twins = Twins(model[0], model[1], model[2], terms[0], terms[1], terms[2], terms[3], *model[3:])
     # solve_ddp reads values only (it detaches where needed): no tensor op here
-    out = solve_ddp(twins, x_init, u_init, lower, upper, options)
-    info = SolverInfo(
-        out.iterations,
-        out.status == int(Status.CONVERGED),
-        out.residual,
-        out.step_size,
-        backend=kernels.name,
-        status=out.status,
-        nonfinite_source=out.source,
-        path=PATH,
-    )
-    return DDPResult(out.x, out.u, out.cost, out.gains, info), kernels
+    return CompiledSolve(solve_ddp(twins, x_init, u_init, lower, upper, options), dtype, kernels)

@@ -46,7 +46,6 @@ from mpc_policy.numerics.compiled.ddp_steps import (
     _rollout,
 )
 from mpc_policy.numerics.compiled.riccati import _recursion_element, recursion_scratch
-from mpc_policy.numerics.riccati import Gains
 from mpc_policy.options import COST_ROUNDING, NEWTON_STEPS_LEFT, MPCOptions
 from mpc_policy.solution import SOURCE_COST, SOURCE_DYNAMICS, Status
 
@@ -242,21 +241,40 @@ def _solve(
 
 
 class CompiledDDPResult(NamedTuple):
-    """Outcome of ``solve_ddp``, time first; per-element reports (B,)."""
+    """Outcome of ``solve_ddp`` as the kernel wrote it: float64 arrays, time first;
+    per-element reports (B,)."""
 
-    x: Tensor
-    u: Tensor
-    cost: Tensor
-    gains: Gains
-    iterations: Tensor
-    status: Tensor
-    residual: Tensor
-    step_size: Tensor
-    source: Tensor
+    x: np.ndarray
+    u: np.ndarray
+    cost: np.ndarray
+    gains: tuple[np.ndarray, ...]
+    iterations: np.ndarray
+    status: np.ndarray
+    residual: np.ndarray
+    step_size: np.ndarray
+    source: np.ndarray
+
+
+def _settings(options: MPCOptions, dtype: torch.dtype) -> tuple[np.ndarray, ...]:
+    """``_made_settings`` looked up by the options' identity first (hashing the frozen
+    options, every field, costs more than the kernel's dispatch); the entry keeps the options
+    alive, so an identity is never reused while it is cached."""
+    entry = _settings_by_identity.get((id(options), dtype))
+    if entry is None or entry[0] is not options:
+        if len(_settings_by_identity) > 64:
+            _settings_by_identity.clear()
+        entry = _settings_by_identity[(id(options), dtype)] = (
+            options,
+            _made_settings(options, dtype),
+        )
+    return entry[1]
+
+
+_settings_by_identity: dict[tuple[int, torch.dtype], tuple[MPCOptions, tuple[np.ndarray, ...]]] = {}
 
 
 @functools.cache
-def _settings(options: MPCOptions, dtype: torch.dtype) -> tuple[np.ndarray, ...]:
+def _made_settings(options: MPCOptions, dtype: torch.dtype) -> tuple[np.ndarray, ...]:
     """The step sizes (as box_ddp forms them, in the problem's dtype), the float constants
     and the integer settings of a solve, made once per (options, dtype); the kernel only
     reads them."""
@@ -297,8 +315,10 @@ def solve_ddp(
         options: the solve's options (iterations, tolerance, line search, Newton steps).
 
     Returns:
-        The trajectory, its cost, the gains of the last backward pass and the per-element
-        iterations, ``Status`` codes, residuals, last step sizes and non-finite sources.
+        The trajectory, its cost, the gains of the last backward pass (``riccati.Gains``'s
+        fields) and the per-element iterations, ``Status`` codes, residuals, last step sizes
+        and non-finite sources: numpy arrays, float64 for every dtype (the caller rounds them
+        to the problem's dtype as it wraps them).
     """
     T, B, m = u_init.shape
     n = x_init.shape[1]
@@ -356,19 +376,4 @@ def solve_ddp(
         step_size,
         source,
     )
-
-    def tensor(z: np.ndarray) -> Tensor:
-        out = torch.from_numpy(z)
-        return out if out.dtype != torch.float64 or dtype == torch.float64 else out.to(dtype)
-
-    return CompiledDDPResult(
-        tensor(x),
-        tensor(u),
-        tensor(cost),
-        Gains(*(tensor(z) for z in gains)),
-        tensor(iterations),
-        tensor(status),
-        tensor(residual),
-        tensor(step_size),
-        tensor(source),
-    )
+    return CompiledDDPResult(x, u, cost, gains, iterations, status, residual, step_size, source)

@@ -246,12 +246,12 @@ class MPC(nn.Module):
             # no graph can be built (acting, evaluation): the kernel's trajectory and cost
             x, u, value = compiled.values()
             info = compiled.info
-            self._enforce(info, checked_cost, checked_dynamics, x, u)
+            self.enforce(info, checked_cost, checked_dynamics, x, u)
             return Solution(x, u, value, info)
         else:
             result, kernels = compiled.result(), compiled.kernels
             info = result.info
-        self._enforce(info, checked_cost, checked_dynamics, result.x, result.u, time_major=True)
+        self.enforce(info, checked_cost, checked_dynamics, result.x, result.u, time_major=True)
         problem = GradientProblem(
             checked_cost,
             checked_dynamics,
@@ -270,7 +270,7 @@ class MPC(nn.Module):
         x, u, value = finish(x, u, info, rows, cost, checked_cost, opts)
         return Solution(x, u, value, info)
 
-    def _enforce(
+    def enforce(
         self,
         info: SolverInfo,
         cost: CheckedCost,

@@ -22,8 +22,11 @@ from torch import Tensor, nn
 
 from mpc_policy.mpc import MPC
 from mpc_policy.options import MPCOptions
-from mpc_policy.problem.validation import all_finite
+from mpc_policy.problem.contract import CheckedCost, CheckedDynamics, check_declared_sizes
+from mpc_policy.problem.validation import all_finite, scalar_bounds_valid
 from mpc_policy.solution import Solution, SolverInfo
+from mpc_policy.solve.backend import select
+from mpc_policy.solve.compiled_path import solve_arrays, twins_of
 
 __all__ = ["MPCPolicy"]
 
@@ -156,7 +159,11 @@ class MPCPolicy(nn.Module):
     def _remember(self, u: Tensor) -> None:
         """Cache the plan u (B, T, m) shifted by one step, its last control repeated."""
         u = u.detach() if u.requires_grad else u
-        shifted = torch.cat([u[:, 1:], u[:, -1:]], dim=1)
+        if u.device.type == "cpu":  # numpy's calls cost less than tensor operations
+            a = u.numpy()
+            shifted = torch.from_numpy(np.concatenate((a[:, 1:], a[:, -1:]), axis=1))
+        else:
+            shifted = torch.cat([u[:, 1:], u[:, -1:]], dim=1)
         # a non-finite row (``Status.NONFINITE``) starts its next solve from zeros
         if not all_finite(shifted):
             shifted.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
@@ -284,5 +291,78 @@ class MPCPolicy(nn.Module):
         episode_start: Tensor | np.ndarray | None = None,
     ) -> Tensor:
         """The first control u_1 (B, m) of the plan for observations (B, n_obs)."""
+        if u_init is None and not torch.is_grad_enabled():
+            action = self._act_compiled(obs, episode_start)
+            if action is not None:
+                return action
         solution, out = self._solve(obs, u_init, episode_start)
         return solution.u[:, 0].to(out)
+
+    def _act_compiled(
+        self, obs: Tensor | np.ndarray, episode_start: Tensor | np.ndarray | None
+    ) -> Tensor | None:
+        """``forward`` without a gradient (acting) on the compiled path, or None where the
+        general path (``_solve``) must answer: the same kernel call on the same inputs as
+        ``MPC``'s compiled path, so the same actions, report and cached plan, with the
+        per-call work cut to reading the modules' current parameters (a receding-horizon
+        step is mostly this overhead). Taken for observations in a plain CPU tensor or
+        array, ``obs_to_state`` the identity and the bounds given as numbers."""
+        if isinstance(obs, np.ndarray):
+            obs = torch.as_tensor(obs)
+        m = self.n_ctrl
+        if (
+            not isinstance(obs, Tensor)
+            or obs.dtype not in (torch.float32, torch.float64)
+            or obs.requires_grad
+            or m is None
+            or self.obs_to_state is not _identity
+            or len(self._bounds) != 2
+        ):
+            return None
+        try:
+            array = obs.numpy()  # a CPU tensor without a transform's wrapping
+        except (RuntimeError, TypeError):
+            return None
+        array = array[None] if array.ndim == 1 else array
+        lower, upper = self._bounds["u_lower"], self._bounds["u_upper"]
+        if array.ndim != 2 or not scalar_bounds_valid(lower, upper):
+            return None
+        B, n = array.shape
+        dtype = self.solve_dtype or obs.dtype
+        # the values the general path hands the kernel: rounded to the solve's dtype first
+        single = dtype == torch.float32
+        x_init = (array.astype(np.float32) if single else array).astype(np.float64)
+        if not np.isfinite(x_init).all():  # the general path names the problem
+            return None
+        mpc = self._controller(n, m, obs)
+        options = mpc.options
+        kernels = select(options.backend, obs.device)
+        if options.grad_method == "unroll" or kernels.name != "compiled":
+            return None
+        check_declared_sizes(self.dynamics, n, m)
+        T = self.horizon
+        twins = twins_of(self.cost, self.dynamics, B, T, n, m, dtype)
+        if isinstance(twins, str):
+            return None
+        plan = self._cached_start(B, episode_start) if self.warm_start else None
+        if plan is None:
+            u = np.zeros((T, B, m))
+        elif plan.shape == (B, T, m):
+            u = np.array(plan.to(dtype).numpy().transpose(1, 0, 2), np.float64, order="C")
+        else:
+            return None
+        rounded = (lambda v: float(np.float32(v))) if single else float
+        lo = np.full((T, B, m), -np.inf if lower is None else rounded(lower))
+        hi = np.full((T, B, m), np.inf if upper is None else rounded(upper))
+        bounded = lower is not None or upper is not None
+        solved = solve_arrays(twins, x_init, u, lo, hi, bounded, options, dtype, kernels)
+        info = solved.info
+        if options.on_unconverged != "ignore" and not info.all_converged:
+            x, u_plan, _ = solved.values()
+            checked = CheckedCost(self.cost), CheckedDynamics(self.dynamics, n, m, B)
+            mpc.enforce(info, *checked, x, u_plan)
+        u_plan = solved.controls()
+        self.__dict__["last_info"] = info
+        if self.warm_start:
+            self._remember(u_plan)
+        return u_plan[:, 0].to(obs.dtype)

@@ -55,6 +55,7 @@ TEST_LAYERS: dict[str, tuple[str, ...]] = {
     "test_newton.py": ("problem", "solve"),
     "test_packaging.py": ("project",),
     "test_policy.py": ("api",),
+    "test_policy_acting.py": ("api", "solve"),
     "test_readme.py": ("project",),
     "test_sb3.py": ("sb3",),
     "test_sb3_contrib.py": ("sb3",),

@@ -36,7 +36,7 @@ from mpc_policy.solution import SolverInfo, Status
 from mpc_policy.solve.backend import Kernels, select
 from mpc_policy.solve.ddp import DDPResult
 
-__all__ = ["PATH", "CompiledSolve", "compiled_ddp"]
+__all__ = ["PATH", "CompiledSolve", "compiled_ddp", "solve_arrays", "twins_of"]
 
 PATH = "compiled-ddp"
 # the twins' kinds, n and m, as in numerics/compiled/models.py (not imported: it needs numba)
@@ -121,11 +121,12 @@ def _dynamics(
     kind, n_twin, m_twin = _DYNAMICS[name]
     if (n, m) != (n_twin, m_twin):
         return f"dynamics ({module_name(dynamics)}) has n={n_twin}, m={m_twin}, not {n}, {m}"
-    if any(p.dim() > 1 or (p.dim() == 1 and p.shape[0] != B) for p in params):
-        shapes = [tuple(p.shape) for p in params]
-        return f"dynamics ({module_name(dynamics)}): parameters of shapes {shapes}, not () or (B,)"
+    shapes = [p.shape for p in params]
+    if any(len(shape) > 1 or (len(shape) == 1 and shape[0] != B) for shape in shapes):
+        given = [tuple(shape) for shape in shapes]
+        return f"dynamics ({module_name(dynamics)}): parameters of shapes {given}, not () or (B,)"
     # each value in the problem's dtype first, as the torch module reads it (``in_dtype``)
-    if all(p.dim() == 0 for p in params):  # shared: one float each, no tensor operation
+    if not any(shapes):  # shared: one float each, no tensor operation
         values = [float(p.detach() if p.requires_grad else p) for p in params]
         if dtype == torch.float32:
             values = [float(np.float32(v)) for v in values]
@@ -198,6 +199,7 @@ class CompiledSolve:
     def __init__(self, out: Any, dtype: torch.dtype, kernels: Kernels) -> None:
         self._out = out
         self._dtype = dtype
+        self._nan_set = False
         self.kernels = kernels
         wrap = torch.from_numpy
         self.info = SolverInfo(
@@ -227,12 +229,23 @@ class CompiledSolve:
         """Batch-first x (B, T, n), u (B, T, m) and cost (B,) for a call that needs no
         gradient: NaN for the NONFINITE elements, no module called again (the cost is the
         kernel's float64 evaluation rounded to the dtype: the cost module's to rounding)."""
+        out = self._nan_rows()
+        x, cost = self._real(out.x).transpose(0, 1), self._real(out.cost)
+        return x, self.controls(), cost
+
+    def controls(self) -> Tensor:
+        """``values``' u (B, T, m) alone."""
+        return self._real(self._nan_rows().u).transpose(0, 1)
+
+    def _nan_rows(self) -> Any:
+        """The outputs with NaN in the NONFINITE elements (set once)."""
         out = self._out
-        x, u, cost = out.x, out.u, out.cost
-        bad = out.status == _NONFINITE
-        if bad.any():
-            x[:, bad], u[:, bad], cost[bad] = np.nan, np.nan, np.nan
-        return self._real(x).transpose(0, 1), self._real(u).transpose(0, 1), self._real(cost)
+        if not self._nan_set:
+            bad = out.status == _NONFINITE
+            if bad.any():
+                out.x[:, bad], out.u[:, bad], out.cost[bad] = np.nan, np.nan, np.nan
+            self._nan_set = True
+        return out
 
 
 def compiled_ddp(
@@ -265,16 +278,49 @@ def compiled_ddp(
     if kernels.name != "compiled":
         return f"the backend is {kernels.name} (compiled needs CPU tensors and numba)"
     T, B, m = u_init.shape
-    n = x_init.shape[1]
-    dtype = x_init.dtype
+    n, dtype = x_init.shape[1], x_init.dtype
+    twins = twins_of(cost, dynamics, B, T, n, m, dtype)
+    if isinstance(twins, str):
+        return twins
+    from mpc_policy.numerics.compiled.ddp import solve_ddp
+
+    # solve_ddp reads values only (it detaches where needed): no tensor op here
+    return CompiledSolve(solve_ddp(twins, x_init, u_init, lower, upper, options), dtype, kernels)
+
+
+def twins_of(
+    cost: Any, dynamics: Any, B: int, T: int, n: int, m: int, dtype: torch.dtype
+) -> Any | str:
+    """The modules' compiled twins (``numerics.compiled.ddp.Twins``) with their current
+    parameter values, for a problem of B elements, horizon T, sizes n, m in ``dtype``; or the
+    one-line reason there are none."""
     model = _dynamics(dynamics, B, n, m, dtype)
     if isinstance(model, str):
         return model
     terms = _cost(cost, B, T, n + m, dtype)
     if isinstance(terms, str):
         return terms
-    from mpc_policy.numerics.compiled.ddp import Twins, solve_ddp
+    from mpc_policy.numerics.compiled.ddp import Twins
 
-    twins = Twins(model[0], model[1], model[2], terms[0], terms[1], terms[2], terms[3], *model[3:])
-    # solve_ddp reads values only (it detaches where needed): no tensor op here
-    return CompiledSolve(solve_ddp(twins, x_init, u_init, lower, upper, options), dtype, kernels)
+    return Twins(model[0], model[1], model[2], terms[0], terms[1], terms[2], terms[3], *model[3:])
+
+
+def solve_arrays(
+    twins: Any,
+    x_init: np.ndarray,
+    u: np.ndarray,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    bounded: bool,
+    options: MPCOptions,
+    dtype: torch.dtype,
+    kernels: Kernels,
+) -> CompiledSolve:
+    """The compiled solve of problems already in the kernel's arrays (``twins_of``'s twins;
+    x_init (B, n), the controls u (T, B, m, overwritten) and the bounds (T, B, m), float64,
+    C-ordered, the values in ``dtype``): the call ``compiled_ddp`` makes after converting
+    its tensors."""
+    from mpc_policy.numerics.compiled.ddp import run_ddp
+
+    out = run_ddp(twins, x_init, u, lower, upper, bounded, options, dtype)
+    return CompiledSolve(out, dtype, kernels)

@@ -259,6 +259,28 @@ def test_compat_pendulum_dx_traces_through_unbind_and_tensor_attributes() -> Non
     torch.testing.assert_close(fast.u, slow.u, atol=1e-9, rtol=0)
 
 
+def test_compat_cartpole_dx_traces_and_equals_its_torch_path() -> None:
+    """mpc.pytorch's ``CartpoleDx`` (a float32 parameter tensor, a clamp of the force) runs
+    on the compiled path in float64 and equals its torch path."""
+    from mpc_policy.compat.env_dx.cartpole import CartpoleDx
+
+    dtype = torch.float64
+    dynamics = CartpoleDx().to(dtype)  # no parameter: its float32 tensor stays float32
+    plain = type("PlainCartpoleDx", (CartpoleDx,), {"compiled_twin": lambda self: None})()
+    mpc = MPC(5, 1, T, u_lower=-20.0, u_upper=20.0, on_unconverged="ignore")
+    weights = torch.tensor([0.1, 0.1, 1.0, 1.0, 0.1, 0.001], dtype=dtype)
+    goal = torch.tensor([0.0, 0.0, 1.0, 0.0, 0.0, 0.0], dtype=dtype)
+    cost = GoalWeightedCost(weights, goal)
+    theta = torch.tensor([0.3, -0.4, 2.5], dtype=dtype)
+    zeros = torch.zeros(3, dtype=dtype)
+    x_init = torch.stack([zeros + 0.1, zeros, theta.cos(), theta.sin(), zeros], -1)
+    fast, slow = mpc(x_init, cost, dynamics), mpc(x_init, cost, plain)
+    assert fast.info.path == "compiled-ddp", fast.info.declined
+    assert slow.info.path == "torch"
+    assert fast.info.status_names == slow.info.status_names
+    torch.testing.assert_close(fast.u, slow.u, atol=1e-9, rtol=0)
+
+
 class Guarded(Pendulum):
     """Non-finite constants in the graph: NaN outside a domain, an infinite clamp bound."""
 

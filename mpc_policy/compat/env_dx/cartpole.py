@@ -60,7 +60,10 @@ class CartpoleDx(nn.Module):
                 f"state, u: expected shapes (N, 5) and (N, 1), received {tuple(state.shape)} "
                 f"and {tuple(u.shape)}"
             )
-        gravity, cart_mass, pole_mass, length = self.params.to(state.device).unbind()
+        # in the state's dtype: a float64 problem computes in float64 (upstream multiplied its
+        # float32 parameters in float32), and the model traces to the compiled path
+        params = self.params.to(device=state.device, dtype=state.dtype)
+        gravity, cart_mass, pole_mass, length = params.unbind()
         total_mass = cart_mass + pole_mass
         force = u[:, 0].clamp(-self.force_mag, self.force_mag)
         x, x_dot, cos, sin, theta_dot = state.unbind(1)

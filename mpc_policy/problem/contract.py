@@ -213,10 +213,9 @@ class CheckedDynamics:
         self.module, self.n_state, self.n_ctrl = module, n_state, n_ctrl
         self.batch, self.batch_rows = batch, False
         self.name = f"dynamics ({module_name(module)})"
-        has_jacobian = callable(getattr(module, "jacobian", None))
-        self.jacobian = self._jacobian if has_jacobian else None
+        jacobian = getattr(module, "jacobian", None)  # once: a miss raises inside nn.Module
+        self.jacobian = self._jacobian if callable(jacobian) else None
         self._forward = _InputGuard(self.name, module, module, "forward")
-        jacobian = getattr(module, "jacobian", None)
         self._analytic = _InputGuard(
             self.name, jacobian or module, module, "jacobian" if jacobian else "forward"
         )
@@ -314,10 +313,9 @@ class CheckedCost:
     def __init__(self, module: Callable[..., Any]) -> None:
         self.module = module
         self.name = f"cost ({module_name(module)})"
-        has_quadratize = callable(getattr(module, "quadratize", None))
-        self.quadratize = self._quadratize if has_quadratize else None
+        quadratize = getattr(module, "quadratize", None)  # once: a miss raises in nn.Module
+        self.quadratize = self._quadratize if callable(quadratize) else None
         self._forward = _InputGuard(self.name, module, module, "forward")
-        quadratize = getattr(module, "quadratize", None)
         self._quadratic = _InputGuard(
             self.name, quadratize or module, module, "quadratize" if quadratize else "forward"
         )

@@ -130,6 +130,9 @@ STRUCTURAL = frozenset(
 OPS = frozenset(_UNARY) | frozenset(_BINARY) | STRUCTURAL
 
 
+_BLOCK = 8  # the most directions a product's loop carries at once (d locals)
+
+
 @dataclass
 class _Value:
     """A node's value and its first tangents (None: zero)."""
@@ -240,6 +243,20 @@ class _Builder:
         # the sum over l in a local: stores into w (which the operands may alias) stay
         # out of the inner loop
         e = self.e
+        if lead == 1 and shape[0] <= _BLOCK:
+            # one local per direction in one loop over l: the operand without directions
+            # (a weight) is read once for all of them
+            names, pad = e.header(shape[1:-1], False, 0, 1)
+            last = f"i{len(shape) - 1}"
+            sums = [f"s{k}" for k in range(shape[0])]
+            e.lines.append(f"{pad}{' = '.join(sums)} = 0.0")
+            e.lines.append(f"{pad}for {last} in range({shape[-1]}):")
+            for k, name in enumerate(sums):
+                index = [k, *names, last]
+                e.lines.append(f"{pad}    {name} += {access(a, index)} * {access(b, index)}")
+            for k, name in enumerate(sums):
+                e.lines.append(f"{pad}{access(t, [k, *names, 0])} += {factor}{name}")
+            return
         names, pad = e.header(shape[:-1], tri)
         last = f"i{len(shape) - 1}"
         e.lines.append(f"{pad}s = 0.0")

@@ -29,7 +29,7 @@ __all__ = [
     "view_op",
 ]
 
-UNROLL = 64
+UNROLL = 16
 
 
 class UnsupportedGraph(ValueError):

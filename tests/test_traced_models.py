@@ -237,6 +237,28 @@ def test_generated_derivatives_of_one_row_match_autograd() -> None:
         np.testing.assert_allclose(H[0, 0], expected.numpy(), rtol=1e-10, atol=1e-10)
 
 
+def test_generated_tanh_within_two_ulps() -> None:
+    """The generated code's tanh (``codegen.HELPERS``) against numpy's on both branches, the
+    switch point, zeros (sign kept), overflow, infinities and NaN."""
+    import numba
+
+    from mpc_policy.numerics.compiled.codegen import HELPERS
+
+    flags = {"reassoc", "contract"}  # as traced.py compiles it
+    namespace = {"math": math, "_HELPER": numba.njit(error_model="numpy", fastmath=flags)}
+    exec(HELPERS, namespace)
+    gen = np.random.default_rng(5)
+    scales = (1e-300, 1e-8, 0.1, 0.5, 1.0, 3.0, 20.0)
+    a = np.concatenate([gen.standard_normal(20000) * scale for scale in scales])
+    a = np.concatenate([a, [0.625, -0.625, np.nextafter(0.625, 0.0), 710.0, -800.0]])
+    got = np.array([namespace["_tanh"](value) for value in a])
+    expected = np.tanh(a)
+    assert np.all(np.abs(got - expected) <= 2.0 * np.spacing(np.abs(expected)))
+    special = [namespace["_tanh"](value) for value in (0.0, -0.0, math.inf, -math.inf, math.nan)]
+    assert special[:4] == [0.0, -0.0, 1.0, -1.0] and math.copysign(1.0, special[1]) == -1.0
+    assert math.isnan(special[4])
+
+
 def test_trace_reused_and_parameters_read_at_every_solve() -> None:
     first, second = Pendulum().double(), Pendulum().double()
     assert trace(first, 3, 1) is trace(second, 3, 1)

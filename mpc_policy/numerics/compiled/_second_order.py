@@ -142,13 +142,13 @@ class _Sweep:
         b, e = self.b, self.e
         _, args, first, second = rule
         operands = [b.get(arg) for arg in args]
-        vals = [o.v if hasattr(o, "v") else o for o in operands]
+        vals = [o if isinstance(o, float) else o.v for o in operands]
         count = len(operands)
         names = {**{"abc"[k]: f"{{{k}}}" for k in range(count)}, "y": f"{{{count}}}"}
         ops = [broadcast(v, 0, (), 0, shape) for v in vals] + [y, ybar]
         bar = f"{{{count + 1}}}"
         for k, o in enumerate(operands):
-            if hasattr(o, "v") and o.d1 is not None and first[k]:
+            if not isinstance(o, float) and o.d1 is not None and first[k]:
                 target = self.adjoint(o.v)
                 if target is not None:
                     target = broadcast(target, 0, (), 0, shape)
@@ -158,8 +158,8 @@ class _Sweep:
         d = e.d
         for (i, j), g in second.items():
             oi, oj = operands[i], operands[j]
-            if not g or not hasattr(oi, "v") or not hasattr(oj, "v"):
-                continue
+            if not g or isinstance(oi, float) or isinstance(oj, float):
+                continue  # a number operand: no tangent
             if oi.d1 is None or oj.d1 is None:
                 continue
             coefficient = e.fresh(shape)  # ybar g_ij, once per element

@@ -83,6 +83,24 @@ class Elementwise(nn.Module):
         return torch.cat([x[..., :2] + 0.05 * moved, (angle + 0.05 * turn)[..., None]], -1)
 
 
+class Structural(nn.Module):
+    """A product of two state-dependent matrices, a reshape of a transpose, sums, a mean, a
+    gather and a broadcast: the reverse rules of the curvature beyond elementwise math."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.W = nn.Parameter(torch.tensor([[0.3, -0.2, 0.1, 0.5], [0.2, 0.1, -0.4, 0.3]]))
+
+    def forward(self, x, u):
+        z = torch.cat([x, u], -1)  # (1, 4)
+        outer = torch.tanh(z.t() @ z)  # (4, 4) of one row, both factors depend on z
+        square = (outer @ outer.t()).t().reshape(1, 16)  # not contiguous: copied
+        mixed = torch.sin(z @ self.W.t())  # (1, 2)
+        spread = mixed[..., [1, 0, 1]] * square.sum(-1, keepdim=True) / 16.0
+        tail = square[..., :3].expand(2, 3).mean(0, keepdim=True)
+        return x + 0.05 * torch.cos(spread + tail).reshape(x.shape)
+
+
 MODELS = {"pendulum": Pendulum, "mlp": MLPDynamics, "elementwise": Elementwise}
 
 
@@ -161,7 +179,7 @@ def test_generated_derivatives_match_autograd(model: str) -> None:
 
     dynamics = MODELS[model]().double()
     traced = trace(dynamics, 3, 1)
-    assert not isinstance(traced, str)
+    assert not isinstance(traced, str), traced
     functions = compile_traced(traced.source, traced.work)
     p = flat_parameters(dynamics, traced, torch.float64)
     code, work = np.array(functions.addresses, dtype=np.int64), np.zeros(traced.work)
@@ -183,6 +201,62 @@ def test_generated_derivatives_match_autograd(model: str) -> None:
         np.testing.assert_allclose(xs[1], f_next[r].detach().numpy(), rtol=1e-13, atol=1e-13)
         np.testing.assert_allclose(F[0, 0], jacobian[r].detach().numpy(), rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(H[0, 0], curvature[r].detach().numpy(), rtol=1e-10, atol=1e-10)
+
+
+def test_generated_derivatives_of_one_row_match_autograd() -> None:
+    """``Structural`` (one row only: its z.t() @ z mixes rows) against autograd's Jacobian and
+    Hessian of lam' f on single rows."""
+    from mpc_policy.numerics.compiled.traced import compile_traced
+    from mpc_policy.problem.trace import _pointer
+
+    dynamics = Structural().double()
+    traced = trace(dynamics, 3, 1)
+    assert not isinstance(traced, str), traced
+    step, jacobian, curvature = compile_traced(traced.source, traced.work).cfuncs
+    p, work = flat_parameters(dynamics, traced, torch.float64), np.zeros(traced.work)
+    gen = torch.Generator().manual_seed(4)
+
+    def f(zz: torch.Tensor) -> torch.Tensor:
+        return dynamics(zz[None, :3], zz[None, 3:])[0]
+
+    for _ in range(4):
+        z = torch.randn(4, generator=gen, dtype=torch.float64)
+        lam = torch.randn(3, generator=gen, dtype=torch.float64)
+        xs, us = np.zeros((2, 3)), np.ascontiguousarray(z[None, 3:].numpy())
+        xs[0] = z[:3].numpy()
+        lams, F, H = np.zeros((2, 3)), np.zeros((1, 1, 3, 4)), np.zeros((1, 1, 4, 4))
+        lams[1] = lam.numpy()
+        pointers = [_pointer(a) for a in (p, xs, us, work)]
+        step(*pointers, 0, _pointer(xs), _pointer(xs))
+        jacobian(*pointers, 0, _pointer(F), _pointer(F))
+        curvature(*pointers, 0, _pointer(lams), _pointer(H))
+        expected = torch.autograd.functional.hessian(lambda zz, lam=lam: lam @ f(zz), z)
+        np.testing.assert_allclose(xs[1], f(z).detach().numpy(), rtol=1e-13, atol=1e-13)
+        jac = torch.autograd.functional.jacobian(f, z).numpy()
+        np.testing.assert_allclose(F[0, 0], jac, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(H[0, 0], expected.numpy(), rtol=1e-10, atol=1e-10)
+
+
+def test_generated_tanh_within_two_ulps() -> None:
+    """The generated code's tanh (``codegen.HELPERS``) against numpy's on both branches, the
+    switch point, zeros (sign kept), overflow, infinities and NaN."""
+    import numba
+
+    from mpc_policy.numerics.compiled.codegen import HELPERS
+
+    flags = {"reassoc", "contract"}  # as traced.py compiles it
+    namespace = {"math": math, "_HELPER": numba.njit(error_model="numpy", fastmath=flags)}
+    exec(HELPERS, namespace)
+    gen = np.random.default_rng(5)
+    scales = (1e-300, 1e-8, 0.1, 0.5, 1.0, 3.0, 20.0)
+    a = np.concatenate([gen.standard_normal(20000) * scale for scale in scales])
+    a = np.concatenate([a, [0.625, -0.625, np.nextafter(0.625, 0.0), 710.0, -800.0]])
+    got = np.array([namespace["_tanh"](value) for value in a])
+    expected = np.tanh(a)
+    assert np.all(np.abs(got - expected) <= 2.0 * np.spacing(np.abs(expected)))
+    special = [namespace["_tanh"](value) for value in (0.0, -0.0, math.inf, -math.inf, math.nan)]
+    assert special[:4] == [0.0, -0.0, 1.0, -1.0] and math.copysign(1.0, special[1]) == -1.0
+    assert math.isnan(special[4])
 
 
 def test_trace_reused_and_parameters_read_at_every_solve() -> None:

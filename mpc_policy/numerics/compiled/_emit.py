@@ -24,10 +24,12 @@ __all__ = [
     "contiguous",
     "flat",
     "numel",
+    "spread",
+    "substitute",
     "view_op",
 ]
 
-UNROLL = 64
+UNROLL = 16
 
 
 class UnsupportedGraph(ValueError):
@@ -97,19 +99,53 @@ class Emitter:
         values = [access(op, names) for op in ops]
         self.lines.append(f"{pad}{access(target, names)} {assign} {expr.format(*values)}")
 
-    def header(self, shape: tuple[int, ...], tri: bool) -> tuple[list[str | int], str]:
-        """The loop statements over shape (dims of size 1 fixed at 0): index names, indent."""
-        depth = 0
+    def header(
+        self, shape: tuple[int, ...], tri: bool, depth: int = 0, first: int = 0
+    ) -> tuple[list[str | int], str]:
+        """The loop statements over shape (dims of size 1 fixed at 0), nested ``depth`` deep,
+        index names from i{first}: index names, indent."""
         names: list[str | int] = []
         for k, size in enumerate(shape):
             if size == 1:
                 names.append(0)
                 continue
-            start = "i0, " if tri and k == 1 else ""
-            self.lines.append("    " + "    " * depth + f"for i{k} in range({start}{size}):")
-            names.append(f"i{k}")
+            start = f"i{first}, " if tri and k == 1 else ""
+            self.lines.append(
+                "    " + "    " * depth + f"for i{first + k} in range({start}{size}):"
+            )
+            names.append(f"i{first + k}")
             depth += 1
         return names, "    " + "    " * depth
+
+    def reduce(
+        self,
+        outer: tuple[int, ...],
+        inner: tuple[int, ...],
+        target: View,
+        expr: str,
+        ops: list,
+        tri: bool = False,
+    ) -> None:
+        """target[o] += sum_i expr(ops[k][o, i]) over o in outer, i in inner; target a view
+        of shape outer, ops views of shape (*outer, *inner). The sum runs in a local (stores
+        into w, which the operands may alias, stay out of the inner loop)."""
+        if numel((*outer, *inner)) == 0:
+            return
+        if numel((*outer, *inner)) <= UNROLL:
+            for index in indices(outer):
+                if tri and index[1] < index[0]:
+                    continue
+                terms = [
+                    expr.format(*[access(op, (*index, *j)) for op in ops]) for j in indices(inner)
+                ]
+                self.lines.append(f"    {access(target, index)} += {' + '.join(terms)}")
+            return
+        names, pad = self.header(outer, tri)
+        self.lines.append(f"{pad}s = 0.0")
+        inner_names, inner_pad = self.header(inner, False, len(pad) // 4 - 1, len(outer))
+        values = [access(op, [*names, *inner_names]) for op in ops]
+        self.lines.append(f"{inner_pad}s += {expr.format(*values)}")
+        self.lines.append(f"{pad}{access(target, names)} += s")
 
 
 def indices(shape: tuple[int, ...]) -> list[tuple[int, ...]]:
@@ -206,3 +242,30 @@ def view_op(op: str, v: View, lead: int, args: tuple[Any, ...]) -> View:
 def flat(v: View, lead: int, n: int) -> View:
     """The output (1, n) (or (n,)) view as (lead dirs..., n)."""
     return View(v.buf, v.offset, (*v.shape[:lead], n), (*v.strides[:lead], v.strides[-1]))
+
+
+def spread(target: View, level: int, shape: tuple[int, ...], dims: tuple[int, ...]) -> View:
+    """A sum's target (level direction dims, then the kept dims) seen on the summed source's
+    value shape, stride 0 along the reduced dims ``dims`` (sorted, non-negative)."""
+    rank = len(shape)
+    kept = [k for k in range(rank) if k not in dims]
+    strides = list(target.strides[:level]) + [0] * rank
+    tail = target.strides[level:]
+    keepdim = len(target.shape) - level == rank
+    for j, k in enumerate(kept):
+        strides[level + k] = tail[k] if keepdim else tail[j]
+    return View(target.buf, target.offset, (*target.shape[:level], *shape), tuple(strides))
+
+
+def substitute(template: str, names: dict[str, str]) -> str:
+    """The rule's template with a, b, c, y replaced by {k} placeholders."""
+    out, token = [], ""
+    for ch in template + " ":
+        if ch.isalnum() or ch in "._":
+            token += ch
+            continue
+        if token:
+            out.append(names.get(token, token))
+            token = ""
+        out.append(ch)
+    return "".join(out).strip()

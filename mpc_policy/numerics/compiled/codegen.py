@@ -10,13 +10,13 @@ trajectories x (T, n), u (T, m):
     jacobian(p, x, u, w, t, F, _):  F[t, 0] (n, d) = df/d[x; u]              (forward mode)
     curvature(p, x, u, w, t, lam, C): C[t, 0] (d, d) += sum_i lam[t + 1, i] d2 f_i / d[x; u]2
 
-Forward-mode differentiation in d = n + m directions, carried to second order: every value
-v (shape S) has its first tangents (d, *S) and, in the curvature, its second tangents
-(d, d, *S), with y = g(a, b): dy = g_a da + g_b db and ddy = g_a dda + g_b ddb +
-sum g_ij da_i (x) db_j. Every tensor is a strided view into a scratch vector w or into p, so
-views, transposes and broadcasts cost nothing; each operation is one loop nest over its
-output (``_emit``: unrolled when it has at most ``UNROLL`` elements), written into w at fixed
-offsets.
+Forward-mode differentiation in d = n + m directions: every value v (shape S) has its first
+tangents (d, *S), with y = g(a, b): dy = g_a da + g_b db. The curvature adds a reverse
+sweep of lam' f over the same values and first tangents (``_second_order``: second-order
+adjoints, no second tangents). Every tensor is a strided view into a scratch vector w or
+into p, so views, transposes and broadcasts cost nothing; each operation is one loop nest
+over its output (``_emit``: unrolled when it has at most ``UNROLL`` elements), written into w
+at fixed offsets.
 The derivative rules are autograd's (relu' = [a > 0], clamp' = [lo <= a <= hi], a tie of
 maximum splits the gradient), so the Jacobian equals the torch module's.
 """
@@ -37,8 +37,11 @@ from mpc_policy.numerics.compiled._emit import (
     contiguous,
     flat,
     numel,
+    spread,
+    substitute,
     view_op,
 )
+from mpc_policy.numerics.compiled._second_order import emit_curvature
 
 __all__ = ["SIGNATURE", "Node", "Ref", "UnsupportedGraph", "generate"]
 
@@ -46,6 +49,24 @@ SIGNATURE = (
     "void(CPointer(float64), CPointer(float64), CPointer(float64), CPointer(float64), int64, "
     "CPointer(float64), CPointer(float64))"
 )
+
+
+# functions the generated code calls (decorated ``_HELPER``, numba-compiled on first use).
+# tanh: libm's costs twice an exp; Cephes' rational form on |a| < 0.625, else through exp:
+# within 1 ulp of the exact value (2 for libm's) on 1.2M points checked against mpmath
+HELPERS = """
+@_HELPER
+def _tanh(a):
+    z = a * a
+    if z < 0.390625:
+        if z == 0.0:
+            return a  # keeps the sign of zero
+        P = (-0.964399179425052238628 * z - 99.2877231001918586564) * z - 1614.68768441708447952
+        Q = ((z + 112.811678491632931402) * z + 2235.48839060100448583) * z + 4844.06305325125486048
+        return a + a * z * P / Q
+    q = 1.0 - 2.0 / (math.exp(2.0 * abs(a)) + 1.0)
+    return q if a > 0.0 else (-q if a < 0.0 else a)
+"""
 
 
 @dataclass(frozen=True)
@@ -71,7 +92,7 @@ _UNARY: dict[str, tuple[str, str, str]] = {
     "sin": ("math.sin(a)", "math.cos(a)", "-math.sin(a)"),
     "cos": ("math.cos(a)", "-math.sin(a)", "-math.cos(a)"),
     "tan": ("math.tan(a)", "1.0 + y * y", "2.0 * y * (1.0 + y * y)"),
-    "tanh": ("math.tanh(a)", "1.0 - y * y", "-2.0 * y * (1.0 - y * y)"),
+    "tanh": ("_tanh(a)", "1.0 - y * y", "-2.0 * y * (1.0 - y * y)"),
     "exp": ("math.exp(a)", "y", "y"),
     "log": ("math.log(a)", "1.0 / a", "-1.0 / (a * a)"),
     "sqrt": ("math.sqrt(a)", "0.5 / y", "-0.25 / (y * a)"),
@@ -127,33 +148,25 @@ STRUCTURAL = frozenset(
 OPS = frozenset(_UNARY) | frozenset(_BINARY) | STRUCTURAL
 
 
+_BLOCK = 8  # the most directions a product's loop carries at once (d locals)
+
+
 @dataclass
 class _Value:
-    """A node's value and its first and second tangents (None: zero)."""
+    """A node's value and its first tangents (None: zero)."""
 
     v: View | float
     d1: View | None = None
-    d2: View | None = None
-
-
-def _sub(template: str, names: dict[str, str]) -> str:
-    """The rule's template with a, b, c, y replaced by {k} placeholders."""
-    out, token = [], ""
-    for ch in template + " ":
-        if ch.isalnum() or ch in "._":
-            token += ch
-            continue
-        if token:
-            out.append(names.get(token, token))
-            token = ""
-        out.append(ch)
-    return "".join(out).strip()
 
 
 class _Builder:
     def __init__(self, graph: list[Node], n: int, m: int, order: int) -> None:
         self.graph, self.e = graph, Emitter(n, m, order)
         self.values: list[_Value] = []
+        # per node index: the copies a reshape made (source, copy) and a cat's parts and dim,
+        # for the reverse sweep of the curvature
+        self.copies: dict[int, list[tuple[View, View]]] = {}
+        self.parts: dict[int, tuple[list[_Value], int]] = {}
 
     # -- elementwise with derivatives ---------------------------------------------------
     def elementwise(
@@ -162,57 +175,39 @@ class _Builder:
         value: str,
         operands: list[_Value | float],
         first: list[str],
-        second: dict[tuple[int, int], str],
     ) -> _Value:
         e = self.e
         names = {"abc"[k]: f"{{{k}}}" for k in range(len(operands))}
         vals = [o.v if isinstance(o, _Value) else float(o) for o in operands]
         y = e.fresh(shape)
         ops = [broadcast(v, 0, (), 0, shape) for v in vals]
-        e.loop(shape, y, "=", _sub(value, names), ops)
+        e.loop(shape, y, "=", substitute(value, names), ops)
         out = _Value(y)
         names_y = {**names, "y": f"{{{len(operands)}}}"}
         if e.order >= 1:
-            out.d1 = self._tangent(1, shape, operands, vals, y, first, second, names_y)
-        if e.order >= 2:
-            out.d2 = self._tangent(2, shape, operands, vals, y, first, second, names_y)
+            out.d1 = self._tangent(shape, operands, vals, y, first, names_y)
         return out
 
-    def _tangent(self, level, shape, operands, vals, y, first, second, names) -> View | None:
+    def _tangent(self, shape, operands, vals, y, first, names) -> View | None:
+        """dy = sum_k g_k da_k, (d, *shape)."""
         e, d = self.e, self.e.d
-        K = level
-        full = (*(d,) * K, *shape)
+        full = (d, *shape)
         terms: list[tuple[str, list]] = []
-        base = [broadcast(v, 0, (), K, shape) for v in vals] + [broadcast(y, 0, (), K, shape)]
+        base = [broadcast(v, 0, (), 1, shape) for v in vals] + [broadcast(y, 0, (), 1, shape)]
         for k, o in enumerate(operands):
-            if not isinstance(o, _Value) or not first[k]:
+            if not isinstance(o, _Value) or not first[k] or o.d1 is None:
                 continue
-            tangent = o.d1 if level == 1 else o.d2
-            if tangent is not None:
-                places = tuple(range(K))
-                terms.append(
-                    (
-                        f"({_sub(first[k], names)}) * {{{len(base)}}}",
-                        [broadcast(tangent, K, places, K, shape)],
-                    )
+            terms.append(
+                (
+                    f"({substitute(first[k], names)}) * {{{len(base)}}}",
+                    [broadcast(o.d1, 1, (0,), 1, shape)],
                 )
-        if level == 2:
-            for (i, j), rule in second.items():
-                oi, oj = operands[i], operands[j]
-                if not rule or not isinstance(oi, _Value) or not isinstance(oj, _Value):
-                    continue
-                if oi.d1 is None or oj.d1 is None:
-                    continue
-                a = broadcast(oi.d1, 1, (0,), 2, shape)
-                b = broadcast(oj.d1, 1, (1,), 2, shape)
-                terms.append(
-                    (f"({_sub(rule, names)}) * {{{len(base)}}} * {{{len(base) + 1}}}", [a, b])
-                )
+            )
         if not terms:
             return None
         out = e.fresh(full)
         for k, (expr, extra) in enumerate(terms):
-            e.loop(full, out, "=" if k == 0 else "+=", expr, base + extra, level == 2)
+            e.loop(full, out, "=" if k == 0 else "+=", expr, base + extra)
         return out
 
     # -- structure -----------------------------------------------------------------------
@@ -221,15 +216,13 @@ class _Builder:
         return _Value(
             fn(x.v, 0),
             None if x.d1 is None else fn(x.d1, 1),
-            None if x.d2 is None else fn(x.d2, 2),
         )
-
-    def copy(self, x: _Value, shape: tuple[int, ...]) -> _Value:
-        return self.elementwise(shape, "a", [x], ["1.0"], {})
 
     def materialize(self, view: View, lead: int) -> View:
         out = self.e.fresh(view.shape)
-        self.e.loop(view.shape, out, "=", "{0}", [view], lead == 2)
+        self.e.loop(view.shape, out, "=", "{0}", [view])
+        if lead == 0:
+            self.copies.setdefault(len(self.values), []).append((view, out))
         return out
 
     def contraction(
@@ -268,6 +261,20 @@ class _Builder:
         # the sum over l in a local: stores into w (which the operands may alias) stay
         # out of the inner loop
         e = self.e
+        if lead == 1 and shape[0] <= _BLOCK:
+            # one local per direction in one loop over l: the operand without directions
+            # (a weight) is read once for all of them
+            names, pad = e.header(shape[1:-1], False, 0, 1)
+            last = f"i{len(shape) - 1}"
+            sums = [f"s{k}" for k in range(shape[0])]
+            e.lines.append(f"{pad}{' = '.join(sums)} = 0.0")
+            e.lines.append(f"{pad}for {last} in range({shape[-1]}):")
+            for k, name in enumerate(sums):
+                index = [k, *names, last]
+                e.lines.append(f"{pad}    {name} += {access(a, index)} * {access(b, index)}")
+            for k, name in enumerate(sums):
+                e.lines.append(f"{pad}{access(t, [k, *names, 0])} += {factor}{name}")
+            return
         names, pad = e.header(shape[:-1], tri)
         last = f"i{len(shape) - 1}"
         e.lines.append(f"{pad}s = 0.0")
@@ -287,6 +294,54 @@ class _Builder:
         if isinstance(arg, bool | int | float):
             return float(arg)
         raise UnsupportedGraph(f"an argument {arg!r} is not supported")
+
+    def rule(self, node: Node) -> tuple[str, tuple[Any, ...], list[str], dict] | None:
+        """An elementwise operation's rule: value, operands, first partials, second partials
+        {(i, j): g_ij} (templates in a, b, c, y); None for the other operations."""
+        op, args = node.op, node.args
+        if op in _UNARY:
+            value, first, second = _UNARY[op]
+            return value, args[:1], [first], {(0, 0): second}
+        if op in _BINARY:
+            value, first2, second2 = _BINARY[op]
+            rules = {(0, 0): second2[0], (0, 1): second2[1], (1, 0): second2[1], (1, 1): second2[2]}
+            return value, args[:2], list(first2), rules
+        if op == "add":  # a + alpha b
+            alpha = float(args[2])
+            return f"a + {alpha!r} * b", args[:2], ["1.0", repr(alpha)], {}
+        if op == "copy":
+            self._value(args[0])
+            return "a", args[:1], ["1.0"], {}
+        if op == "pow":
+            exponent = float(args[1])
+            if exponent == 2.0:
+                return "a * a", args[:1], ["2.0 * a"], {(0, 0): "2.0"}
+            e1, e2 = exponent - 1.0, exponent - 2.0
+            return (
+                f"a ** {exponent!r}",
+                args[:1],
+                [f"{exponent!r} * a ** {e1!r}"],
+                {(0, 0): f"{exponent * e1!r} * a ** {e2!r}"},
+            )
+        if op == "clamp":
+            lo, hi = args[1], args[2]
+            value, inside = "a", []
+            if lo is not None:
+                value = f"({float(lo)!r} if a < {float(lo)!r} else {value})"
+                inside.append(f"a >= {float(lo)!r}")
+            if hi is not None:
+                value = f"({float(hi)!r} if a > {float(hi)!r} else {value})"
+                inside.append(f"a <= {float(hi)!r}")
+            first = f"(1.0 if {' and '.join(inside)} else 0.0)" if inside else "1.0"
+            return value, args[:1], [first], {}
+        if op == "where":  # c ? a : b, no derivative in c
+            return (
+                "(a if c != 0.0 else b)",
+                (args[1], args[2], args[0]),
+                ["(1.0 if c != 0.0 else 0.0)", "(0.0 if c != 0.0 else 1.0)", ""],
+                {},
+            )
+        return None
 
     def run(self, node: Node) -> _Value:  # one dispatch over the operations
         e, op, args, shape = self.e, node.op, node.args, node.shape
@@ -309,63 +364,13 @@ class _Builder:
             v = e.fresh(shape)
             e.loop(shape, v, "=", repr(float(args[0])), [])
             return _Value(v)
-        if op in _UNARY:
-            value, first, second = _UNARY[op]
-            return self.elementwise(shape, value, [self.get(args[0])], [first], {(0, 0): second})
-        if op in _BINARY:
-            value, first2, second2 = _BINARY[op]
-            rules = {(0, 0): second2[0], (0, 1): second2[1], (1, 0): second2[1], (1, 1): second2[2]}
-            return self.elementwise(
-                shape, value, [self.get(args[0]), self.get(args[1])], list(first2), rules
-            )
-        if op == "add":  # a + alpha b
-            alpha = float(args[2])
-            return self.elementwise(
-                shape,
-                f"a + {alpha!r} * b",
-                [self.get(args[0]), self.get(args[1])],
-                ["1.0", repr(alpha)],
-                {},
-            )
-        if op == "pow":
-            exponent = float(args[1])
-            if exponent == 2.0:
-                rule = ("a * a", "2.0 * a", "2.0")
-            else:
-                e1, e2 = exponent - 1.0, exponent - 2.0
-                rule = (
-                    f"a ** {exponent!r}",
-                    f"{exponent!r} * a ** {e1!r}",
-                    f"{exponent * e1!r} * a ** {e2!r}",
-                )
-            return self.elementwise(
-                shape, rule[0], [self.get(args[0])], [rule[1]], {(0, 0): rule[2]}
-            )
-        if op == "clamp":
-            lo, hi = args[1], args[2]
-            value, inside = "a", []
-            if lo is not None:
-                value = f"({float(lo)!r} if a < {float(lo)!r} else {value})"
-                inside.append(f"a >= {float(lo)!r}")
-            if hi is not None:
-                value = f"({float(hi)!r} if a > {float(hi)!r} else {value})"
-                inside.append(f"a <= {float(hi)!r}")
-            first = f"(1.0 if {' and '.join(inside)} else 0.0)" if inside else "1.0"
-            return self.elementwise(shape, value, [self.get(args[0])], [first], {})
-        if op == "where":  # c ? a : b, no derivative in c
-            operands = [self.get(args[1]), self.get(args[2]), self.get(args[0])]
-            return self.elementwise(
-                shape,
-                "(a if c != 0.0 else b)",
-                operands,
-                ["(1.0 if c != 0.0 else 0.0)", "(0.0 if c != 0.0 else 1.0)", ""],
-                {},
-            )
+        rule = self.rule(node)
+        if rule is not None:
+            value, operands, first, _ = rule
+            return self.elementwise(shape, value, [self.get(a) for a in operands], first)
         if op == "detach":
             x = self.get(args[0])
             return _Value(x.v if isinstance(x, _Value) else x)
-        if op == "copy":
-            return self.copy(self._value(args[0]), shape)
         if op in ("select", "slice", "unsqueeze", "squeeze", "permute", "expand"):
             return self.lift(lambda v, lead: view_op(op, v, lead, args[1:]), self._value(args[0]))
         if op == "reshape":
@@ -411,13 +416,11 @@ class _Builder:
     def _cat(self, parts: list[_Value], dim: int, shape: tuple[int, ...]) -> _Value:
         e = self.e
         dim = dim % len(shape)
+        self.parts[len(self.values)] = (parts, dim)
         out = _Value(e.fresh(shape))
         levels = [1] if e.order >= 1 and any(p.d1 is not None for p in parts) else []
-        if e.order >= 2 and any(p.d2 is not None for p in parts):
-            levels.append(2)
-        for level in levels:
-            full = (*(e.d,) * level, *shape)
-            setattr(out, f"d{level}", e.fresh(full))
+        if levels:
+            out.d1 = e.fresh((e.d, *shape))
         start = 0
         for p in parts:
             assert isinstance(p.v, View)
@@ -428,14 +431,14 @@ class _Builder:
                 assert isinstance(target, View)
                 block = view_op("slice", target, level, (dim, start, start + size, 1))
                 if source is None:
-                    e.loop(block.shape, block, "=", "0.0", [], level == 2)
+                    e.loop(block.shape, block, "=", "0.0", [])
                 else:
                     src = (
                         broadcast(source, level, tuple(range(level)), level, block.shape[level:])
                         if level
                         else source
                     )
-                    e.loop(block.shape, block, "=", "{0}", [src], level == 2)
+                    e.loop(block.shape, block, "=", "{0}", [src])
             start += size
         return out
 
@@ -456,74 +459,43 @@ class _Builder:
             if level:
                 setattr(out, f"d{level}", target)
             assert isinstance(target, View) and isinstance(source, View)
-            e.loop(target.shape, target, "=", "0.0", [], level == 2)
-            # the target seen on the source's full shape, stride 0 along the reduced dims
-            kept = [k for k in range(rank) if k not in dims]
-            strides = list(target.strides[:level]) + [0] * rank
-            tail = target.strides[level:]
-            keepdim = len(shape) == rank
-            for j, k in enumerate(kept):
-                strides[level + k] = tail[k] if keepdim else tail[j]
-            t = View(target.buf, target.offset, source.shape, tuple(strides))
-            e.loop(source.shape, t, "+=", factor + "{0}", [source], level == 2)
+            e.loop(target.shape, target, "=", "0.0", [])
+            t = spread(target, level, x.v.shape, dims)
+            e.loop(source.shape, t, "+=", factor + "{0}", [source])
         return out
+
+    def mm_operands(self, node: Node) -> tuple[_Value | None, _Value, _Value, float, float]:
+        """bias, A, B, beta, alpha of ``mm`` (no bias) or ``addmm``: beta bias + alpha A B."""
+        if node.op == "mm":
+            return None, self._value(node.args[0]), self._value(node.args[1]), 0.0, 1.0
+        A, B = self._value(node.args[1]), self._value(node.args[2])
+        return self._value(node.args[0]), A, B, float(node.args[3]), float(node.args[4])
 
     def _mm(self, node: Node) -> _Value:
         e, shape = self.e, node.shape
-        if node.op == "mm":
-            bias, A, B, beta, alpha = (
-                None,
-                self._value(node.args[0]),
-                self._value(node.args[1]),
-                0.0,
-                1.0,
-            )
-        else:
-            bias = self._value(node.args[0])
-            A, B = self._value(node.args[1]), self._value(node.args[2])
-            beta, alpha = float(node.args[3]), float(node.args[4])
+        bias, A, B, beta, alpha = self.mm_operands(node)
         assert isinstance(A.v, View) and isinstance(B.v, View)
         out = _Value(e.fresh(shape))
         for level in range(0, e.order + 1):
+            bias_level = None if bias is None else (bias.v if level == 0 else bias.d1)
             if level == 0:
                 target = out.v
+            elif A.d1 is None and B.d1 is None and bias_level is None:
+                continue
             else:
-                parts = (
-                    [A.d1, B.d1] if level == 1 else [A.d2, B.d2, A.d1 if B.d1 is not None else None]
-                )
-                if all(p is None for p in parts) and (
-                    bias is None or getattr(bias, f"d{level}") is None
-                ):
-                    continue
-                target = e.fresh((*(e.d,) * level, *shape))
-                setattr(out, f"d{level}", target)
+                target = out.d1 = e.fresh((e.d, *shape))
             assert isinstance(target, View)
-            bias_level = (
-                None if bias is None else (bias.v if level == 0 else getattr(bias, f"d{level}"))
-            )
             if bias_level is None or beta == 0.0:
-                e.loop(target.shape, target, "=", "0.0", [], level == 2)
+                e.loop(target.shape, target, "=", "0.0", [])
             else:
                 src = broadcast(bias_level, level, tuple(range(level)), level, shape)
-                e.loop(
-                    target.shape,
-                    target,
-                    "=",
-                    ("" if beta == 1.0 else f"{beta!r} * ") + "{0}",
-                    [src],
-                    level == 2,
-                )
-            K = tuple(range(level))
+                scaled = ("" if beta == 1.0 else f"{beta!r} * ") + "{0}"
+                e.loop(target.shape, target, "=", scaled, [src])
             if level == 0:
                 self.contraction(target, 0, A.v, B.v, (), (), alpha)
-            elif level == 1:
+            else:
                 self.contraction(target, 1, A.d1, B.v, (0,), (), alpha)
                 self.contraction(target, 1, A.v, B.d1, (), (0,), alpha)
-            else:
-                self.contraction(target, 2, A.d2, B.v, K, (), alpha)
-                self.contraction(target, 2, A.v, B.d2, (), K, alpha)
-                self.contraction(target, 2, A.d1, B.d1, (0,), (1,), alpha)
-                self.contraction(target, 2, A.d1, B.d1, (1,), (0,), alpha)
         return out
 
 
@@ -543,7 +515,7 @@ def generate(graph: list[Node], output: int, n: int, m: int) -> tuple[str, int]:
     d = n + m
     sources, size = [], 0
     for name, order in (("step", 0), ("jacobian", 1), ("curvature", 2)):
-        builder = _Builder(graph, n, m, order)
+        builder = _Builder(graph, n, m, min(order, 1))  # curvature: first order, then reverse
         for node in graph:
             if node.op not in OPS:
                 raise UnsupportedGraph(f"aten.{node.op} is not supported by the compiled path")
@@ -566,19 +538,9 @@ def generate(graph: list[Node], output: int, n: int, m: int) -> tuple[str, int]:
                     value = "0.0" if out.d1 is None else access(flat(out.d1, 1, n), (j, i))
                     e.lines.append(f"    a[base + {i * d + j}] = {value}")
         else:
-            e.lines.append(f"    base = t * {d * d}")
-            e.lines.append(f"    row = (t + 1) * {n}")
-            if out.d2 is not None:
-                for j in range(d):
-                    for k in range(d):
-                        upper = (min(j, k), max(j, k))  # only k1 <= k2 was computed
-                        terms = " + ".join(
-                            f"a[row + {i}] * {access(flat(out.d2, 2, n), (*upper, i))}"
-                            for i in range(n)
-                        )
-                        e.lines.append(f"    b[base + {j * d + k}] += {terms}")
+            emit_curvature(builder, output)
         # non-finite literals (a NaN constant, an infinite bound) as names numba knows
         body = re.sub(r"\b(nan|inf)\b", r"math.\1", "\n".join(e.lines)) or "    pass"
         sources.append(f"@_DECORATE\ndef {name}(p, x, u, w, t, a, b):\n{body}\n")
         size = max(size, e.size)
-    return "\n\n".join(sources), max(size, 1)
+    return HELPERS + "\n\n" + "\n\n".join(sources), max(size, 1)

@@ -82,9 +82,10 @@ _compiled: dict[str, TracedFunctions] = {}
 
 def _header(cache: bool) -> str:
     return (
-        "import math\n\nfrom numba import cfunc\n\n"
+        "import math\n\nfrom numba import cfunc, njit\n\n"
         f"_DECORATE = cfunc({SIGNATURE!r}, cache={cache}, error_model='numpy', "
-        "fastmath={'reassoc', 'contract'})\n\n\n"
+        "fastmath={'reassoc', 'contract'})\n"
+        "_HELPER = njit(error_model='numpy', fastmath={'reassoc', 'contract'})\n\n\n"
     )
 
 

@@ -170,10 +170,19 @@ def _solve(
             stepping = curvature_on and newton and not gauss_newton
             if stepping:
                 _add_curvature(tw, b, x_bar, u_bar, g, F, C, lam, w_row, th_row)
-            _recursion_element(
-                C, g, F, du_lower, du_upper, bounded, 0, regularization, qp_max_iter, qp_tol,
-                K, k, free, chol, Q, shift, scratch,
-            )  # fmt: skip
+            # the pendulum family's sizes as compiled-in constants: the recursion's loops of
+            # known length run about 3x faster than over sizes read at run time (the same
+            # code; every other size runs it unspecialized)
+            if n == 3 and m == 1:
+                _recursion_element(
+                    C, g, F, du_lower, du_upper, bounded, 0, regularization, qp_max_iter,
+                    qp_tol, K, k, free, chol, Q, shift, scratch, 3, 1,
+                )  # fmt: skip
+            else:
+                _recursion_element(
+                    C, g, F, du_lower, du_upper, bounded, 0, regularization, qp_max_iter,
+                    qp_tol, K, k, free, chol, Q, shift, scratch, n, m,
+                )  # fmt: skip
             # the fixed-point test on the full step of the convex approximation (eq. (11))
             residual = _residual(b, F, u_bar, K, k, lower, upper, dx, du)
             converged = residual <= tol

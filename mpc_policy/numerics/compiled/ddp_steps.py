@@ -151,7 +151,7 @@ def _indefinite(C, F, K, free, regularization, n) -> bool:
         work[:, :] = C[t, 0]
         for i in range(d):
             work[i, i] += regularization * (1.0 + largest)
-        if not cholesky(work, L):
+        if not cholesky(work, L, d):
             suspect = True
             break
     if not suspect:

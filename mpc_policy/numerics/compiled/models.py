@@ -25,7 +25,9 @@ functions, called by address, with p its flat parameters (P, 1). ``step`` writes
 f(x_t, u_t) into x[t + 1], ``jacobian`` J = df/d[x; u] (n, n+m) into F[t, 0], ``curvature``
 adds sum_i lam_{t+1,i} d2 f_i / d[x; u]2 (n+m, n+m) into C[t, 0]: the dynamics' part of the
 Lagrangian's Hessian (Newton steps), the same as autograd's second derivatives of the torch
-module (zero through an active clip).
+module (zero through an active clip). ``jacobian`` and ``curvature`` take place on a rolled-out
+trajectory, x[t + 1] = f(x[t], u[t]): the built-in twins read cos th', sin th' from x[t + 1]
+(the very numbers ``step`` computed from the same th') instead of calling libm again.
 
 Costs (per step t of element b, tau = [x; u]):
 
@@ -130,8 +132,7 @@ def _cartpole_jacobian(p, c, b, x, u, t, F) -> None:
     th_c, th_s = -sin / radius2, cos / radius2
     theta = math.atan2(sin, cos)
     _, al_th, al_w, al_u, _, v_th, v_w, v_u, _ = _cartpole(p, b, theta, x[t, 4], u[t, 0])
-    theta_next = theta + dt * x[t, 4]
-    cos_next, sin_next = math.cos(theta_next), math.sin(theta_next)
+    cos_next, sin_next = x[t + 1, 2], x[t + 1, 3]  # the step's, from the same th'
     for i in range(5):
         for j in range(6):
             F[t, 0, i, j] = 0.0
@@ -170,14 +171,14 @@ def _cartpole_curvature(p, c, b, x, u, t, lam, C) -> None:
     v_thw = a_thw - k * (al_thw * K - al_w * S)
     v_thu = -k * (al_thu * K - al_u * S)
     v_ww = a_ww - k * al_ww * K
-    theta_next = theta + dt * w
+    cos_next, sin_next = x[t + 1, 2], x[t + 1, 3]  # the step's, from the same th'
     l1, l2, l3, l4 = lam[t + 1, 1], lam[t + 1, 2], lam[t + 1, 3], lam[t + 1, 4]
-    ring = -l2 * math.cos(theta_next) - l3 * math.sin(theta_next)  # times t_y t_y'
+    ring = -l2 * cos_next - l3 * sin_next  # times t_y t_y'
     G_thth = dt * (l1 * v_thth + l4 * al_thth) + ring
     G_thw = dt * (l1 * v_thw + l4 * al_thw) + ring * dt
     G_thu = dt * (l1 * v_thu + l4 * al_thu)
     G_ww = dt * (l1 * v_ww + l4 * al_ww) + ring * dt * dt
-    G_th = dt * (l1 * v_th + l4 * al_th) - l2 * math.sin(theta_next) + l3 * math.cos(theta_next)
+    G_th = dt * (l1 * v_th + l4 * al_th) - l2 * sin_next + l3 * cos_next
     # Y' G Y + G_th d2 th on (cos, sin, w, u) = columns 2..5
     Y_th = (th_c, th_s)
     for i in range(2):
@@ -246,8 +247,9 @@ def dynamics_jacobian(kind, p, c, b, x, u, t, F, w_row, th_row, code, work) -> N
     if kind == DYNAMICS_CARTPOLE:
         _cartpole_jacobian(p, c, b, x, u, t, F)
         return
-    _, theta_next, _, _, _, _, _ = _partials(kind, p, c, b, x, u, t, w_row, th_row)
-    cos_next, sin_next = math.cos(theta_next), math.sin(theta_next)
+    _partials(kind, p, c, b, x, u, t, w_row, th_row)
+    # cos th', sin th' are x[t + 1]'s, the same numbers step computed from the same th'
+    cos_next, sin_next = x[t + 1, 0], x[t + 1, 1]
     for j in range(4):
         F[t, 0, 0, j] = -sin_next * th_row[j]
         F[t, 0, 1, j] = cos_next * th_row[j]
@@ -263,13 +265,13 @@ def dynamics_curvature(kind, p, c, b, x, u, t, lam, C, w_row, th_row, code, work
     if kind == DYNAMICS_CARTPOLE:
         _cartpole_curvature(p, c, b, x, u, t, lam, C)
         return
-    theta, theta_next, active, th_c, th_s, A, Bc = _partials(kind, p, c, b, x, u, t, w_row, th_row)
+    theta, _, active, th_c, th_s, A, Bc = _partials(kind, p, c, b, x, u, t, w_row, th_row)
     dt = c[0]
     cos, sin = x[t, 0], x[t, 1]
     radius4 = (cos * cos + sin * sin) ** 2
     a_theta = A * math.cos(theta) - Bc * math.sin(theta)
     a_theta2 = -A * math.sin(theta) - Bc * math.cos(theta)
-    cos_next, sin_next = math.cos(theta_next), math.sin(theta_next)
+    cos_next, sin_next = x[t + 1, 0], x[t + 1, 1]  # as in dynamics_jacobian
     l0, l1, l2 = lam[t + 1, 0], lam[t + 1, 1], lam[t + 1, 2]
     # second derivatives of th = atan2(sin, cos) in (cos, sin)
     th_cc = 2.0 * cos * sin / radius4

@@ -292,10 +292,9 @@ def dynamics_curvature(kind, p, c, b, x, u, t, lam, C, w_row, th_row, code, work
 
 
 @kernel(nogil=True, error_model="numpy", _nrt=False)
-def cost_value(kind, Cq, cq, wgl, b, x, u, t):
-    """The cost of step t of element b at x[t], u[t]; x (T, n), u (T, m)."""
-    n = x.shape[1]
-    d = n + u.shape[1]
+def cost_value(kind, Cq, cq, wgl, b, x, u, t, n, d):
+    """The cost of step t of element b at x[t], u[t]; x (T, n), u (T, m), d = n + m (sizes
+    as arguments: a caller's constants compile in)."""
     total = 0.0
     if kind == COST_GOAL_WEIGHTED:
         linear = 0.0
@@ -316,10 +315,8 @@ def cost_value(kind, Cq, cq, wgl, b, x, u, t):
 
 
 @kernel(nogil=True, error_model="numpy", _nrt=False)
-def cost_quadratize(kind, Cq, cq, wgl, b, x, u, t, C, g) -> None:
+def cost_quadratize(kind, Cq, cq, wgl, b, x, u, t, C, g, n, d) -> None:
     """Hessian C[t, 0] (d, d) and gradient g[t, 0] (d,) of step t of element b."""
-    n = x.shape[1]
-    d = n + u.shape[1]
     if kind == COST_GOAL_WEIGHTED:
         for i in range(d):
             for j in range(d):

@@ -247,10 +247,13 @@ def _solve_element(b, problem, arrays, outputs, gains_out, n, m) -> None:
         status[b] = _NONFINITE
         residual = math.nan
         # no gains of use (and none of the last element's): no feedback, all free
-        K[:] = 0.0
-        k[:] = 0.0
-        free[:] = True
-        shift[:] = 0.0
+        for t in range(T):
+            shift[t, 0] = 0.0
+            for i in range(m):
+                k[t, 0, i] = 0.0
+                free[t, 0, i] = True
+                for j in range(n):
+                    K[t, 0, i, j] = 0.0
     elif indefinite:
         status[b] = _INDEFINITE
     elif converged:

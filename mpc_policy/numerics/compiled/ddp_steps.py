@@ -148,7 +148,9 @@ def _indefinite(C, F, K, free, regularization, n) -> bool:
         largest = 0.0
         for i in range(d):
             largest = max(largest, abs(C[t, 0, i, i]))
-        work[:, :] = C[t, 0]
+        for i in range(d):  # element copies: a slice assignment compiles numba's
+            for j in range(d):  # shape-mismatch reporting, seconds of compile time
+                work[i, j] = C[t, 0, i, j]
         for i in range(d):
             work[i, i] += regularization * (1.0 + largest)
         if not cholesky(work, L, d):
@@ -163,7 +165,9 @@ def _indefinite(C, F, K, free, regularization, n) -> bool:
     work_m = np.empty((m, m), dtype=dtype)
     bad = False
     for t in range(T - 1, -1, -1):
-        Q[:, :] = C[t, 0]
+        for i in range(d):
+            for j in range(d):
+                Q[i, j] = C[t, 0, i, j]
         if t < T - 1:
             Ft = F[t, 0]
             for i in range(d):
@@ -176,7 +180,9 @@ def _indefinite(C, F, K, free, regularization, n) -> bool:
         largest = 0.0
         for i in range(m):
             largest = max(largest, abs(Q[n + i, n + i]))
-        Q_uu[:, :] = Q[n:, n:]
+        for i in range(m):
+            for j in range(m):
+                Q_uu[i, j] = Q[n + i, n + j]
         for i in range(m):
             Q_uu[i, i] += regularization * (1.0 + largest)
         if not masked_cholesky(Q_uu, free[t, 0], L_m, work_m):

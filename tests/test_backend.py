@@ -132,6 +132,39 @@ def test_recursion_and_factorization_kernels_equal_torch(
                 _close(a, b, dtype)
 
 
+@pytest.mark.parametrize("bounded", [True, False])
+@pytest.mark.parametrize("indefinite", [False, True])
+def test_recursion_with_compiled_in_sizes_equals_run_time_sizes(
+    bounded: bool, indefinite: bool
+) -> None:
+    # the compiled box-DDP loop passes the pendulum's n = 3, m = 1 as constants (literals)
+    # to the recursion: the same code, compiled with known loop lengths, the same bits
+    numba = pytest.importorskip("numba")
+    T, B, n, m = 7, 24, 3, 1
+    C, grad, F, lower, upper = _riccati_data(T, B, n, m, seed=11, dtype=F64, indefinite=indefinite)
+    if not bounded:
+        lower, upper = torch.full_like(lower, -torch.inf), torch.full_like(upper, torch.inf)
+    reference = compiled_riccati.backward_recursion(C, grad, F, lower, upper)
+    element = compiled_riccati._recursion_element
+    qp_tol = float(torch.finfo(F64).eps ** 0.5)
+
+    @numba.njit
+    def constant_sizes(C, g, F, lower, upper, K, k, free, chol, Q, shift):
+        scratch = compiled_riccati.recursion_scratch(3, 1, g.dtype)
+        for b in range(g.shape[1]):
+            element(
+                C, g, F, lower, upper, True, b, 1e-8, 30, qp_tol, K, k, free, chol, Q,
+                shift, scratch, 3, 1,
+            )  # fmt: skip
+
+    gains = [torch.zeros_like(z) for z in reference]
+    constant_sizes(*(z.numpy() for z in (C, grad, F, lower, upper, *gains)))
+    assert (~reference.free).any() == bounded
+    assert (reference.shift > 0).any() == indefinite
+    for name, ours, theirs in zip(reference._fields, gains, reference):
+        assert torch.equal(ours, theirs), name
+
+
 def test_recursion_of_active_elements_only_keeps_the_others() -> None:
     C, grad, F, lower, upper = _riccati_data(5, 12, 3, 2, seed=3, dtype=F64)
     first = compiled_riccati.backward_recursion(C, grad, F, lower, upper)

@@ -25,12 +25,12 @@ __all__ = [
 
 
 @kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
-def cholesky(A, L) -> bool:
+def cholesky(A, L, m) -> bool:
     """Lower Cholesky factor of A (m, m) into L (m, m); False where A is not positive definite.
 
-    A pivot that is not > 0 (NaN included) fails, as LAPACK's potrf.
+    A pivot that is not > 0 (NaN included) fails, as LAPACK's potrf. The size m is an
+    argument (as in the solves below) so that a caller passing a constant compiles it in.
     """
-    m = A.shape[0]
     for j in range(m):
         s = A[j, j]
         for p in range(j):
@@ -62,7 +62,7 @@ def masked_cholesky(A, free, L, work) -> bool:
                 work[i, j] = A[i, j]
             else:
                 work[i, j] = 1.0 if i == j else 0.0
-    return cholesky(work, L)
+    return cholesky(work, L, m)
 
 
 @kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
@@ -75,13 +75,12 @@ def set_identity(L) -> None:
 
 
 @kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
-def masked_solve_vector(L, free, b, y, scale) -> None:
+def masked_solve_vector(L, free, b, y, scale, m) -> None:
     """y (m,) = scale * Q_ff^{-1} b_f on the free set (m,), 0 on the clamped set.
 
     L (m, m) is the factor of ``masked_cholesky``; b (m,) the right-hand side. y may not
     alias b.
     """
-    m = L.shape[0]
     for i in range(m):  # L z = b_f
         s = b[i] if free[i] else 0.0
         for p in range(i):
@@ -97,13 +96,12 @@ def masked_solve_vector(L, free, b, y, scale) -> None:
 
 
 @kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
-def masked_solve_matrix(L, free, B, Y, scale) -> None:
+def masked_solve_matrix(L, free, B, Y, scale, m, k) -> None:
     """Y (m, k) = scale * Q_ff^{-1} B_f column by column, 0 on the clamped rows.
 
     B (m, k) may be a strided view; Y may not alias B.
     """
-    m = L.shape[0]
-    for col in range(B.shape[1]):
+    for col in range(k):
         for i in range(m):
             s = B[i, col] if free[i] else 0.0
             for p in range(i):

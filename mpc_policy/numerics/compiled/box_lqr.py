@@ -124,7 +124,7 @@ def _solve(
                     du_upper[t, b, i] = upper[t, b, i] - u_bar[t, b, i]
             _recursion_element(
                 C, g, F, du_lower, du_upper, yes, b, regularization, qp_max_iter, qp_tol,
-                K, k, free, chol, Q, pass_shift, scratch,
+                K, k, free, chol, Q, pass_shift, scratch, n, m,
             )  # fmt: skip
             for t in range(T):
                 shift[t, b] = max(shift[t, b], pass_shift[t, b])

@@ -130,7 +130,7 @@ def box_qp_element(
         set_identity(chol_out)
         return True, 0
     masked_cholesky(Q, free, L, work)
-    masked_solve_vector(L, free, g, dx, -1.0)
+    masked_solve_vector(L, free, g, dx, -1.0, m)
     done = _small(dx, x, tol)
     if done:
         for i in range(m):
@@ -170,7 +170,7 @@ def box_qp_element(
         if it == max_iter or done:
             break
         masked_cholesky(Q, free, L, work)
-        masked_solve_vector(L, free, g, dx, -1.0)
+        masked_solve_vector(L, free, g, dx, -1.0, m)
         if _small(dx, x, tol):
             for i in range(m):
                 x[i] = _clamp(x[i] + dx[i], lower[i], upper[i])

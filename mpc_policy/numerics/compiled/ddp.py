@@ -36,6 +36,7 @@ from torch import Tensor
 
 from mpc_policy.numerics.compiled._arrays import as_array, as_strided
 from mpc_policy.numerics.compiled._cache import kernel
+from mpc_policy.numerics.compiled._linalg import store_element
 from mpc_policy.numerics.compiled.ddp_steps import (
     _add_curvature,
     _finite,
@@ -112,132 +113,191 @@ def _solve(
     m = u_out.shape[2]
     d = n + m
     dtype = x_out.dtype
+    # the element's arrays, (T, 1, ...) for the recursion
+    model = (
+        np.empty((T, 1, d, d), dtype=dtype),  # C
+        np.empty((T, 1, d), dtype=dtype),  # g
+        np.zeros((max(T - 1, 0), 1, n, d), dtype=dtype),  # F
+    )
+    gains = (
+        np.zeros((T, 1, m, n), dtype=dtype),  # K
+        np.zeros((T, 1, m), dtype=dtype),  # k
+        np.ones((T, 1, m), dtype=np.bool_),  # free
+        np.zeros((T, 1, m, m), dtype=dtype),  # chol
+        np.zeros((T, 1, d, d), dtype=dtype),  # Q
+        np.zeros((T, 1), dtype=dtype),  # shift
+    )
+    trajectories = (
+        np.empty((T, n), dtype=dtype),  # x_bar
+        np.empty((T, m), dtype=dtype),  # u_bar
+        np.empty((T, n), dtype=dtype),  # x_try
+        np.empty((T, m), dtype=dtype),  # u_try
+        np.empty((T, n), dtype=dtype),  # lam
+    )
+    work = (
+        np.empty((T, 1, m), dtype=dtype),  # du_lower
+        np.empty((T, 1, m), dtype=dtype),  # du_upper
+        recursion_scratch(n, m, dtype),
+        np.empty((2, n), dtype=dtype),  # dx
+        np.empty(m, dtype=dtype),  # du
+        np.empty(d, dtype=dtype),  # w_row
+        np.empty(d, dtype=dtype),  # th_row
+        np.empty(2, dtype=dtype),  # costs and thresholds in the problem's dtype
+    )
+    problem = (tw, x_init, lower, upper, bounded, alphas, constants, settings)
+    arrays = (model, gains, trajectories, work)
+    outputs = (x_out, u_out, cost_out, iterations, status, residual_out, step_out, source_out)
+    gains_out = (K_out, k_out, free_out, chol_out, Q_out, shift_out)
+    for b in range(B):
+        # the pendulum family's sizes as compiled-in constants: loops of known length over
+        # n and m (the recursion, the cost, the rollout) run 2-3x faster than over sizes read
+        # at run time (numba inlines no kernel into another); the same code, and every other
+        # size runs it unspecialized
+        if n == 3 and m == 1:
+            _solve_element(b, problem, arrays, outputs, gains_out, 3, 1)
+        else:
+            _solve_element(b, problem, arrays, outputs, gains_out, n, m)
+
+
+@kernel(nogil=True, error_model="numpy")
+def _solve_element(b, problem, arrays, outputs, gains_out, n, m) -> None:
+    """``_solve``'s loop body: the solve of element b, n states and m controls. Copies are
+    element loops: a slice assignment compiles numba's shape-mismatch reporting."""
+    tw, x_init, lower, upper, bounded, alphas, constants, settings = problem
+    (C, g, F), (K, k, free, chol, Q, shift), trajectories, work = arrays
+    x_bar, u_bar, x_try, u_try, lam = trajectories
+    du_lower, du_upper, scratch, dx, du, w_row, th_row, rounded = work
+    x_out, u_out, cost_out, iterations, status, residual_out, step_out, source_out = outputs
+    T = x_bar.shape[0]
     tol, rounding, regularization, qp_tol = constants[0], constants[1], constants[2], constants[3]
     newton_residual, newton_steps_left = constants[4], constants[5]
     max_iter, qp_max_iter, curvature_on = settings[0], settings[1], settings[2] != 0
-    # the element's arrays, (T, 1, ...) for the recursion
-    C = np.empty((T, 1, d, d), dtype=dtype)
-    g = np.empty((T, 1, d), dtype=dtype)
-    F = np.zeros((max(T - 1, 0), 1, n, d), dtype=dtype)
-    du_lower = np.empty((T, 1, m), dtype=dtype)
-    du_upper = np.empty((T, 1, m), dtype=dtype)
-    K = np.zeros((T, 1, m, n), dtype=dtype)
-    k = np.zeros((T, 1, m), dtype=dtype)
-    free = np.ones((T, 1, m), dtype=np.bool_)
-    chol = np.zeros((T, 1, m, m), dtype=dtype)
-    Q = np.zeros((T, 1, d, d), dtype=dtype)
-    shift = np.zeros((T, 1), dtype=dtype)
-    scratch = recursion_scratch(n, m, dtype)
-    x_bar = np.empty((T, n), dtype=dtype)
-    u_bar = np.empty((T, m), dtype=dtype)
-    x_try = np.empty((T, n), dtype=dtype)
-    u_try = np.empty((T, m), dtype=dtype)
-    lam = np.empty((T, n), dtype=dtype)
-    dx = np.empty((2, n), dtype=dtype)
-    du = np.empty(m, dtype=dtype)
-    w_row = np.empty(d, dtype=dtype)
-    th_row = np.empty(d, dtype=dtype)
-    rounded = np.empty(2, dtype=dtype)  # costs and thresholds in the problem's dtype
-    for b in range(B):
+    for t in range(T):
+        for i in range(m):
+            u_bar[t, i] = min(max(u_out[t, b, i], lower[t, b, i]), upper[t, b, i])
+    rounded[0] = _rollout(
+        tw, b, x_init, x_bar, u_bar, K, k, 0.0, False, lower, upper, x_try, u_try, n, m
+    )
+    _copy(x_try, x_bar)
+    cost_bar = rounded[0]
+    source = 0
+    if not _finite(x_bar):
+        source = SOURCE_DYNAMICS
+    elif not math.isfinite(cost_bar):
+        source = SOURCE_COST
+    converged = stalled = newton = gauss_newton = stepping = False
+    count = 0
+    step_size = 0.0
+    residual = math.inf
+    last_residual = math.inf
+    while source == 0:
+        _local_model(tw, b, x_bar, u_bar, C, g, F, w_row, th_row, n, m)
+        source = _nonfinite_source(C, g, F)
+        if source != 0:
+            break
         for t in range(T):
             for i in range(m):
-                u_bar[t, i] = min(max(u_out[t, b, i], lower[t, b, i]), upper[t, b, i])
-        rounded[0] = _rollout(
-            tw, b, x_init, x_bar, u_bar, K, k, 0.0, False, lower, upper, x_try, u_try
-        )
-        x_bar[:, :] = x_try
-        cost_bar = rounded[0]
-        source = 0
-        if not _finite(x_bar):
-            source = SOURCE_DYNAMICS
-        elif not math.isfinite(cost_bar):
-            source = SOURCE_COST
-        converged = stalled = newton = gauss_newton = stepping = False
-        count = 0
-        step_size = 0.0
-        residual = math.inf
-        last_residual = math.inf
-        while source == 0:
-            _local_model(tw, b, x_bar, u_bar, C, g, F, w_row, th_row)
-            source = _nonfinite_source(C, g, F)
-            if source != 0:
-                break
-            for t in range(T):
-                for i in range(m):
-                    du_lower[t, 0, i] = lower[t, b, i] - u_bar[t, i]
-                    du_upper[t, 0, i] = upper[t, b, i] - u_bar[t, i]
-            stepping = curvature_on and newton and not gauss_newton
-            if stepping:
-                _add_curvature(tw, b, x_bar, u_bar, g, F, C, lam, w_row, th_row)
-            _recursion_element(
-                C, g, F, du_lower, du_upper, bounded, 0, regularization, qp_max_iter, qp_tol,
-                K, k, free, chol, Q, shift, scratch,
+                du_lower[t, 0, i] = lower[t, b, i] - u_bar[t, i]
+                du_upper[t, 0, i] = upper[t, b, i] - u_bar[t, i]
+        stepping = curvature_on and newton and not gauss_newton
+        if stepping:
+            _add_curvature(tw, b, x_bar, u_bar, g, F, C, lam, w_row, th_row)
+        _recursion_element(
+            C, g, F, du_lower, du_upper, bounded, 0, regularization, qp_max_iter, qp_tol,
+            K, k, free, chol, Q, shift, scratch, n, m,
+        )  # fmt: skip
+        # the fixed-point test on the full step of the convex approximation (eq. (11))
+        residual = _residual(b, F, u_bar, K, k, lower, upper, dx, du, n, m)
+        converged = residual <= tol
+        if curvature_on:
+            rate = residual / last_residual
+            steps = np.log(tol / residual) / np.log(rate)
+            slow = rate >= 1.0 or steps > newton_steps_left
+            newton = residual <= newton_residual and not gauss_newton and (newton or slow)
+            last_residual = residual
+        if converged or count >= max_iter:
+            break
+        count += 1
+        rounded[1] = cost_bar + rounding * (1.0 + abs(cost_bar))
+        accepted = False
+        for a in range(alphas.shape[0]):
+            rounded[0] = _rollout(
+                tw, b, x_init, x_bar, u_bar, K, k, alphas[a], True, lower, upper, x_try, u_try,
+                n, m,
             )  # fmt: skip
-            # the fixed-point test on the full step of the convex approximation (eq. (11))
-            residual = _residual(b, F, u_bar, K, k, lower, upper, dx, du)
-            converged = residual <= tol
-            if curvature_on:
-                rate = residual / last_residual
-                steps = np.log(tol / residual) / np.log(rate)
-                slow = rate >= 1.0 or steps > newton_steps_left
-                newton = residual <= newton_residual and not gauss_newton and (newton or slow)
-                last_residual = residual
-            if converged or count >= max_iter:
+            if rounded[0] <= rounded[1]:
+                _copy(x_try, x_bar)
+                _copy(u_try, u_bar)
+                cost_bar = rounded[0]
+                step_size = alphas[a]
+                accepted = True
                 break
-            count += 1
-            rounded[1] = cost_bar + rounding * (1.0 + abs(cost_bar))
-            accepted = False
-            for a in range(alphas.shape[0]):
-                rounded[0] = _rollout(
-                    tw, b, x_init, x_bar, u_bar, K, k, alphas[a], True, lower, upper, x_try,
-                    u_try,
-                )  # fmt: skip
-                if rounded[0] <= rounded[1]:
-                    x_bar[:, :] = x_try
-                    u_bar[:, :] = u_try
-                    cost_bar = rounded[0]
-                    step_size = alphas[a]
-                    accepted = True
-                    break
-            if not accepted:
-                step_size = 0.0
-                if stepping:
-                    gauss_newton = True  # a refused Newton step: Gauss-Newton from here on
-                else:
-                    stalled = True
-                    break
-        indefinite = source == 0 and not stalled
-        if indefinite:
-            indefinite = _indefinite(C, F, K, free, regularization, n)
-        if source != 0:
-            status[b] = _NONFINITE
-            residual = math.nan
-            # no gains of use (and none of the last element's): no feedback, all free
-            K[:] = 0.0
-            k[:] = 0.0
-            free[:] = True
-            shift[:] = 0.0
-        elif indefinite:
-            status[b] = _INDEFINITE
-        elif converged:
-            status[b] = _CONVERGED
-        elif stalled:
-            status[b] = _STALLED
-        else:
-            status[b] = _MAX_ITER
-        iterations[b] = count
-        residual_out[b] = residual
-        step_out[b] = step_size
-        source_out[b] = source
-        cost_out[b] = cost_bar
-        x_out[:, b] = x_bar
-        u_out[:, b] = u_bar
-        K_out[:, b] = K[:, 0]
-        k_out[:, b] = k[:, 0]
-        free_out[:, b] = free[:, 0]
-        chol_out[:, b] = chol[:, 0]
-        Q_out[:, b] = Q[:, 0]
-        shift_out[:, b] = shift[:, 0]
+        if not accepted:
+            step_size = 0.0
+            if stepping:
+                gauss_newton = True  # a refused Newton step: Gauss-Newton from here on
+            else:
+                stalled = True
+                break
+    indefinite = source == 0 and not stalled
+    if indefinite:  # n read from F: a cold path, compiled once for every size
+        indefinite = _indefinite(C, F, K, free, regularization, F.shape[2])
+    if source != 0:
+        status[b] = _NONFINITE
+        residual = math.nan
+        # no gains of use (and none of the last element's): no feedback, all free
+        for t in range(T):
+            shift[t, 0] = 0.0
+            for i in range(m):
+                k[t, 0, i] = 0.0
+                free[t, 0, i] = True
+                for j in range(n):
+                    K[t, 0, i, j] = 0.0
+    elif indefinite:
+        status[b] = _INDEFINITE
+    elif converged:
+        status[b] = _CONVERGED
+    elif stalled:
+        status[b] = _STALLED
+    else:
+        status[b] = _MAX_ITER
+    iterations[b] = count
+    residual_out[b] = residual
+    step_out[b] = step_size
+    source_out[b] = source
+    cost_out[b] = cost_bar
+    store_element(x_bar, x_out, b)
+    store_element(u_bar, u_out, b)
+    _store_gains((K, k, free, chol, Q, shift), gains_out, b)
+
+
+@kernel(nogil=True, error_model="numpy", _nrt=False)
+def _copy(source, target) -> None:
+    """target (T, k) = source (T, k), element by element."""
+    for t in range(source.shape[0]):
+        for i in range(source.shape[1]):
+            target[t, i] = source[t, i]
+
+
+@kernel(nogil=True, error_model="numpy")
+def _store_gains(gains, gains_out, b) -> None:
+    """Element b's gains (T, 1, ...) into the batch's (T, B, ...), element by element."""
+    K, k, free, chol, Q, shift = gains
+    K_out, k_out, free_out, chol_out, Q_out, shift_out = gains_out
+    T, _, m, n = K.shape
+    d = Q.shape[2]
+    for t in range(T):
+        shift_out[t, b] = shift[t, 0]
+        for i in range(m):
+            k_out[t, b, i] = k[t, 0, i]
+            free_out[t, b, i] = free[t, 0, i]
+            for j in range(n):
+                K_out[t, b, i, j] = K[t, 0, i, j]
+            for j in range(m):
+                chol_out[t, b, i, j] = chol[t, 0, i, j]
+        for i in range(d):
+            for j in range(d):
+                Q_out[t, b, i, j] = Q[t, 0, i, j]
 
 
 class CompiledDDPResult(NamedTuple):

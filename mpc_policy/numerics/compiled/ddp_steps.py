@@ -21,13 +21,13 @@ from mpc_policy.solution import SOURCE_COST, SOURCE_DYNAMICS
 
 
 @kernel(nogil=True, error_model="numpy", _nrt=False)
-def _rollout(tw, b, x_init, x_bar, u_bar, K, k, alpha, feedback, lower, upper, x, u) -> float:
+def _rollout(tw, b, x_init, x_bar, u_bar, K, k, alpha, feedback, lower, upper, x, u, n, m) -> float:
     """Element b's rollout into x (T, n), u (T, m) under u_t = clamp(u_bar_t (+ alpha k_t +
     K_t (x_t - x_bar_t) with ``feedback``)); returns its cost. x_bar (T, n), u_bar (T, m),
-    K (T, 1, m, n), k (T, 1, m) are the element's."""
+    K (T, 1, m, n), k (T, 1, m) are the element's. The sizes n, m are arguments here and
+    below: the caller may pass constants (``ddp._solve``)."""
     dk, p, pc, ck, Cq, cq, wgl, code, work = tw
-    T, m = u.shape
-    n = x.shape[1]
+    T = u.shape[0]
     for i in range(n):
         x[0, i] = x_init[b, i]
     total = 0.0
@@ -39,7 +39,7 @@ def _rollout(tw, b, x_init, x_bar, u_bar, K, k, alpha, feedback, lower, upper, x
                 for j in range(n):
                     value += K[t, 0, i, j] * (x[t, j] - x_bar[t, j])
             u[t, i] = min(max(value, lower[t, b, i]), upper[t, b, i])
-        total += cost_value(ck, Cq, cq, wgl, b, x, u, t)
+        total += cost_value(ck, Cq, cq, wgl, b, x, u, t, n, n + m)
         if t < T - 1:
             dynamics_step(dk, p, pc, b, x, u, t, code, work)
     return total
@@ -64,12 +64,12 @@ def _finite(z) -> bool:
 
 
 @kernel(nogil=True, error_model="numpy", _nrt=False)
-def _local_model(tw, b, x, u, C, g, F, w_row, th_row) -> None:
+def _local_model(tw, b, x, u, C, g, F, w_row, th_row, n, m) -> None:
     """C (T, 1, d, d), g (T, 1, d), F (T-1, 1, n, d) at x (T, n), u (T, m)."""
     dk, p, pc, ck, Cq, cq, wgl, code, work = tw
     T = x.shape[0]
     for t in range(T):
-        cost_quadratize(ck, Cq, cq, wgl, b, x, u, t, C, g)
+        cost_quadratize(ck, Cq, cq, wgl, b, x, u, t, C, g, n, n + m)
         if t < T - 1:
             dynamics_jacobian(dk, p, pc, b, x, u, t, F, w_row, th_row, code, work)
 
@@ -102,13 +102,13 @@ def _add_curvature(tw, b, x, u, g, F, C, lam, w_row, th_row) -> None:
 
 
 @kernel(nogil=True, error_model="numpy", _nrt=False)
-def _residual(b, F, u_bar, K, k, lower, upper, dx, du) -> float:
+def _residual(b, F, u_bar, K, k, lower, upper, dx, du, n, m) -> float:
     """The full step on the linearized dynamics, dx_1 = 0, u_t = clamp(u_bar_t + k_t +
     K_t dx_t), dx_{t+1} = F_t [dx_t; u_t - u_bar_t]: max |u - u_bar| / (1 + max |u_bar|).
     dx (2, n) and du (m,) are scratch."""
-    T, m = u_bar.shape
-    n = dx.shape[1]
-    dx[0] = 0.0
+    T = u_bar.shape[0]
+    for i in range(n):
+        dx[0, i] = 0.0
     change = 0.0
     size = 0.0
     for t in range(T):
@@ -148,10 +148,12 @@ def _indefinite(C, F, K, free, regularization, n) -> bool:
         largest = 0.0
         for i in range(d):
             largest = max(largest, abs(C[t, 0, i, i]))
-        work[:, :] = C[t, 0]
+        for i in range(d):  # element copies: a slice assignment compiles numba's
+            for j in range(d):  # shape-mismatch reporting, seconds of compile time
+                work[i, j] = C[t, 0, i, j]
         for i in range(d):
             work[i, i] += regularization * (1.0 + largest)
-        if not cholesky(work, L):
+        if not cholesky(work, L, d):
             suspect = True
             break
     if not suspect:
@@ -163,7 +165,9 @@ def _indefinite(C, F, K, free, regularization, n) -> bool:
     work_m = np.empty((m, m), dtype=dtype)
     bad = False
     for t in range(T - 1, -1, -1):
-        Q[:, :] = C[t, 0]
+        for i in range(d):
+            for j in range(d):
+                Q[i, j] = C[t, 0, i, j]
         if t < T - 1:
             Ft = F[t, 0]
             for i in range(d):
@@ -176,7 +180,9 @@ def _indefinite(C, F, K, free, regularization, n) -> bool:
         largest = 0.0
         for i in range(m):
             largest = max(largest, abs(Q[n + i, n + i]))
-        Q_uu[:, :] = Q[n:, n:]
+        for i in range(m):
+            for j in range(m):
+                Q_uu[i, j] = Q[n + i, n + j]
         for i in range(m):
             Q_uu[i, i] += regularization * (1.0 + largest)
         if not masked_cholesky(Q_uu, free[t, 0], L_m, work_m):

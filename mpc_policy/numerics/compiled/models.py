@@ -9,6 +9,9 @@ Dynamics (one batch element b, one step t):
         x'     = (cos th', sin th', w')
     with A = 3 g / (2 l), E = 3 / (m l^2), B = D = 0 for the pendulum, and inertia
     I = m l^2 / 3, B = -wind l / I, D = -damping / I, E = 1 / I for the windy pendulum.
+    Computed without atan2: (cos th, sin th) = (cos, sin) / |(cos, sin)| and
+    cos th' = cos th cos(dt w') - sin th sin(dt w') (sin th' likewise), one sincos a step
+    instead of atan2 and two; equal to the torch module up to rounding (about 1e-15).
 
     kind 3, the cart-pole (``CartPoleDynamics``) on x = (p, v, cos th, sin th, w), u = (force,)
     with parameters (g, m_c, m_p, l), M = m_c + m_p, k = m_p l / M:
@@ -25,7 +28,9 @@ functions, called by address, with p its flat parameters (P, 1). ``step`` writes
 f(x_t, u_t) into x[t + 1], ``jacobian`` J = df/d[x; u] (n, n+m) into F[t, 0], ``curvature``
 adds sum_i lam_{t+1,i} d2 f_i / d[x; u]2 (n+m, n+m) into C[t, 0]: the dynamics' part of the
 Lagrangian's Hessian (Newton steps), the same as autograd's second derivatives of the torch
-module (zero through an active clip).
+module (zero through an active clip). ``jacobian`` and ``curvature`` take place on a rolled-out
+trajectory, x[t + 1] = f(x[t], u[t]): the built-in twins read cos th', sin th' from x[t + 1]
+(the very numbers ``step`` computed from the same th') instead of calling libm again.
 
 Costs (per step t of element b, tau = [x; u]):
 
@@ -130,8 +135,7 @@ def _cartpole_jacobian(p, c, b, x, u, t, F) -> None:
     th_c, th_s = -sin / radius2, cos / radius2
     theta = math.atan2(sin, cos)
     _, al_th, al_w, al_u, _, v_th, v_w, v_u, _ = _cartpole(p, b, theta, x[t, 4], u[t, 0])
-    theta_next = theta + dt * x[t, 4]
-    cos_next, sin_next = math.cos(theta_next), math.sin(theta_next)
+    cos_next, sin_next = x[t + 1, 2], x[t + 1, 3]  # the step's, from the same th'
     for i in range(5):
         for j in range(6):
             F[t, 0, i, j] = 0.0
@@ -170,14 +174,14 @@ def _cartpole_curvature(p, c, b, x, u, t, lam, C) -> None:
     v_thw = a_thw - k * (al_thw * K - al_w * S)
     v_thu = -k * (al_thu * K - al_u * S)
     v_ww = a_ww - k * al_ww * K
-    theta_next = theta + dt * w
+    cos_next, sin_next = x[t + 1, 2], x[t + 1, 3]  # the step's, from the same th'
     l1, l2, l3, l4 = lam[t + 1, 1], lam[t + 1, 2], lam[t + 1, 3], lam[t + 1, 4]
-    ring = -l2 * math.cos(theta_next) - l3 * math.sin(theta_next)  # times t_y t_y'
+    ring = -l2 * cos_next - l3 * sin_next  # times t_y t_y'
     G_thth = dt * (l1 * v_thth + l4 * al_thth) + ring
     G_thw = dt * (l1 * v_thw + l4 * al_thw) + ring * dt
     G_thu = dt * (l1 * v_thu + l4 * al_thu)
     G_ww = dt * (l1 * v_ww + l4 * al_ww) + ring * dt * dt
-    G_th = dt * (l1 * v_th + l4 * al_th) - l2 * math.sin(theta_next) + l3 * math.cos(theta_next)
+    G_th = dt * (l1 * v_th + l4 * al_th) - l2 * sin_next + l3 * cos_next
     # Y' G Y + G_th d2 th on (cos, sin, w, u) = columns 2..5
     Y_th = (th_c, th_s)
     for i in range(2):
@@ -192,6 +196,18 @@ def _cartpole_curvature(p, c, b, x, u, t, lam, C) -> None:
 
 
 @kernel(nogil=True, error_model="numpy", _nrt=False)
+def _direction(cos, sin):
+    """(cos th, sin th) of th = atan2(sin, cos): the point scaled onto the unit circle, without
+    atan2 and its cos and sin (equal up to rounding); through atan2 at the origin (th = 0 or
+    pi by the zeros' signs) and where the radius overflows."""
+    radius = math.hypot(cos, sin)
+    if radius > 0.0 and radius < math.inf:
+        return cos / radius, sin / radius
+    theta = math.atan2(sin, cos)
+    return math.cos(theta), math.sin(theta)
+
+
+@kernel(nogil=True, error_model="numpy", _nrt=False)
 def dynamics_step(kind, p, c, b, x, u, t, code, work) -> None:
     """x[t + 1] = f(x[t], u[t]) of element b; x (T, n), u (T, m); a traced model's functions
     are at the addresses ``code`` (step, jacobian, curvature) with the scratch ``work``."""
@@ -203,29 +219,30 @@ def dynamics_step(kind, p, c, b, x, u, t, code, work) -> None:
         return
     A, Bc, D, E = _pendulum_coefficients(kind, p, b)
     dt = c[0]
-    theta = math.atan2(x[t, 1], x[t, 0])
-    accel = A * math.sin(theta) + Bc * math.cos(theta) + D * x[t, 2] + E * u[t, 0]
+    cos_th, sin_th = _direction(x[t, 0], x[t, 1])
+    accel = A * sin_th + Bc * cos_th + D * x[t, 2] + E * u[t, 0]
     w, _ = _clip(x[t, 2] + dt * accel, c[1])
-    theta_next = theta + dt * w
-    x[t + 1, 0] = math.cos(theta_next)
-    x[t + 1, 1] = math.sin(theta_next)
+    # th' = th + dt w' by angle addition: one sincos for the step's angle
+    cos_dt, sin_dt = math.cos(dt * w), math.sin(dt * w)
+    x[t + 1, 0] = cos_th * cos_dt - sin_th * sin_dt
+    x[t + 1, 1] = sin_th * cos_dt + cos_th * sin_dt
     x[t + 1, 2] = w
 
 
 @kernel(nogil=True, error_model="numpy", _nrt=False)
 def _partials(kind, p, c, b, x, u, t, w_row, th_row):
     """The rows d w' and d th' (d,) with respect to (cos, sin, w, u) at x[t], u[t]; returns
-    (th, th', active, the angle's partials th_c, th_s, A, B)."""
+    (cos th, sin th, active, the angle's partials th_c, th_s, A, B)."""
     A, Bc, D, E = _pendulum_coefficients(kind, p, b)
     dt = c[0]
     cos, sin = x[t, 0], x[t, 1]
     radius2 = cos * cos + sin * sin
     th_c, th_s = -sin / radius2, cos / radius2
-    theta = math.atan2(sin, cos)
-    accel = A * math.sin(theta) + Bc * math.cos(theta) + D * x[t, 2] + E * u[t, 0]
-    w, inside = _clip(x[t, 2] + dt * accel, c[1])
+    cos_th, sin_th = _direction(cos, sin)
+    accel = A * sin_th + Bc * cos_th + D * x[t, 2] + E * u[t, 0]
+    _, inside = _clip(x[t, 2] + dt * accel, c[1])
     active = 1.0 if inside else 0.0
-    a_theta = A * math.cos(theta) - Bc * math.sin(theta)
+    a_theta = A * cos_th - Bc * sin_th
     w_row[0] = active * dt * a_theta * th_c
     w_row[1] = active * dt * a_theta * th_s
     w_row[2] = active * (1.0 + dt * D)
@@ -234,7 +251,7 @@ def _partials(kind, p, c, b, x, u, t, w_row, th_row):
     th_row[1] = th_s + dt * w_row[1]
     th_row[2] = dt * w_row[2]
     th_row[3] = dt * w_row[3]
-    return theta, theta + dt * w, active, th_c, th_s, A, Bc
+    return cos_th, sin_th, active, th_c, th_s, A, Bc
 
 
 @kernel(nogil=True, error_model="numpy", _nrt=False)
@@ -246,8 +263,9 @@ def dynamics_jacobian(kind, p, c, b, x, u, t, F, w_row, th_row, code, work) -> N
     if kind == DYNAMICS_CARTPOLE:
         _cartpole_jacobian(p, c, b, x, u, t, F)
         return
-    _, theta_next, _, _, _, _, _ = _partials(kind, p, c, b, x, u, t, w_row, th_row)
-    cos_next, sin_next = math.cos(theta_next), math.sin(theta_next)
+    _partials(kind, p, c, b, x, u, t, w_row, th_row)
+    # cos th', sin th' are x[t + 1]'s, the same numbers step computed from the same th'
+    cos_next, sin_next = x[t + 1, 0], x[t + 1, 1]
     for j in range(4):
         F[t, 0, 0, j] = -sin_next * th_row[j]
         F[t, 0, 1, j] = cos_next * th_row[j]
@@ -263,13 +281,13 @@ def dynamics_curvature(kind, p, c, b, x, u, t, lam, C, w_row, th_row, code, work
     if kind == DYNAMICS_CARTPOLE:
         _cartpole_curvature(p, c, b, x, u, t, lam, C)
         return
-    theta, theta_next, active, th_c, th_s, A, Bc = _partials(kind, p, c, b, x, u, t, w_row, th_row)
+    cos_th, sin_th, active, th_c, th_s, A, Bc = _partials(kind, p, c, b, x, u, t, w_row, th_row)
     dt = c[0]
     cos, sin = x[t, 0], x[t, 1]
     radius4 = (cos * cos + sin * sin) ** 2
-    a_theta = A * math.cos(theta) - Bc * math.sin(theta)
-    a_theta2 = -A * math.sin(theta) - Bc * math.cos(theta)
-    cos_next, sin_next = math.cos(theta_next), math.sin(theta_next)
+    a_theta = A * cos_th - Bc * sin_th
+    a_theta2 = -A * sin_th - Bc * cos_th
+    cos_next, sin_next = x[t + 1, 0], x[t + 1, 1]  # as in dynamics_jacobian
     l0, l1, l2 = lam[t + 1, 0], lam[t + 1, 1], lam[t + 1, 2]
     # second derivatives of th = atan2(sin, cos) in (cos, sin)
     th_cc = 2.0 * cos * sin / radius4
@@ -290,10 +308,9 @@ def dynamics_curvature(kind, p, c, b, x, u, t, lam, C, w_row, th_row, code, work
 
 
 @kernel(nogil=True, error_model="numpy", _nrt=False)
-def cost_value(kind, Cq, cq, wgl, b, x, u, t):
-    """The cost of step t of element b at x[t], u[t]; x (T, n), u (T, m)."""
-    n = x.shape[1]
-    d = n + u.shape[1]
+def cost_value(kind, Cq, cq, wgl, b, x, u, t, n, d):
+    """The cost of step t of element b at x[t], u[t]; x (T, n), u (T, m), d = n + m (sizes
+    as arguments: a caller's constants compile in)."""
     total = 0.0
     if kind == COST_GOAL_WEIGHTED:
         linear = 0.0
@@ -314,10 +331,8 @@ def cost_value(kind, Cq, cq, wgl, b, x, u, t):
 
 
 @kernel(nogil=True, error_model="numpy", _nrt=False)
-def cost_quadratize(kind, Cq, cq, wgl, b, x, u, t, C, g) -> None:
+def cost_quadratize(kind, Cq, cq, wgl, b, x, u, t, C, g, n, d) -> None:
     """Hessian C[t, 0] (d, d) and gradient g[t, 0] (d,) of step t of element b."""
-    n = x.shape[1]
-    d = n + u.shape[1]
     if kind == COST_GOAL_WEIGHTED:
         for i in range(d):
             for j in range(d):

@@ -36,9 +36,8 @@ __all__ = ["backward_recursion", "factorize"]
 
 
 @kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
-def _propagate(Q, q, F, V, v, VF) -> None:
+def _propagate(Q, q, F, V, v, VF, n, d) -> None:
     """Q (d, d) += F'VF and q (d,) += F'v for F (n, d), V (n, n), v (n,); VF (n, d) scratch."""
-    n, d = F.shape
     for i in range(n):
         for j in range(d):
             s = 0.0
@@ -58,15 +57,14 @@ def _propagate(Q, q, F, V, v, VF) -> None:
 
 
 @kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
-def _regularize(Q_uu, L, regularization, work):
+def _regularize(Q_uu, L, regularization, work, m):
     """Factor Q_uu (m, m) into L, shifting its diagonal in place until it is positive definite.
 
     Returns the shift added (0 if none was needed). When no shift helps (non-finite data),
     Q_uu becomes the identity and the shift reported is 0, as in the torch recursion.
     """
-    if cholesky(Q_uu, L):
+    if cholesky(Q_uu, L, m):
         return 0.0
-    m = Q_uu.shape[0]
     largest = 0.0
     for i in range(m):
         largest = max(largest, abs(Q_uu[i, i]))
@@ -78,7 +76,7 @@ def _regularize(Q_uu, L, regularization, work):
             for j in range(m):
                 work[i, j] = Q_uu[i, j]
             work[i, i] += shift
-        if cholesky(work, L):
+        if cholesky(work, L, m):
             for i in range(m):
                 for j in range(m):
                     Q_uu[i, j] = work[i, j]
@@ -89,10 +87,8 @@ def _regularize(Q_uu, L, regularization, work):
 
 
 @kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
-def _feedback_update(Q, K, k, V, v, n) -> None:
+def _feedback_update(Q, K, k, V, v, n, m) -> None:
     """[V, v] = [Q_xx, q_x] + Q_xu [K, k] (q_x in v on entry), V symmetrized."""
-    d = Q.shape[0]
-    m = d - n
     for i in range(n):
         s = v[i]
         for p in range(m):
@@ -131,13 +127,14 @@ def _recursion_element(
     Q,
     shift,
     scratch_arrays,
+    n,
+    m,
 ) -> None:
     """The recursion of element b (arrays (T, B, ...)); ``scratch_arrays`` from
-    ``recursion_scratch``."""
+    ``recursion_scratch``; n, m the sizes (constants where the caller passes literals)."""
     V, v, VF, q, work, k_box, grad, work_arrays = scratch_arrays
-    T, _, d = g.shape
-    n = F.shape[2]
-    m = d - n
+    T = g.shape[0]
+    d = n + m
     for t in range(T - 1, -1, -1):
         Qt = Q[t, b]
         for i in range(d):
@@ -145,15 +142,17 @@ def _recursion_element(
             for j in range(d):
                 Qt[i, j] = C[t, b, i, j]
         if t < T - 1:
-            _propagate(Qt, q, F[t, b], V, v, VF)
+            _propagate(Qt, q, F[t, b], V, v, VF, n, d)
         Q_uu = Qt[n:, n:]
         L = chol[t, b]
-        shift[t, b] = _regularize(Q_uu, L, regularization, work)
+        shift[t, b] = _regularize(Q_uu, L, regularization, work, m)
         Kt, kt, ft = K[t, b], k[t, b], free[t, b]
-        # K and k = -Q_uu^{-1} [Q_ux, q_u]
-        ft[:] = True
-        masked_solve_matrix(L, ft, Qt[n:, :n], Kt, -1.0)
-        masked_solve_vector(L, ft, q[n:], kt, -1.0)
+        # K and k = -Q_uu^{-1} [Q_ux, q_u]; loops of length m, not slice assignments, so
+        # that a constant m compiles in
+        for i in range(m):
+            ft[i] = True
+        masked_solve_matrix(L, ft, Qt[n:, :n], Kt, -1.0, m, n)
+        masked_solve_vector(L, ft, q[n:], kt, -1.0, m)
         if bounded:
             leaving = False
             for i in range(m):
@@ -168,10 +167,15 @@ def _recursion_element(
                 _free_set(k_box, grad, lower[t, b], upper[t, b], ft)
                 for i in range(m):
                     kt[i] = k_box[i]
-                if not ft.any():
+                some_free = False
+                for i in range(m):
+                    some_free = some_free or ft[i]
+                if not some_free:
                     # every control at a bound of the projection, pushed outward: the
                     # projection is the minimizer and there is no feedback
-                    Kt[:, :] = 0.0
+                    for i in range(m):
+                        for j in range(n):
+                            Kt[i, j] = 0.0
                     set_identity(L)
                 else:
                     box_qp_element(
@@ -188,10 +192,10 @@ def _recursion_element(
                         20,
                         work_arrays,
                     )
-                    masked_solve_matrix(L, ft, Qt[n:, :n], Kt, -1.0)
+                    masked_solve_matrix(L, ft, Qt[n:, :n], Kt, -1.0, m, n)
         for i in range(n):
             v[i] = q[i]
-        _feedback_update(Qt, Kt, kt, V, v, n)
+        _feedback_update(Qt, Kt, kt, V, v, n, m)
 
 
 @kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
@@ -237,7 +241,7 @@ def _recursion(
         if active[b]:
             _recursion_element(
                 C, g, F, lower, upper, bounded, b, *settings, K, k, free, chol, Q, shift,
-                scratch_arrays,
+                scratch_arrays, n, d - n,
             )  # fmt: skip
 
 
@@ -332,7 +336,7 @@ def _factorize(C, F, free, regularization, K, chol, Q, shift) -> None:
                 for j in range(d):
                     Qt[i, j] = C[t, b, i, j]
             if t < T - 1:
-                _propagate(Qt, q, F[t, b], V, v, VF)
+                _propagate(Qt, q, F[t, b], V, v, VF, n, d)
             ft, L = free[t, b], chol[t, b]
             shift[t, b] = 0.0
             if not masked_cholesky(Qt[n:, n:], ft, L, work):
@@ -343,15 +347,15 @@ def _factorize(C, F, free, regularization, K, chol, Q, shift) -> None:
                             masked[i, j] = Qt[n + i, n + j]
                         else:
                             masked[i, j] = 1.0 if i == j else 0.0
-                shift[t, b] = _regularize(masked, L, regularization, work)
+                shift[t, b] = _regularize(masked, L, regularization, work, m)
                 for i in range(m):
                     for j in range(m):
                         if ft[i] and ft[j]:
                             Qt[n + i, n + j] = masked[i, j]
                 masked_cholesky(Qt[n:, n:], ft, L, work)
-            masked_solve_matrix(L, ft, Qt[n:, :n], K[t, b], -1.0)
+            masked_solve_matrix(L, ft, Qt[n:, :n], K[t, b], -1.0, m, n)
             v[:] = 0.0
-            _feedback_update(Qt, K[t, b], zeros, V, v, n)
+            _feedback_update(Qt, K[t, b], zeros, V, v, n, m)
 
 
 def factorize(

@@ -7,7 +7,9 @@ A kernel compiles on its first call for each dtype, then loads from the on-disk 
 affine dynamics, the implicit backward and the costates), so that a later process, the
 command line's first solve or an SB3 rollout, starts without compiling. The kernels take the
 problem data as contiguous arrays, so one call per dtype compiles the signature every solve
-of that dtype uses."""
+of that dtype uses. The forward LQR kernels have one specialization per dtype; the backward
+ones (factorization, implicit backward, costates) and the whole box-DDP solve are compiled for
+float64 only and serve float32 problems too, so the first dtype warmed up compiles them."""
 
 from __future__ import annotations
 

@@ -16,11 +16,13 @@ from mpc_policy.numerics.compiled._cache import kernel
 
 __all__ = [
     "cholesky",
+    "copy_matrix",
     "masked_cholesky",
     "masked_solve_matrix",
     "masked_solve_vector",
     "set_identity",
     "store_element",
+    "store_slot",
 ]
 
 
@@ -125,3 +127,24 @@ def store_element(z, z_all, b) -> None:
     for t in range(z.shape[0]):
         for i in range(z.shape[1]):
             z_all[t, b, i] = z[t, i]
+
+
+@kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
+def copy_matrix(A, out) -> None:
+    """out (r, c) = A (r, c), element by element (any layouts; see ``store_element``)."""
+    for i in range(A.shape[0]):
+        for j in range(A.shape[1]):
+            out[i, j] = A[i, j]
+
+
+@kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
+def store_slot(z, z_all, b) -> None:
+    """z_all[:, b] = z[:, 0] for C-contiguous z (T, 1, ...) and z_all (T, B, ...) of the same
+    trailing shape, element by element (see ``store_element``)."""
+    T = z.shape[0]
+    size = z.size // T
+    source = z.reshape(T, size)
+    target = z_all.reshape(T, z_all.shape[1], size)
+    for t in range(T):
+        for i in range(size):
+            target[t, b, i] = source[t, i]

@@ -36,6 +36,7 @@ from torch import Tensor
 
 from mpc_policy.numerics.compiled._arrays import as_array, as_strided
 from mpc_policy.numerics.compiled._cache import kernel
+from mpc_policy.numerics.compiled._linalg import copy_matrix, store_element, store_slot
 from mpc_policy.numerics.compiled.ddp_steps import (
     _add_curvature,
     _finite,
@@ -146,7 +147,7 @@ def _solve(
         rounded[0] = _rollout(
             tw, b, x_init, x_bar, u_bar, K, k, 0.0, False, lower, upper, x_try, u_try
         )
-        x_bar[:, :] = x_try
+        copy_matrix(x_try, x_bar)
         cost_bar = rounded[0]
         source = 0
         if not _finite(x_bar):
@@ -194,8 +195,8 @@ def _solve(
                     u_try,
                 )  # fmt: skip
                 if rounded[0] <= rounded[1]:
-                    x_bar[:, :] = x_try
-                    u_bar[:, :] = u_try
+                    copy_matrix(x_try, x_bar)
+                    copy_matrix(u_try, u_bar)
                     cost_bar = rounded[0]
                     step_size = alphas[a]
                     accepted = True
@@ -231,14 +232,16 @@ def _solve(
         step_out[b] = step_size
         source_out[b] = source
         cost_out[b] = cost_bar
-        x_out[:, b] = x_bar
-        u_out[:, b] = u_bar
-        K_out[:, b] = K[:, 0]
-        k_out[:, b] = k[:, 0]
-        free_out[:, b] = free[:, 0]
-        chol_out[:, b] = chol[:, 0]
-        Q_out[:, b] = Q[:, 0]
-        shift_out[:, b] = shift[:, 0]
+        # element copies: a slice assignment compiles numba's shape-mismatch message
+        # formatting (about 4 s of this kernel's compile time; see _linalg.store_element)
+        store_element(x_bar, x_out, b)
+        store_element(u_bar, u_out, b)
+        store_slot(K, K_out, b)
+        store_slot(k, k_out, b)
+        store_slot(free, free_out, b)
+        store_slot(chol, chol_out, b)
+        store_slot(Q, Q_out, b)
+        store_slot(shift, shift_out, b)
 
 
 class CompiledDDPResult(NamedTuple):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from mpc_policy.numerics.compiled._cache import kernel
-from mpc_policy.numerics.compiled._linalg import cholesky, masked_cholesky
+from mpc_policy.numerics.compiled._linalg import cholesky, copy_matrix, masked_cholesky
 from mpc_policy.numerics.compiled.models import (
     cost_quadratize,
     cost_value,
@@ -148,7 +148,7 @@ def _indefinite(C, F, K, free, regularization, n) -> bool:
         largest = 0.0
         for i in range(d):
             largest = max(largest, abs(C[t, 0, i, i]))
-        work[:, :] = C[t, 0]
+        copy_matrix(C[t, 0], work)
         for i in range(d):
             work[i, i] += regularization * (1.0 + largest)
         if not cholesky(work, L):
@@ -163,7 +163,7 @@ def _indefinite(C, F, K, free, regularization, n) -> bool:
     work_m = np.empty((m, m), dtype=dtype)
     bad = False
     for t in range(T - 1, -1, -1):
-        Q[:, :] = C[t, 0]
+        copy_matrix(C[t, 0], Q)
         if t < T - 1:
             Ft = F[t, 0]
             for i in range(d):
@@ -176,7 +176,7 @@ def _indefinite(C, F, K, free, regularization, n) -> bool:
         largest = 0.0
         for i in range(m):
             largest = max(largest, abs(Q[n + i, n + i]))
-        Q_uu[:, :] = Q[n:, n:]
+        copy_matrix(Q[n:, n:], Q_uu)
         for i in range(m):
             Q_uu[i, i] += regularization * (1.0 + largest)
         if not masked_cholesky(Q_uu, free[t, 0], L_m, work_m):

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 from torch import Tensor
 
-__all__ = ["as_array", "as_float64", "as_strided"]
+__all__ = ["as_array", "as_strided"]
 
 
 def as_array(z: Tensor) -> np.ndarray:
@@ -29,12 +28,3 @@ def as_strided(z: Tensor) -> np.ndarray:
     if z.requires_grad:
         z = z.detach()
     return z.numpy()
-
-
-def as_float64(z: Tensor) -> np.ndarray:
-    """``as_array`` of z in float64: a view of a float64 (or boolean) tensor, a converted
-    copy of a float32 one; for the kernels compiled for float64 only (one specialization
-    serves both dtypes: half the compile time)."""
-    if z.dtype == torch.float32:
-        return z.detach().to(torch.float64).numpy()  # a new contiguous tensor
-    return as_array(z)

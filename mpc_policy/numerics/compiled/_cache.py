@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numba
-from numba import njit, types
+from numba import njit
 from numba.core.caching import CompileResultCacheImpl, FunctionCache, _CacheLocator
 
 __all__ = ["CACHE_ENVIRONMENT_VARIABLE", "cache_directory", "cache_root", "kernel"]
@@ -187,22 +187,6 @@ def _announce() -> None:
     )
 
 
-def _unliteral_calls(get_call_template: Callable[..., Any]) -> Callable[..., Any]:
-    """A kernel called from another kernel with a constant argument (``0``, ``False``)
-    compiles for the plain type: numba would compile a separate copy of the callee, and of
-    its callees, for each literal value (a second ``_recursion_element`` for ``b = 0``, a
-    second ``_rollout`` per flag: seconds of compile time), where a run-time value costs a
-    branch."""
-
-    def unliteral(args: tuple[Any, ...], kws: dict[str, Any]) -> Any:
-        return get_call_template(
-            tuple(types.unliteral(a) for a in args),
-            {k: types.unliteral(v) for k, v in kws.items()},
-        )
-
-    return unliteral
-
-
 def kernel(**options: Any) -> Callable[[Callable[..., Any]], Any]:
     """``numba.njit(**options)`` with the on-disk cache of this module (never ``cache=``).
 
@@ -218,7 +202,6 @@ def kernel(**options: Any) -> Callable[[Callable[..., Any]], Any]:
             dispatcher._cache = _KernelCache(function)
         except RuntimeError:  # no writable cache folder: compile in every process
             pass
-        dispatcher.get_call_template = _unliteral_calls(dispatcher.get_call_template)
         return dispatcher
 
     return decorate

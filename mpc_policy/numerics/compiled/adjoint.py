@@ -4,10 +4,6 @@
 controls fixed at 0) with the forward pass's gains and Cholesky factors, and
 ``costates_from_gradient`` the costates of eq. (7). Same signatures and results as the torch
 functions; CPU tensors only. Shapes are time first: F (T-1, B, n, d), tau (T, B, d).
-
-The kernels are compiled for float64 only: a float32 problem's data are converted, solved in
-float64 and the results rounded to float32 (a few conversions of (T, B, d)-sized arrays per
-backward; a float32 specialization would double these kernels' compile time).
 """
 
 from __future__ import annotations
@@ -17,7 +13,7 @@ import torch
 from torch import Tensor
 
 from mpc_policy.numerics.adjoint import ImplicitGradients
-from mpc_policy.numerics.compiled._arrays import as_float64
+from mpc_policy.numerics.compiled._arrays import as_array
 from mpc_policy.numerics.compiled._cache import kernel
 from mpc_policy.numerics.compiled._linalg import store_element
 from mpc_policy.numerics.riccati import Gains
@@ -151,12 +147,12 @@ def adjoint_solve(gains: Gains, F: Tensor, grad_tau: Tensor) -> Tensor:
     Returns:
         dtau: (T, B, d).
     """
-    dtau = torch.empty(grad_tau.shape, dtype=torch.float64)
+    dtau = torch.empty(grad_tau.shape, dtype=grad_tau.dtype)
     _adjoint(
-        *(as_float64(z) for z in (gains.K, gains.chol, gains.free, F, grad_tau)),
+        *(as_array(z) for z in (gains.K, gains.chol, gains.free, F, grad_tau)),
         dtau.numpy(),
     )
-    return dtau.to(grad_tau.dtype)
+    return dtau
 
 
 @kernel(nogil=True, fastmath={"reassoc", "contract"})
@@ -187,9 +183,9 @@ def costates_from_gradient(grad: Tensor, F: Tensor) -> Tensor:
     """
     T, B, _ = grad.shape
     n = F.shape[-2]
-    lam = torch.empty(T, B, n, dtype=torch.float64)
-    _costates(as_float64(grad), as_float64(F), lam.numpy())
-    return lam.to(grad.dtype)
+    lam = torch.empty(T, B, n, dtype=grad.dtype)
+    _costates(as_array(grad), as_array(F), lam.numpy())
+    return lam
 
 
 @kernel(nogil=True, fastmath=_FASTMATH)
@@ -296,7 +292,7 @@ def implicit_gradients(
     T, B, d = tau.shape
     n = F.shape[-2]
     m = d - n
-    dtype = torch.float64  # the kernel's; the results are rounded to tau's dtype
+    dtype = tau.dtype
     dtau = torch.empty(T, B, d, dtype=dtype)
     dlam = torch.empty(T, B, n, dtype=dtype)
     # what is not asked for is an empty array of the same rank (numba types by rank); dC
@@ -305,7 +301,7 @@ def implicit_gradients(
     dC = torch.empty((B, T, d, d) if need_C else (0, 0, 0, 0), dtype=dtype)
     dF = torch.empty((B, T - 1, n, d) if need_F else (0, 0, 0, 0), dtype=dtype)
     residual_u = torch.empty((T, B, m) if need_bounds else (0, 0, 0), dtype=dtype)
-    arrays = [as_float64(z) for z in (gains.K, gains.chol, gains.free, C, c, F, tau, grad_tau)]
+    arrays = [as_array(z) for z in (gains.K, gains.chol, gains.free, C, c, F, tau, grad_tau)]
     _implicit(
         *arrays,
         bool(need_C),
@@ -317,11 +313,10 @@ def implicit_gradients(
         dF.numpy(),
         residual_u.numpy(),
     )
-    out = tau.dtype
     return ImplicitGradients(
-        dtau.to(out),
-        dlam.to(out),
-        dC.to(out).transpose(0, 1) if need_C else None,
-        dF.to(out).transpose(0, 1) if need_F else None,
-        residual_u.to(out) if need_bounds else None,
+        dtau,
+        dlam,
+        dC.transpose(0, 1) if need_C else None,
+        dF.transpose(0, 1) if need_F else None,
+        residual_u if need_bounds else None,
     )

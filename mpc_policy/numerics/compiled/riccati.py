@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mpc_policy.numerics.compiled._arrays import as_array, as_float64
+from mpc_policy.numerics.compiled._arrays import as_array
 from mpc_policy.numerics.compiled._cache import kernel
 from mpc_policy.numerics.compiled._linalg import (
     cholesky,
@@ -363,9 +363,6 @@ def factorize(
 ) -> Gains:
     """Compiled ``mpc_policy.numerics.riccati.factorize``: same arguments and ``Gains`` (k = 0).
 
-    Compiled for float64 only (it runs once per backward): float32 data are factored in
-    float64 and the gains rounded to float32.
-
     Args:
         C: (T, B, d, d) quadratic terms.
         F: (T-1, B, n, d) dynamics Jacobians.
@@ -375,15 +372,15 @@ def factorize(
     T, B, d = C.shape[0], C.shape[1], C.shape[-1]
     n = F.shape[-2]
     m = d - n
-    real = torch.float64  # compiled for float64 only: float32 data are converted
-    K = torch.empty(T, B, m, n, dtype=real)
-    chol = torch.empty(T, B, m, m, dtype=real)
-    Q = torch.empty(T, B, d, d, dtype=real)
-    shift = torch.empty(T, B, dtype=real)
+    dtype = C.dtype
+    K = torch.empty(T, B, m, n, dtype=dtype)
+    chol = torch.empty(T, B, m, m, dtype=dtype)
+    Q = torch.empty(T, B, d, d, dtype=dtype)
+    shift = torch.empty(T, B, dtype=dtype)
     free = free.detach().contiguous()
     _factorize(
-        as_float64(C),
-        as_float64(F),
+        as_array(C),
+        as_array(F),
         free.numpy(),
         float(regularization),
         K.numpy(),
@@ -391,6 +388,4 @@ def factorize(
         Q.numpy(),
         shift.numpy(),
     )
-    dtype = C.dtype
-    K, chol, Q, shift = (z.to(dtype) for z in (K, chol, Q, shift))
     return Gains(K, torch.zeros(T, B, m, dtype=dtype), free, chol, Q, shift)

@@ -8,9 +8,7 @@ affine dynamics, the implicit backward and the costates, the whole box-DDP solve
 built-in systems' compiled models), so that a later process, the
 command line's first solve or an SB3 rollout, starts without compiling. The kernels take the
 problem data as contiguous arrays, so one call per dtype compiles the signature every solve
-of that dtype uses. The forward LQR kernels have one specialization per dtype; the backward
-ones (factorization, implicit backward, costates) and the whole box-DDP solve are compiled for
-float64 only and serve float32 problems too, so the first dtype warmed up compiles them."""
+of that dtype uses."""
 
 from __future__ import annotations
 

@@ -4,7 +4,8 @@ A kernel compiles on its first call for each dtype, then loads from the on-disk 
 (``_cache``) in later processes. ``warmup`` makes those first calls on a tiny problem
 (T = 3, B = 2, n = 2, m = 2), for every entry kernel that ``MPC`` and ``lqr_solve`` reach
 (the Riccati recursion and its factorization, the whole bounded-LQR solve, the rollout of
-affine dynamics, the implicit backward and the costates), so that a later process, the
+affine dynamics, the implicit backward and the costates, the whole box-DDP solve with the
+built-in systems' compiled models), so that a later process, the
 command line's first solve or an SB3 rollout, starts without compiling. The kernels take the
 problem data as contiguous arrays, so one call per dtype compiles the signature every solve
 of that dtype uses."""
@@ -64,7 +65,7 @@ def _call_every_kernel(dtype: torch.dtype) -> None:
         C, c, F, f, x_init, torch.zeros(T, B, m, dtype=dtype), lower, upper, alphas, MPCOptions()
     )
     tau = torch.cat([solved.x, solved.u], -1)
-    adjoint.adjoint_solve(solved.gains, F, c)
+    # (adjoint.adjoint_solve alone is no solve's: the implicit backward holds its recursion)
     adjoint.costates_from_gradient(c, F)
     adjoint.implicit_gradients(solved.gains, C, c, F, tau, c, True, True, True)
     # the whole box-DDP loop with a compiled model (float64 arithmetic for every dtype: one
@@ -92,7 +93,6 @@ def _entry_kernels() -> list:
         riccati._factorize,
         rollout._rollout,
         box_lqr._solve,
-        adjoint._adjoint,
         adjoint._costates,
         adjoint._implicit,
         ddp._solve,

@@ -172,11 +172,14 @@ def _solve_element(b, problem, arrays, outputs, gains_out, n, m) -> None:
     tol, rounding, regularization, qp_tol = constants[0], constants[1], constants[2], constants[3]
     newton_residual, newton_steps_left = constants[4], constants[5]
     max_iter, qp_max_iter, curvature_on = settings[0], settings[1], settings[2] != 0
+    # typed values, not literals: numba compiles a callee once more for each literal argument
+    # (False and True, the element 0), where these share the bounded-LQR solve's compilation
+    no, yes, element = np.bool_(False), np.bool_(True), np.int64(0)
     for t in range(T):
         for i in range(m):
             u_bar[t, i] = min(max(u_out[t, b, i], lower[t, b, i]), upper[t, b, i])
     rounded[0] = _rollout(
-        tw, b, x_init, x_bar, u_bar, K, k, 0.0, False, lower, upper, x_try, u_try, n, m
+        tw, b, x_init, x_bar, u_bar, K, k, 0.0, no, lower, upper, x_try, u_try, n, m
     )
     _copy(x_try, x_bar)
     cost_bar = rounded[0]
@@ -203,7 +206,7 @@ def _solve_element(b, problem, arrays, outputs, gains_out, n, m) -> None:
         if stepping:
             _add_curvature(tw, b, x_bar, u_bar, g, F, C, lam, w_row, th_row)
         _recursion_element(
-            C, g, F, du_lower, du_upper, bounded, 0, regularization, qp_max_iter, qp_tol,
+            C, g, F, du_lower, du_upper, bounded, element, regularization, qp_max_iter, qp_tol,
             K, k, free, chol, Q, shift, scratch, n, m,
         )  # fmt: skip
         # the fixed-point test on the full step of the convex approximation (eq. (11))
@@ -222,7 +225,7 @@ def _solve_element(b, problem, arrays, outputs, gains_out, n, m) -> None:
         accepted = False
         for a in range(alphas.shape[0]):
             rounded[0] = _rollout(
-                tw, b, x_init, x_bar, u_bar, K, k, alphas[a], True, lower, upper, x_try, u_try,
+                tw, b, x_init, x_bar, u_bar, K, k, alphas[a], yes, lower, upper, x_try, u_try,
                 n, m,
             )  # fmt: skip
             if rounded[0] <= rounded[1]:

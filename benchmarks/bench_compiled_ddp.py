@@ -6,8 +6,9 @@ The problem of ``_problems.pendulum_problem``: Pendulum-v1 dynamics without the 
 "compiled-ddp" is ``MPC`` with these modules (the whole forward solve in one numba call);
 "box_ddp" is the same solve with the dynamics as a subclass without a compiled twin (the
 loop of ``mpc_policy.solve.ddp.box_ddp`` over the compiled numerics: the path before). Both run
-in this process, one thread, their rounds interleaved; medians over rounds of the process's
-CPU time (``time.process_time``: less sensitive than wall-clock time to a loaded host).
+in this process, one thread, the no_grad forwards in alternating blocks of 5 rounds, the
+others' rounds interleaved; medians over rounds of the process's CPU time
+(``time.process_time``: less sensitive than wall-clock time to a loaded host).
 
 CasADi (``casadi``, optional) runs the same B = 1 float64 problem as a peer: multiple
 shooting, ``sqpmethod`` with ``qrqp``, started from the rollout of u = 0 as ours is; the
@@ -85,12 +86,15 @@ def forward_cases(rounds: int) -> list[dict[str, Any]]:
             with torch.no_grad():
                 solutions[name] = mpc(x_init, cost, dynamics)
             assert solutions[name].info.path == ("torch" if name == "box_ddp" else name)
-        for _ in range(rounds):
+        # blocks of 5 rounds per path, the blocks alternating (as bench_traced.py): each solve
+        # runs on its own path's caches, the load's drift is shared
+        for _ in range(0, rounds, 5):
             for name, dynamics in models.items():
-                with torch.no_grad():
-                    start = time.process_time()
-                    mpc(x_init, cost, dynamics)
-                    times[name].append((time.process_time() - start) * 1e3)
+                for _ in range(5):
+                    with torch.no_grad():
+                        start = time.process_time()
+                        mpc(x_init, cost, dynamics)
+                        times[name].append((time.process_time() - start) * 1e3)
         gap = (solutions["compiled-ddp"].u - solutions["box_ddp"].u).abs().max().item()
         for name in models:
             records.append(

@@ -122,7 +122,7 @@ class MPC(nn.Module):
     def extra_repr(self) -> str:
         return f"n_state={self.n_state}, n_ctrl={self.n_ctrl}, horizon={self.horizon}"
 
-    def _bounds(self, B: int, like: Tensor) -> tuple[Tensor | None, Tensor | None]:
+    def expanded_bounds(self, B: int, like: Tensor) -> tuple[Tensor | None, Tensor | None]:
         """The checked bounds as (B, T, m) tensors (both or neither) in ``like``'s dtype and
         device; bounds given as numbers are expanded once per batch size, dtype and device
         (read-only views: no layer writes into a bound)."""
@@ -154,7 +154,7 @@ class MPC(nn.Module):
                 f"received {tuple(x_init.shape)}"
             )
         B, T, m = x_init.shape[0], self.horizon, self.n_ctrl
-        lower, upper = self._bounds(B, x_init)
+        lower, upper = self.expanded_bounds(B, x_init)
         given = u_init is not None
         if u_init is None:
             u_init = torch.zeros(B, T, m, dtype=x_init.dtype, device=x_init.device)

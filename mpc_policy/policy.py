@@ -23,10 +23,9 @@ from torch import Tensor, nn
 from mpc_policy.mpc import MPC
 from mpc_policy.options import MPCOptions
 from mpc_policy.problem.contract import CheckedCost, CheckedDynamics, check_declared_sizes
-from mpc_policy.problem.validation import all_finite, scalar_bounds_valid
+from mpc_policy.problem.validation import all_finite
 from mpc_policy.solution import Solution, SolverInfo
-from mpc_policy.solve.backend import select
-from mpc_policy.solve.compiled_path import solve_arrays, twins_of
+from mpc_policy.solve.compiled_path import compiled_ddp
 
 __all__ = ["MPCPolicy"]
 
@@ -302,11 +301,11 @@ class MPCPolicy(nn.Module):
         self, obs: Tensor | np.ndarray, episode_start: Tensor | np.ndarray | None
     ) -> Tensor | None:
         """``forward`` without a gradient (acting) on the compiled path, or None where the
-        general path (``_solve``) must answer: the same kernel call on the same inputs as
-        ``MPC``'s compiled path, so the same actions, report and cached plan, with the
-        per-call work cut to reading the modules' current parameters (a receding-horizon
-        step is mostly this overhead). Taken for observations in a plain CPU tensor or
-        array, ``obs_to_state`` the identity and the bounds given as numbers."""
+        general path (``_solve``) must answer: ``compiled_ddp`` called with the tensors
+        ``MPC.forward`` would hand it, so the same actions, report and cached plan, without
+        ``MPC.forward``'s checks and wrapping (a receding-horizon step is mostly that
+        overhead). Taken for observations in a plain CPU tensor or array, ``obs_to_state``
+        the identity and the bounds given as numbers."""
         if isinstance(obs, np.ndarray):
             obs = torch.as_tensor(obs)
         m = self.n_ctrl
@@ -320,44 +319,35 @@ class MPCPolicy(nn.Module):
         ):
             return None
         try:
-            array = obs.numpy()  # a CPU tensor without a transform's wrapping
+            obs.numpy()  # a CPU tensor without a transform's wrapping
         except (RuntimeError, TypeError):
             return None
-        array = array[None] if array.ndim == 1 else array
-        lower, upper = self._bounds["u_lower"], self._bounds["u_upper"]
-        if array.ndim != 2 or not scalar_bounds_valid(lower, upper):
+        obs = obs.unsqueeze(0) if obs.dim() == 1 else obs
+        x_init = obs.to(self.solve_dtype or obs.dtype)
+        if x_init.dim() != 2 or not all_finite(x_init):  # the general path names the problem
             return None
-        B, n = array.shape
-        dtype = self.solve_dtype or obs.dtype
-        # the values the general path hands the kernel: rounded to the solve's dtype first
-        single = dtype == torch.float32
-        x_init = (array.astype(np.float32) if single else array).astype(np.float64)
-        if not np.isfinite(x_init).all():  # the general path names the problem
-            return None
-        mpc = self._controller(n, m, obs)
-        options = mpc.options
-        kernels = select(options.backend, obs.device)
-        if options.grad_method == "unroll" or kernels.name != "compiled":
-            return None
+        (B, n), T = x_init.shape, self.horizon
+        mpc = self._controller(n, m, x_init)
         check_declared_sizes(self.dynamics, n, m)
-        T = self.horizon
-        twins = twins_of(self.cost, self.dynamics, B, T, n, m, dtype)
-        if isinstance(twins, str):
-            return None
+        lower, upper = mpc.expanded_bounds(B, x_init)
         plan = self._cached_start(B, episode_start) if self.warm_start else None
         if plan is None:
-            u = np.zeros((T, B, m))
-        elif plan.shape == (B, T, m):
-            u = np.array(plan.to(dtype).numpy().transpose(1, 0, 2), np.float64, order="C")
-        else:
+            plan = torch.zeros(B, T, m, dtype=x_init.dtype)
+        elif plan.shape != (B, T, m):
             return None
-        rounded = (lambda v: float(np.float32(v))) if single else float
-        lo = np.full((T, B, m), -np.inf if lower is None else rounded(lower))
-        hi = np.full((T, B, m), np.inf if upper is None else rounded(upper))
-        bounded = lower is not None or upper is not None
-        solved = solve_arrays(twins, x_init, u, lo, hi, bounded, options, dtype, kernels)
+        solved = compiled_ddp(
+            self.cost,
+            self.dynamics,
+            x_init,
+            plan.to(x_init.dtype).transpose(0, 1),
+            None if lower is None else lower.transpose(0, 1),
+            None if upper is None else upper.transpose(0, 1),
+            mpc.options,
+        )
+        if isinstance(solved, str):
+            return None
         info = solved.info
-        if options.on_unconverged != "ignore" and not info.all_converged:
+        if mpc.options.on_unconverged != "ignore" and not info.all_converged:
             x, u_plan, _ = solved.values()
             checked = CheckedCost(self.cost), CheckedDynamics(self.dynamics, n, m, B)
             mpc.enforce(info, *checked, x, u_plan)

@@ -36,7 +36,7 @@ from mpc_policy.solution import SolverInfo, Status
 from mpc_policy.solve.backend import Kernels, select
 from mpc_policy.solve.ddp import DDPResult
 
-__all__ = ["PATH", "CompiledSolve", "compiled_ddp", "solve_arrays", "twins_of"]
+__all__ = ["PATH", "CompiledSolve", "compiled_ddp"]
 
 PATH = "compiled-ddp"
 # the twins' kinds, n and m, as in numerics/compiled/models.py (not imported: it needs numba)
@@ -219,7 +219,8 @@ class CompiledSolve:
 
     def result(self) -> DDPResult:
         """The result as ``box_ddp`` returns it (time-major x, u, their cost, the last gains:
-        what the gradient rules read)."""
+        what the gradient rules read); for a call with a gradient, instead of ``values``
+        (which writes NaN into the NONFINITE elements' outputs)."""
         out, real = self._out, self._real
         K, k, free, chol, Q, shift = out.gains
         gains = Gains(real(K), real(k), torch.from_numpy(free), real(chol), real(Q), real(shift))
@@ -279,7 +280,7 @@ def compiled_ddp(
         return f"the backend is {kernels.name} (compiled needs CPU tensors and numba)"
     T, B, m = u_init.shape
     n, dtype = x_init.shape[1], x_init.dtype
-    twins = twins_of(cost, dynamics, B, T, n, m, dtype)
+    twins = _twins(cost, dynamics, B, T, n, m, dtype)
     if isinstance(twins, str):
         return twins
     from mpc_policy.numerics.compiled.ddp import solve_ddp
@@ -288,7 +289,7 @@ def compiled_ddp(
     return CompiledSolve(solve_ddp(twins, x_init, u_init, lower, upper, options), dtype, kernels)
 
 
-def twins_of(
+def _twins(
     cost: Any, dynamics: Any, B: int, T: int, n: int, m: int, dtype: torch.dtype
 ) -> Any | str:
     """The modules' compiled twins (``numerics.compiled.ddp.Twins``) with their current
@@ -303,24 +304,3 @@ def twins_of(
     from mpc_policy.numerics.compiled.ddp import Twins
 
     return Twins(model[0], model[1], model[2], terms[0], terms[1], terms[2], terms[3], *model[3:])
-
-
-def solve_arrays(
-    twins: Any,
-    x_init: np.ndarray,
-    u: np.ndarray,
-    lower: np.ndarray,
-    upper: np.ndarray,
-    bounded: bool,
-    options: MPCOptions,
-    dtype: torch.dtype,
-    kernels: Kernels,
-) -> CompiledSolve:
-    """The compiled solve of problems already in the kernel's arrays (``twins_of``'s twins;
-    x_init (B, n), the controls u (T, B, m, overwritten) and the bounds (T, B, m), float64,
-    C-ordered, the values in ``dtype``): the call ``compiled_ddp`` makes after converting
-    its tensors."""
-    from mpc_policy.numerics.compiled.ddp import run_ddp
-
-    out = run_ddp(twins, x_init, u, lower, upper, bounded, options, dtype)
-    return CompiledSolve(out, dtype, kernels)

@@ -50,7 +50,7 @@ from mpc_policy.numerics.compiled.riccati import _recursion_element, recursion_s
 from mpc_policy.options import COST_ROUNDING, NEWTON_STEPS_LEFT, MPCOptions
 from mpc_policy.solution import SOURCE_COST, SOURCE_DYNAMICS, Status
 
-__all__ = ["CompiledDDPResult", "Twins", "run_ddp", "solve_ddp"]
+__all__ = ["CompiledDDPResult", "Twins", "solve_ddp"]
 
 _CONVERGED, _MAX_ITER, _STALLED = int(Status.CONVERGED), int(Status.MAX_ITER), int(Status.STALLED)
 _NONFINITE, _INDEFINITE = int(Status.NONFINITE), int(Status.INDEFINITE)
@@ -402,26 +402,8 @@ def solve_ddp(
         if upper is None
         else np.array(as_strided(upper), real, order="C")
     )
-    return run_ddp(twins, as_array(x_init).astype(real), u, lo, hi, bounded, options, dtype)
-
-
-def run_ddp(
-    twins: Twins,
-    x_init: np.ndarray,
-    u: np.ndarray,
-    lower: np.ndarray,
-    upper: np.ndarray,
-    bounded: bool,
-    options: MPCOptions,
-    dtype: torch.dtype,
-) -> CompiledDDPResult:
-    """``solve_ddp`` on arrays: x_init (B, n), the controls u (T, B, m, overwritten with the
-    solution) and the bounds (T, B, m, -inf/inf where unbounded), float64 and C-ordered, the
-    values in the problem's ``dtype``."""
-    T, B, m = u.shape
     n = x_init.shape[1]
     d = n + m
-    real = np.float64
     x = np.empty((T, B, n), dtype=real)
     cost = np.empty(B, dtype=real)
     gains = (
@@ -440,9 +422,9 @@ def run_ddp(
     alphas, constants, settings = _settings(options, dtype)
     _solve(
         tuple(twins),
-        x_init,
-        lower,
-        upper,
+        as_array(x_init).astype(real),
+        lo,
+        hi,
         bounded,
         alphas,
         constants,

@@ -26,6 +26,7 @@ from mpc_policy.envs import (
 )
 from mpc_policy.problem.linearize import dynamics_curvature
 from mpc_policy.solve.backend import ENVIRONMENT_VARIABLE, compiled_available
+from tests.compiled_models import model_calls
 
 pytestmark = pytest.mark.skipif(not compiled_available(), reason="needs numba")
 
@@ -174,9 +175,7 @@ def test_twin_derivatives_match_autograd(system: str) -> None:
         lams = np.zeros((2, n))
         lams[1] = lam[r].numpy()
         F, H = np.zeros((1, 1, n, n + 1)), np.zeros((1, 1, n + 1, n + 1))
-        models.dynamics_step(kind, p, c, 0, xs, us, 0, code, work)
-        models.dynamics_jacobian(kind, p, c, 0, xs, us, 0, F, *scratch, code, work)
-        models.dynamics_curvature(kind, p, c, 0, xs, us, 0, lams, H, *scratch, code, work)
+        model_calls(kind, p, c, xs, us, lams, F, H, *scratch, code, work)
         np.testing.assert_allclose(xs[1], f_next[r].detach().numpy(), rtol=1e-13, atol=1e-13)
         np.testing.assert_allclose(F[0, 0], jacobian[r].detach().numpy(), rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(H[0, 0], curvature[r].detach().numpy(), rtol=1e-10, atol=1e-10)

@@ -22,6 +22,7 @@ from mpc_policy import MPC, GoalWeightedCost, QuadraticCost
 from mpc_policy.problem.linearize import dynamics_curvature
 from mpc_policy.problem.trace import flat_parameters, trace
 from mpc_policy.solve.backend import ENVIRONMENT_VARIABLE, compiled_available
+from tests.compiled_models import model_calls
 
 pytestmark = pytest.mark.skipif(not compiled_available(), reason="needs numba")
 
@@ -195,9 +196,7 @@ def test_generated_derivatives_match_autograd(model: str) -> None:
         xs, us, lams = np.zeros((2, 3)), np.zeros((2, 1)), np.zeros((2, 3))
         xs[0], us[0], lams[1] = x[r].numpy(), u[r].numpy(), lam[r].numpy()
         F, H = np.zeros((1, 1, 3, 4)), np.zeros((1, 1, 4, 4))
-        models.dynamics_step(kind, p, none, 0, xs, us, 0, code, work)
-        models.dynamics_jacobian(kind, p, none, 0, xs, us, 0, F, none, none, code, work)
-        models.dynamics_curvature(kind, p, none, 0, xs, us, 0, lams, H, none, none, code, work)
+        model_calls(kind, p, none, xs, us, lams, F, H, none, none, code, work)
         np.testing.assert_allclose(xs[1], f_next[r].detach().numpy(), rtol=1e-13, atol=1e-13)
         np.testing.assert_allclose(F[0, 0], jacobian[r].detach().numpy(), rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(H[0, 0], curvature[r].detach().numpy(), rtol=1e-10, atol=1e-10)

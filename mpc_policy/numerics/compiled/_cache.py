@@ -37,6 +37,8 @@ import numba
 from numba import njit
 from numba.core.caching import CompileResultCacheImpl, FunctionCache, _CacheLocator
 
+from mpc_policy.numerics.compiled._linking import LinkOnlyCompiler
+
 __all__ = ["CACHE_ENVIRONMENT_VARIABLE", "cache_directory", "cache_root", "kernel"]
 
 CACHE_ENVIRONMENT_VARIABLE = "MPC_POLICY_CACHE_DIR"
@@ -190,11 +192,18 @@ def _announce() -> None:
 def kernel(**options: Any) -> Callable[[Callable[..., Any]], Any]:
     """``numba.njit(**options)`` with the on-disk cache of this module (never ``cache=``).
 
+    A kernel without its Python entry (``no_cpython_wrapper=True``: only other kernels call
+    it) is compiled for linking alone (``_linking.LinkOnlyCompiler``) and not cached: the
+    kernels called from Python hold its code, optimized and cached with theirs.
+
     Args:
         options: numba.njit's options (``nogil``, ``fastmath``, ``inline``, ...).
     """
     if "cache" in options:
         raise TypeError("kernel: the cache is always on; remove the argument 'cache'")
+    if options.get("no_cpython_wrapper"):
+        options.setdefault("no_cfunc_wrapper", True)
+        return njit(pipeline_class=LinkOnlyCompiler, **options)
 
     def decorate(function: Callable[..., Any]) -> Any:
         dispatcher = njit(**options)(function)

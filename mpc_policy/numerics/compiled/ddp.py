@@ -159,7 +159,7 @@ def _solve(
             _solve_element(b, problem, arrays, outputs, gains_out, n, m)
 
 
-@kernel(nogil=True, error_model="numpy")
+@kernel(nogil=True, error_model="numpy", _nrt=False, no_cpython_wrapper=True)
 def _solve_element(b, problem, arrays, outputs, gains_out, n, m) -> None:
     """``_solve``'s loop body: the solve of element b, n states and m controls. Copies are
     element loops: a slice assignment compiles numba's shape-mismatch reporting."""
@@ -274,7 +274,7 @@ def _solve_element(b, problem, arrays, outputs, gains_out, n, m) -> None:
     _store_gains((K, k, free, chol, Q, shift), gains_out, b)
 
 
-@kernel(nogil=True, error_model="numpy", _nrt=False)
+@kernel(nogil=True, error_model="numpy", _nrt=False, no_cpython_wrapper=True)
 def _copy(source, target) -> None:
     """target (T, k) = source (T, k), element by element."""
     for t in range(source.shape[0]):
@@ -282,7 +282,7 @@ def _copy(source, target) -> None:
             target[t, i] = source[t, i]
 
 
-@kernel(nogil=True, error_model="numpy")
+@kernel(nogil=True, error_model="numpy", _nrt=False, no_cpython_wrapper=True)
 def _store_gains(gains, gains_out, b) -> None:
     """Element b's gains (T, 1, ...) into the batch's (T, B, ...), element by element."""
     K, k, free, chol, Q, shift = gains

@@ -37,7 +37,7 @@ import numba
 from numba import njit
 from numba.core.caching import CompileResultCacheImpl, FunctionCache, _CacheLocator
 
-from mpc_policy.numerics.compiled._linking import LinkOnlyCompiler
+from mpc_policy.numerics.compiled._compiler import KernelCompiler, LinkOnlyCompiler
 
 __all__ = ["CACHE_ENVIRONMENT_VARIABLE", "cache_directory", "cache_root", "kernel"]
 
@@ -192,9 +192,10 @@ def _announce() -> None:
 def kernel(**options: Any) -> Callable[[Callable[..., Any]], Any]:
     """``numba.njit(**options)`` with the on-disk cache of this module (never ``cache=``).
 
-    A kernel without its Python entry (``no_cpython_wrapper=True``: only other kernels call
-    it) is compiled for linking alone (``_linking.LinkOnlyCompiler``) and not cached: the
-    kernels called from Python hold its code, optimized and cached with theirs.
+    Kernels compile without LLVM's loop vectorizer (``_compiler.KernelCompiler``). A kernel
+    without its Python entry (``no_cpython_wrapper=True``: only other kernels call it) is
+    compiled for linking alone (``_compiler.LinkOnlyCompiler``) and not cached: the kernels
+    called from Python hold its code, optimized and cached with theirs.
 
     Args:
         options: numba.njit's options (``nogil``, ``fastmath``, ``inline``, ...).
@@ -206,7 +207,7 @@ def kernel(**options: Any) -> Callable[[Callable[..., Any]], Any]:
         return njit(pipeline_class=LinkOnlyCompiler, **options)
 
     def decorate(function: Callable[..., Any]) -> Any:
-        dispatcher = njit(**options)(function)
+        dispatcher = njit(pipeline_class=KernelCompiler, **options)(function)
         try:
             dispatcher._cache = _KernelCache(function)
         except RuntimeError:  # no writable cache folder: compile in every process

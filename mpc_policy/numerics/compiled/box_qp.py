@@ -124,7 +124,10 @@ def box_qp_element(
         x[i] = _clamp(x[i], lower[i], upper[i])
     _gradient(Q, q, x, g)
     _free_set(x, g, lower, upper, free)
-    if not free.any():
+    n_free = 0  # a loop, not free.any(): numba's any compiles a kernel of its own
+    for i in range(m):
+        n_free += free[i]
+    if n_free == 0:
         for i in range(m):
             free_out[i] = free[i]
         set_identity(chol_out)

@@ -37,7 +37,11 @@ import numba
 from numba import njit
 from numba.core.caching import CompileResultCacheImpl, FunctionCache, _CacheLocator
 
-from mpc_policy.numerics.compiled._compiler import KernelCompiler, LinkOnlyCompiler
+from mpc_policy.numerics.compiled._compiler import (
+    KernelCompiler,
+    LinkOnlyCompiler,
+    collector_paused,
+)
 
 __all__ = ["CACHE_ENVIRONMENT_VARIABLE", "cache_directory", "cache_root", "kernel"]
 
@@ -170,6 +174,10 @@ class _KernelCache(FunctionCache):
         if data is None:
             _announce()
         return data
+
+    def save_overload(self, sig: Any, data: Any) -> None:
+        with collector_paused():
+            super().save_overload(sig, data)
 
 
 _announced = False

@@ -210,6 +210,7 @@ def kernel(**options: Any) -> Callable[[Callable[..., Any]], Any]:
     """
     if "cache" in options:
         raise TypeError("kernel: the cache is always on; remove the argument 'cache'")
+    options.setdefault("error_model", "numpy")
     if options.get("no_cpython_wrapper"):
         options.setdefault("no_cfunc_wrapper", True)
         return njit(pipeline_class=LinkOnlyCompiler, **options)

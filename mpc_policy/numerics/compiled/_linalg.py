@@ -2,7 +2,10 @@
 
 The kernels of this package work element by element on matrices of a few rows (m controls,
 n states), where a hand-written loop beats a call into LAPACK. Every function here keeps no
-state, allocates nothing and writes its result into an argument.
+state, allocates nothing and writes its result into an argument. ``larger``, ``smaller``
+and ``clamp`` are Python's ``max``, ``min`` of two and ``min(max(value, lower), upper)``,
+comparison for comparison (the same result for NaN), without numba's builtins (a kernel of
+their own each, to compile and emit for every pair of types).
 
 Shapes: ``A`` (m, m) symmetric, ``L`` (m, m) lower factor, ``free`` (m,) booleans,
 ``b`` (m,) or ``B`` (m, k) right-hand sides.
@@ -16,10 +19,13 @@ from mpc_policy.numerics.compiled._cache import kernel
 
 __all__ = [
     "cholesky",
+    "clamp",
+    "larger",
     "masked_cholesky",
     "masked_solve_matrix",
     "masked_solve_vector",
     "set_identity",
+    "smaller",
     "store_element",
 ]
 
@@ -123,3 +129,22 @@ def store_element(z, z_all, b) -> None:
     for t in range(z.shape[0]):
         for i in range(z.shape[1]):
             z_all[t, b, i] = z[t, i]
+
+
+@kernel(nogil=True, no_cpython_wrapper=True)
+def larger(a, b):
+    """max(a, b): b where b > a, else a."""
+    return b if b > a else a
+
+
+@kernel(nogil=True, no_cpython_wrapper=True)
+def smaller(a, b):
+    """min(a, b): b where b < a, else a."""
+    return b if b < a else a
+
+
+@kernel(nogil=True, no_cpython_wrapper=True)
+def clamp(value, lower, upper):
+    """min(max(value, lower), upper)."""
+    high = lower if lower > value else value
+    return upper if upper < high else high

@@ -15,7 +15,7 @@ from torch import Tensor
 from mpc_policy.numerics.adjoint import ImplicitGradients
 from mpc_policy.numerics.compiled._arrays import as_array
 from mpc_policy.numerics.compiled._cache import kernel
-from mpc_policy.numerics.compiled._linalg import store_element
+from mpc_policy.numerics.compiled._linalg import smaller, store_element
 from mpc_policy.numerics.riccati import Gains
 
 __all__ = ["adjoint_solve", "costates_from_gradient", "implicit_gradients"]
@@ -130,7 +130,7 @@ def _adjoint(K, chol, free, F, grad_tau, dtau) -> None:
     v = np.empty((_LANES, n), dtype=dtype)
     k = np.empty((_LANES, T, d - n), dtype=dtype)
     for b0 in range(0, B, _LANES):
-        lanes = min(_LANES, B - b0)
+        lanes = smaller(_LANES, B - b0)
         _adjoint_group(K, chol, free, F, grad_tau, b0, lanes, q, v, k, out)
         for w in range(lanes):
             store_element(out[w], dtau, b0 + w)
@@ -224,7 +224,7 @@ def _implicit(
     v = np.empty((W, n), dtype=dtype)
     k = np.empty((W, T, m), dtype=dtype)
     for b0 in range(0, B, W):
-        lanes = min(W, B - b0)
+        lanes = smaller(W, B - b0)
         _adjoint_group(K, chol, free, F, grad_tau, b0, lanes, q, v, k, dtau_b)  # eq. (9)
         for t in range(T - 1, -1, -1):  # the costates of dL/dtau (eq. (7))
             for w in range(lanes):

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from mpc_policy.numerics.compiled._arrays import as_array
 from mpc_policy.numerics.compiled._cache import kernel
-from mpc_policy.numerics.compiled._linalg import store_element
+from mpc_policy.numerics.compiled._linalg import larger, store_element
 from mpc_policy.numerics.compiled.riccati import _recursion_element, recursion_scratch
 from mpc_policy.numerics.compiled.rollout import rollout_element
 from mpc_policy.numerics.riccati import Gains
@@ -127,7 +127,7 @@ def _solve(
                 K, k, free, chol, Q, pass_shift, scratch, n, m,
             )  # fmt: skip
             for t in range(T):
-                shift[t, b] = max(shift[t, b], pass_shift[t, b])
+                shift[t, b] = larger(shift[t, b], pass_shift[t, b])
             # the full step decides the fixed point (eq. (11))
             rollout_element(
                 b, F, f, x_init, u_bar, x_bar, K, k, one, yes, yes, lower, upper, x_try, u_try
@@ -136,8 +136,8 @@ def _solve(
             size = u_bar[0, b, 0] * 0
             for t in range(T):
                 for i in range(m):
-                    change = max(change, abs(u_try[t, i] - u_bar[t, b, i]))
-                    size = max(size, abs(u_bar[t, b, i]))
+                    change = larger(change, abs(u_try[t, i] - u_bar[t, b, i]))
+                    size = larger(size, abs(u_bar[t, b, i]))
             residual[b] = change / (one + size)
             converged[b] = residual[b] <= tol
             if converged[b] or iterations[b] >= max_iter:

@@ -16,7 +16,13 @@ from torch import Tensor
 from mpc_policy.numerics.box_qp import BoxQPResult
 from mpc_policy.numerics.compiled._arrays import as_array
 from mpc_policy.numerics.compiled._cache import kernel
-from mpc_policy.numerics.compiled._linalg import masked_cholesky, masked_solve_vector, set_identity
+from mpc_policy.numerics.compiled._linalg import (
+    clamp,
+    larger,
+    masked_cholesky,
+    masked_solve_vector,
+    set_identity,
+)
 
 __all__ = ["box_qp", "box_qp_element", "scratch"]
 
@@ -45,17 +51,12 @@ def _free_set(x, g, lower, upper, free) -> None:
 
 
 @kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
-def _clamp(value, lower, upper):
-    return min(max(value, lower), upper)
-
-
-@kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
 def _small(dx, x, tol) -> bool:
     step = 0.0
     size = 0.0
     for i in range(x.shape[0]):
-        step = max(step, abs(dx[i]))
-        size = max(size, abs(x[i]))
+        step = larger(step, abs(dx[i]))
+        size = larger(size, abs(x[i]))
     return step <= tol * (1.0 + size)
 
 
@@ -121,7 +122,7 @@ def box_qp_element(
     free, free_prev = masks[0], masks[1]
     L, work = matrices[0], matrices[1]
     for i in range(m):
-        x[i] = _clamp(x[i], lower[i], upper[i])
+        x[i] = clamp(x[i], lower[i], upper[i])
     _gradient(Q, q, x, g)
     _free_set(x, g, lower, upper, free)
     n_free = 0  # a loop, not free.any(): numba's any compiles a kernel of its own
@@ -137,7 +138,7 @@ def box_qp_element(
     done = _small(dx, x, tol)
     if done:
         for i in range(m):
-            x[i] = _clamp(x[i] + dx[i], lower[i], upper[i])
+            x[i] = clamp(x[i] + dx[i], lower[i], upper[i])
     _keep(free, L, free_out, chol_out)
     iterations = 0
     for it in range(1, max_iter + 1):
@@ -147,7 +148,7 @@ def box_qp_element(
         # the full Newton step first, then the projection arc alpha = decay^j
         exact_step = True
         for i in range(m):
-            trial[i] = _clamp(x[i] + dx[i], lower[i], upper[i])
+            trial[i] = clamp(x[i] + dx[i], lower[i], upper[i])
             exact_step = exact_step and trial[i] == x[i] + dx[i]
         if not (max_line_search == 1 or _armijo(Q, g, x, trial)):
             exact_step = False
@@ -155,7 +156,7 @@ def box_qp_element(
             for j in range(1, max_line_search):
                 alpha *= decay
                 for i in range(m):
-                    trial[i] = _clamp(x[i] + alpha * dx[i], lower[i], upper[i])
+                    trial[i] = clamp(x[i] + alpha * dx[i], lower[i], upper[i])
                 if j == max_line_search - 1 or _armijo(Q, g, x, trial):
                     break
         for i in range(m):
@@ -176,7 +177,7 @@ def box_qp_element(
         masked_solve_vector(L, free, g, dx, -1.0, m)
         if _small(dx, x, tol):
             for i in range(m):
-                x[i] = _clamp(x[i] + dx[i], lower[i], upper[i])
+                x[i] = clamp(x[i] + dx[i], lower[i], upper[i])
             _keep(free, L, free_out, chol_out)
             done = True
     if not done:

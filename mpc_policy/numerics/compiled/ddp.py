@@ -36,7 +36,7 @@ from torch import Tensor
 
 from mpc_policy.numerics.compiled._arrays import as_array, as_strided
 from mpc_policy.numerics.compiled._cache import kernel
-from mpc_policy.numerics.compiled._linalg import store_element
+from mpc_policy.numerics.compiled._linalg import clamp, store_element
 from mpc_policy.numerics.compiled.ddp_steps import (
     _add_curvature,
     _finite,
@@ -170,7 +170,7 @@ def _solve_element(b, problem, arrays, outputs, gains_out, n, m) -> None:
     no, yes, element = np.bool_(False), np.bool_(True), np.int64(0)
     for t in range(T):
         for i in range(m):
-            u_bar[t, i] = min(max(u_out[t, b, i], lower[t, b, i]), upper[t, b, i])
+            u_bar[t, i] = clamp(u_out[t, b, i], lower[t, b, i], upper[t, b, i])
     rounded[0] = _rollout(
         tw, b, x_init, x_bar, u_bar, K, k, 0.0, no, lower, upper, x_try, u_try, n, m
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from mpc_policy.numerics.compiled._cache import kernel
-from mpc_policy.numerics.compiled._linalg import cholesky, masked_cholesky
+from mpc_policy.numerics.compiled._linalg import cholesky, clamp, larger, masked_cholesky
 from mpc_policy.numerics.compiled.models import (
     cost_quadratize,
     cost_value,
@@ -38,7 +38,7 @@ def _rollout(tw, b, x_init, x_bar, u_bar, K, k, alpha, feedback, lower, upper, x
                 value += alpha * k[t, 0, i]
                 for j in range(n):
                     value += K[t, 0, i, j] * (x[t, j] - x_bar[t, j])
-            u[t, i] = min(max(value, lower[t, b, i]), upper[t, b, i])
+            u[t, i] = clamp(value, lower[t, b, i], upper[t, b, i])
         total += cost_value(ck, Cq, cq, wgl, b, x, u, t, n, n + m)
         if t < T - 1:
             dynamics_step(dk, p, pc, b, x, u, t, code, work)
@@ -117,10 +117,10 @@ def _residual(b, F, u_bar, K, k, lower, upper, dx, du, n, m) -> float:
             value = u_bar[t, i] + k[t, 0, i]
             for j in range(n):
                 value += K[t, 0, i, j] * dx[now, j]
-            value = min(max(value, lower[t, b, i]), upper[t, b, i])
+            value = clamp(value, lower[t, b, i], upper[t, b, i])
             du[i] = value - u_bar[t, i]
-            change = max(change, abs(du[i]))
-            size = max(size, abs(u_bar[t, i]))
+            change = larger(change, abs(du[i]))
+            size = larger(size, abs(u_bar[t, i]))
         if t < T - 1:
             for i in range(n):
                 s = 0.0
@@ -147,7 +147,7 @@ def _indefinite(C, F, K, free, regularization, n) -> bool:
     for t in range(T):
         largest = 0.0
         for i in range(d):
-            largest = max(largest, abs(C[t, 0, i, i]))
+            largest = larger(largest, abs(C[t, 0, i, i]))
         for i in range(d):  # element copies: a slice assignment compiles numba's
             for j in range(d):  # shape-mismatch reporting, seconds of compile time
                 work[i, j] = C[t, 0, i, j]
@@ -179,7 +179,7 @@ def _indefinite(C, F, K, free, regularization, n) -> bool:
                     Q[i, j] += s
         largest = 0.0
         for i in range(m):
-            largest = max(largest, abs(Q[n + i, n + i]))
+            largest = larger(largest, abs(Q[n + i, n + i]))
         for i in range(m):
             for j in range(m):
                 Q_uu[i, j] = Q[n + i, n + j]

@@ -24,6 +24,8 @@ from mpc_policy.numerics.compiled._arrays import as_array
 from mpc_policy.numerics.compiled._cache import kernel
 from mpc_policy.numerics.compiled._linalg import (
     cholesky,
+    clamp,
+    larger,
     masked_cholesky,
     masked_solve_matrix,
     masked_solve_vector,
@@ -67,7 +69,7 @@ def _regularize(Q_uu, L, regularization, work, m):
         return 0.0
     largest = 0.0
     for i in range(m):
-        largest = max(largest, abs(Q_uu[i, i]))
+        largest = larger(largest, abs(Q_uu[i, i]))
     mu = regularization * (1.0 + largest)
     shift = 0.0
     for _ in range(_MAX_SHIFTS):
@@ -156,7 +158,7 @@ def _recursion_element(
         if bounded:
             leaving = False
             for i in range(m):
-                k_box[i] = min(max(kt[i], lower[t, b, i]), upper[t, b, i])
+                k_box[i] = clamp(kt[i], lower[t, b, i], upper[t, b, i])
                 leaving = leaving or k_box[i] != kt[i]
             if leaving:
                 for i in range(m):

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from mpc_policy.numerics.compiled._arrays import as_array
 from mpc_policy.numerics.compiled._cache import kernel
+from mpc_policy.numerics.compiled._linalg import clamp
 
 __all__ = ["affine_rollout", "rollout_element"]
 
@@ -39,7 +40,7 @@ def rollout_element(
                 for j in range(n):
                     value += K[t, b, i, j] * (x[t, j] - x_bar[t, b, j])
             if bounded:
-                value = min(max(value, lower[t, b, i]), upper[t, b, i])
+                value = clamp(value, lower[t, b, i], upper[t, b, i])
             u[t, i] = value
         if t < T - 1:
             Ft = F[t, b]

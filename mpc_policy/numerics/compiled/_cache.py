@@ -40,6 +40,7 @@ from numba.core.caching import CompileResultCacheImpl, FunctionCache, _CacheLoca
 from mpc_policy.numerics.compiled._compiler import (
     KernelCompiler,
     LinkOnlyCompiler,
+    VectorizingCompiler,
     collector_paused,
 )
 
@@ -198,26 +199,32 @@ def _announce() -> None:
     )
 
 
-def kernel(**options: Any) -> Callable[[Callable[..., Any]], Any]:
+def kernel(loop_vectorize: bool = False, **options: Any) -> Callable[[Callable[..., Any]], Any]:
     """``numba.njit(**options)`` with the on-disk cache of this module (never ``cache=``).
 
-    Kernels compile without LLVM's loop vectorizer (``_compiler.KernelCompiler``). A kernel
-    without its Python entry (``no_cpython_wrapper=True``: only other kernels call it) is
-    compiled for linking alone (``_compiler.LinkOnlyCompiler``) and not cached: the kernels
-    called from Python hold its code, optimized and cached with theirs.
+    Kernels compile with numpy's error model (a division by zero gives inf or NaN, as on the
+    torch path) and without LLVM's loop vectorizer (``_compiler.KernelCompiler``) unless
+    asked. A kernel without its Python entry (``no_cpython_wrapper=True``: only other
+    kernels call it) is compiled for linking alone (``_compiler.LinkOnlyCompiler``) and not
+    cached: the kernels called from Python hold its code, optimized and cached with theirs.
 
     Args:
+        loop_vectorize: LLVM's loop vectorizer for this kernel and the code it links (a
+            kernel called from Python).
         options: numba.njit's options (``nogil``, ``fastmath``, ``inline``, ...).
     """
     if "cache" in options:
         raise TypeError("kernel: the cache is always on; remove the argument 'cache'")
     options.setdefault("error_model", "numpy")
     if options.get("no_cpython_wrapper"):
+        if loop_vectorize:
+            raise TypeError("kernel: loop_vectorize is for kernels called from Python")
         options.setdefault("no_cfunc_wrapper", True)
         return njit(pipeline_class=LinkOnlyCompiler, **options)
+    compiler = VectorizingCompiler if loop_vectorize else KernelCompiler
 
     def decorate(function: Callable[..., Any]) -> Any:
-        dispatcher = njit(pipeline_class=KernelCompiler, **options)(function)
+        dispatcher = njit(pipeline_class=compiler, **options)(function)
         try:
             dispatcher._cache = _KernelCache(function)
         except RuntimeError:  # no writable cache folder: compile in every process

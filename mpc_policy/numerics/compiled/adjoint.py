@@ -120,7 +120,7 @@ def _adjoint_group(K, chol, free, F, grad_tau, b0, lanes, q, v, k, out) -> None:
             _forward_step(K, F, t, b0 + w, k[w], out[w])
 
 
-@kernel(nogil=True, fastmath=_FASTMATH)
+@kernel(nogil=True, fastmath=_FASTMATH, loop_vectorize=True)
 def _adjoint(K, chol, free, F, grad_tau, dtau) -> None:
     T, B, d = grad_tau.shape
     n = K.shape[3]
@@ -188,7 +188,7 @@ def costates_from_gradient(grad: Tensor, F: Tensor) -> Tensor:
     return lam
 
 
-@kernel(nogil=True, fastmath=_FASTMATH)
+@kernel(nogil=True, fastmath=_FASTMATH, loop_vectorize=True)
 def _implicit(
     K,
     chol,

@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 
-@kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
+@kernel(nogil=True, no_cpython_wrapper=True)
 def cholesky(A, L, m) -> bool:
     """Lower Cholesky factor of A (m, m) into L (m, m); False where A is not positive definite.
 
@@ -55,7 +55,7 @@ def cholesky(A, L, m) -> bool:
     return True
 
 
-@kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
+@kernel(nogil=True, no_cpython_wrapper=True)
 def masked_cholesky(A, free, L, work) -> bool:
     """Factor of A (m, m) on the free set (m,), identity elsewhere, into L (m, m).
 
@@ -71,7 +71,7 @@ def masked_cholesky(A, free, L, work) -> bool:
     return cholesky(work, L, m)
 
 
-@kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
+@kernel(nogil=True, no_cpython_wrapper=True)
 def set_identity(L) -> None:
     """Overwrite L (m, m) with the identity."""
     m = L.shape[0]
@@ -80,7 +80,7 @@ def set_identity(L) -> None:
             L[i, j] = 1.0 if i == j else 0.0
 
 
-@kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
+@kernel(nogil=True, no_cpython_wrapper=True)
 def masked_solve_vector(L, free, b, y, scale, m) -> None:
     """y (m,) = scale * Q_ff^{-1} b_f on the free set (m,), 0 on the clamped set.
 
@@ -101,7 +101,7 @@ def masked_solve_vector(L, free, b, y, scale, m) -> None:
         y[i] = scale * y[i] if free[i] else 0.0
 
 
-@kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
+@kernel(nogil=True, no_cpython_wrapper=True)
 def masked_solve_matrix(L, free, B, Y, scale, m, k) -> None:
     """Y (m, k) = scale * Q_ff^{-1} B_f column by column, 0 on the clamped rows.
 
@@ -122,7 +122,7 @@ def masked_solve_matrix(L, free, B, Y, scale, m, k) -> None:
             Y[i, col] = scale * Y[i, col] if free[i] else 0.0
 
 
-@kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
+@kernel(nogil=True, no_cpython_wrapper=True)
 def store_element(z, z_all, b) -> None:
     """z_all[:, b] = z for z (T, k), z_all (T, B, k), element by element: a slice assignment
     would compile numba's shape-mismatch reporting, seconds of compile time."""

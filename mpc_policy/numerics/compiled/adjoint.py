@@ -105,7 +105,7 @@ def _costate_step(C, offset, F, t, b, point, lam, stationarity) -> None:
                 lam[t, i] += F[t, b, p, i] * lp
 
 
-@kernel(nogil=True, fastmath=_FASTMATH, no_cpython_wrapper=True, no_cfunc_wrapper=True)
+@kernel(nogil=True, fastmath=_FASTMATH, no_cpython_wrapper=True)
 def _adjoint_group(K, chol, free, F, grad_tau, b0, lanes, q, v, k, out) -> None:
     """Eq. (9) for the elements b0 .. b0 + lanes - 1 into out (lanes, T, d), their
     recursions interleaved step by step; q (W, d), v (W, n), k (W, T, m) are scratch."""

@@ -36,7 +36,7 @@ from mpc_policy.options import MPCOptions
 __all__ = ["BoxLQRResult", "solve_box_lqr"]
 
 
-@kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
+@kernel(nogil=True, no_cpython_wrapper=True)
 def _cost(b, C, c, x, u, half):
     """Element b's cost sum_t tau_t' (1/2 C_t tau_t + c_t), in the problem's dtype."""
     T, n = x.shape

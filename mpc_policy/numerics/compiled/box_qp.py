@@ -29,7 +29,7 @@ __all__ = ["box_qp", "box_qp_element", "scratch"]
 _ARMIJO = 0.1
 
 
-@kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
+@kernel(nogil=True, no_cpython_wrapper=True)
 def _gradient(Q, q, x, g) -> None:
     """g (m,) = Q x + q."""
     m = q.shape[0]
@@ -40,7 +40,7 @@ def _gradient(Q, q, x, g) -> None:
         g[i] = s
 
 
-@kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
+@kernel(nogil=True, no_cpython_wrapper=True)
 def _free_set(x, g, lower, upper, free) -> None:
     """free (m,): not at a bound with the gradient g pushing outward."""
     for i in range(x.shape[0]):
@@ -50,7 +50,7 @@ def _free_set(x, g, lower, upper, free) -> None:
             free[i] = not (x[i] >= upper[i] and g[i] < 0.0)
 
 
-@kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
+@kernel(nogil=True, no_cpython_wrapper=True)
 def _small(dx, x, tol) -> bool:
     step = 0.0
     size = 0.0
@@ -60,7 +60,7 @@ def _small(dx, x, tol) -> bool:
     return step <= tol * (1.0 + size)
 
 
-@kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
+@kernel(nogil=True, no_cpython_wrapper=True)
 def _armijo(Q, g, x, trial) -> bool:
     """Sufficient decrease of the quadratic from x to trial (gradient g at x)."""
     m = x.shape[0]
@@ -76,7 +76,7 @@ def _armijo(Q, g, x, trial) -> bool:
     return predicted + 0.5 * curvature <= _ARMIJO * predicted
 
 
-@kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
+@kernel(nogil=True, no_cpython_wrapper=True)
 def _keep(free, L, free_out, chol_out) -> None:
     """free_out (m,) = free, chol_out (m, m) = L: element copies (a slice assignment
     compiles numba's shape-mismatch reporting, seconds of compile time)."""
@@ -87,7 +87,7 @@ def _keep(free, L, free_out, chol_out) -> None:
             chol_out[i, j] = L[i, j]
 
 
-@kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
+@kernel(nogil=True, no_cpython_wrapper=True)
 def scratch(m, dtype):
     """Work arrays of ``box_qp_element`` for m variables, allocated once per batch."""
     vectors = np.empty((3, m), dtype=dtype)
@@ -97,7 +97,7 @@ def scratch(m, dtype):
 
 
 # _nrt=False: no reference counting of its views (it allocates nothing; see riccati.py)
-@kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True, _nrt=False)
+@kernel(nogil=True, no_cpython_wrapper=True, _nrt=False)
 def box_qp_element(
     Q, q, lower, upper, x, free_out, chol_out, max_iter, tol, decay, max_line_search, work_arrays
 ):

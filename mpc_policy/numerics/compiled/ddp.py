@@ -84,7 +84,7 @@ class Twins(NamedTuple):
 
 # the per-iteration kernels allocate nothing: _nrt=False spares them the reference counting
 # of every array argument and view (riccati.py); _solve allocates and keeps it
-@kernel(nogil=True, error_model="numpy")
+@kernel(nogil=True)
 def _solve(
     tw,
     x_init,
@@ -152,7 +152,7 @@ def _solve(
         _solve_element(b, problem, arrays, outputs, gains_out, n, m)
 
 
-@kernel(nogil=True, error_model="numpy", _nrt=False, no_cpython_wrapper=True)
+@kernel(nogil=True, _nrt=False, no_cpython_wrapper=True)
 def _solve_element(b, problem, arrays, outputs, gains_out, n, m) -> None:
     """``_solve``'s loop body: the solve of element b, n states and m controls. Copies are
     element loops: a slice assignment compiles numba's shape-mismatch reporting."""
@@ -278,7 +278,7 @@ def _solve_element(b, problem, arrays, outputs, gains_out, n, m) -> None:
     _store_gains((K, k, free, chol, Q, shift), gains_out, b)
 
 
-@kernel(nogil=True, error_model="numpy", _nrt=False, no_cpython_wrapper=True)
+@kernel(nogil=True, _nrt=False, no_cpython_wrapper=True)
 def _copy(source, target) -> None:
     """target (T, k) = source (T, k), element by element."""
     for t in range(source.shape[0]):
@@ -286,7 +286,7 @@ def _copy(source, target) -> None:
             target[t, i] = source[t, i]
 
 
-@kernel(nogil=True, error_model="numpy", _nrt=False, no_cpython_wrapper=True)
+@kernel(nogil=True, _nrt=False, no_cpython_wrapper=True)
 def _store_gains(gains, gains_out, b) -> None:
     """Element b's gains (T, 1, ...) into the batch's (T, B, ...), element by element."""
     K, k, free, chol, Q, shift = gains

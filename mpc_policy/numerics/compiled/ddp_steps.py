@@ -20,7 +20,7 @@ from mpc_policy.numerics.compiled.models import (
 from mpc_policy.solution import SOURCE_COST, SOURCE_DYNAMICS
 
 
-@kernel(nogil=True, error_model="numpy", _nrt=False, no_cpython_wrapper=True)
+@kernel(nogil=True, _nrt=False, no_cpython_wrapper=True)
 def _rollout(tw, b, x_init, x_bar, u_bar, K, k, alpha, feedback, lower, upper, x, u, n, m) -> float:
     """Element b's rollout into x (T, n), u (T, m) under u_t = clamp(u_bar_t (+ alpha k_t +
     K_t (x_t - x_bar_t) with ``feedback``)); returns its cost. x_bar (T, n), u_bar (T, m),
@@ -45,7 +45,9 @@ def _rollout(tw, b, x_init, x_bar, u_bar, K, k, alpha, feedback, lower, upper, x
     return total
 
 
-@kernel(nogil=True, error_model="numpy", _nrt=True, no_cpython_wrapper=True)
+# _nrt=True stated: a callee takes its caller's setting otherwise, and the element solve
+# runs without reference counting while this (ravel) and _indefinite (scratch) allocate
+@kernel(nogil=True, _nrt=True, no_cpython_wrapper=True)
 def _finite(z) -> bool:
     """Whether every entry of a contiguous array is finite: z * 0 is 0 for a finite entry
     and NaN otherwise, summed in four independent chains (no branch, no temporary)."""
@@ -63,7 +65,7 @@ def _finite(z) -> bool:
     return s0 + s1 + s2 + s3 == 0.0
 
 
-@kernel(nogil=True, error_model="numpy", _nrt=False, no_cpython_wrapper=True)
+@kernel(nogil=True, _nrt=False, no_cpython_wrapper=True)
 def _local_model(tw, b, x, u, C, g, F, w_row, th_row, n, m) -> None:
     """C (T, 1, d, d), g (T, 1, d), F (T-1, 1, n, d) at x (T, n), u (T, m)."""
     dk, p, pc, ck, Cq, cq, wgl, code, work = tw
@@ -74,7 +76,7 @@ def _local_model(tw, b, x, u, C, g, F, w_row, th_row, n, m) -> None:
             dynamics_jacobian(dk, p, pc, b, x, u, t, F, w_row, th_row, code, work)
 
 
-@kernel(nogil=True, error_model="numpy", _nrt=False, no_cpython_wrapper=True)
+@kernel(nogil=True, _nrt=False, no_cpython_wrapper=True)
 def _nonfinite_source(C, g, F) -> int:
     """The local model's non-finite source: 0, ``SOURCE_DYNAMICS`` or ``SOURCE_COST``."""
     if not _finite(F):
@@ -84,7 +86,7 @@ def _nonfinite_source(C, g, F) -> int:
     return 0
 
 
-@kernel(nogil=True, error_model="numpy", _nrt=False, no_cpython_wrapper=True)
+@kernel(nogil=True, _nrt=False, no_cpython_wrapper=True)
 def _add_curvature(tw, b, x, u, g, F, C, lam, w_row, th_row) -> None:
     """C[:-1] += sum_i lam_{t+1,i} d2 f_i at the trajectory, lam the costates of (g, F)."""
     dk, p, pc, code, work = tw[0], tw[1], tw[2], tw[7], tw[8]
@@ -101,7 +103,7 @@ def _add_curvature(tw, b, x, u, g, F, C, lam, w_row, th_row) -> None:
         dynamics_curvature(dk, p, pc, b, x, u, t, lam, C, w_row, th_row, code, work)
 
 
-@kernel(nogil=True, error_model="numpy", _nrt=False, no_cpython_wrapper=True)
+@kernel(nogil=True, _nrt=False, no_cpython_wrapper=True)
 def _residual(b, F, u_bar, K, k, lower, upper, dx, du, n, m) -> float:
     """The full step on the linearized dynamics, dx_1 = 0, u_t = clamp(u_bar_t + k_t +
     K_t dx_t), dx_{t+1} = F_t [dx_t; u_t - u_bar_t]: max |u - u_bar| / (1 + max |u_bar|).
@@ -132,7 +134,7 @@ def _residual(b, F, u_bar, K, k, lower, upper, dx, du, n, m) -> float:
     return change / (1.0 + size)
 
 
-@kernel(nogil=True, error_model="numpy", _nrt=True, no_cpython_wrapper=True)
+@kernel(nogil=True, _nrt=True, no_cpython_wrapper=True)
 def _indefinite(C, F, K, free, regularization, n) -> bool:
     """Whether the stopped element's point is no minimum (``health.indefinite_rows``): some
     C_t is not positive definite after the first shift, and the recursion without

@@ -70,7 +70,7 @@ DYNAMICS_TRACED = 4
 
 # every twin kernel allocates nothing: _nrt=False, no reference counting of its arrays
 # (called per step inside the solve's loop; see ddp.py)
-@kernel(nogil=True, error_model="numpy", _nrt=False, no_cpython_wrapper=True)
+@kernel(nogil=True, _nrt=False, no_cpython_wrapper=True)
 def _pendulum_coefficients(kind, p, b):
     """(A, B, D, E) of w_ddot = A sin th + B cos th + D w + E u for element b."""
     j = b if p.shape[1] > 1 else 0
@@ -81,7 +81,7 @@ def _pendulum_coefficients(kind, p, b):
     return 1.5 * g / length, -p[4, j] * length / inertia, -p[3, j] / inertia, 1.0 / inertia
 
 
-@kernel(nogil=True, error_model="numpy", _nrt=False, no_cpython_wrapper=True)
+@kernel(nogil=True, _nrt=False, no_cpython_wrapper=True)
 def _clip(w, limit):
     """w clipped to [-limit, limit] (NaN stays NaN), and whether it was inside."""
     if w > limit:
@@ -91,7 +91,7 @@ def _clip(w, limit):
     return w, w == w
 
 
-@kernel(nogil=True, error_model="numpy", _nrt=False, no_cpython_wrapper=True)
+@kernel(nogil=True, _nrt=False, no_cpython_wrapper=True)
 def _cartpole(p, b, theta, w, u):
     """The cart-pole's accelerations and their first derivatives in (th, w, u):
     (w_dot, its th, w, u partials, v_dot, its partials, and the terms the second
@@ -114,7 +114,7 @@ def _cartpole(p, b, theta, w, u):
     return alpha, al_th, al_w, al_u, v_dot, v_th, v_w, v_u, terms
 
 
-@kernel(nogil=True, error_model="numpy", _nrt=False, no_cpython_wrapper=True)
+@kernel(nogil=True, _nrt=False, no_cpython_wrapper=True)
 def _cartpole_step(p, c, b, x, u, t) -> None:
     dt = c[0]
     theta = math.atan2(x[t, 3], x[t, 2])
@@ -127,7 +127,7 @@ def _cartpole_step(p, c, b, x, u, t) -> None:
     x[t + 1, 4] = x[t, 4] + dt * alpha
 
 
-@kernel(nogil=True, error_model="numpy", _nrt=False, no_cpython_wrapper=True)
+@kernel(nogil=True, _nrt=False, no_cpython_wrapper=True)
 def _cartpole_jacobian(p, c, b, x, u, t, F) -> None:
     dt = c[0]
     cos, sin = x[t, 2], x[t, 3]
@@ -149,7 +149,7 @@ def _cartpole_jacobian(p, c, b, x, u, t, F) -> None:
     F[t, 0, 4, 4], F[t, 0, 4, 5] = 1.0 + dt * al_w, dt * al_u
 
 
-@kernel(nogil=True, error_model="numpy", _nrt=False, no_cpython_wrapper=True)
+@kernel(nogil=True, _nrt=False, no_cpython_wrapper=True)
 def _cartpole_curvature(p, c, b, x, u, t, lam, C) -> None:
     """C[t, 0] += sum_i lam_{t+1,i} d2 f_i: the weighted Hessian G in y = (th, w, u),
     carried to x by Y' G Y + G_th d2 th (Y: dy/dx)."""
@@ -195,7 +195,7 @@ def _cartpole_curvature(p, c, b, x, u, t, lam, C) -> None:
     C[t, 0, 4, 4] += G_ww
 
 
-@kernel(nogil=True, error_model="numpy", _nrt=False, no_cpython_wrapper=True)
+@kernel(nogil=True, _nrt=False, no_cpython_wrapper=True)
 def _direction(cos, sin):
     """(cos th, sin th) of th = atan2(sin, cos): the point scaled onto the unit circle, without
     atan2 and its cos and sin (equal up to rounding); through atan2 at the origin (th = 0 or
@@ -207,7 +207,7 @@ def _direction(cos, sin):
     return math.cos(theta), math.sin(theta)
 
 
-@kernel(nogil=True, error_model="numpy", _nrt=False, no_cpython_wrapper=True)
+@kernel(nogil=True, _nrt=False, no_cpython_wrapper=True)
 def dynamics_step(kind, p, c, b, x, u, t, code, work) -> None:
     """x[t + 1] = f(x[t], u[t]) of element b; x (T, n), u (T, m); a traced model's functions
     are at the addresses ``code`` (step, jacobian, curvature) with the scratch ``work``."""
@@ -229,7 +229,7 @@ def dynamics_step(kind, p, c, b, x, u, t, code, work) -> None:
     x[t + 1, 2] = w
 
 
-@kernel(nogil=True, error_model="numpy", _nrt=False, no_cpython_wrapper=True)
+@kernel(nogil=True, _nrt=False, no_cpython_wrapper=True)
 def _partials(kind, p, c, b, x, u, t, w_row, th_row):
     """The rows d w' and d th' (d,) with respect to (cos, sin, w, u) at x[t], u[t]; returns
     (cos th, sin th, active, the angle's partials th_c, th_s, A, B)."""
@@ -254,7 +254,7 @@ def _partials(kind, p, c, b, x, u, t, w_row, th_row):
     return cos_th, sin_th, active, th_c, th_s, A, Bc
 
 
-@kernel(nogil=True, error_model="numpy", _nrt=False, no_cpython_wrapper=True)
+@kernel(nogil=True, _nrt=False, no_cpython_wrapper=True)
 def dynamics_jacobian(kind, p, c, b, x, u, t, F, w_row, th_row, code, work) -> None:
     """F[t, 0] (n, d) = df/d[x; u] at x[t], u[t] of element b; w_row, th_row (d,) scratch."""
     if kind == DYNAMICS_TRACED:
@@ -272,7 +272,7 @@ def dynamics_jacobian(kind, p, c, b, x, u, t, F, w_row, th_row, code, work) -> N
         F[t, 0, 2, j] = w_row[j]
 
 
-@kernel(nogil=True, error_model="numpy", _nrt=False, no_cpython_wrapper=True)
+@kernel(nogil=True, _nrt=False, no_cpython_wrapper=True)
 def dynamics_curvature(kind, p, c, b, x, u, t, lam, C, w_row, th_row, code, work) -> None:
     """C[t, 0] (d, d) += sum_i lam[t + 1, i] d2 f_i / d[x; u]2 at x[t], u[t] of element b."""
     if kind == DYNAMICS_TRACED:
@@ -307,7 +307,7 @@ def dynamics_curvature(kind, p, c, b, x, u, t, lam, C, w_row, th_row, code, work
             C[t, 0, i, j] += l0 * d2_cos + l1 * d2_sin + l2 * w2
 
 
-@kernel(nogil=True, error_model="numpy", _nrt=False, no_cpython_wrapper=True)
+@kernel(nogil=True, _nrt=False, no_cpython_wrapper=True)
 def cost_value(kind, Cq, cq, wgl, b, x, u, t, n, d):
     """The cost of step t of element b at x[t], u[t]; x (T, n), u (T, m), d = n + m (sizes
     as arguments: a caller's constants compile in)."""
@@ -330,7 +330,7 @@ def cost_value(kind, Cq, cq, wgl, b, x, u, t, n, d):
     return total
 
 
-@kernel(nogil=True, error_model="numpy", _nrt=False, no_cpython_wrapper=True)
+@kernel(nogil=True, _nrt=False, no_cpython_wrapper=True)
 def cost_quadratize(kind, Cq, cq, wgl, b, x, u, t, C, g, n, d) -> None:
     """Hessian C[t, 0] (d, d) and gradient g[t, 0] (d,) of step t of element b."""
     if kind == COST_GOAL_WEIGHTED:

@@ -37,7 +37,7 @@ from mpc_policy.numerics.riccati import _MAX_SHIFTS, Gains
 __all__ = ["backward_recursion", "factorize"]
 
 
-@kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
+@kernel(nogil=True, no_cpython_wrapper=True)
 def _propagate(Q, q, F, V, v, VF, n, d) -> None:
     """Q (d, d) += F'VF and q (d,) += F'v for F (n, d), V (n, n), v (n,); VF (n, d) scratch."""
     for i in range(n):
@@ -58,7 +58,7 @@ def _propagate(Q, q, F, V, v, VF, n, d) -> None:
             Q[i, j] += s
 
 
-@kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
+@kernel(nogil=True, no_cpython_wrapper=True)
 def _regularize(Q_uu, L, regularization, work, m):
     """Factor Q_uu (m, m) into L, shifting its diagonal in place until it is positive definite.
 
@@ -88,7 +88,7 @@ def _regularize(Q_uu, L, regularization, work, m):
     return 0.0
 
 
-@kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
+@kernel(nogil=True, no_cpython_wrapper=True)
 def _feedback_update(Q, K, k, V, v, n, m) -> None:
     """[V, v] = [Q_xx, q_x] + Q_xu [K, k] (q_x in v on entry), V symmetrized."""
     for i in range(n):
@@ -110,7 +110,7 @@ def _feedback_update(Q, K, k, V, v, n, m) -> None:
 
 # _nrt=False: no reference counting of the array views taken at every step (an atomic
 # increment and decrement each, about 40 % of this loop's time); it allocates nothing
-@kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True, _nrt=False)
+@kernel(nogil=True, no_cpython_wrapper=True, _nrt=False)
 def _recursion_element(
     C,
     g,
@@ -200,7 +200,7 @@ def _recursion_element(
         _feedback_update(Qt, Kt, kt, V, v, n, m)
 
 
-@kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
+@kernel(nogil=True, no_cpython_wrapper=True)
 def recursion_scratch(n, m, dtype):
     """Scratch arrays of ``_recursion_element`` for state size n and control size m."""
     d = n + m

@@ -22,7 +22,7 @@ from mpc_policy.numerics.compiled._linalg import clamp
 __all__ = ["affine_rollout", "rollout_element"]
 
 
-@kernel(nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
+@kernel(nogil=True, no_cpython_wrapper=True)
 def rollout_element(
     b, F, f, x_init, u_bar, x_bar, K, k, alpha, feedback, bounded, lower, upper, x, u
 ) -> None:

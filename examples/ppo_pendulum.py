@@ -10,7 +10,7 @@ the evaluation curve (deterministic return vs steps, with the learned parameters
 it to ``<log_dir>/curve.csv``.
 
     python examples/ppo_pendulum.py                                   # 1024 steps: 10 s
-    python examples/ppo_pendulum.py --config configs/ppo_pendulum.yaml  # full run: 36 s
+    python examples/ppo_pendulum.py --config configs/ppo_pendulum.yaml  # full run: 33 s
     python examples/ppo_pendulum.py --config configs/ppo_pendulum.yaml --profile quick --set seed=1
     python examples/ppo_pendulum.py --learn "[cost.weights, dynamics]" --total-timesteps 2048
     tensorboard --logdir runs/ppo_pendulum
@@ -18,7 +18,7 @@ it to ``<log_dir>/curve.csv``.
 Every option is a field of ``Args``; ``--config`` reads a YAML file of them, ``--profile NAME``
 merges one of its ``profiles`` over it and ``--set key=value`` (repeatable) overrides a field,
 as for ``mpc-policy``; the other flags (values read as YAML) override the lot. Times: one
-thread of a 2-core machine (the full run: 20 480 steps with 10 evaluations, 36 s of CPU once
+thread of a 2-core machine (the full run: 20 480 steps with 10 evaluations, 33 s of CPU once
 the kernels are compiled); a progress bar shows the steps and the mean episode return.
 """
 
